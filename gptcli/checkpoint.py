@@ -1,0 +1,341 @@
+"""Every read and write of checkpoints and run-folder state, all of it atomic.
+
+A checkpoint is a folder checkpoints/step-NNNNNNN/ that is written under a temporary name and
+renamed into place when complete, so a crash (even kill -9) leaves either the whole checkpoint
+or none of it. Weights and optimizer state are safetensors; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from gptcli import __version__, console, tokenizer
+from gptcli.console import UserError
+from gptcli.recipe import ModelConfig
+
+FORMAT_VERSION = 1
+CKPT_PREFIX = "step-"
+REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "state.json")
+
+
+# --------------------------------------------------------------------------- finding checkpoints
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def step_of(path: Path) -> int:
+    return int(path.name.removeprefix(CKPT_PREFIX))
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest step first (temp folders start with '.')."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [
+        p
+        for p in folder.glob(f"{CKPT_PREFIX}*")
+        if p.name.removeprefix(CKPT_PREFIX).isdigit() and is_checkpoint(p)
+    ]
+    return sorted(found, key=step_of)
+
+
+def newest_in_run(run_dir: Path) -> Path | None:
+    found = run_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def newest_under(root: Path) -> Path | None:
+    """Highest step of the run whose newest checkpoint was written last (SPEC §3)."""
+    best: tuple[float, Path] | None = None
+    if not root.is_dir():
+        return None
+    for run in root.iterdir():
+        ckpt = newest_in_run(run) if run.is_dir() else None
+        if ckpt is not None:
+            written = max(run_ckpt.stat().st_mtime for run_ckpt in run_checkpoints(run))
+            if best is None or written > best[0]:
+                best = (written, ckpt)
+    return best[1] if best else None
+
+
+def resolve(path: str | Path | None) -> Path:
+    """A checkpoint folder, a run folder (its newest checkpoint) or None (newest under ./runs)."""
+    if path is None:
+        found = newest_under(Path("runs"))
+        if found is None:
+            raise UserError(
+                "no complete checkpoint under ./runs (train one with `gptcli pretrain RECIPE` "
+                "or pass --checkpoint PATH)"
+            )
+        return found
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"checkpoint not found: {p}")
+    if (p / "model.safetensors").is_file():
+        if not is_checkpoint(p):
+            missing = [f for f in REQUIRED_FILES if not (p / f).is_file()]
+            raise UserError(f"{p}: incomplete checkpoint, missing {', '.join(missing)}")
+        return p
+    if p.is_dir():
+        found = newest_in_run(p)
+        if found is not None:
+            return found
+    raise UserError(f"{p}: not a checkpoint or a run folder with a complete checkpoint")
+
+
+# --------------------------------------------------------------------------- JSON with versions
+
+
+def read_versioned_json(path: Path, known: set[str] | None = None) -> dict:
+    """Read config/state JSON: refuse a newer format or unknown keys, exit-2 style."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    version = data.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: format_version {version!r} is newer than this gptcli reads "
+            f"({FORMAT_VERSION}); upgrade gptcli"
+        )
+    if known is not None:
+        unknown = sorted(set(data) - known - {"format_version"})
+        if unknown:
+            raise UserError(f"{path}: unknown key {unknown[0]!r} (written by a newer gptcli?)")
+    return data
+
+
+def model_config_from_json(path: Path) -> ModelConfig:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    data = read_versioned_json(path, known=fields | {"task", "gptcli_version"})
+    missing = sorted(fields - set(data))
+    if missing:
+        console.warn(f"{path}: keys missing ({', '.join(missing)}), using their defaults")
+    hints = typing.get_type_hints(ModelConfig)
+    kwargs = {}
+    for name in fields & set(data):
+        value = data[name]
+        if hints[name] is float and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    return ModelConfig(**kwargs)
+
+
+def config_json(cfg: ModelConfig) -> dict:
+    return {"format_version": FORMAT_VERSION, **dataclasses.asdict(cfg), "task": "lm"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Loaded:
+    path: Path
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+
+def load(path: str | Path | None) -> Loaded:
+    """Read a checkpoint's weights (safetensors only), config and state."""
+    ckpt = resolve(path)
+    cfg = model_config_from_json(ckpt / "config.json")
+    try:
+        weights = load_file(str(ckpt / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(
+            f"{ckpt / 'model.safetensors'}: unreadable safetensors file ({e})"
+        ) from None
+    state = read_versioned_json(ckpt / "state.json")
+    return Loaded(ckpt, cfg, weights, state)
+
+
+def build_model(loaded: Loaded, device: str | torch.device = "cpu"):
+    """The model a checkpoint describes, with its weights; ties lm_head when the config says so."""
+    from gptcli.model import GPT
+
+    model = GPT(loaded.config)
+    missing, unexpected = model.load_state_dict(loaded.weights, strict=False)
+    allowed_missing = {"lm_head.weight"} if loaded.config.tie_embeddings else set()
+    bad = (set(missing) - allowed_missing) | set(unexpected)
+    if bad:
+        raise UserError(
+            f"{loaded.path / 'model.safetensors'}: weights do not match config.json "
+            f"(e.g. {sorted(bad)[0]!r})"
+        )
+    return model.to(device)
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
+    """Names, shapes and dtypes of a safetensors file without reading the tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for name in f.keys():
+                s = f.get_slice(name)
+                out[name] = (list(s.get_shape()), s.get_dtype())
+            return out
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _weights_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # tied to wte.weight: stored once
+    return sd
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Flatten optimizer state into named tensors plus JSON-able param groups."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{idx}.{key}"] = t.detach().cpu().contiguous()
+    return tensors, sd["param_groups"]
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[dict]) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    tokenizer_path: Path,
+) -> Path:
+    """Write checkpoints/step-NNNNNNN atomically; an existing one is never touched."""
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{CKPT_PREFIX}{step:07d}"
+    if final.exists():
+        return final  # same step, same state: never overwrite a checkpoint in place
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
+        save_file(_weights_for_save(model), str(tmp / "model.safetensors"), metadata=meta)
+        (tmp / "config.json").write_text(json.dumps(config_json(model.cfg), indent=2))
+        shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
+        trainer_tensors = rng_tensors()
+        state = {"format_version": FORMAT_VERSION, **state, "step": step}
+        if optimizer is not None:
+            opt_tensors, groups = optimizer_tensors(optimizer)
+            trainer_tensors.update(opt_tensors)
+            state["optimizer_param_groups"] = groups
+        save_file(trainer_tensors, str(tmp / "trainer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        tmp.rename(final)
+        _fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def clean_stale_temps(run_dir: Path) -> None:
+    """Remove temp folders that a killed save left behind (they are never read)."""
+    for tmp in (run_dir / "checkpoints").glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_trainer_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    path = ckpt / "trainer.safetensors"
+    if not path.is_file():
+        return {}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+class RunLock:
+    """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise UserError(
+                f"{self.path.parent} is in use by another gptcli process "
+                "(wait for it, or use --fresh for a new run folder)"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

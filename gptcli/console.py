@@ -1,0 +1,107 @@
+"""The one place that writes to the terminal: logs, warnings and progress go to stderr.
+
+The core modules call these helpers instead of print() so that stdout stays clean for the
+product of a command (token ids, generated text, JSON) and `--quiet` has one switch to turn.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+_quiet = False
+
+
+class UserError(Exception):
+    """Bad input from the user: the CLI prints the message as one line and exits 2."""
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def info(message: str) -> None:
+    """A progress or status line on stderr; silenced by --quiet."""
+    if not _quiet:
+        stderr.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    """Warnings are shown even with --quiet: they tell the user something went differently."""
+    stderr.print(f"warning: {message}", style="yellow", markup=False)
+
+
+def out(text: str, end: str = "\n") -> None:
+    """The command's product, on stdout, unformatted and flushed (pipelines read it live)."""
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def progress_enabled() -> bool:
+    return not _quiet and sys.stderr.isatty()
+
+
+class _NullProgress:
+    """Stands in for rich's Progress when bars are off, so callers need no branches."""
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def progress(*extra_fields: str) -> Iterator[Progress | _NullProgress]:
+    """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY.
+
+    extra_fields are task fields shown after the bar (e.g. "loss"), filled through
+    progress.update(task, loss="...").
+    """
+    if not progress_enabled():
+        yield _NullProgress()
+        return
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        *(TextColumn(f"{{task.fields[{f}]}}") for f in extra_fields),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        yield bar
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint; carries the exit code (130/143)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code

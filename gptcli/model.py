@@ -1,0 +1,240 @@
+"""The decoder: a GPT-style transformer, readable top to bottom.
+
+Token (+ learned position) embeddings, n_layer blocks of causal self-attention and an MLP with
+pre-normalisation and residual connections, a final norm and the unembedding. Switches select
+GPT-2's choices or modern ones (rotary positions, RMSNorm, SwiGLU, no bias). Attention goes
+through torch's scaled_dot_product_attention so the fused kernels (flash on CUDA) are used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptcli.recipe import ModelConfig
+
+
+def mlp_hidden_size(cfg: ModelConfig) -> int:
+    if cfg.mlp_hidden:
+        return cfg.mlp_hidden
+    if cfg.mlp == "swiglu":  # 2/3 of 4x keeps the parameter count of a GELU MLP
+        return 64 * math.ceil(8 * cfg.n_embd / 3 / 64)
+    return 4 * cfg.n_embd
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(cfg: ModelConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    head_dim = cfg.n_embd // cfg.n_head
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(length).float(), inv_freq)  # (T, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (first half, second half) of each head, as Llama does."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, so decoding one token costs O(T), not O(T²)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, length: int, device, dtype) -> None:
+        head_dim = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch, cfg.n_head, length, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = length
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.layer = layer
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj.residual_scale = True  # GPT-2: shrink residual projections at init
+        self.dropout = cfg.dropout
+
+    def forward(self, x, rope, cache: KVCache | None, pos: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        else:
+            cache.k[self.layer, :B, :, pos : pos + T] = k
+            cache.v[self.layer, :B, :, pos : pos + T] = v
+            k = cache.k[self.layer, :B, :, : pos + T]
+            v = cache.v[self.layer, :B, :, : pos + T]
+            if T == 1:  # one new token sees everything before it: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # a chunk after a prefix: query i sees keys up to pos + i
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return F.dropout(self.proj(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = mlp_hidden_size(cfg)
+        self.kind = cfg.mlp
+        self.up = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        if cfg.mlp == "swiglu":
+            self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.down.residual_scale = True
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        else:
+            h = F.gelu(self.up(x), approximate="tanh")
+        return F.dropout(self.down(h), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.norm1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.norm2 = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, cache, pos)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer)")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.positions == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:
+            cos, sin = rope_tables(cfg, cfg.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_scale", False):
+                std /= math.sqrt(2 * self.cfg.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if hasattr(self, "wpe"):
+                n -= self.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for idx (B, T) whose first token sits at position pos; loss when targets given.
+
+        With a cache, keys/values of these positions are stored and earlier ones reused.
+        last_only computes logits for the final position only (generation needs nothing else).
+        """
+        B, T = idx.shape
+        if pos + T > self.cfg.block_size:
+            raise ValueError(
+                f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}"
+            )
+        x = self.wte(idx)
+        rope = None
+        if self.cfg.positions == "learned":
+            x = x + self.wpe(torch.arange(pos, pos + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, cache, pos)
+        x = self.norm_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def new_cache(self, batch: int, length: int | None = None) -> KVCache:
+        param = self.wte.weight
+        return KVCache(self.cfg, batch, length or self.cfg.block_size, param.device, param.dtype)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward): 6N plus attention (PaLM, appendix B)."""
+        cfg = self.cfg
+        return (
+            6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        )
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linear and embedding weights) only, not on biases or norms."""
+    decay, no_decay = [], []
+    seen = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

@@ -1,0 +1,356 @@
+"""Recipes: one typed object that flows from YAML to the data pipeline, the model and the trainer.
+
+Every key has a default, so a recipe states only what differs. Loading validates types and
+values and names the closest valid key on a typo; `--set a.b=v` overrides use the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gptcli.console import UserError
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin:stories"  # builtin:NAME | a file, directory or glob of .txt/.jsonl
+    text_field: str = "text"  # the field that holds a document in .jsonl
+    val_fraction: float = 0.05
+    builtin_mb: float = 8.0  # how much text a builtin: corpus generates
+    dev: str = ""  # finetune: a separate evaluation file (else val_fraction of the source)
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 4096
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    min_frequency: int = 2
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    block_size: int = 256
+    vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
+    positions: Literal["learned", "rope"] = "learned"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    mlp_hidden: int = 0  # 0 = 4 * n_embd (gelu) or 8/3 * n_embd rounded up to 64 (swiglu)
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    grad_accum: int = 1
+    max_steps: int = 2000
+    lr: float = 1.0e-3
+    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = no clipping
+    eval_every: int = 200
+    eval_batches: int = 20
+    save_every: int = 500
+    log_every: int = 10
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: Literal["auto", "on", "off"] = "auto"
+
+
+@dataclass
+class SampleConfig:
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 1.0
+
+
+@dataclass
+class TaskConfig:
+    kind: Literal["lm"] = "lm"
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    seed: int = 1337
+    run_dir: str = ""  # "" = runs/<name>
+    init: str = ""  # finetune: the checkpoint or run folder to start from
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# --------------------------------------------------------------------------- building from dicts
+
+
+def all_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """Every dotted key a recipe accepts, for error suggestions and `inspect`."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(all_keys(hint, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+# Names users bring from other tools, mapped to ours, for "closest valid key" hints.
+_ALIASES = {
+    "learning_rate": "lr",
+    "n_layers": "n_layer",
+    "num_layers": "n_layer",
+    "n_heads": "n_head",
+    "num_heads": "n_head",
+    "d_model": "n_embd",
+    "hidden_size": "n_embd",
+    "context_length": "block_size",
+    "seq_len": "block_size",
+    "steps": "max_steps",
+    "max_iters": "max_steps",
+    "warmup_iters": "warmup_steps",
+    "gradient_accumulation_steps": "grad_accum",
+}
+
+
+def _closest(key: str) -> str:
+    keys = all_keys()
+    section, _, last = key.rpartition(".")
+    last = _ALIASES.get(last, last)
+    same_section = [k for k in keys if k.rpartition(".")[0] == section]
+    names = {k.rpartition(".")[2]: k for k in same_section}
+    hit = difflib.get_close_matches(last, list(names), n=1, cutoff=0.5)
+    if hit:
+        return f"; closest valid key: {names[hit[0]]}"
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    return f"; closest valid key: {match[0]}" if match else ""
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, str(hint)
+    )
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check one leaf value against its type hint; ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    ok = False
+    if origin is Literal:
+        ok = value in typing.get_args(hint)
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        ok = isinstance(value, list) and all(isinstance(v, item) for v in value)
+        value = list(value) if ok else value
+    elif hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif isinstance(hint, types.UnionType):
+        ok = True
+    if not ok:
+        raise UserError(f"recipe key '{key}' must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"recipe section '{prefix.rstrip('.') or 'top level'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in hints:
+            raise UserError(f"unknown recipe key '{dotted}'{_closest(dotted)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if hint is TaskConfig and isinstance(value, str):
+                value = {"kind": value}  # `task: lm` is short for `task: {kind: lm}`
+            kwargs[key] = _build(hint, value if value is not None else {}, f"{dotted}.")
+        else:
+            kwargs[key] = _coerce(dotted, value, hint)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part == "task":
+            child = {"kind": child}
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is parsed as a YAML scalar."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "3e-4" as a string; users mean a number
+    return key.strip(), value
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return any(c.isdigit() for c in s)
+
+
+def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    tree = dict(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in all_keys() and not key.startswith("task"):
+            raise UserError(f"unknown recipe key '{key}' in --set{_closest(key)}")
+        _set_dotted(tree, key, value)
+    recipe = _build(Recipe, tree, "")
+    validate(recipe)
+    return recipe
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe (data only: yaml.safe_load, nothing is evaluated) and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path} (pass the path of a .yaml recipe)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of sections")
+    try:
+        return from_dict(data, overrides)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _check(key: str, value: float, ok: bool, expected: str) -> None:
+    if not ok:
+        raise UserError(f"recipe key '{key}' must be {expected}, got {value!r}")
+
+
+def validate(r: Recipe) -> None:
+    """Reject values no run could use, before any work starts."""
+    check = _check
+    m, t, tok = r.model, r.train, r.tokenizer
+    check("name", r.name, bool(r.name) and "/" not in r.name, "a non-empty name without '/'")
+    for key in ("n_layer", "n_head", "n_embd", "block_size"):
+        check(f"model.{key}", getattr(m, key), getattr(m, key) > 0, "a positive integer")
+    check("model.n_embd", m.n_embd, m.n_embd % m.n_head == 0, f"divisible by n_head={m.n_head}")
+    if m.positions == "rope":
+        head_dim = m.n_embd // m.n_head
+        check("model.n_embd", m.n_embd, head_dim % 2 == 0, "such that n_embd/n_head is even")
+    check("model.vocab_size", m.vocab_size, m.vocab_size >= 0, "0 (from tokenizer) or positive")
+    check("model.mlp_hidden", m.mlp_hidden, m.mlp_hidden >= 0, "0 (default) or positive")
+    check("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)")
+    check("model.norm_eps", m.norm_eps, m.norm_eps > 0, "> 0")
+    check("model.rope_theta", m.rope_theta, m.rope_theta > 0, "> 0")
+    minimum = 256 + len(tok.special_tokens)
+    check(
+        "tokenizer.vocab_size",
+        tok.vocab_size,
+        tok.vocab_size >= minimum,
+        f">= {minimum} (256 bytes + {len(tok.special_tokens)} special tokens)",
+    )
+    check("tokenizer.vocab_size", tok.vocab_size, tok.vocab_size <= 2**31 - 1, "< 2**31")
+    check(
+        "tokenizer.special_tokens",
+        tok.special_tokens,
+        "<|endoftext|>" in tok.special_tokens,
+        "a list that contains '<|endoftext|>'",
+    )
+    check("tokenizer.min_frequency", tok.min_frequency, tok.min_frequency >= 1, ">= 1")
+    check("data.source", r.data.source, bool(r.data.source.strip()), "a non-empty source")
+    check("data.val_fraction", r.data.val_fraction, 0.0 < r.data.val_fraction < 1.0, "in (0, 1)")
+    check("data.builtin_mb", r.data.builtin_mb, r.data.builtin_mb > 0, "> 0")
+    for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
+        check(f"train.{key}", getattr(t, key), getattr(t, key) > 0, "a positive integer")
+    for key in ("eval_every", "save_every", "warmup_steps"):
+        check(f"train.{key}", getattr(t, key), getattr(t, key) >= 0, ">= 0 (0 = off)")
+    check("train.lr", t.lr, t.lr > 0, "> 0")
+    check("train.min_lr_ratio", t.min_lr_ratio, 0.0 <= t.min_lr_ratio <= 1.0, "in [0, 1]")
+    check("train.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0")
+    check("train.beta1", t.beta1, 0.0 <= t.beta1 < 1.0, "in [0, 1)")
+    check("train.beta2", t.beta2, 0.0 <= t.beta2 < 1.0, "in [0, 1)")
+    check("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 = off)")
+    s = r.sample
+    check("sample.max_new_tokens", s.max_new_tokens, s.max_new_tokens > 0, "a positive integer")
+    check("sample.temperature", s.temperature, s.temperature >= 0, ">= 0 (0 = greedy)")
+    check("sample.top_k", s.top_k, s.top_k >= 0, ">= 0 (0 = off)")
+    check("sample.top_p", s.top_p, 0.0 < s.top_p <= 1.0, "in (0, 1]")
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def non_defaults(recipe: Recipe) -> dict[str, Any]:
+    """Dotted keys whose value differs from the default, for `inspect`."""
+    flat, default = _flatten(to_dict(recipe)), _flatten(to_dict(Recipe()))
+    return {k: v for k, v in flat.items() if default.get(k) != v}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+
+
+def run_dir(recipe: Recipe) -> Path:
+    return Path(recipe.run_dir) if recipe.run_dir else Path("runs") / recipe.name

@@ -1,0 +1,82 @@
+"""Shared helpers: run the real `gptcli` entry point in a subprocess, and a small trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def gptcli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: int = 300):
+    """Run `python -m gptcli ARGS` and return the CompletedProcess (text mode)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GPTCLI_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc, *needles: str) -> None:
+    """Bad input: exit 2, one line on stderr, no traceback, named what was wrong."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+TINY_RECIPE = textwrap.dedent(
+    """\
+    name: mini
+    data:
+      source: builtin:stories
+      builtin_mb: 0.3
+    tokenizer:
+      vocab_size: 400
+    model:
+      n_layer: 2
+      n_head: 2
+      n_embd: 32
+      block_size: 32
+    train:
+      batch_size: 4
+      max_steps: 12
+      warmup_steps: 2
+      eval_every: 6
+      eval_batches: 2
+      save_every: 6
+      log_every: 3
+    sample:
+      max_new_tokens: 20
+    """
+)
+
+
+def write_recipe(folder: Path, text: str = TINY_RECIPE, name: str = "mini.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A folder holding runs/mini, trained once for the whole session by the real CLI."""
+    root = tmp_path_factory.mktemp("trained")
+    recipe = write_recipe(root)
+    proc = gptcli("pretrain", str(recipe), "--quiet", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root

@@ -1,0 +1,211 @@
+"""The real entry point: pipelines, exit codes, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, gptcli, write_recipe
+from tokenizers import Tokenizer
+
+
+def test_version_and_help_with_examples():
+    assert gptcli("--version").stdout.strip().startswith("gptcli ")
+    for command in ("tokenize", "pretrain", "finetune", "sample", "inspect"):
+        proc = gptcli(command, "--help")
+        assert proc.returncode == 0 and "Examples" in proc.stdout, command
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['gptcli', '--help']\n"
+        "try:\n    runpy.run_module('gptcli', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "NO-TORCH" in proc.stderr
+
+
+def test_run_folder_layout(trained):
+    run = trained / "runs" / "mini"
+    assert (run / "recipe.yaml").is_file()
+    Tokenizer.from_file(str(run / "tokenizer.json"))
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["dtype"] == "uint16"
+    train = np.fromfile(run / "data" / "train.bin", dtype=np.uint16)
+    assert len(train) == manifest["train"]["tokens"] > 1000
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert steps == ["step-0000006", "step-0000012"]
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer.safetensors"):
+        assert (run / "checkpoints" / "step-0000012" / name).is_file()
+    state = json.loads((run / "checkpoints" / "step-0000012" / "state.json").read_text())
+    assert state["step"] == 12 and state["format_version"] == 1
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("step", "loss", "lr", "tokens_per_s", "tokens_seen", "elapsed_s"):
+        assert all(key in r for r in records), key
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [6, 12] and all("val_bpb" in r for r in evals)
+
+
+def test_pretrain_json_reports_bpb_against_unigram(tmp_path):
+    recipe = write_recipe(tmp_path)
+    proc = gptcli(
+        "pretrain", str(recipe), "--quiet", "--json", "--set", "train.max_steps=4", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["step"] == 4 and summary["val_bpb"] > 0 and summary["unigram_bpb"] > 0
+    # resuming a finished run does nothing but report
+    again = gptcli("pretrain", str(recipe), "--set", "train.max_steps=4", cwd=tmp_path)
+    assert again.returncode == 0 and "already at step 4" in again.stderr
+    # a longer run resumes from step 4, and --fresh starts over elsewhere
+    longer = gptcli("pretrain", str(recipe), "--set", "train.max_steps=6", cwd=tmp_path)
+    assert "resuming from" in longer.stderr and "step-0000004" in longer.stderr
+    fresh = gptcli(
+        "pretrain",
+        str(recipe),
+        "--fresh",
+        "--quiet",
+        "--json",
+        "--set",
+        "train.max_steps=2",
+        cwd=tmp_path,
+    )
+    assert json.loads(fresh.stdout)["run_dir"] == "runs/mini-2"
+    assert (tmp_path / "runs" / "mini" / "checkpoints" / "step-0000006").is_dir()
+
+
+def test_sample_defaults_to_newest_checkpoint_and_is_reproducible(trained):
+    a = gptcli("sample", "--prompt", "Once upon a time", "--seed", "3", cwd=trained)
+    b = gptcli("sample", "--prompt", "Once upon a time", "--seed", "3", cwd=trained)
+    assert a.returncode == 0, a.stderr
+    assert "step-0000012" in a.stderr  # named on stderr...
+    assert "step-0000012" not in a.stdout  # ...never on stdout
+    assert a.stdout == b.stdout and a.stdout.startswith("Once upon a time")
+    c = gptcli("sample", "--prompt", "Once upon a time", "--seed", "4", cwd=trained)
+    assert c.stdout != a.stdout
+
+
+def test_sample_json_and_stdin_prompt(trained):
+    proc = gptcli(
+        "sample",
+        "-c",
+        "runs/mini",
+        "--json",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        cwd=trained,
+        input="One day",
+    )
+    result = json.loads(proc.stdout)
+    assert result["prompt"] == "One day" and result["finish_reason"] in ("length", "eos")
+    assert result["tokens"] <= 5
+    stream = gptcli(
+        "sample",
+        "-c",
+        "runs/mini",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--prompt",
+        "One day",
+        cwd=trained,
+    )
+    nostream = gptcli(
+        "sample",
+        "-c",
+        "runs/mini",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--prompt",
+        "One day",
+        "--no-stream",
+        cwd=trained,
+    )
+    assert stream.stdout == nostream.stdout == "One day" + result["text"] + "\n"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--temperature", "-1"], "--temperature"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--top-k", "-2"], "--top-k"),
+        (["--checkpoint", "runs/nope"], "checkpoint not found"),
+        (["--max-new-tokens", "abc"], "max-new-tokens"),
+    ],
+)
+def test_sample_bad_input(trained, args, needle):
+    assert_one_line_error(gptcli("sample", "--prompt", "x", *args, cwd=trained), needle)
+
+
+def test_sample_without_any_run(tmp_path):
+    assert_one_line_error(gptcli("sample", "--prompt", "x", cwd=tmp_path), "no complete checkpoint")
+
+
+def test_tokenize_pipeline_round_trip(trained):
+    enc = gptcli(
+        "tokenize", "--tokenizer", "runs/mini", cwd=trained, input="Once upon a time\nThe cat\n"
+    )
+    lines = enc.stdout.splitlines()
+    assert len(lines) == 2 and all(x.isdigit() for x in lines[0].split())
+    dec = gptcli(
+        "tokenize",
+        "--tokenizer",
+        "runs/mini/tokenizer.json",
+        "--decode",
+        cwd=trained,
+        input=enc.stdout,
+    )
+    assert dec.stdout == "Once upon a time\nThe cat\n"
+    one = gptcli("tokenize", "--tokenizer", "runs/mini", "--json", "héllo", cwd=trained)
+    assert json.loads(one.stdout)["text"] == "héllo"
+    bad = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", "1 2 999999", cwd=trained)
+    assert_one_line_error(bad, "999999")
+
+
+def test_tokenize_recipe_skips_when_up_to_date(trained):
+    recipe = trained / "mini.yaml"
+    shard = trained / "runs" / "mini" / "data" / "train.bin"
+    before = shard.stat().st_mtime_ns
+    proc = gptcli("tokenize", str(recipe), cwd=trained)
+    assert proc.returncode == 0 and "up to date" in proc.stderr
+    assert shard.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    "recipe_text, sets, needles",
+    [
+        ("name: x\ntrain:\n  learning_rate: 1\n", [], ["train.learning_rate", "train.lr"]),
+        ("name: x\n", ["model.n_embd=100", "model.n_head=3"], ["model.n_embd", "n_head"]),
+        ("name: x\n", ["train.lr=0"], ["train.lr", "> 0"]),
+        ("name: x\nmodel: [1, 2\n", [], ["not valid YAML", "line"]),
+        ("name: x\ndata:\n  source: /nonexistent/corpus.txt\n", [], ["/nonexistent/corpus.txt"]),
+    ],
+)
+def test_pretrain_bad_recipe(tmp_path, recipe_text, sets, needles):
+    recipe = write_recipe(tmp_path, recipe_text)
+    args = ["pretrain", str(recipe)] + [x for s in sets for x in ("--set", s)]
+    assert_one_line_error(gptcli(*args, cwd=tmp_path), *needles)
+
+
+def test_missing_recipe_and_unknown_flag(tmp_path):
+    assert_one_line_error(gptcli("pretrain", "nope.yaml", cwd=tmp_path), "recipe not found")
+    assert_one_line_error(gptcli("pretrain", "x.yaml", "--bogus", cwd=tmp_path), "--bogus")
+
+
+def test_bad_input_leaves_the_run_untouched(trained):
+    run = trained / "runs" / "mini"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    proc = gptcli("pretrain", "mini.yaml", "--set", "model.n_layer=3", cwd=trained)
+    assert_one_line_error(proc, "model.n_layer", "--fresh")
+    after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert before == after

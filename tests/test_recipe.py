@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from gptcli import recipe
+from gptcli.console import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_need_no_keys():
+    r = recipe.from_dict({})
+    assert r.model.n_layer == 4 and r.train.lr == 1e-3 and r.data.source == "builtin:stories"
+
+
+def test_overrides_parse_yaml_scalars():
+    r = recipe.from_dict({}, ["train.lr=3e-4", "model.n_layer=6", "model.bias=false", "name=x"])
+    assert r.train.lr == pytest.approx(3e-4)
+    assert r.model.n_layer == 6 and r.model.bias is False and r.name == "x"
+    assert isinstance(r.train.lr, float)
+
+
+def test_int_accepted_for_float():
+    assert recipe.from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_task_shorthand():
+    assert recipe.from_dict({"task": "lm"}).task.kind == "lm"
+
+
+@pytest.mark.parametrize(
+    "data, overrides, needles",
+    [
+        (
+            {"train": {"learning_rate": 1}},
+            [],
+            ["train.learning_rate", "closest valid key: train.lr"],
+        ),
+        ({}, ["model.n_layers=3"], ["model.n_layers", "model.n_layer"]),
+        ({"model": {"n_layer": "four"}}, [], ["model.n_layer", "an integer"]),
+        ({"model": {"n_embd": 100, "n_head": 3}}, [], ["model.n_embd", "divisible by n_head"]),
+        ({"tokenizer": {"vocab_size": 200}}, [], ["tokenizer.vocab_size", ">= 257"]),
+        ({"train": {"lr": 0}}, [], ["train.lr", "> 0"]),
+        ({"train": {"lr": -1}}, [], ["train.lr"]),
+        ({"model": {"positions": "alibi"}}, [], ["model.positions", "'learned'", "'rope'"]),
+        ({"data": {"val_fraction": 1.5}}, [], ["data.val_fraction"]),
+        ({"model": "big"}, [], ["model", "mapping"]),
+        ({}, ["train.lr"], ["KEY=VALUE"]),
+    ],
+)
+def test_bad_values_name_the_key(data, overrides, needles):
+    with pytest.raises(UserError) as e:
+        recipe.from_dict(data, overrides)
+    for needle in needles:
+        assert needle in str(e.value)
+
+
+def test_shipped_recipes_load():
+    for path in sorted((REPO / "recipes").rglob("*.yaml")):
+        recipe.load(path)
+
+
+def test_yaml_is_data_not_code(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        recipe.load(bad)
+
+
+def test_dump_round_trips(tmp_path):
+    r = recipe.from_dict({"name": "t", "model": {"n_layer": 2}}, ["train.lr=0.01"])
+    path = tmp_path / "r.yaml"
+    path.write_text(recipe.dump(r))
+    assert recipe.load(path) == r
+    assert recipe.non_defaults(r) == {"name": "t", "model.n_layer": 2, "train.lr": 0.01}
