@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gptcli pretrain recipes/tiny.yaml
-	$(BIN)/gptcli sample --checkpoint runs/tiny --prompt "Once upon a time" --seed 1
+	$(BIN)/gptcli sample --prompt "Once upon a time" --seed 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,6 +28,16 @@ from gptcli.recipe import ModelConfig
 FORMAT_VERSION = 1
 CKPT_PREFIX = "step-"
 REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "state.json")
+STATE_KEYS = {
+    "step",
+    "tokens_seen",
+    "elapsed_s",
+    "data_position",
+    "metrics",
+    "train",
+    "versions",
+    "optimizer_param_groups",
+}
 
 
 # --------------------------------------------------------------------------- finding checkpoints
@@ -138,6 +148,10 @@ def model_config_from_json(path: Path) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
+def read_state(ckpt: Path) -> dict:
+    return read_versioned_json(ckpt / "state.json", known=STATE_KEYS)
+
+
 def config_json(cfg: ModelConfig) -> dict:
     return {"format_version": FORMAT_VERSION, **dataclasses.asdict(cfg), "task": "lm"}
 
@@ -163,7 +177,7 @@ def load(path: str | Path | None) -> Loaded:
         raise UserError(
             f"{ckpt / 'model.safetensors'}: unreadable safetensors file ({e})"
         ) from None
-    state = read_versioned_json(ckpt / "state.json")
+    state = read_state(ckpt)
     return Loaded(ckpt, cfg, weights, state)
 
 

@@ -26,6 +26,18 @@ from gptcli.recipe import DataConfig, Recipe, TokenizerConfig
 MANIFEST_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 MIN_DOCS_FOR_DOC_SPLIT = 100
+MANIFEST_KEYS = {
+    "format_version",
+    "corpus",
+    "tokenizer_settings",
+    "tokenizer_sha256",
+    "vocab_size",
+    "dtype",
+    "train",
+    "val",
+    "val_unigram_bpb",
+    "elapsed_s",
+}
 
 
 # --------------------------------------------------------------------------- sources
@@ -229,6 +241,9 @@ def read_manifest(run_dir: Path) -> dict | None:
             f"{path}: format_version {version} is newer than this gptcli reads "
             f"({MANIFEST_VERSION}); upgrade gptcli"
         )
+    unknown = sorted(set(manifest) - MANIFEST_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (written by a newer gptcli?)")
     return manifest
 
 

@@ -40,7 +40,7 @@ def _dir_size(path: Path) -> int:
 def describe_checkpoint(path: Path) -> dict[str, Any]:
     loaded_cfg = checkpoint.model_config_from_json(path / "config.json")
     tensors = checkpoint.tensor_shapes(path / "model.safetensors")
-    state = checkpoint.read_versioned_json(path / "state.json")
+    state = checkpoint.read_state(path)
     tok = tokenizer.load(path / "tokenizer.json")
     dtypes = sorted({dtype for _, dtype in tensors.values()})
     state.pop("optimizer_param_groups", None)

@@ -257,8 +257,10 @@ def fit(
     step = start_step
     model.train()
     try:
-        with _SignalFlag() as flag, console.progress("loss", "rate") as bar:
-            task = bar.add_task("train", total=t.max_steps, completed=start_step, loss="", rate="")
+        with _SignalFlag() as flag, console.progress("loss", "lr", "rate") as bar:
+            task = bar.add_task(
+                "train", total=t.max_steps, completed=start_step, loss="", lr="", rate=""
+            )
             while step < t.max_steps:
                 lr = lr_at(step, t)
                 for group in optimizer.param_groups:
@@ -303,7 +305,9 @@ def fit(
                         metrics_file.flush()
                     window_start, window_tokens = time.perf_counter(), 0
                     rate = f"{record['tokens_per_s']:,.0f} tok/s"
-                    bar.update(task, loss=f"loss {record['loss']:.3f}", rate=rate)
+                    bar.update(
+                        task, loss=f"loss {record['loss']:.3f}", lr=f"lr {lr:.1e}", rate=rate
+                    )
                     if not console.progress_enabled():
                         val = f" | val {record['val_loss']:.3f}" if "val_loss" in record else ""
                         console.info(
