@@ -92,14 +92,10 @@ def tokenize(
             raise UserError("--decode needs --tokenizer PATH")
         if not args or len(args) != 1:
             raise UserError("tokenize takes one RECIPE (or --tokenizer PATH to encode text)")
-        from gptcli import checkpoint, data
+        from gptcli import data
         from gptcli import recipe as recipe_mod
 
-        recipe = recipe_mod.load(args[0], sets or [])
-        run_dir = recipe_mod.run_dir(recipe)
-        with checkpoint.RunLock(run_dir):
-            data.write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
-            manifest = data.prepare(recipe, run_dir)
+        run_dir, manifest = data.tokenize_run(recipe_mod.load(args[0], sets or []))
         if as_json:
             _print_json({"run_dir": str(run_dir), **manifest})
         return

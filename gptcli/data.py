@@ -410,3 +410,23 @@ class Batches:
             self._windows(starts[i : i + self.batch_size])
             for i in range(0, len(starts), self.batch_size)
         ]
+
+
+def tokenize_run(recipe: Recipe) -> tuple[Path, dict]:
+    """`gptcli tokenize RECIPE`: prepare the run folder's shards, under the run lock.
+
+    Shards under existing checkpoints are not rebuilt: the checkpoints were trained on them.
+    """
+    from gptcli import checkpoint
+    from gptcli import recipe as recipe_mod
+
+    run_dir = recipe_mod.run_dir(recipe)
+    with checkpoint.RunLock(run_dir):
+        if checkpoint.newest_in_run(run_dir) and not is_up_to_date(recipe, run_dir):
+            raise UserError(
+                f"{run_dir} has checkpoints trained on other data or tokenizer settings; "
+                "set another name: (or run_dir:) for the new data"
+            )
+        manifest = prepare(recipe, run_dir)
+        write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
+    return run_dir, manifest

@@ -209,3 +209,11 @@ def test_bad_input_leaves_the_run_untouched(trained):
     assert_one_line_error(proc, "model.n_layer", "--fresh")
     after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert before == after
+
+
+def test_tokenize_refuses_to_rebuild_shards_under_checkpoints(trained):
+    shard = trained / "runs" / "mini" / "data" / "train.bin"
+    before = shard.stat().st_mtime_ns
+    proc = gptcli("tokenize", "mini.yaml", "--set", "tokenizer.vocab_size=300", cwd=trained)
+    assert_one_line_error(proc, "has checkpoints", "name:")
+    assert shard.stat().st_mtime_ns == before
