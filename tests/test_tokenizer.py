@@ -1,4 +1,8 @@
+import functools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gptcli import tokenizer
 from gptcli.console import UserError
@@ -45,3 +49,16 @@ def test_bad_tokenizer_file(tmp_path):
         tokenizer.load(tmp_path / "tokenizer.json")
     with pytest.raises(UserError, match="tokenizer not found"):
         tokenizer.load(tmp_path / "missing.json")
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_any_unicode_text_round_trips(text):
+    tok = _shared_tok()
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert tokenizer.decode(tok, ids) == text
+
+
+@functools.cache
+def _shared_tok():
+    return tokenizer.train(TEXT, 300, ["<|endoftext|>"])
