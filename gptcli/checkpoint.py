@@ -8,6 +8,7 @@ or none of it. Weights and optimizer state are safetensors; nothing is ever unpi
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from gptcli import __version__, console, tokenizer
-from gptcli.console import UserError
+from gptcli.console import Failure, UserError
 from gptcli.recipe import ModelConfig
 
 FORMAT_VERSION = 1
@@ -220,24 +221,35 @@ def _weights_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return sd
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Flatten optimizer state into named tensors plus JSON-able param groups."""
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, per_param in sd["state"].items():
-        for key, value in per_param.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"optim.{idx}.{key}"] = t.detach().cpu().contiguous()
-    return tensors, sd["param_groups"]
+def optimizer_tensors(
+    optimizers: list[torch.optim.Optimizer],
+) -> tuple[dict[str, torch.Tensor], list[list[dict]]]:
+    """Flatten optimizer states into named tensors plus JSON-able param groups (no pickle)."""
+    tensors, groups = {}, []
+    for k, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        for idx, per_param in sd["state"].items():
+            for key, value in per_param.items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"optim{k}.{idx}.{key}"] = t.detach().cpu().contiguous()
+        groups.append(sd["param_groups"])
+    return tensors, groups
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list[dict]) -> None:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def restore_optimizers(
+    optimizers: list[torch.optim.Optimizer], tensors: dict, groups: list[list[dict]]
+) -> None:
+    if len(groups) != len(optimizers):
+        raise UserError(
+            "the checkpoint's optimizer state does not match train.optimizer (use --fresh)"
+        )
+    for k, opt in enumerate(optimizers):
+        state: dict[int, dict] = {}
+        for name, value in tensors.items():
+            if name.startswith(f"optim{k}."):
+                _, idx, key = name.split(".", 2)
+                state.setdefault(int(idx), {})[key] = value
+        opt.load_state_dict({"state": state, "param_groups": groups[k]})
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -268,7 +280,7 @@ def save(
     run_dir: Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizers: list[torch.optim.Optimizer] | None,
     state: dict[str, Any],
     tokenizer_path: Path,
 ) -> Path:
@@ -289,8 +301,8 @@ def save(
         shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
         trainer_tensors = rng_tensors()
         state = {"format_version": FORMAT_VERSION, **state, "step": step}
-        if optimizer is not None:
-            opt_tensors, groups = optimizer_tensors(optimizer)
+        if optimizers:
+            opt_tensors, groups = optimizer_tensors(optimizers)
             trainer_tensors.update(opt_tensors)
             state["optimizer_param_groups"] = groups
         save_file(trainer_tensors, str(tmp / "trainer.safetensors"))
@@ -300,10 +312,29 @@ def save(
                 os.fsync(fh.fileno())
         tmp.rename(final)
         _fsync_dir(folder)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(e):
+            previous = newest_in_run(run_dir)
+            kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+            raise Failure(
+                f"disk full while saving {final.name}; {kept}; free space and resume"
+            ) from None
         raise
     return final
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC from Python's I/O, or as safetensors' Rust writer reports it (os error 28)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, SafetensorError) and "os error 28" in str(e)
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest keep_last checkpoints (called after a save has completed)."""
+    for old in run_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def clean_stale_temps(run_dir: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from gptcli import __version__, console
-from gptcli.console import Interrupted, UserError
+from gptcli.console import Failure, Interrupted, UserError
 
 app = typer.Typer(
     name="gptcli",
@@ -297,6 +297,9 @@ def main() -> None:
     except UserError as e:
         console.stderr.print(f"error: {e}", style="red", markup=False)
         code = 2
+    except Failure as e:
+        console.stderr.print(f"error: {e}", style="red", markup=False)
+        code = 1
     except Interrupted as e:
         console.stderr.print(str(e), markup=False)
         code = e.code

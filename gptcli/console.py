@@ -105,3 +105,7 @@ class Interrupted(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Failure(Exception):
+    """Something outside the user's input failed (a full disk): one line on stderr, exit 1."""

@@ -9,6 +9,7 @@ through torch's scaled_dot_product_attention so the fused kernels (flash on CUDA
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -20,7 +21,7 @@ from gptcli.recipe import ModelConfig
 def mlp_hidden_size(cfg: ModelConfig) -> int:
     if cfg.mlp_hidden:
         return cfg.mlp_hidden
-    if cfg.mlp == "swiglu":  # 2/3 of 4x keeps the parameter count of a GELU MLP
+    if cfg.mlp == "swiglu":  # 2/3 of 4x keeps the parameter count of a 4x two-matrix MLP
         return 64 * math.ceil(8 * cfg.n_embd / 3 / 64)
     return 4 * cfg.n_embd
 
@@ -75,11 +76,18 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.proj.residual_scale = True  # GPT-2: shrink residual projections at init
         self.dropout = cfg.dropout
+        if cfg.qk_norm:  # normalised queries and keys keep attention logits bounded
+            head_dim = cfg.n_embd // cfg.n_head
+            self.q_norm = RMSNorm(head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
 
     def forward(self, x, rope, cache: KVCache | None, pos: int) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -116,6 +124,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
             h = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "relu2":  # squared ReLU (Primer, modded-nanoGPT)
+            h = F.relu(self.up(x)).square()
         else:
             h = F.gelu(self.up(x), approximate="tanh")
         return F.dropout(self.down(h), self.dropout, self.training)
@@ -156,11 +166,12 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)."""
+        """GPT-2 initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 n_layer)
+        (or zero with zero_init_proj, so every block starts as the identity)."""
         if isinstance(module, nn.Linear):
             std = 0.02
             if getattr(module, "residual_scale", False):
-                std /= math.sqrt(2 * self.cfg.n_layer)
+                std = 0.0 if self.cfg.zero_init_proj else std / math.sqrt(2 * self.cfg.n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -225,11 +236,11 @@ class GPT(nn.Module):
         )
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
     """Weight decay on matrices (linear and embedding weights) only, not on biases or norms."""
     decay, no_decay = [], []
     seen = set()
-    for p in model.parameters():
+    for p in params:
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))

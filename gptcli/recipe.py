@@ -6,6 +6,7 @@ values and names the closest valid key on a typo; `--set a.b=v` overrides use th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -42,15 +43,25 @@ class ModelConfig:
     n_embd: int = 256
     block_size: int = 256
     vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
+    preset: Literal["", "gpt2", "llama"] = ""  # fills the switches below unless set explicitly
     positions: Literal["learned", "rope"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    mlp: Literal["gelu", "swiglu"] = "gelu"
-    mlp_hidden: int = 0  # 0 = 4 * n_embd (gelu) or 8/3 * n_embd rounded up to 64 (swiglu)
+    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    mlp_hidden: int = 0  # 0 = 4 * n_embd (gelu, relu2) or 8/3 * n_embd rounded up to 64 (swiglu)
     bias: bool = True
     tie_embeddings: bool = True
+    qk_norm: bool = False  # RMSNorm on queries and keys of each head
+    zero_init_proj: bool = False  # residual output projections start at zero
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+
+
+# Architecture presets: GPT-2's choices, and the Llama family's (both exportable to HF).
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True},
+    "llama": {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
+}
 
 
 @dataclass
@@ -61,7 +72,10 @@ class TrainConfig:
     lr: float = 1.0e-3
     min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
     warmup_steps: int = 100
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2  # wsd: the final share of steps that decays to min_lr
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02  # muon: learning rate of the hidden matrices
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -69,6 +83,7 @@ class TrainConfig:
     eval_every: int = 200
     eval_batches: int = 20
     save_every: int = 500
+    keep_last: int = 0  # keep only the newest N checkpoints (0 = keep all)
     log_every: int = 10
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -240,12 +255,15 @@ def _looks_numeric(s: str) -> bool:
 
 
 def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    tree = dict(data)
+    tree = copy.deepcopy(data)
     for text in overrides:
         key, value = parse_override(text)
         if key not in all_keys() and not key.startswith("task"):
             raise UserError(f"unknown recipe key '{key}' in --set{_closest(key)}")
         _set_dotted(tree, key, value)
+    model = tree.get("model")
+    if isinstance(model, dict) and model.get("preset") in PRESETS:
+        tree["model"] = {**PRESETS[model["preset"]], **model}
     recipe = _build(Recipe, tree, "")
     validate(recipe)
     return recipe
@@ -313,7 +331,9 @@ def validate(r: Recipe) -> None:
     check("data.builtin_mb", r.data.builtin_mb, r.data.builtin_mb > 0, "> 0")
     for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
         check(f"train.{key}", getattr(t, key), getattr(t, key) > 0, "a positive integer")
-    for key in ("eval_every", "save_every", "warmup_steps"):
+    check("train.decay_fraction", t.decay_fraction, 0 < t.decay_fraction <= 1, "in (0, 1]")
+    check("train.muon_lr", t.muon_lr, t.muon_lr > 0, "> 0")
+    for key in ("eval_every", "save_every", "warmup_steps", "keep_last"):
         check(f"train.{key}", getattr(t, key), getattr(t, key) >= 0, ">= 0 (0 = off)")
     check("train.lr", t.lr, t.lr > 0, "> 0")
     check("train.min_lr_ratio", t.min_lr_ratio, 0.0 <= t.min_lr_ratio <= 1.0, "in [0, 1]")

@@ -20,51 +20,62 @@ import torch
 
 from gptcli import __version__, checkpoint, console, data, tokenizer
 from gptcli.console import Interrupted, UserError
+from gptcli.device import Dist, autocast_dtype, init_distributed, peak_flops, pick_device
 from gptcli.model import GPT, param_groups
 from gptcli.recipe import ModelConfig, Recipe, TrainConfig
+
+Optimizer = torch.optim.Optimizer
 
 # Keys that only change how the model is trained; all others change its shape.
 NON_SHAPE_KEYS = {"dropout"}
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is available (use device: auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("train.device is 'mps' but MPS is not available (use device: auto)")
-    return torch.device(name)
-
-
-def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """None means plain fp32. auto = bf16 on CUDA GPUs that support it, fp32 elsewhere."""
-    if dtype == "fp32":
-        return None
-    if dtype == "bf16":
-        return torch.bfloat16
-    if dtype == "fp16":
-        if device.type != "cuda":
-            raise UserError("train.dtype fp16 needs a CUDA GPU (use bf16 or fp32)")
-        return torch.float16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+def lr_factor(step: int, t: TrainConfig) -> float:
+    """Multiplier on each parameter group's base lr: linear warmup, then cosine decay to
+    min_lr_ratio, or warmup-stable-decay (flat, then linear decay over decay_fraction), or flat."""
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    if t.lr_schedule == "wsd":
+        decay_start = t.max_steps - int(t.decay_fraction * t.max_steps)
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start) / max(1, t.max_steps - decay_start))
+        return 1.0 - progress * (1.0 - t.min_lr_ratio)
+    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
+    return t.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - t.min_lr_ratio)
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio (or constant)."""
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.lr_schedule == "constant":
-        return t.lr
-    progress = min(1.0, (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps))
-    min_lr = t.lr * t.min_lr_ratio
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - min_lr)
+    return t.lr * lr_factor(step, t)
+
+
+def build_optimizers(model: GPT, t: TrainConfig, device: torch.device) -> list[Optimizer]:
+    """AdamW for everything, or Muon for the blocks' weight matrices and AdamW for the rest
+    (embeddings, head, norms, biases), as the Muon authors recommend."""
+    fused = device.type == "cuda"
+    if t.optimizer == "adamw":
+        groups = param_groups(model.parameters(), t.weight_decay)
+        optimizers: list[Optimizer] = [
+            torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
+        ]
+    else:
+        hidden = [
+            p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2
+        ]
+        hidden_ids = {id(p) for p in hidden}
+        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
+        optimizers = [
+            torch.optim.Muon(hidden, lr=t.muon_lr, weight_decay=t.weight_decay),
+            torch.optim.AdamW(
+                param_groups(rest, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused
+            ),
+        ]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return optimizers
 
 
 def bits_per_byte(loss: float, manifest: dict, split: str = "val") -> float:
@@ -135,6 +146,9 @@ def check_resumable(
             recipe.model, vocab_size=recipe.model.vocab_size or old.vocab_size
         )
     change = _shape_change(old, cfg)
+    old_optimizer = checkpoint.read_state(ckpt).get("train", {}).get("optimizer", "adamw")
+    if old_optimizer != recipe.train.optimizer:
+        change = f"train.optimizer was {old_optimizer!r}, now {recipe.train.optimizer!r}"
     if change:
         raise UserError(f"cannot resume {run_dir}: {change} (use --fresh for a new run folder)")
     if not data.is_up_to_date(recipe, run_dir, given_tokenizer):
@@ -154,19 +168,67 @@ def _truncate_metrics(path: Path, step: int) -> None:
     data.write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
 
+def _resume(run_dir: Path, cfg: ModelConfig, model: GPT, optimizers: list, t: TrainConfig):
+    """Load the run's newest checkpoint into model and optimizers; (step, tokens, elapsed)."""
+    resume_from = checkpoint.newest_in_run(run_dir)
+    if resume_from is None:
+        return 0, 0, 0.0
+    tok_path = run_dir / tokenizer.TOKENIZER_FILE
+    change = _shape_change(checkpoint.model_config_from_json(resume_from / "config.json"), cfg)
+    if change or tokenizer.file_hash(resume_from / "tokenizer.json") != tokenizer.file_hash(
+        tok_path
+    ):
+        raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
+    loaded = checkpoint.load(resume_from)
+    model.load_state_dict(loaded.weights, strict=not cfg.tie_embeddings)
+    extra = checkpoint.load_trainer_tensors(resume_from)
+    groups = loaded.state.get("optimizer_param_groups")
+    if groups:
+        checkpoint.restore_optimizers(optimizers, extra, groups)
+    checkpoint.restore_rng(extra)
+    old_train = loaded.state.get("train", {})
+    changed = [k for k, v in dataclasses.asdict(t).items() if k in old_train and old_train[k] != v]
+    if changed:
+        console.warn(f"resuming with changed train settings: {', '.join(changed)}")
+    step = loaded.state["step"]
+    console.info(f"train: resuming from {resume_from} (step {step})")
+    _truncate_metrics(run_dir / "metrics.jsonl", step)
+    return step, loaded.state.get("tokens_seen", 0), loaded.state.get("elapsed_s", 0.0)
+
+
+def _all_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(value)
+        value = value / dist.world
+    return value
+
+
 def fit(
     recipe: Recipe,
     run_dir: Path,
     cfg: ModelConfig,
     manifest: dict,
     init_weights: dict[str, torch.Tensor] | None = None,
+    dist: Dist | None = None,
 ) -> dict:
-    """Train until train.max_steps, resuming from the run's newest checkpoint if there is one."""
+    """Train until train.max_steps, resuming from the run's newest checkpoint if there is one.
+
+    Under torchrun every rank runs this; each draws its own batches, rank 0 logs and saves.
+    """
     t = recipe.train
+    dist = dist or Dist()
     device = pick_device(t.device)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", dist.local_rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     amp = autocast_dtype(device, t.dtype)
     tok_path = run_dir / tokenizer.TOKENIZER_FILE
-    checkpoint.clean_stale_temps(run_dir)
+    if dist.main:
+        checkpoint.clean_stale_temps(run_dir)
 
     torch.manual_seed(recipe.seed)
     model = GPT(cfg)
@@ -175,40 +237,8 @@ def fit(
         if set(missing) - {"lm_head.weight"} or unexpected:
             raise UserError("the init checkpoint's weights do not match its config.json")
     model.to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, t.weight_decay),
-        lr=t.lr,
-        betas=(t.beta1, t.beta2),
-        fused=device.type == "cuda",
-    )
-
-    start_step, tokens_seen, elapsed_before = 0, 0, 0.0
-    resume_from = checkpoint.newest_in_run(run_dir)
-    if resume_from is not None:
-        change = _shape_change(checkpoint.model_config_from_json(resume_from / "config.json"), cfg)
-        same_tokenizer = tokenizer.file_hash(resume_from / "tokenizer.json") == tokenizer.file_hash(
-            tok_path
-        )
-        if change or not same_tokenizer:
-            raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
-        loaded = checkpoint.load(resume_from)
-        model.load_state_dict(loaded.weights, strict=not cfg.tie_embeddings)
-        extra = checkpoint.load_trainer_tensors(resume_from)
-        groups = loaded.state.get("optimizer_param_groups")
-        if groups:
-            checkpoint.restore_optimizer(optimizer, extra, groups)
-        checkpoint.restore_rng(extra)
-        start_step = loaded.state["step"]
-        tokens_seen = loaded.state.get("tokens_seen", 0)
-        elapsed_before = loaded.state.get("elapsed_s", 0.0)
-        old_train = loaded.state.get("train", {})
-        changed = [
-            k for k, v in dataclasses.asdict(t).items() if k in old_train and old_train[k] != v
-        ]
-        if changed:
-            console.warn(f"resuming with changed train settings: {', '.join(changed)}")
-        console.info(f"train: resuming from {resume_from} (step {start_step})")
-        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    optimizers = build_optimizers(model, t, device)
+    start_step, tokens_seen, elapsed_before = _resume(run_dir, cfg, model, optimizers, t)
 
     train_batches = data.Batches(
         data.load_shard(run_dir, "train", manifest), cfg.block_size, t.batch_size, recipe.seed
@@ -220,24 +250,34 @@ def fit(
     val_batches = data.Batches(val_tokens, val_block, t.batch_size, recipe.seed).eval_batches(
         t.eval_batches
     )
-    if t.compile == "on" or (t.compile == "auto" and device.type == "cuda"):
-        step_model = torch.compile(model)
-    else:
-        step_model = model
+    ddp = None
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size
+        ddp = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    step_model = ddp or model
+    if t.compile == "on" or (t.compile == "auto" and device.type == "cuda"):
+        step_model = torch.compile(step_model)
+
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size * dist.world
     n_params = model.num_params()
+    peak, peak_source = peak_flops(device, amp)
+    flops_per_token = model.flops_per_token()
+    precision = f"{str(amp).removeprefix('torch.')} autocast" if amp else "fp32"
+    ranks = f" x {dist.world} ranks" if dist.world > 1 else ""
     console.info(
-        f"train: {n_params / 1e6:.2f}M parameters, {device.type}"
-        f"{' ' + str(amp).removeprefix('torch.') + ' autocast' if amp else ' fp32'}, "
+        f"train: {n_params / 1e6:.2f}M parameters, {device.type}{ranks} {precision}, "
         f"steps {start_step}->{t.max_steps}, {tokens_per_step:,} tokens/step"
+        + (f", MFU against {peak * dist.world / 1e12:.2f} TFLOP/s ({peak_source})" if peak else "")
     )
 
     def state(step: int, last: dict) -> dict:
         return {
             "tokens_seen": tokens_seen,
             "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
-            "data_position": step * t.grad_accum,
+            "data_position": step * t.grad_accum * dist.world,
             "metrics": last,
             "train": dataclasses.asdict(t),
             "versions": {
@@ -248,12 +288,22 @@ def fit(
         }
 
     def save(step: int, last: dict) -> Path:
-        return checkpoint.save(run_dir, step, model, optimizer, state(step, last), tok_path)
+        path = checkpoint.save(run_dir, step, model, optimizers, state(step, last), tok_path)
+        if t.keep_last:
+            checkpoint.prune(run_dir, t.keep_last)
+        return path
 
-    metrics_file = open(run_dir / "metrics.jsonl", "a")
+    metrics_file = open(run_dir / "metrics.jsonl", "a") if dist.main else None
+
+    def write_metrics(record: dict) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
     started = time.perf_counter()
     window_start, window_tokens = started, 0
     last: dict = {}
+    final: Path | None = None
     step = start_step
     model.train()
     try:
@@ -262,21 +312,32 @@ def fit(
                 "train", total=t.max_steps, completed=start_step, loss="", lr="", rate=""
             )
             while step < t.max_steps:
-                lr = lr_at(step, t)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                factor = lr_factor(step, t)
+                for opt in optimizers:
+                    for group in opt.param_groups:
+                        group["lr"] = group["base_lr"] * factor
                 loss_sum = torch.zeros((), device=device)
-                for micro in range(t.grad_accum):
-                    x, y = train_batches.get(step * t.grad_accum + micro)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with _autocast(device, amp):
-                        _, loss = step_model(x, y)
-                    (loss / t.grad_accum).backward()
-                    loss_sum += loss.detach()
+                try:
+                    for micro in range(t.grad_accum):
+                        index = (step * t.grad_accum + micro) * dist.world + dist.rank
+                        x, y = train_batches.get(index)
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        syncing = ddp is None or micro == t.grad_accum - 1
+                        with contextlib.nullcontext() if syncing else ddp.no_sync():
+                            with _autocast(device, amp):
+                                _, loss = step_model(x, y)
+                            (loss / t.grad_accum).backward()
+                        loss_sum += loss.detach()
+                except torch.cuda.OutOfMemoryError:
+                    raise UserError(
+                        f"CUDA out of memory at train.batch_size={t.batch_size}: lower it and "
+                        "raise train.grad_accum to keep the tokens per step"
+                    ) from None
                 if t.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
                 step += 1
                 tokens_seen += tokens_per_step
                 window_tokens += tokens_per_step
@@ -284,59 +345,75 @@ def fit(
                 is_last = step == t.max_steps
                 do_eval = is_last or (t.eval_every and step % t.eval_every == 0)
                 if step % t.log_every == 0 or do_eval or step == 1:
+                    loss_value = _all_mean(loss_sum, dist).item() / t.grad_accum
                     now = time.perf_counter()
+                    rate = window_tokens / max(now - window_start, 1e-9)
                     record = {
                         "step": step,
-                        "loss": round(loss_sum.item() / t.grad_accum, 5),
-                        "lr": lr,
-                        "tokens_per_s": round(window_tokens / max(now - window_start, 1e-9), 1),
+                        "loss": round(loss_value, 5),
+                        "lr": t.lr * factor,
+                        "tokens_per_s": round(rate, 1),
                         "tokens_seen": tokens_seen,
                         "elapsed_s": round(elapsed_before + now - started, 3),
                     }
+                    if peak:
+                        mfu = flops_per_token * rate / (peak * dist.world)
+                        record["mfu"] = float(f"{mfu:.3g}")
                     if do_eval and not is_last:
                         val_loss = evaluate(model, val_batches, device, amp)
                         record["val_loss"] = round(val_loss, 5)
                         record["val_bpb"] = round(bits_per_byte(val_loss, manifest), 5)
                     last = {**last, **record}
-                    if is_last:
-                        last_train_record = record
-                    else:
-                        metrics_file.write(json.dumps(record) + "\n")
-                        metrics_file.flush()
+                    if not is_last:
+                        write_metrics(record)
                     window_start, window_tokens = time.perf_counter(), 0
-                    rate = f"{record['tokens_per_s']:,.0f} tok/s"
+                    shown = f"{rate:,.0f} tok/s" + (f" mfu {record['mfu']:.1%}" if peak else "")
                     bar.update(
-                        task, loss=f"loss {record['loss']:.3f}", lr=f"lr {lr:.1e}", rate=rate
+                        task,
+                        loss=f"loss {loss_value:.3f}",
+                        lr=f"lr {t.lr * factor:.1e}",
+                        rate=shown,
                     )
                     if not console.progress_enabled():
                         val = f" | val {record['val_loss']:.3f}" if "val_loss" in record else ""
                         console.info(
-                            f"step {step}/{t.max_steps} | loss {record['loss']:.3f}{val} "
-                            f"| lr {lr:.2e} | {rate}"
+                            f"step {step}/{t.max_steps} | loss {loss_value:.3f}{val} "
+                            f"| lr {t.lr * factor:.2e} | {shown}"
                         )
                 bar.update(task, completed=step)
 
-                if flag.signum is not None:
-                    path = save(step, last)
-                    code = 130 if flag.signum == signal.SIGINT else 143
+                stop = flag.signum
+                if dist.world > 1:  # every rank stops at the same step, or DDP hangs
+                    signal_seen = torch.tensor([flag.signum or 0], dtype=torch.int64)
+                    import torch.distributed as tdist
+
+                    tdist.all_reduce(signal_seen, op=tdist.ReduceOp.MAX)
+                    stop = int(signal_seen.item()) or None
+                if stop is not None:
+                    path = save(step, last) if dist.main else None
+                    code = 130 if stop == signal.SIGINT else 143
                     raise Interrupted(code, f"interrupted at step {step}; saved {path}")
-                if not is_last and t.save_every and step % t.save_every == 0:
+                if not is_last and t.save_every and step % t.save_every == 0 and dist.main:
                     save(step, last)
             # Final: save first (so a failing evaluation cannot lose the run), then evaluate.
             if step > start_step:
-                final = save(step, last)
+                final = save(step, last) if dist.main else None
                 val_loss = evaluate(model, val_batches, device, amp)
-                last_train_record["val_loss"] = round(val_loss, 5)
-                last_train_record["val_bpb"] = round(bits_per_byte(val_loss, manifest), 5)
-                metrics_file.write(json.dumps(last_train_record) + "\n")
-                last = {**last, **last_train_record}
+                final_record = {
+                    **record,
+                    "val_loss": round(val_loss, 5),
+                    "val_bpb": round(bits_per_byte(val_loss, manifest), 5),
+                }
+                last.update(final_record)
+                write_metrics(final_record)
             else:
                 final = checkpoint.newest_in_run(run_dir)
-                if not last and final is not None:
+                if final is not None:
                     last = checkpoint.load(final).state.get("metrics", {})
                 console.info(f"train: already at step {step} (raise train.max_steps to go on)")
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
 
     summary = {
         "run_dir": str(run_dir),
@@ -370,15 +447,24 @@ def new_run_dir(base: Path) -> Path:
 
 
 def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
+    """`gptcli pretrain`: tokenize if needed, then train. Under torchrun, rank 0 prepares the
+    run folder and holds its lock while the other ranks wait for it."""
     from gptcli import recipe as recipe_mod
 
+    dist = init_distributed(recipe.train.device)
+    if not dist.main:
+        console.set_quiet(True)
     run_dir = recipe_mod.run_dir(recipe)
     if fresh:
         run_dir = new_run_dir(run_dir)
-    with checkpoint.RunLock(run_dir):
-        check_resumable(recipe, run_dir, None)
-        manifest = data.prepare(recipe, run_dir)
-        data.write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
+    lock = checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
+    with lock:
+        if dist.main:
+            check_resumable(recipe, run_dir, None)
+            data.prepare(recipe, run_dir)
+            data.write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
+        _barrier(dist)
+        manifest = data.read_manifest(run_dir)
         vocab = manifest["vocab_size"]
         if recipe.model.vocab_size and recipe.model.vocab_size < vocab:
             raise UserError(
@@ -386,4 +472,13 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
                 f"{vocab} tokens (use 0 to take the tokenizer's size)"
             )
         cfg = dataclasses.replace(recipe.model, vocab_size=recipe.model.vocab_size or vocab)
-        return fit(recipe, run_dir, cfg, manifest)
+        summary = fit(recipe, run_dir, cfg, manifest, dist=dist)
+        _barrier(dist)
+        return summary
+
+
+def _barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()

@@ -25,7 +25,7 @@ def run(tmp_path):
 def save(run, step):
     folder, model, opt = run
     return checkpoint.save(
-        folder, step, model, opt, {"tokens_seen": step}, folder / "tokenizer.json"
+        folder, step, model, [opt], {"tokens_seen": step}, folder / "tokenizer.json"
     )
 
 
@@ -42,7 +42,7 @@ def test_round_trip_weights_optimizer_rng(run):
     assert again.lm_head.weight is again.wte.weight
     opt2 = torch.optim.AdamW(again.parameters(), lr=1e-3)
     extra = checkpoint.load_trainer_tensors(path)
-    checkpoint.restore_optimizer(opt2, extra, loaded.state["optimizer_param_groups"])
+    checkpoint.restore_optimizers([opt2], extra, loaded.state["optimizer_param_groups"])
     for p1, p2 in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(opt.state[p1]["exp_avg"], opt2.state[p2]["exp_avg"])
         assert torch.equal(opt.state[p1]["exp_avg_sq"], opt2.state[p2]["exp_avg_sq"])

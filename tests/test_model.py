@@ -7,6 +7,7 @@ from gptcli.recipe import ModelConfig
 VARIANTS = [
     {},
     {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
+    {"positions": "rope", "mlp": "relu2", "qk_norm": True, "zero_init_proj": True},
     {"tie_embeddings": False, "dropout": 0.1},
 ]
 
@@ -26,7 +27,7 @@ def test_forward_shapes_and_loss(kw):
     assert loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
 
 
-@pytest.mark.parametrize("kw", VARIANTS[:2])
+@pytest.mark.parametrize("kw", VARIANTS[:3])
 def test_causal_future_tokens_do_not_matter(kw):
     model = make(**kw).eval()
     a = torch.randint(0, 50, (1, 16))
@@ -38,7 +39,7 @@ def test_causal_future_tokens_do_not_matter(kw):
     assert not torch.allclose(la[0, 10:], lb[0, 10:])
 
 
-@pytest.mark.parametrize("kw", VARIANTS[:2])
+@pytest.mark.parametrize("kw", VARIANTS[:3])
 def test_kv_cache_matches_full_forward(kw):
     model = make(**kw).eval()
     idx = torch.randint(0, 50, (2, 12))
@@ -67,7 +68,7 @@ def test_residual_projections_are_scaled():
 
 
 def test_weight_decay_only_on_matrices():
-    decay, no_decay = param_groups(make(), 0.1)
+    decay, no_decay = param_groups(make().parameters(), 0.1)
     assert all(p.dim() >= 2 for p in decay["params"])
     assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
 
@@ -87,3 +88,11 @@ def test_a_few_steps_learn_a_repeating_sequence():
         loss.backward()
         opt.step()
     assert loss.item() < 0.1
+
+
+def test_zero_init_projections_make_blocks_start_as_identity():
+    model = make(zero_init_proj=True)
+    assert model.blocks[0].attn.proj.weight.abs().sum() == 0
+    assert model.blocks[1].mlp.down.weight.abs().sum() == 0
+    x = torch.randn(1, 4, 32)
+    assert torch.equal(model.blocks[0](x), x)

@@ -73,3 +73,17 @@ def test_dump_round_trips(tmp_path):
     path.write_text(recipe.dump(r))
     assert recipe.load(path) == r
     assert recipe.non_defaults(r) == {"name": "t", "model.n_layer": 2, "train.lr": 0.01}
+
+
+def test_presets_fill_switches_but_explicit_keys_win():
+    llama = recipe.from_dict({"model": {"preset": "llama"}})
+    assert (llama.model.positions, llama.model.norm, llama.model.mlp, llama.model.bias) == (
+        "rope",
+        "rmsnorm",
+        "swiglu",
+        False,
+    )
+    mixed = recipe.from_dict({"model": {"preset": "llama", "mlp": "relu2"}})
+    assert mixed.model.mlp == "relu2" and mixed.model.positions == "rope"
+    gpt2 = recipe.from_dict({}, ["model.preset=gpt2"])
+    assert gpt2.model.positions == "learned" and gpt2.model.mlp == "gelu"

@@ -109,3 +109,161 @@ def test_second_process_on_a_run_is_refused(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
+
+
+def test_wsd_schedule_is_flat_then_decays_linearly():
+    t = TrainConfig(
+        lr=1.0,
+        warmup_steps=0,
+        max_steps=100,
+        lr_schedule="wsd",
+        decay_fraction=0.2,
+        min_lr_ratio=0.0,
+    )
+    assert lr_at(0, t) == lr_at(79, t) == 1.0
+    assert lr_at(90, t) == pytest.approx(0.5) and lr_at(100, t) == pytest.approx(0.0)
+
+
+def test_auto_dtype_is_bf16_exactly_on_cpus_with_native_bf16():
+    import torch
+
+    from gptcli.device import autocast_dtype, cpu_has_native_bf16
+
+    expected = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert autocast_dtype(torch.device("cpu"), "auto") == expected
+    assert autocast_dtype(torch.device("cpu"), "fp32") is None
+
+
+def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
+    recipe = write_recipe(tmp_path)
+    sets = [
+        "--set",
+        "train.optimizer=muon",
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "train.keep_last=2",
+        "--set",
+        "train.max_steps=8",
+        "--set",
+        "train.log_every=1",
+    ]
+    assert gptcli("pretrain", str(recipe), "--quiet", *sets, cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "mini"
+    assert [p.name for p in checkpoint.run_checkpoints(run)] == ["step-0000006", "step-0000008"]
+    full = losses(run)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["mfu"] < 1 for r in records), "MFU is reported against a measured peak"
+    shutil.rmtree(run / "checkpoints" / "step-0000008")
+    again = gptcli("pretrain", str(recipe), "--quiet", *sets, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    resumed = losses(run)
+    assert resumed[7] == full[7] and resumed[8] == full[8]
+    switched = gptcli(
+        "pretrain",
+        str(recipe),
+        *sets[:-2],
+        "--set",
+        "train.max_steps=10",
+        "--set",
+        "train.optimizer=adamw",
+        cwd=tmp_path,
+    )
+    assert_one_line_error(switched, "train.optimizer", "--fresh")
+
+
+def test_kill_9_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
+    """With a save after every step, most kills land inside a save."""
+    recipe = write_recipe(tmp_path)
+    run = tmp_path / "runs" / "mini"
+    for attempt in range(3):
+        proc, _ = _start_long_run(tmp_path, ["--set", "train.save_every=1"])
+        time.sleep(0.3 + 0.37 * attempt)
+        proc.kill()
+        proc.wait()
+        for ckpt in checkpoint.run_checkpoints(run):  # every visible checkpoint loads
+            checkpoint.load(ckpt)
+    newest = checkpoint.newest_in_run(run)
+    again = gptcli(
+        "pretrain",
+        str(recipe),
+        "--quiet",
+        "--json",
+        "--set",
+        f"train.max_steps={checkpoint.step_of(newest) + 1}",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["step"] == checkpoint.step_of(newest) + 1
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_full_disk_during_save_keeps_previous_checkpoint(trained, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    shutil.copytree(trained / "runs" / "mini", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "copy" / "checkpoints" / "step-0000012")
+    used = sum(p.stat().st_size for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    ckpt = sum(p.stat().st_size for p in (tmp_path / "copy/checkpoints/step-0000006").iterdir())
+    size_kb = (used + ckpt // 2) // 1024 + 64
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        shutil.copytree(tmp_path / "copy", mnt / "mini")
+        proc = gptcli(
+            "pretrain", str(trained / "mini.yaml"), "--set", f"run_dir={mnt / 'mini'}", cwd=trained
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "disk full while saving step-0000012" in proc.stderr
+        assert "step-0000006 is intact" in proc.stderr and "Traceback" not in proc.stderr
+        assert [p.name for p in checkpoint.run_checkpoints(mnt / "mini")] == ["step-0000006"]
+        assert not list((mnt / "mini" / "checkpoints").glob(".tmp-*"))
+        checkpoint.load(mnt / "mini")
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
+    recipe = write_recipe(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "gptcli",
+        "pretrain",
+        str(recipe),
+        "--quiet",
+        "--set",
+        "train.save_every=3",
+    ]
+    first = subprocess.run(
+        cmd + ["--set", "train.max_steps=3"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "runs" / "mini"
+    state = json.loads((run / "checkpoints" / "step-0000003" / "state.json").read_text())
+    assert state["tokens_seen"] == 3 * 2 * 4 * 32  # steps x ranks x batch x block
+    second = subprocess.run(
+        cmd + ["--set", "train.max_steps=5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [p.name for p in checkpoint.run_checkpoints(run)] == ["step-0000003", "step-0000005"]
+    assert [r for r in losses(run)] == [1, 3, 5]

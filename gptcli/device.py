@@ -1,0 +1,162 @@
+"""The hardware: which device and precision to train on, its peak FLOP/s for MFU, and DDP ranks.
+
+Kept apart from the trainer so that the training loop reads as a loop, and so `sample` can ask
+the same questions (does this CPU have native bf16?) without importing the trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptcli import console
+from gptcli.console import UserError
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets, by a substring of the device name.
+CUDA_BF16_PEAKS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 125e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA GPU is available (use device: auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device is 'mps' but MPS is not available (use device: auto)")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls run ~2.5x faster than fp32 there, else slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
+    """None means plain fp32. auto = bf16 where the hardware does it natively, else fp32."""
+    if dtype == "fp32":
+        return None
+    if dtype == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        console.warn("this GPU has no bf16; training in fp32 (fp16 without care gives NaNs)")
+        return None
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GPTCLI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gptcli"
+    )
+    return Path(root)
+
+
+def _probe_matmul(dtype: torch.dtype, seconds: float = 0.3) -> float:
+    n = 1024
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    a @ b  # warm up
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
+def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | None, str]:
+    """The device's peak FLOP/s for MFU, and where the number came from."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in CUDA_BF16_PEAKS.items():
+            if key in name:
+                return (peak if amp is not None else peak / 2), f"{name} datasheet"
+        return None, f"{name}: peak unknown"
+    if device.type != "cpu":
+        return None, f"{device.type}: peak unknown"
+    dtype = amp or torch.float32
+    key = f"{platform.machine()}|{_cpu_model()}|{dtype}|{torch.get_num_threads()}"
+    path = _cache_dir() / "cpu_peak_flops.json"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if digest not in cache:
+        cache[digest] = _probe_matmul(dtype)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only cache dir only costs a re-measure next time
+    return cache[digest], f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
+            )
+    except OSError:
+        return ""
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the process group torchrun set up (RANK/WORLD_SIZE in the environment), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return Dist()
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
