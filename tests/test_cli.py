@@ -167,7 +167,15 @@ def test_tokenize_pipeline_round_trip(trained):
     )
     assert dec.stdout == "Once upon a time\nThe cat\n"
     one = gptcli("tokenize", "--tokenizer", "runs/mini", "--json", "héllo", cwd=trained)
-    assert json.loads(one.stdout)["text"] == "héllo"
+    obj = json.loads(one.stdout)
+    assert obj["text"] == "héllo" and len(obj["tokens"]) == len(obj["ids"])
+    assert "".join(obj["tokens"]).replace("\ufffd", "") in ("héllo", "hllo")
+    counts = gptcli("tokenize", "--tokenizer", "runs/mini", "--count", cwd=trained, input="a b\n\n")
+    tok = Tokenizer.from_file(str(trained / "runs/mini/tokenizer.json"))
+    assert counts.stdout.split() == [str(len(tok.encode("a b").ids)), "0"]
+    ids_json = "[" + ", ".join(lines[1].split()) + "]\n"
+    arr = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", cwd=trained, input=ids_json)
+    assert arr.stdout == "The cat\n"
     bad = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", "1 2 999999", cwd=trained)
     assert_one_line_error(bad, "999999")
 
