@@ -63,7 +63,9 @@ def _print_json(obj: object) -> None:
     epilog="Examples:\n\n"
     "  gptcli tokenize recipes/tiny.yaml\n\n"
     '  gptcli tokenize --tokenizer runs/tiny "Once upon a time"\n\n'
-    "  echo '7 42 99' | gptcli tokenize --tokenizer runs/tiny --decode",
+    "  cat notes.txt | gptcli tokenize --tokenizer runs/tiny --count\n\n"
+    "  echo '[7, 42, 99]' | gptcli tokenize --tokenizer runs/tiny --decode\n\n"
+    "  cat corpus.txt | gptcli tokenize recipes/tiny.yaml --set data.source=-",
 )
 def tokenize(
     args: Annotated[
@@ -79,7 +81,10 @@ def tokenize(
         ),
     ] = None,
     decode: Annotated[
-        bool, typer.Option("--decode", help="Turn ids (space-separated) into text.")
+        bool, typer.Option("--decode", help="Turn ids (spaces or a JSON array) into text.")
+    ] = False,
+    count: Annotated[
+        bool, typer.Option("--count", help="Print only the number of tokens of each line.")
     ] = False,
     sets: SetOpt = None,
     quiet: QuietOpt = False,
@@ -88,8 +93,8 @@ def tokenize(
     """Train the recipe's BPE and write token shards, or encode/decode text in a pipeline."""
     console.set_quiet(quiet)
     if tokenizer_path is None:
-        if decode:
-            raise UserError("--decode needs --tokenizer PATH")
+        if decode or count:
+            raise UserError("--decode and --count need --tokenizer PATH")
         if not args or len(args) != 1:
             raise UserError("tokenize takes one RECIPE (or --tokenizer PATH to encode text)")
         from gptcli import data
@@ -103,29 +108,12 @@ def tokenize(
         raise UserError("--set applies to a recipe, not to --tokenizer mode")
     from gptcli import tokenizer
 
+    if count and decode:
+        raise UserError("--count and --decode do not go together (--count counts tokens of text)")
     tok = tokenizer.load(tokenizer_path)
     lines = args if args else (line.rstrip("\n") for line in sys.stdin)
-    for lineno, line in enumerate(lines, 1):
-        if decode:
-            text = line.strip()
-            try:
-                ids = json.loads(text) if text.startswith("[") else [int(t) for t in text.split()]
-            except ValueError:
-                raise UserError(
-                    f"input line {lineno}: expected token ids, got {line[:40]!r}"
-                ) from None
-            vocab = tok.get_vocab_size()
-            bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < vocab]
-            if bad:
-                raise UserError(f"input line {lineno}: id {bad[0]!r} is outside 0..{vocab - 1}")
-            decoded = tokenizer.decode(tok, ids)
-            _print_json({"ids": ids, "text": decoded}) if as_json else console.out(decoded)
-        else:
-            ids = tok.encode(line, add_special_tokens=False).ids
-            if as_json:
-                _print_json({"text": line, "ids": ids})
-            else:
-                console.out(" ".join(map(str, ids)))
+    for out_line in tokenizer.pipeline(tok, lines, decode, as_json, count):
+        console.out(out_line)
 
 
 # --------------------------------------------------------------------------- pretrain / finetune

@@ -14,12 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -76,19 +78,22 @@ class _NullProgress:
 
 
 @contextmanager
-def progress(*extra_fields: str) -> Iterator[Progress | _NullProgress]:
+def progress(*extra_fields: str, unit: str = "items") -> Iterator[Progress | _NullProgress]:
     """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY.
 
     extra_fields are task fields shown after the bar (e.g. "loss"), filled through
-    progress.update(task, loss="...").
+    progress.update(task, loss="..."). unit="bytes" counts bytes and shows MB and MB/s.
     """
     if not progress_enabled():
         yield _NullProgress()
         return
+    counts = (
+        [MofNCompleteColumn()] if unit != "bytes" else [DownloadColumn(), TransferSpeedColumn()]
+    )
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        *counts,
         TaskProgressColumn(),
         *(TextColumn(f"{{task.fields[{f}]}}") for f in extra_fields),
         TimeElapsedColumn(),

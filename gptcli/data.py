@@ -1,31 +1,42 @@
 """Corpus sources, the train/val split, token shards on disk and training batches.
 
-A corpus is a list of documents. Shards are flat arrays of token ids with <|endoftext|> after
-every document, memory-mapped at training time so a corpus never has to fit in RAM twice.
+A corpus is a stream of documents from one or more sources, read a chunk at a time so it
+never has to fit in memory. Shards are flat arrays of token ids with <|endoftext|> after every
+document, appended as batches are encoded and memory-mapped at training time.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import json
 import math
 import os
 import random
+import re
+import shutil
+import sys
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from gptcli import console, tokenizer
 from gptcli.console import UserError
 from gptcli.recipe import DataConfig, Recipe, TokenizerConfig
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 MIN_DOCS_FOR_DOC_SPLIT = 100
+STDIN_FILE = "stdin.txt"
+READ_CHUNK = 1 << 20  # bytes read at a time
+BATCH_CHARS = 1 << 20  # characters per encoding batch (one task for a worker thread)
+MAX_PIECE_CHARS = 4 << 20  # longer documents are encoded in pieces cut at safe places
 MANIFEST_KEYS = {
     "format_version",
     "corpus",
@@ -33,55 +44,253 @@ MANIFEST_KEYS = {
     "tokenizer_sha256",
     "vocab_size",
     "dtype",
+    "encoder",
     "train",
     "val",
+    "bytes_per_token",
     "val_unigram_bpb",
     "elapsed_s",
 }
+_SEP = tokenizer.EOT.encode()
 
 
 # --------------------------------------------------------------------------- sources
 
 
+@dataclass
+class Source:
+    """One entry of data.source: where the text is, how often to repeat it, its checksum."""
+
+    spec: str
+    weight: float = 1.0
+    sha256: str = ""
+
+    @property
+    def is_url(self) -> bool:
+        return self.spec.startswith(("http://", "https://"))
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.spec.startswith("builtin:")
+
+
+def sources(cfg: DataConfig) -> list[Source]:
+    if isinstance(cfg.source, list):
+        return [
+            Source(i["path"], float(i.get("weight", 1.0)), i.get("sha256", ""))
+            if isinstance(i, dict)
+            else Source(i)
+            for i in cfg.source
+        ]
+    return [Source(cfg.source, 1.0, cfg.sha256)]
+
+
+def _has_text_suffix(path: Path) -> bool:
+    name = path.name.removesuffix(".gz")
+    return name.endswith(TEXT_SUFFIXES)
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.name.removesuffix(".gz").endswith(".jsonl")
+
+
 def source_files(source: str) -> list[Path]:
-    """A file, a directory (recursively) or a glob, as a sorted list of text files."""
+    """A file, a directory (recursively) or a glob, as a sorted list of text files.
+
+    Directories and globs keep .txt, .md and .jsonl files and their .gz; a file named
+    directly is read whatever its name.
+    """
     p = Path(source).expanduser()
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in TEXT_SUFFIXES)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and _has_text_suffix(f))
     else:
-        files = sorted(Path(f) for f in glob.glob(source, recursive=True) if Path(f).is_file())
+        matches = glob.glob(os.path.expanduser(source), recursive=True)
+        files = sorted(Path(f) for f in matches if Path(f).is_file() and _has_text_suffix(Path(f)))
     if not files:
         raise UserError(
-            f"data.source {source!r}: no such file, or no .txt/.md/.jsonl files in it "
-            "(pass a file, directory, glob or builtin:stories)"
+            f"data.source {source!r}: no such file, or no .txt/.md/.jsonl(.gz) files in it "
+            "(pass a file, directory, glob, URL, - for stdin, or builtin:stories)"
         )
     return files
 
 
-def fingerprint(cfg: DataConfig, seed: int) -> dict:
-    """What the shards were made from: changes to any of it make them stale."""
-    if cfg.source.startswith("builtin:"):
-        from gptcli import stories
-
-        generator = hashlib.sha256(Path(stories.__file__).read_bytes()).hexdigest()[:16]
-        return {"source": cfg.source, "mb": cfg.builtin_mb, "seed": seed, "generator": generator}
-    files = []
-    for f in source_files(cfg.source):
-        st = f.stat()
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        files.append({"path": str(f), "bytes": st.st_size, "sha256": digest})
-    return {"source": cfg.source, "text_field": cfg.text_field, "files": files}
+def cache_dir() -> Path:
+    """$GPTCLI_CACHE, else gptcli/ under $XDG_CACHE_HOME or ~/.cache."""
+    if os.environ.get("GPTCLI_CACHE"):
+        return Path(os.environ["GPTCLI_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptcli"
 
 
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, sha256: str = "") -> Path:
+    """Download url once into the cache (temp name, renamed when complete and verified).
+
+    Later calls return the cached file without touching the network.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    base = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
+    target = cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
+    if target.is_file():
+        if sha256 and file_sha256(target) != sha256.lower():
+            raise UserError(
+                f"{target} (cached {url}) does not match data.sha256 {sha256}; "
+                "fix data.sha256 or delete the cached file to download again"
+            )
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    console.info(f"tokenize: downloading {url}")
     try:
-        return raw.decode("utf-8")
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
+            expected = int(resp.headers.get("Content-Length") or 0)
+            h, n = hashlib.sha256(), 0
+            with console.progress(unit="bytes") as bar:
+                task = bar.add_task("download", total=expected or None)
+                while chunk := resp.read(READ_CHUNK):
+                    f.write(chunk)
+                    h.update(chunk)
+                    n += len(chunk)
+                    bar.advance(task, len(chunk))
+        if expected and n != expected:
+            raise UserError(f"{url}: download ended after {n} of {expected} bytes (try again)")
+        if sha256 and h.hexdigest() != sha256.lower():
+            raise UserError(
+                f"{url}: downloaded file has sha256 {h.hexdigest()}, not data.sha256 {sha256} "
+                "(fix data.sha256 or the URL)"
+            )
+        tmp.replace(target)
+    except urllib.error.HTTPError as e:
+        raise UserError(f"{url}: HTTP {e.code} {e.reason} (check the URL)") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or type(e).__name__
+        raise UserError(
+            f"{url}: download failed ({reason}); check the URL and the network, "
+            "or set data.source to a local copy"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _source_paths(src: Source, run_dir: Path | None) -> list[Path]:
+    if src.spec == "-":
+        if run_dir is None:
+            raise UserError("data.source '-' (stdin) needs a run folder to spool it into")
+        return [run_dir / "data" / STDIN_FILE]
+    if src.is_url:
+        return [fetch(src.spec, src.sha256)]
+    return source_files(src.spec)
+
+
+def spool_stdin(run_dir: Path) -> Path:
+    """Copy stdin to the run folder once: the corpus is read more than once, and fingerprinted."""
+    target = run_dir / "data" / STDIN_FILE
+    tmp = target.with_name(f".{STDIN_FILE}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            shutil.copyfileobj(sys.stdin.buffer, f, READ_CHUNK)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _builtin_name(spec: str) -> str:
+    name = spec.removeprefix("builtin:")
+    if name != "stories":
+        raise UserError(f"unknown builtin corpus {spec!r} (available: builtin:stories)")
+    return name
+
+
+def fingerprint(
+    cfg: DataConfig, seed: int, run_dir: Path | None = None, known: dict | None = None
+) -> dict:
+    """What the shards were made from: changes to any of it make them stale.
+
+    Files are identified by path, size and sha256. The hash is recomputed only when size or
+    mtime differ from `known` (the previous manifest's corpus), so an unchanged corpus is
+    checked without reading it.
+    """
+    old = {
+        (f["path"], f["bytes"], f["mtime_ns"]): f["sha256"]
+        for s in (known or {}).get("sources", [])
+        for f in s.get("files", [])
+        if "mtime_ns" in f
+    }
+    entries = []
+    all_sources = sources(cfg) + ([Source(cfg.dev)] if cfg.dev else [])
+    for src in all_sources:
+        entry: dict = {"source": src.spec, "weight": src.weight}
+        if src.is_builtin:
+            from gptcli import stories
+
+            _builtin_name(src.spec)
+            generator = hashlib.sha256(Path(stories.__file__).read_bytes()).hexdigest()[:16]
+            entry.update(mb=cfg.builtin_mb, generator=generator)
+        else:
+            files = []
+            for f in _source_paths(src, run_dir):
+                st = f.stat()
+                key = (str(f), st.st_size, st.st_mtime_ns)
+                digest = old.get(key) or file_sha256(f)
+                files.append(
+                    {
+                        "path": str(f),
+                        "bytes": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                        "sha256": digest,
+                    }
+                )
+            entry["files"] = files
+        entries.append(entry)
+    return {
+        "source": cfg.source,
+        "dev": cfg.dev,
+        "text_field": cfg.text_field,
+        "errors": cfg.errors,
+        "seed": seed,
+        "val_fraction": cfg.val_fraction,
+        "sources": entries,
+    }
+
+
+def _same_corpus(a: dict | None, b: dict) -> bool:
+    """Equal fingerprints, ignoring mtimes (a touched file with the same bytes is unchanged)."""
+
+    def strip(fp: dict | None) -> dict | None:
+        if fp is None:
+            return None
+        fp = json.loads(json.dumps(fp))
+        for s in fp.get("sources", []):
+            for f in s.get("files", []):
+                f.pop("mtime_ns", None)
+        return fp
+
+    return strip(a) == strip(b)
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def _decode(raw: bytes, path: Path, offset: int, errors: str, where: str = "") -> str:
+    try:
+        return raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         raise UserError(
-            f"{path}: not UTF-8 at byte offset {e.start} (convert it to UTF-8)"
+            f"{path}{where}: not UTF-8 at byte offset {offset + e.start} "
+            "(convert it to UTF-8, or set data.errors: replace)"
         ) from None
 
 
@@ -93,90 +302,246 @@ def _field(record: object, dotted: str) -> object:
     return record
 
 
-def split_text_documents(text: str) -> list[str]:
-    return [d.strip() for d in text.split(tokenizer.EOT) if d.strip()]
+class _Reader:
+    """Opens a file (or its .gz) and reports compressed bytes read, for the progress bar."""
+
+    def __init__(self, path: Path, on_bytes) -> None:
+        self.raw = open(path, "rb")
+        self.stream = gzip.GzipFile(fileobj=self.raw) if path.name.endswith(".gz") else self.raw
+        self.on_bytes = on_bytes
+        self.reported = 0
+
+    def report(self) -> None:
+        pos = self.raw.tell()
+        self.on_bytes(pos - self.reported)
+        self.reported = pos
+
+    def close(self) -> None:
+        self.report()
+        self.stream.close()
+        self.raw.close()
 
 
-def _jsonl_documents(path: Path, text_field: str) -> list[str]:
-    docs = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
+def _text_documents(path: Path, errors: str, on_bytes) -> Iterator[str]:
+    """Documents of a text file: the pieces between <|endoftext|> separators, stripped."""
+    reader = _Reader(path, on_bytes)
+    try:
+        buf, offset, searched = bytearray(), 0, 0
+        while True:
+            chunk = reader.stream.read(READ_CHUNK)
+            reader.report()
+            if chunk:
+                buf += chunk
+            while True:
+                i = buf.find(_SEP, searched)
+                if i < 0:
+                    searched = max(0, len(buf) - len(_SEP) + 1)
+                    break
+                doc = _decode(bytes(buf[:i]), path, offset, errors).strip()
+                offset += i + len(_SEP)
+                del buf[: i + len(_SEP)]
+                searched = 0
+                if doc:
+                    yield doc
+            if not chunk:
+                break
+        doc = _decode(bytes(buf), path, offset, errors).strip()
+        if doc:
+            yield doc
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    finally:
+        reader.close()
+
+
+def _jsonl_documents(path: Path, text_field: str, errors: str, on_bytes) -> Iterator[str]:
+    """One document per line: the (dotted) text_field of each JSON object."""
+    reader = _Reader(path, on_bytes)
+    try:
+        offset = 0
+        for lineno, raw in enumerate(reader.stream, 1):
+            if lineno % 1024 == 0:
+                reader.report()
+            line = _decode(raw, path, offset, errors, where=f":{lineno}")
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            value = _field(record, text_field)
+            if not isinstance(value, str):
+                raise UserError(
+                    f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)"
+                )
+            if value.strip():
+                yield value
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    finally:
+        reader.close()
+
+
+def _builtin_documents(cfg: DataConfig, seed: int, on_bytes) -> Iterator[str]:
+    """The same documents as splitting stories.generate(builtin_mb), without holding them."""
+    from gptcli import stories
+
+    total, limit = 0, int(cfg.builtin_mb * 1e6)
+    sep_bytes = len(_SEP) + 2
+    for story in stories.iter_stories(seed):
+        if total >= limit:
+            break
+        n = len(story.encode("utf-8")) + sep_bytes
+        total += n
+        on_bytes(n)
+        if story.strip():
+            yield story.strip()
+
+
+def iter_documents(
+    cfg: DataConfig, seed: int, run_dir: Path | None = None, on_bytes=lambda n: None
+) -> Iterator[tuple[Source, str]]:
+    """Every document of every source, in order, one at a time."""
+    for src in sources(cfg):
+        if src.is_builtin:
+            _builtin_name(src.spec)
+            for doc in _builtin_documents(cfg, seed, on_bytes):
+                yield src, doc
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        value = _field(record, text_field)
-        if not isinstance(value, str):
-            raise UserError(
-                f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)"
-            )
-        if value.strip():
-            docs.append(value)
-    return docs
+        for f in _source_paths(src, run_dir):
+            if _is_jsonl(f):
+                docs = _jsonl_documents(f, cfg.text_field, cfg.errors, on_bytes)
+            else:
+                docs = _text_documents(f, cfg.errors, on_bytes)
+            for doc in docs:
+                yield src, doc
 
 
-def read_documents(cfg: DataConfig, seed: int) -> list[str]:
-    if cfg.source.startswith("builtin:"):
-        name = cfg.source.removeprefix("builtin:")
-        if name != "stories":
-            raise UserError(f"unknown builtin corpus {cfg.source!r} (available: builtin:stories)")
-        from gptcli import stories
-
-        return split_text_documents(stories.generate(int(cfg.builtin_mb * 1e6), seed))
-    docs: list[str] = []
-    for f in source_files(cfg.source):
-        if f.suffix == ".jsonl":
-            docs.extend(_jsonl_documents(f, cfg.text_field))
+def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int:
+    """Bytes the sources hold on disk (compressed size for .gz): the progress bars' total."""
+    total = 0
+    for src in sources(cfg):
+        if src.is_builtin:
+            total += int(cfg.builtin_mb * 1e6)
         else:
-            docs.extend(split_text_documents(_read_text(f)))
-    if not docs:
-        raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
-    return docs
+            total += sum(f.stat().st_size for f in _source_paths(src, run_dir))
+    return total
 
 
 # --------------------------------------------------------------------------- split
 
 
-@dataclass
-class Piece:
-    """A document, or the part of one, and whether <|endoftext|> follows it."""
+class Splitter:
+    """Routes documents to train or val, one at a time, the same way on every pass.
 
-    text: str
-    ends_document: bool = True
+    Each document goes whole to one split. The choice is random (seeded) but steered so the
+    validation share of characters stays within one document of val_fraction at every point.
+    A weight repeats a source's documents (2 = twice; 0.5 = a seeded half of them), all
+    copies in the same split. With tail_chars (fewer than 100 documents) the last tail_chars
+    characters of the text go to val instead, as nanoGPT does.
+    """
+
+    def __init__(self, val_fraction: float, seed: int, tail_chars: int | None = None) -> None:
+        self.fraction = val_fraction
+        self.rng = random.Random(seed)
+        self.copies_rng = random.Random(seed + 1)
+        self.tail_chars = tail_chars
+        self.total = 0  # characters routed so far (copies included)
+        self.taken = 0  # of which went to val
+        self.cut: int | None = None
+
+    def copies(self, weight: float) -> int:
+        whole = int(weight)
+        frac = weight - whole
+        return whole + (1 if frac and self.copies_rng.random() < frac else 0)
+
+    def route(self, text: str, weight: float = 1.0) -> Iterator[tuple[str, str, bool]]:
+        """(split, text, ends_document) for each copy, or the two halves of a cut document."""
+        n = self.copies(weight)
+        if self.tail_chars is not None:
+            for _ in range(n):
+                yield from self._route_tail(text)
+            return
+        size = len(text) * n
+        if not size:
+            return
+        self.total += size
+        want = self.fraction * self.total - self.taken
+        to_val = self.rng.random() < min(1.0, max(0.0, want / size))
+        if to_val:
+            self.taken += size
+        for _ in range(n):
+            yield ("val" if to_val else "train"), text, True
+
+    def _route_tail(self, text: str) -> Iterator[tuple[str, str, bool]]:
+        start = self.total
+        self.total += len(text)
+        cut = self.tail_chars
+        if self.total <= cut:
+            yield "train", text, True
+        elif start >= cut:
+            yield "val", text, True
+        else:
+            yield "train", text[: cut - start], False
+            yield "val", text[cut - start :], True
 
 
-def split(docs: list[str], val_fraction: float, seed: int) -> tuple[list[Piece], list[Piece]]:
-    """Whole documents to val (chosen by seed); with fewer than 100, the tail of the text."""
-    if len(docs) < MIN_DOCS_FOR_DOC_SPLIT:
-        total = sum(len(d) for d in docs)
-        cut = total - max(1, int(total * val_fraction))
-        train: list[Piece] = []
-        val: list[Piece] = []
-        offset = 0
-        for d in docs:
-            if offset + len(d) <= cut:
-                train.append(Piece(d))
-            elif offset >= cut:
-                val.append(Piece(d))
-            else:
-                train.append(Piece(d[: cut - offset], ends_document=False))
-                val.append(Piece(d[cut - offset :]))
-            offset += len(d)
-        return train, val
-    sizes = [len(d) for d in docs]
-    target = val_fraction * sum(sizes)
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    val_ids, taken = set(), 0
-    for i in order:
-        if taken >= target:
+def tail_split_chars(cfg: DataConfig, seed: int, run_dir: Path | None = None) -> int | None:
+    """With fewer than 100 documents: characters that go to train (the rest is val)."""
+    if cfg.dev:
+        return None
+    count, splitter = 0, Splitter(cfg.val_fraction, seed, tail_chars=2**62)
+    for src, doc in iter_documents(cfg, seed, run_dir):
+        count += 1
+        if count >= MIN_DOCS_FOR_DOC_SPLIT:
+            return None
+        for _ in splitter.route(doc, src.weight):
+            pass
+    if count == 0:
+        raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
+    return splitter.total - max(1, int(splitter.total * cfg.val_fraction))
+
+
+def routed(
+    cfg: DataConfig, seed: int, run_dir: Path | None, tail: int | None, on_bytes=lambda n: None
+) -> Iterator[tuple[str, str, bool]]:
+    """The whole corpus as (split, text, ends_document); with data.dev, source -> train."""
+    splitter = Splitter(cfg.val_fraction, seed, tail)
+    empty = True
+    for src, doc in iter_documents(cfg, seed, run_dir, on_bytes):
+        empty = False
+        if cfg.dev:
+            for _ in range(splitter.copies(src.weight)):
+                yield "train", doc, True
+        else:
+            yield from splitter.route(doc, src.weight)
+    if empty:
+        raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
+    if cfg.dev:
+        dev = DataConfig(source=cfg.dev, text_field=cfg.text_field, errors=cfg.errors)
+        for _, doc in iter_documents(dev, seed, run_dir, on_bytes):
+            yield "val", doc, True
+
+
+_SAFE_CUT = re.compile(r"\n(?=\S)")
+
+
+def safe_pieces(text: str, size: int = MAX_PIECE_CHARS) -> list[str]:
+    """Cut a long text after a newline that is followed by a non-space character.
+
+    The GPT-2 pre-tokenizer never joins such a newline with what follows, so encoding the
+    pieces one by one gives exactly the ids of encoding the whole text.
+    """
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
             break
-        val_ids.add(i)
-        taken += sizes[i]
-    train = [Piece(d) for i, d in enumerate(docs) if i not in val_ids]
-    val = [Piece(d) for i, d in enumerate(docs) if i in val_ids]
-    return train, val
+        pieces.append(text[start : m.end()])
+        start = m.end()
+    pieces.append(text[start:])
+    return pieces
 
 
 # --------------------------------------------------------------------------- shards
@@ -184,21 +549,6 @@ def split(docs: list[str], val_fraction: float, seed: int) -> tuple[list[Piece],
 
 def shard_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
-def encode_pieces(tok: Tokenizer, pieces: list[Piece], chunk: int = 1024) -> np.ndarray:
-    eot = tokenizer.eot_id(tok)
-    dtype = shard_dtype(tok.get_vocab_size())
-    parts = []
-    for start in range(0, len(pieces), chunk):
-        batch = pieces[start : start + chunk]
-        for piece, ids in zip(
-            batch, tokenizer.encode_batch(tok, [p.text for p in batch]), strict=True
-        ):
-            if piece.ends_document:
-                ids.append(eot)
-            parts.append(np.asarray(ids, dtype=dtype))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -213,10 +563,88 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def unigram_bits_per_byte(ids: np.ndarray, n_bytes: int) -> float:
     """Entropy of the token frequencies themselves: what a model that ignores context gets."""
-    counts = np.bincount(ids.astype(np.int64))
-    p = counts[counts > 0] / len(ids)
+    return unigram_bits_from_counts(np.bincount(ids.astype(np.int64)), n_bytes)
+
+
+def unigram_bits_from_counts(counts: np.ndarray, n_bytes: int) -> float:
+    n = int(counts.sum())
+    if n == 0:
+        return 0.0
+    p = counts[counts > 0] / n
     bits_per_token = float(-(p * np.log2(p)).sum())
-    return bits_per_token * len(ids) / max(n_bytes, 1)
+    return bits_per_token * n / max(n_bytes, 1)
+
+
+class ShardWriter:
+    """Appends encoded batches to data/.{train,val}.bin temp files; renamed only on commit.
+
+    Encoding runs in worker threads (both encoders release the GIL), at most a few batches
+    ahead of the writer, so memory stays bounded whatever the corpus size.
+    """
+
+    def __init__(self, data_dir: Path, encoder: tokenizer.Encoder, workers: int) -> None:
+        self.data_dir = data_dir
+        self.encoder = encoder
+        self.vocab = encoder.tok.get_vocab_size()
+        self.tmp = {s: data_dir / f".{s}.bin.{os.getpid()}.tmp" for s in ("train", "val")}
+        self.files = {s: open(p, "wb") for s, p in self.tmp.items()}
+        self.stats = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in ("train", "val")}
+        self.val_counts = np.zeros(self.vocab, dtype=np.int64)
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.max_pending = 2 * workers
+        self.pending: deque = deque()
+        self.batches = {s: ([], [], 0) for s in ("train", "val")}
+
+    def add(self, split_name: str, text: str, ends_document: bool) -> None:
+        st = self.stats[split_name]
+        st["documents"] += ends_document
+        st["bytes"] += len(text.encode("utf-8"))
+        for i, piece in enumerate(pieces := safe_pieces(text)):
+            texts, ends, chars = self.batches[split_name]
+            texts.append(piece)
+            ends.append(ends_document and i == len(pieces) - 1)
+            chars += len(piece)
+            self.batches[split_name] = (texts, ends, chars)
+            if chars >= BATCH_CHARS:
+                self._submit(split_name)
+
+    def _submit(self, split_name: str) -> None:
+        texts, ends, _ = self.batches[split_name]
+        if not texts:
+            return
+        self.batches[split_name] = ([], [], 0)
+        self.pending.append((split_name, self.pool.submit(self.encoder.encode, texts, ends)))
+        while len(self.pending) > self.max_pending:
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        split_name, future = self.pending.popleft()
+        ids = future.result()
+        self.files[split_name].write(ids.tobytes())
+        self.stats[split_name]["tokens"] += len(ids)
+        if split_name == "val":
+            self.val_counts += np.bincount(ids, minlength=self.vocab)
+
+    def commit(self) -> dict:
+        for s in ("train", "val"):
+            self._submit(s)
+        while self.pending:
+            self._write_oldest()
+        for s, f in self.files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            self.tmp[s].replace(self.data_dir / f"{s}.bin")
+        self.pool.shutdown()
+        return self.stats
+
+    def abort(self) -> None:
+        for _, future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for s, f in self.files.items():
+            f.close()
+            self.tmp[s].unlink(missing_ok=True)
 
 
 def _tokenizer_settings(cfg: TokenizerConfig) -> dict:
@@ -224,6 +652,7 @@ def _tokenizer_settings(cfg: TokenizerConfig) -> dict:
         "vocab_size": cfg.vocab_size,
         "special_tokens": cfg.special_tokens,
         "min_frequency": cfg.min_frequency,
+        "train_bytes": cfg.train_bytes,
     }
 
 
@@ -253,13 +682,23 @@ def _tokenizer_key(recipe: Recipe, given_tokenizer: Path | None) -> dict:
     return _tokenizer_settings(recipe.tokenizer)
 
 
-def is_up_to_date(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) -> bool:
+def _uses_stdin(cfg: DataConfig) -> bool:
+    return any(s.spec == "-" for s in sources(cfg))
+
+
+def is_up_to_date(
+    recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None, fp: dict | None = None
+) -> bool:
     """True when the run's shards were made from this corpus with these tokenizer settings."""
     manifest = read_manifest(run_dir)
     if not manifest:
         return False
+    if _uses_stdin(recipe.data) and not (run_dir / "data" / STDIN_FILE).is_file():
+        return False
     tok_path = run_dir / tokenizer.TOKENIZER_FILE
-    if manifest.get("corpus") != fingerprint(recipe.data, recipe.seed):
+    if fp is None:
+        fp = fingerprint(recipe.data, recipe.seed, run_dir, manifest.get("corpus"))
+    if not _same_corpus(manifest.get("corpus"), fp):
         return False
     if manifest.get("tokenizer_settings") != _tokenizer_key(recipe, given_tokenizer):
         return False
@@ -273,88 +712,107 @@ def is_up_to_date(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = 
     return True
 
 
+def _train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int):
+    """BPE on the train split, or on a seeded sample of it when the corpus is big."""
+    cfg = recipe.tokenizer
+    keep = min(1.0, cfg.train_bytes / max(total, 1))
+    rng = random.Random(recipe.seed + 2)
+    note = "" if keep >= 1 else f" on a {keep:.0%} sample (tokenizer.train_bytes)"
+    console.info(f"tokenize: training a {cfg.vocab_size}-token byte-level BPE{note}")
+    t0 = time.perf_counter()
+    with console.progress(unit="bytes") as bar:
+        task = bar.add_task("train BPE", total=total)
+
+        def batches() -> Iterator[list[str]]:
+            batch: list[str] = []
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+            for split_name, text, _ in routed(recipe.data, recipe.seed, run_dir, tail, advance):
+                if split_name == "train" and (keep >= 1 or rng.random() < keep):
+                    batch.append(text)
+                    if len(batch) >= 1024:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
+
+        tok = tokenizer.train(batches(), cfg.vocab_size, cfg.special_tokens, cfg.min_frequency)
+    console.info(f"tokenize: BPE trained in {time.perf_counter() - t0:.1f}s")
+    return tok
+
+
 def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) -> dict:
     """Train the tokenizer (unless given or already trained on this corpus) and write shards.
 
-    Returns the manifest. Skips all work when the manifest says the shards are up to date.
+    Streams the corpus: once to count documents when there may be fewer than 100, once to
+    train the BPE, once to encode, never holding more than a few batches. Returns the
+    manifest; skips all work when the manifest says the shards are up to date.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data").mkdir(exist_ok=True)
     tok_path = run_dir / tokenizer.TOKENIZER_FILE
-    if is_up_to_date(recipe, run_dir, given_tokenizer):
-        console.info(f"tokenize: shards in {run_dir / 'data'} are up to date")
-        return read_manifest(run_dir)
-    fp = fingerprint(recipe.data, recipe.seed)
-    settings = _tokenizer_key(recipe, given_tokenizer)
+    if _uses_stdin(recipe.data):
+        spool_stdin(run_dir)
     manifest = read_manifest(run_dir)
+    fp = fingerprint(recipe.data, recipe.seed, run_dir, (manifest or {}).get("corpus"))
+    if is_up_to_date(recipe, run_dir, given_tokenizer, fp):
+        console.info(f"tokenize: shards in {run_dir / 'data'} are up to date")
+        return manifest
+    settings = _tokenizer_key(recipe, given_tokenizer)
     started = time.perf_counter()
     console.info(f"tokenize: reading {recipe.data.source}")
-    docs = read_documents(recipe.data, recipe.seed)
-    train_pieces, val_pieces = split(docs, recipe.data.val_fraction, recipe.seed)
-    if recipe.data.dev:
-        dev = DataConfig(source=recipe.data.dev, text_field=recipe.data.text_field)
-        train_pieces = [Piece(d) for d in docs]
-        val_pieces = [Piece(d) for d in read_documents(dev, recipe.seed)]
+    tail = tail_split_chars(recipe.data, recipe.seed, run_dir)
+    total = corpus_bytes(recipe.data, run_dir)
 
     if given_tokenizer is not None:
         tok = tokenizer.load(given_tokenizer)
         tokenizer.save(tok, tok_path)
     elif (
         manifest
-        and manifest.get("corpus") == fp
+        and _same_corpus(manifest.get("corpus"), fp)
         and manifest.get("tokenizer_settings") == settings
         and tok_path.is_file()
     ):
         tok = tokenizer.load(tok_path)
         console.info("tokenize: reusing the tokenizer trained on this corpus")
     else:
-        console.info(f"tokenize: training a {recipe.tokenizer.vocab_size}-token byte-level BPE")
-        t0 = time.perf_counter()
-        tok = tokenizer.train(
-            (p.text for p in train_pieces),
-            recipe.tokenizer.vocab_size,
-            recipe.tokenizer.special_tokens,
-            recipe.tokenizer.min_frequency,
-        )
+        tok = _train_tokenizer(recipe, run_dir, tail, total)
         tokenizer.save(tok, tok_path)
-        console.info(f"tokenize: BPE trained in {time.perf_counter() - t0:.1f}s")
 
-    splits = {}
-    dtype = shard_dtype(tok.get_vocab_size())
-    val_ids = None
-    with console.progress() as bar:
-        task = bar.add_task("encode", total=len(train_pieces) + len(val_pieces))
-        for name, pieces in (("train", train_pieces), ("val", val_pieces)):
-            ids = encode_pieces(tok, pieces)
-            bar.advance(task, len(pieces))
-            n_bytes = sum(len(p.text.encode("utf-8")) for p in pieces)
-            write_atomic(run_dir / "data" / f"{name}.bin", ids.tobytes())
-            splits[name] = {
-                "documents": sum(p.ends_document for p in pieces),
-                "bytes": n_bytes,
-                "tokens": int(len(ids)),
-            }
-            if name == "val":
-                val_ids = ids
+    encoder = tokenizer.Encoder(tok)
+    writer = ShardWriter(run_dir / "data", encoder, workers=max(1, os.cpu_count() or 1))
+    try:
+        with console.progress(unit="bytes") as bar:
+            task = bar.add_task(f"encode ({encoder.name})", total=total)
+            advance = lambda n: bar.advance(task, n)  # noqa: E731
+            for split_name, text, ends in routed(recipe.data, recipe.seed, run_dir, tail, advance):
+                writer.add(split_name, text, ends)
+            stats = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    t, v = stats["train"], stats["val"]
+    n_bytes, n_tokens = t["bytes"] + v["bytes"], t["tokens"] + v["tokens"]
     manifest = {
         "format_version": MANIFEST_VERSION,
         "corpus": fp,
         "tokenizer_settings": settings,
         "tokenizer_sha256": tokenizer.file_hash(tok_path),
         "vocab_size": tok.get_vocab_size(),
-        "dtype": dtype.name,
-        "train": splits["train"],
-        "val": splits["val"],
-        "val_unigram_bpb": unigram_bits_per_byte(val_ids, splits["val"]["bytes"]),
+        "dtype": encoder.dtype.name,
+        "encoder": encoder.name,
+        "train": t,
+        "val": v,
+        "bytes_per_token": round(n_bytes / max(n_tokens, 1), 4),
+        "val_unigram_bpb": unigram_bits_from_counts(writer.val_counts, v["bytes"]),
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
     write_atomic(run_dir / "data" / "manifest.json", json.dumps(manifest, indent=2).encode())
-    t, v = splits["train"], splits["val"]
     console.info(
-        f"tokenize: {t['documents'] + v['documents']} documents, "
-        f"train {t['tokens']:,} tokens / val {v['tokens']:,} tokens, "
-        f"{(t['bytes'] + v['bytes']) / max(t['tokens'] + v['tokens'], 1):.2f} bytes per token, "
-        f"{manifest['elapsed_s']:.1f}s"
+        f"tokenize: {t['documents'] + v['documents']:,} documents, {n_bytes / 1e6:.2f} MB; "
+        f"train {t['tokens']:,} tokens ({t['bytes'] / 1e6:.2f} MB) / "
+        f"val {v['tokens']:,} tokens ({v['bytes'] / 1e6:.2f} MB); "
+        f"{manifest['bytes_per_token']:.2f} bytes per token; {manifest['elapsed_s']:.1f}s "
+        f"({n_bytes / 1e6 / max(manifest['elapsed_s'], 1e-9):.1f} MB/s, {encoder.name})"
     )
     return manifest
 

@@ -22,8 +22,12 @@ from gptcli.console import UserError
 
 @dataclass
 class DataConfig:
-    source: str = "builtin:stories"  # builtin:NAME | a file, directory or glob of .txt/.jsonl
+    # builtin:NAME | a file, directory or glob | an http(s) URL | "-" (stdin), or a list of
+    # these, each a string or {path: ..., weight: 1.0, sha256: ...}
+    source: str | list = "builtin:stories"
     text_field: str = "text"  # the field that holds a document in .jsonl
+    sha256: str = ""  # expected sha256 of a URL source's download ("" = not checked)
+    errors: Literal["strict", "replace"] = "strict"  # bytes that are not UTF-8
     val_fraction: float = 0.05
     builtin_mb: float = 8.0  # how much text a builtin: corpus generates
     dev: str = ""  # finetune: a separate evaluation file (else val_fraction of the source)
@@ -34,6 +38,7 @@ class TokenizerConfig:
     vocab_size: int = 4096
     special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
     min_frequency: int = 2
+    train_bytes: int = 300_000_000  # larger corpora train the BPE on a sample of this size
 
 
 @dataclass
@@ -326,7 +331,9 @@ def validate(r: Recipe) -> None:
         "a list that contains '<|endoftext|>'",
     )
     check("tokenizer.min_frequency", tok.min_frequency, tok.min_frequency >= 1, ">= 1")
-    check("data.source", r.data.source, bool(r.data.source.strip()), "a non-empty source")
+    _check_sources(r.data.source)
+    check("data.sha256", r.data.sha256, _is_sha256(r.data.sha256), "64 hex digits or empty")
+    check("tokenizer.train_bytes", tok.train_bytes, tok.train_bytes > 0, "a positive integer")
     check("data.val_fraction", r.data.val_fraction, 0.0 < r.data.val_fraction < 1.0, "in (0, 1)")
     check("data.builtin_mb", r.data.builtin_mb, r.data.builtin_mb > 0, "> 0")
     for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
@@ -346,6 +353,31 @@ def validate(r: Recipe) -> None:
     check("sample.temperature", s.temperature, s.temperature >= 0, ">= 0 (0 = greedy)")
     check("sample.top_k", s.top_k, s.top_k >= 0, ">= 0 (0 = off)")
     check("sample.top_p", s.top_p, 0.0 < s.top_p <= 1.0, "in (0, 1]")
+
+
+def _is_sha256(value: str) -> bool:
+    return value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
+
+
+def _check_sources(source: str | list) -> None:
+    """data.source: a non-empty string, or a list of strings / {path, weight, sha256}."""
+    items = source if isinstance(source, list) else [source]
+    expected = "a source string or a list of them (each a string or {path, weight, sha256})"
+    _check("data.source", source, bool(items), expected)
+    for i, item in enumerate(items):
+        key = f"data.source[{i}]" if isinstance(source, list) else "data.source"
+        if isinstance(item, dict):
+            unknown = sorted(set(item) - {"path", "weight", "sha256"})
+            _check(key, item, not unknown, "a mapping with keys path, weight, sha256")
+            path, weight = item.get("path"), item.get("weight", 1.0)
+            _check(f"{key}.path", path, isinstance(path, str) and bool(path.strip()), "a string")
+            ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+            _check(f"{key}.weight", weight, ok, "a number > 0")
+            sha = item.get("sha256", "")
+            _check(f"{key}.sha256", sha, isinstance(sha, str) and _is_sha256(sha), "64 hex digits")
+        else:
+            ok = isinstance(item, str) and bool(item.strip())
+            _check(key, item, ok, "a non-empty string")
 
 
 def to_dict(recipe: Recipe) -> dict:

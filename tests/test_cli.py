@@ -34,7 +34,7 @@ def test_run_folder_layout(trained):
     assert (run / "recipe.yaml").is_file()
     Tokenizer.from_file(str(run / "tokenizer.json"))
     manifest = json.loads((run / "data" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["dtype"] == "uint16"
+    assert manifest["format_version"] == 2 and manifest["dtype"] == "uint16"
     train = np.fromfile(run / "data" / "train.bin", dtype=np.uint16)
     assert len(train) == manifest["train"]["tokens"] > 1000
     steps = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -167,7 +167,15 @@ def test_tokenize_pipeline_round_trip(trained):
     )
     assert dec.stdout == "Once upon a time\nThe cat\n"
     one = gptcli("tokenize", "--tokenizer", "runs/mini", "--json", "héllo", cwd=trained)
-    assert json.loads(one.stdout)["text"] == "héllo"
+    obj = json.loads(one.stdout)
+    assert obj["text"] == "héllo" and len(obj["tokens"]) == len(obj["ids"])
+    assert "".join(obj["tokens"]).replace("\ufffd", "") in ("héllo", "hllo")
+    counts = gptcli("tokenize", "--tokenizer", "runs/mini", "--count", cwd=trained, input="a b\n\n")
+    tok = Tokenizer.from_file(str(trained / "runs/mini/tokenizer.json"))
+    assert counts.stdout.split() == [str(len(tok.encode("a b").ids)), "0"]
+    ids_json = "[" + ", ".join(lines[1].split()) + "]\n"
+    arr = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", cwd=trained, input=ids_json)
+    assert arr.stdout == "The cat\n"
     bad = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", "1 2 999999", cwd=trained)
     assert_one_line_error(bad, "999999")
 

@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import numpy as np
@@ -7,56 +8,131 @@ from gptcli import data, recipe
 from gptcli.console import UserError
 
 
-def test_split_whole_documents_by_seed():
+def _docs(cfg, seed=0):
+    return [doc for _, doc in data.iter_documents(cfg, seed)]
+
+
+def _route(docs, fraction, seed, tail=None):
+    splitter = data.Splitter(fraction, seed, tail)
+    return [r for d in docs for r in splitter.route(d)]
+
+
+def test_split_whole_documents_by_seed_within_one_percent():
     docs = [f"story number {i} " * (1 + i % 7) for i in range(400)]
-    train, val = data.split(docs, 0.1, seed=1)
-    assert all(p.ends_document for p in train + val)
-    assert {p.text for p in train} | {p.text for p in val} == set(docs)
-    assert not {p.text for p in train} & {p.text for p in val}
-    val_chars = sum(len(p.text) for p in val)
-    assert 0.1 <= val_chars / sum(map(len, docs)) < 0.12
-    assert [p.text for p in data.split(docs, 0.1, seed=1)[1]] == [p.text for p in val]
-    assert [p.text for p in data.split(docs, 0.1, seed=2)[1]] != [p.text for p in val]
+    routes = _route(docs, 0.1, seed=1)
+    assert all(end for _, _, end in routes)
+    val = [t for s, t, _ in routes if s == "val"]
+    assert sorted(t for _, t, _ in routes) == sorted(docs)
+    assert abs(sum(map(len, val)) / sum(map(len, docs)) - 0.1) < 0.01
+    assert [t for s, t, _ in _route(docs, 0.1, seed=1) if s == "val"] == val
+    assert [t for s, t, _ in _route(docs, 0.1, seed=2) if s == "val"] != val
 
 
-def test_few_documents_give_the_tail_of_the_text():
-    docs = ["a" * 900, "b" * 100]
-    train, val = data.split(docs, 0.15, seed=0)
-    assert "".join(p.text for p in train) == "a" * 850
-    assert train[-1].ends_document is False
-    assert "".join(p.text for p in val) == "a" * 50 + "b" * 100
+def test_weights_repeat_documents_in_the_same_split():
+    docs = [f"doc {i}" for i in range(200)]
+    splitter = data.Splitter(0.2, 3)
+    routes = [list(splitter.route(d, 2.0)) for d in docs]
+    assert all(len(r) == 2 and r[0] == r[1] for r in routes)
+    half = data.Splitter(0.2, 3)
+    kept = sum(len(list(half.route(d, 0.5))) for d in docs)
+    assert 70 < kept < 130
 
 
-def test_sources_file_dir_glob_jsonl(tmp_path):
+def test_few_documents_give_the_tail_of_the_text(tmp_path):
+    (tmp_path / "a.txt").write_text("a" * 900 + "<|endoftext|>" + "b" * 100)
+    cfg = recipe.DataConfig(source=str(tmp_path / "a.txt"), val_fraction=0.15)
+    tail = data.tail_split_chars(cfg, 0)
+    assert tail == 850
+    routes = list(data.routed(cfg, 0, None, tail))
+    assert routes == [
+        ("train", "a" * 850, False),
+        ("val", "a" * 50, True),
+        ("val", "b" * 100, True),
+    ]
+
+
+def test_sources_file_dir_glob_jsonl_gz_list(tmp_path):
     (tmp_path / "a.txt").write_text("first doc<|endoftext|>second doc")
     sub = tmp_path / "sub"
     sub.mkdir()
     (sub / "b.jsonl").write_text(json.dumps({"meta": {"body": "third doc"}}) + "\n\n")
+    with gzip.open(sub / "c.md.gz", "wt") as f:
+        f.write("fourth<|endoftext|>fifth")
     (sub / "skip.bin").write_bytes(b"\x00")
     cfg = recipe.DataConfig(source=str(tmp_path), text_field="meta.body")
-    assert data.read_documents(cfg, 0) == ["first doc", "second doc", "third doc"]
+    assert _docs(cfg) == ["first doc", "second doc", "third doc", "fourth", "fifth"]
     cfg = recipe.DataConfig(source=str(tmp_path / "*.txt"))
-    assert data.read_documents(cfg, 0) == ["first doc", "second doc"]
+    assert _docs(cfg) == ["first doc", "second doc"]
+    cfg = recipe.DataConfig(source=[str(tmp_path / "a.txt"), {"path": "builtin:stories"}])
+    cfg.builtin_mb = 0.002
+    docs = _docs(cfg, seed=5)
+    assert docs[:2] == ["first doc", "second doc"] and len(docs) > 2
+
+
+def test_builtin_stream_matches_generate():
+    from gptcli import stories
+
+    cfg = recipe.DataConfig(source="builtin:stories", builtin_mb=0.05)
+    expected = [d.strip() for d in stories.generate(50_000, 7).split("<|endoftext|>") if d.strip()]
+    assert _docs(cfg, seed=7) == expected
+
+
+def test_documents_straddling_read_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "READ_CHUNK", 7)
+    docs = [f"document {i} with some words" for i in range(30)]
+    (tmp_path / "c.txt").write_text("<|endoftext|>".join(docs))
+    assert _docs(recipe.DataConfig(source=str(tmp_path / "c.txt"))) == docs
+
+
+def test_safe_pieces_keep_the_ids(tmp_path):
+    from gptcli import tokenizer
+
+    text = "Hello there.\n  indented\nNext line, 'tis\n\nnew para\n" * 50
+    pieces = data.safe_pieces(text, size=100)
+    assert len(pieces) > 5 and "".join(pieces) == text
+    tok = tokenizer.train([text], 300, ["<|endoftext|>"])
+    whole = tok.encode(text, add_special_tokens=False).ids
+    assert [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids] == whole
 
 
 @pytest.mark.parametrize(
     "name, content, needle",
     [
-        ("bad.txt", b"ok\xff\xfe", "not UTF-8 at byte offset 2"),
+        ("bad.txt", b"ok<|endoftext|>ok\xff\xfe", "bad.txt: not UTF-8 at byte offset 17"),
         ("bad.jsonl", b'{"text": "a"}\n{oops\n', "bad.jsonl:2: not valid JSON"),
+        ("bad2.jsonl", b'{"text": "a"}\n{"text": "\xff"}\n', "bad2.jsonl:2: not UTF-8 at byte"),
         ("nofield.jsonl", b'{"body": "a"}\n', "nofield.jsonl:1: no string field 'text'"),
         ("empty.txt", b"  \n<|endoftext|>\n", "the corpus is empty"),
     ],
 )
 def test_bad_corpus_names_file_and_place(tmp_path, name, content, needle):
     (tmp_path / name).write_bytes(content)
+    cfg = recipe.DataConfig(source=str(tmp_path / name))
     with pytest.raises(UserError, match=needle.replace("|", r"\|")):
-        data.read_documents(recipe.DataConfig(source=str(tmp_path / name)), 0)
+        list(data.routed(cfg, 0, None, None))
+
+
+def test_errors_replace_substitutes(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"ok\xffgo")
+    cfg = recipe.DataConfig(source=str(tmp_path / "bad.txt"), errors="replace")
+    assert _docs(cfg) == ["ok\ufffdgo"]
 
 
 def test_missing_source(tmp_path):
     with pytest.raises(UserError, match="no such file"):
-        data.read_documents(recipe.DataConfig(source=str(tmp_path / "nope.txt")), 0)
+        _docs(recipe.DataConfig(source=str(tmp_path / "nope.txt")))
+
+
+def test_fingerprint_reuses_hash_only_for_same_size_and_mtime(tmp_path, monkeypatch):
+    f = tmp_path / "a.txt"
+    f.write_text("hello")
+    cfg = recipe.DataConfig(source=str(f))
+    fp = data.fingerprint(cfg, 0)
+    calls = []
+    monkeypatch.setattr(data, "file_sha256", lambda p: calls.append(p) or "x")
+    assert data._same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and not calls
+    f.write_text("hellp")
+    assert not data._same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and calls
 
 
 def test_unigram_entropy_of_uniform_tokens():

@@ -1,0 +1,184 @@
+"""Corpus to shards: BPE training and end-to-end encoding against peers measured in this run.
+
+    python benchmarks/bench_tokenize.py            # 20 MB slice of ../shared/data, ~1-2 minutes
+    python benchmarks/bench_tokenize.py --gb 1     # + peak RSS of `gptcli tokenize` on 1 GB of
+                                                   #   builtin:stories (heavy: several minutes)
+
+Rounds are interleaved (ours, peer, ours, peer, ...) and the best of each is kept, so a
+shared, noisy machine affects both sides alike. The tiktoken peer is an Encoding with the
+same trained vocabulary (GPT-2's own file cannot be downloaded offline); ratios > 1 mean
+gptcli is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from gptcli import console, data, recipe, tokenizer  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+EOT = tokenizer.EOT
+
+
+def make_corpus(folder: Path, mb: float) -> list[Path]:
+    """The shared files, repeated until the slice holds mb megabytes, as .txt files."""
+    files = sorted(p for p in SHARED.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl"))
+    blobs = [p.read_bytes() for p in files]
+    out, total, i = [], 0, 0
+    while total < mb * 1e6:
+        blob = blobs[i % len(blobs)]
+        path = folder / f"{i:03d}-{files[i % len(files)].stem}.txt"
+        path.write_bytes(blob)
+        out.append(path)
+        total += len(blob)
+        i += 1
+    return out
+
+
+def best(fn, rounds: int) -> float:
+    return min(_timed(fn) for _ in range(rounds))
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--gb", type=float, default=0.0, help="also measure RSS on N GB of stories")
+    args = ap.parse_args()
+    console.set_quiet(True)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
+    try:
+        corpus = work / "corpus"
+        corpus.mkdir()
+        files = make_corpus(corpus, args.mb)
+        n_bytes = sum(f.stat().st_size for f in files)
+        mb = n_bytes / 1e6
+        r = recipe.from_dict(
+            {"data": {"source": str(corpus)}, "tokenizer": {"vocab_size": args.vocab}}
+        )
+        run = work / "run"
+        (run / "data").mkdir(parents=True)
+
+        # ---- BPE training: gptcli's streaming pass vs tokenizers on the same files
+        def ours_train():
+            tail = data.tail_split_chars(r.data, r.seed, run)
+            data._train_tokenizer(r, run, tail, n_bytes)
+
+        def peer_train():
+            tok = Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(
+                vocab_size=args.vocab,
+                min_frequency=2,
+                special_tokens=[EOT],
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            )
+            tok.train([str(f) for f in files], trainer)
+
+        t_ours_train = t_peer_train = float("inf")
+        for _ in range(max(1, args.rounds - 1)):
+            t_ours_train = min(t_ours_train, _timed(ours_train))
+            t_peer_train = min(t_peer_train, _timed(peer_train))
+
+        # ---- encoding: the whole prepare() (read, split, encode, write) vs bare encoders
+        data.prepare(r, run)  # trains the tokenizer once; later runs reuse it
+        tok = tokenizer.load(run)
+        enc = tokenizer.Encoder(tok)
+        texts = [d for f in files for d in f.read_text(encoding="utf-8").split(EOT) if d.strip()]
+
+        def ours_encode():
+            (run / "data" / "train.bin").unlink()
+            data.prepare(r, run)
+
+        t_ours = t_tt = t_hf = float("inf")
+        for _ in range(args.rounds):
+            t_ours = min(t_ours, _timed(ours_encode))
+            t_tt = min(t_tt, _timed(lambda: enc.tiktoken.encode_ordinary_batch(texts)))
+            t_hf = min(t_hf, _timed(lambda: tok.encode_batch(texts, add_special_tokens=False)))
+
+        # ---- a real `gptcli tokenize` process: wall time and peak RSS
+        recipe_file = work / "r.yaml"
+        recipe_file.write_text(
+            f"name: cli\ndata:\n  source: {corpus}\ntokenizer:\n  vocab_size: {args.vocab}\n"
+        )
+        rss, wall = cli_run(recipe_file, work)
+
+        print(
+            f"corpus: {mb:.1f} MB ({len(files)} files, {len(texts):,} documents), "
+            f"vocab {args.vocab}, {os.cpu_count()} cores, encoder {enc.name}"
+        )
+        print()
+        print("| measure | gptcli | peer | ratio (peer time / gptcli time) |")
+        print("| --- | ---: | ---: | ---: |")
+        print(
+            f"| BPE training (s), peer: tokenizers.train on the files | {t_ours_train:.2f} "
+            f"| {t_peer_train:.2f} | {t_peer_train / t_ours_train:.2f} |"
+        )
+        print(
+            f"| encode MB/s, gptcli end to end vs tiktoken encode_ordinary_batch | "
+            f"{mb / t_ours:.1f} | {mb / t_tt:.1f} | {t_tt / t_ours:.2f} |"
+        )
+        print(
+            f"| encode MB/s, gptcli end to end vs tokenizers encode_batch | "
+            f"{mb / t_ours:.1f} | {mb / t_hf:.1f} | {t_hf / t_ours:.2f} |"
+        )
+        print(
+            f"| `gptcli tokenize` process: wall s (train + encode), peak RSS MB | "
+            f"{wall:.1f} s | {rss:.0f} MB | |"
+        )
+        if args.gb:
+            big = work / "big.yaml"
+            big.write_text(
+                f"name: big\ndata:\n  source: builtin:stories\n  builtin_mb: {args.gb * 1000}\n"
+                f"tokenizer:\n  vocab_size: {args.vocab}\n"
+            )
+            rss, wall = cli_run(big, work)
+            print(
+                f"| `gptcli tokenize` on {args.gb:g} GB builtin:stories: wall s, peak RSS MB | "
+                f"{wall:.0f} s | {rss:.0f} MB | |"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cli_run(recipe_file: Path, cwd: Path) -> tuple[float, float]:
+    """Wall time and peak RSS (MB) of one `gptcli tokenize` child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gptcli", "tokenize", str(recipe_file), "--quiet"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(peak, before) / 1024, wall
+
+
+if __name__ == "__main__":
+    main()
