@@ -91,7 +91,7 @@ class TrainConfig:
     keep_last: int = 0  # keep only the newest N checkpoints (0 = keep all)
     log_every: int = 10
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
 
 
@@ -183,6 +183,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     ok = False
     if origin is Literal:
+        if isinstance(value, bool) and "on" in typing.get_args(hint):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         ok = value in typing.get_args(hint)
     elif origin is list:
         (item,) = typing.get_args(hint)

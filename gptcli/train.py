@@ -321,6 +321,8 @@ def fit(
                     for micro in range(t.grad_accum):
                         index = (step * t.grad_accum + micro) * dist.world + dist.rank
                         x, y = train_batches.get(index)
+                        if device.type == "cuda":  # page-locked, so the copy overlaps compute
+                            x, y = x.pin_memory(), y.pin_memory()
                         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                         syncing = ddp is None or micro == t.grad_accum - 1
                         with contextlib.nullcontext() if syncing else ddp.no_sync():

@@ -87,3 +87,8 @@ def test_presets_fill_switches_but_explicit_keys_win():
     assert mixed.model.mlp == "relu2" and mixed.model.positions == "rope"
     gpt2 = recipe.from_dict({}, ["model.preset=gpt2"])
     assert gpt2.model.positions == "learned" and gpt2.model.mlp == "gelu"
+
+
+def test_bare_on_off_in_yaml_mean_on_off():
+    assert recipe.from_dict({"train": {"compile": True}}).train.compile == "on"
+    assert recipe.from_dict({}, ["train.compile=off"]).train.compile == "off"
