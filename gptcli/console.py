@@ -76,13 +76,14 @@ class _NullProgress:
 
 
 @contextmanager
-def progress(*extra_fields: str) -> Iterator[Progress | _NullProgress]:
-    """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY.
+def progress(*extra_fields: str, enabled: bool = True) -> Iterator[Progress | _NullProgress]:
+    """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY
+    (or enabled is False, e.g. while text streams to the same terminal).
 
     extra_fields are task fields shown after the bar (e.g. "loss"), filled through
     progress.update(task, loss="...").
     """
-    if not progress_enabled():
+    if not enabled or not progress_enabled():
         yield _NullProgress()
         return
     columns = [
