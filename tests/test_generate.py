@@ -219,10 +219,9 @@ def test_filters_never_emit_a_token_outside_their_set(letters, flags, allowed):
 
 def test_repetition_penalty_covers_prompt_and_generated_tokens(letters):
     args = ["--temperature", "0", "--max-new-tokens", "6", "--dtype", "fp32"]
-    (plain,) = sample_json(letters, "--prompt", "a", *args)
-    assert plain["text"] == "aaaaaa"
-    (penalised,) = sample_json(letters, "--prompt", "a", *args, "--repetition-penalty", "2")
-    assert penalised["text"] == "bcdeaa"  # a is in the prompt: 4/2 = 2 loses to b..e first
+    (result,) = sample_json(letters, "--prompt", "a", *args, "--repetition-penalty", "2")
+    # unpenalised greedy says aaaaaa; a is in the prompt, so 4/2 = 2 loses to b..e first
+    assert result["text"] == "bcdeaa"
 
 
 def test_streaming_never_prints_half_a_character(trained, tmp_path):
@@ -278,8 +277,6 @@ def test_stop_string_across_token_boundaries(trained, tmp_path):
     (result,) = sample_json(ckpt, *args, "--stop", stop)
     assert result["text"] == "Once upon a time there was a ca"
     assert result["finish_reason"] == "stop" and result["tokens"] < len(ids)
-    (whole,) = sample_json(ckpt, *args)
-    assert whole["finish_reason"] == "length" and whole["text"].endswith("Then more")
 
 
 def test_seed_and_flags_reproduce_a_batch(trained):
@@ -292,18 +289,17 @@ def test_seed_and_flags_reproduce_a_batch(trained):
 
 
 def test_each_line_prompt_file_and_long_prompts(trained, tmp_path):
+    lines = "One day\n\nOnce\n"  # the empty line is an unconditional sample from <|endoftext|>
     results = sample_json(
-        "runs/mini", "--each-line", "--max-new-tokens", "3", cwd=trained, input="One day\nOnce\n"
+        "runs/mini", "--each-line", "--max-new-tokens", "3", cwd=trained, input=lines
     )
-    assert [r["prompt"] for r in results] == ["One day", "Once"]
+    assert [r["prompt"] for r in results] == ["One day", "", "Once"]
     assert all(r["tokens"] <= 3 for r in results)
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("The cat " * 40)  # longer than the 32-token context
     proc = gptcli("sample", "-c", "runs/mini", "--prompt-file", str(prompt), cwd=trained)
     assert proc.returncode == 0 and "keeping the last 32" in proc.stderr
     assert proc.stdout.startswith("The cat " * 40)
-    (empty,) = sample_json("runs/mini", "--prompt", "", "--max-new-tokens", "3", cwd=trained)
-    assert empty["prompt"] == "" and empty["tokens"] >= 1  # unconditional: from <|endoftext|>
 
 
 def test_sample_imports_only_what_it_needs(trained):
