@@ -124,6 +124,7 @@ def speed_table(shapes: dict, rounds: int, quick: bool) -> list[dict]:
             for engine, s in seconds.items():
                 tps = batch * new / s
                 rows.append(dict(shape=name, batch=batch, engine=engine, tps=tps, vs=tps / base))
+                print(f"  ({name}) batch {batch} {engine}: {tps:.0f} tokens/s", file=sys.stderr)
         # time to first token: prefill + one sampled token, batch 1
         first = interleaved(
             {
@@ -164,8 +165,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny shape, few tokens: a smoke run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved windows per engine")
+    ap.add_argument("--shapes", default="abc", help="which of the shapes a, b, c to run")
     args = ap.parse_args()
-    shapes = {"a": (2, 2, 32, 256, 8)} if args.quick else SHAPES
+    shapes = {k: v for k, v in SHAPES.items() if k in args.shapes}
+    if args.quick:
+        shapes = {"a": (2, 2, 32, 256, 8)}
     rounds = 1 if args.quick else args.rounds
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ", end="")
