@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -171,7 +172,9 @@ def finetune(
     epilog="Examples:\n\n"
     '  gptcli sample --prompt "Once upon a time"\n\n'
     '  gptcli sample -c runs/tiny --prompt "One day" --temperature 0 --max-new-tokens 50\n\n'
-    "  echo 'Once upon a time' | gptcli sample --seed 1 --json",
+    '  gptcli sample --prompt "Once" --stop "The end" --min-p 0.05 --repetition-penalty 1.2\n\n'
+    "  gptcli sample --prompt-file prompt.txt --num-samples 4 --json\n\n"
+    "  cat prompts.txt | gptcli sample --each-line --seed 1 --json",
 )
 def sample(
     checkpoint_path: Annotated[
@@ -181,8 +184,16 @@ def sample(
         ),
     ] = None,
     prompt: Annotated[
-        Optional[str], typer.Option("--prompt", "-p", help="Prompt (else stdin).")
+        Optional[str],
+        typer.Option("--prompt", "-p", help="Prompt (else --prompt-file, else stdin)."),
     ] = None,
+    prompt_file: Annotated[
+        Optional[str], typer.Option("--prompt-file", help="Read the prompt from this file.")
+    ] = None,
+    each_line: Annotated[
+        bool,
+        typer.Option("--each-line", help="Every line of stdin (or --prompt-file) is a prompt."),
+    ] = False,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens to generate.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
     top_k: Annotated[
@@ -191,39 +202,92 @@ def sample(
     top_p: Annotated[
         Optional[float], typer.Option(help="Nucleus mass in (0, 1] (1 = off).")
     ] = None,
+    min_p: Annotated[
+        Optional[float],
+        typer.Option(help="Drop tokens below min-p x the top token's probability (0 = off)."),
+    ] = None,
+    repetition_penalty: Annotated[
+        Optional[float],
+        typer.Option(help="> 1 discourages tokens of the prompt and the text so far (1 = off)."),
+    ] = None,
+    stop: Annotated[
+        Optional[list[str]],
+        typer.Option("--stop", help="Stop before this text (repeatable); it is not printed."),
+    ] = None,
+    num_samples: Annotated[
+        int, typer.Option(help="Samples per prompt, generated as one batch.")
+    ] = 1,
     seed: Annotated[
         Optional[int], typer.Option(help="Same seed and flags give the same text.")
     ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16."),
+    ] = "auto",
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")
     ] = True,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate text from a checkpoint, streaming to stdout."""
+    """Generate text from a checkpoint, streaming to stdout; --json: one object per sample."""
     console.set_quiet(quiet)
     from gptcli import generate
 
-    if prompt is None:
-        prompt = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
-    result = generate.run(
+    prompts = _prompts(prompt, prompt_file, each_line)
+    live = stream and not as_json and num_samples == 1
+    separator = "\n" if num_samples > 1 else ""
+
+    def show(result: dict) -> None:
+        if as_json:
+            _print_json(result)
+        elif live:
+            console.out("")
+        else:
+            console.out(result["prompt"] + result["text"] + "\n" + separator, end="")
+
+    generate.run(
         checkpoint_path,
-        prompt,
+        prompts,
         overrides={
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_k": top_k,
             "top_p": top_p,
+            "min_p": min_p,
+            "repetition_penalty": repetition_penalty,
+            "stop": stop,
         },
         seed=seed,
-        on_text=None if (as_json or not stream) else lambda piece: console.out(piece, end=""),
+        num_samples=num_samples,
+        dtype=dtype,
+        on_text=(lambda piece: console.out(piece, end="")) if live else None,
+        on_result=show,
     )
-    if as_json:
-        _print_json(result)
-    elif stream:
-        console.out("")
-    else:
-        console.out(result["prompt"] + result["text"])
+
+
+def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
+    """The prompts to sample: one text, or (--each-line) every line, read lazily from stdin."""
+    if prompt is not None and (prompt_file is not None or each_line):
+        raise UserError("--prompt cannot be combined with --prompt-file or --each-line")
+    if prompt is not None:
+        return [prompt]
+    if prompt_file is not None:
+        path = Path(prompt_file)
+        if not path.is_file():
+            raise UserError(f"--prompt-file: {path} not found (pass a UTF-8 text file)")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"--prompt-file: {path} is not UTF-8 text") from None
+        return text.splitlines() if each_line else [text]
+    if sys.stdin is None or sys.stdin.isatty():
+        if each_line:
+            raise UserError("--each-line reads prompts from stdin or --prompt-file; none given")
+        return [""]
+    if each_line:
+        return (line.rstrip("\r\n") for line in sys.stdin)
+    return [sys.stdin.read()]
 
 
 # --------------------------------------------------------------------------- inspect

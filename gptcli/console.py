@@ -78,13 +78,16 @@ class _NullProgress:
 
 
 @contextmanager
-def progress(*extra_fields: str, unit: str = "items") -> Iterator[Progress | _NullProgress]:
-    """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY.
+def progress(
+    *extra_fields: str, unit: str = "items", enabled: bool = True
+) -> Iterator[Progress | _NullProgress]:
+    """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY
+    (or enabled is False, e.g. while text streams to the same terminal).
 
     extra_fields are task fields shown after the bar (e.g. "loss"), filled through
     progress.update(task, loss="..."). unit="bytes" counts bytes and shows MB and MB/s.
     """
-    if not progress_enabled():
+    if not enabled or not progress_enabled():
         yield _NullProgress()
         return
     counts = (

@@ -1,19 +1,22 @@
-"""Sampling: temperature, top-k and top-p over the model's next-token distribution, with a KV cache.
+"""Sampling: every control over the next-token distribution, a batched loop with a KV cache.
 
 The prompt is run through the model once (prefill), then each new token costs one forward pass
-of a single position that reuses the cached keys and values.
+of a single position per row that reuses the preallocated cached keys and values. Text-level
+concerns (clean UTF-8 pieces, stop strings across token boundaries) live in TextStream.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
 from gptcli.console import UserError
 from gptcli.model import GPT
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -22,25 +25,69 @@ class SamplingParams:
     temperature: float = 0.8  # 0 = greedy
     top_k: int = 50  # 0 = off
     top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    stop: list[str] = field(default_factory=list)
+
+
+def check_params(p: SamplingParams) -> None:
+    """Flag names in the messages: recipes are checked on load, so bad values here are flags."""
+    if p.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {p.max_new_tokens}")
+    if p.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {p.temperature}")
+    if p.top_k < 0:
+        raise UserError(f"--top-k must be >= 0 (0 = off), got {p.top_k}")
+    if not 0 < p.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1] (1 = off), got {p.top_p}")
+    if not 0 <= p.min_p <= 1:
+        raise UserError(f"--min-p must be in [0, 1] (0 = off), got {p.min_p}")
+    if p.repetition_penalty <= 0:
+        raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {p.repetition_penalty}")
+    if any(s == "" for s in p.stop):
+        raise UserError(
+            "--stop must not be empty (give the text to stop at, e.g. --stop 'The end')"
+        )
+
+
+def penalize(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: seen tokens' logits are divided by it when positive, else
+    multiplied, so a penalty > 1 always makes them less likely."""
+    if seen is None or penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
 
 
 def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Scale by temperature and mask everything outside top-k and the top-p nucleus with -inf."""
+    """Scale by temperature, then mask everything outside top-k, the top-p nucleus and the
+    min-p floor with -inf (HF's order: each filter sees what the previous one kept)."""
     logits = logits.float() / params.temperature
     if params.top_k and params.top_k < logits.size(-1):
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        probs = sorted_logits.softmax(-1)
         # drop a token when the tokens before it already cover top_p (the first always stays)
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= params.top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= params.top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
+    if params.min_p > 0:
+        probs = logits.softmax(-1)
+        floor = params.min_p * probs.max(dim=-1, keepdim=True).values
+        logits = logits.masked_fill(probs < floor, float("-inf"))
     return logits
 
 
-def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) token ids. Greedy is the argmax after the repetition penalty."""
+    logits = penalize(logits.float(), seen, params.repetition_penalty)
     if params.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     probs = filter_logits(logits, params).softmax(-1)
@@ -54,52 +101,168 @@ def generate(
     params: SamplingParams,
     seed: int | None = None,
     eos_id: int | None = None,
-) -> Iterator[int]:
-    """Yield new token ids one at a time until max_new_tokens or eos_id (not yielded).
+    num_samples: int = 1,
+    finished: list[bool] | None = None,
+) -> Iterator[list[int | None]]:
+    """Yield, per step, one new token per row: num_samples rows continue the same prompt as one
+    batch. A row that produced eos_id (which is yielded) or that the caller marked in
+    `finished` (e.g. after a stop string) yields None from then on; all finished ends the loop.
 
-    Past the context length the window slides: the newest block_size/2 tokens are re-prefilled.
+    Past the context the window slides: the newest block_size/2 tokens are prefilled again, so
+    each token is exactly what a full forward over its current window would give.
     """
     device = model.wte.weight.device
     gen = torch.Generator(device=device)
-    gen.manual_seed(seed if seed is not None else torch.seed())
+    gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
     block = model.cfg.block_size
-    context = list(prompt[-block:])
-    cache = model.new_cache(1)
-    logits, _ = model(torch.tensor([context], device=device), cache=cache, last_only=True)
+    rows = num_samples
+    finished = finished if finished is not None else [False] * rows
+    context = prompt[-block:]
+    # the current window's tokens, preallocated: sliding needs them, decoding steps do not copy
+    window = torch.zeros(rows, block, dtype=torch.long, device=device)
+    window[:, : len(context)] = torch.tensor(context, device=device)
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(rows, model.cfg.vocab_size, dtype=torch.bool, device=device)
+        seen[:, window[0, : len(context)]] = True
+    cache = model.new_cache(rows)
     pos = len(context)
+    logits, _ = model(window[:, :pos], cache=cache, last_only=True)
+    keep = block // 2
     for _ in range(params.max_new_tokens):
-        token = next_token(logits[:, -1, :], params, gen)
-        value = int(token.item())
-        if eos_id is not None and value == eos_id:
+        if seen is not None and eos_id is not None:
+            seen[:, eos_id] = False  # never penalise the end: a penalised sample can still end
+        token = next_token(logits[:, -1, :], params, gen, seen)  # (rows, 1)
+        values = token.view(-1).tolist()
+        step: list[int | None] = []
+        for row, value in enumerate(values):
+            if finished[row]:
+                step.append(None)
+                continue
+            step.append(value)
+            if value == eos_id:
+                finished[row] = True
+        yield step
+        if all(finished):
             return
-        yield value
-        context.append(value)
-        if pos >= block:  # window full: keep the newest half and prefill it again
-            context = context[-(block // 2) :]
-            logits, _ = model(torch.tensor([context], device=device), cache=cache, last_only=True)
-            pos = len(context)
-        else:
-            logits, _ = model(token.view(1, 1), cache=cache, pos=pos)
+        if seen is not None:
+            seen.scatter_(1, token, True)
+        if pos < block:
+            window[:, pos : pos + 1] = token
+            logits, _ = model(token, cache=cache, pos=pos)
             pos += 1
+        else:  # window full: keep the newest half (this token included) and prefill it again
+            window[:, : keep - 1] = window[:, block - keep + 1 :].clone()
+            window[:, keep - 1 : keep] = token
+            pos = keep
+            logits, _ = model(window[:, :pos], cache=cache, last_only=True)
 
 
-def run(
-    checkpoint_path: str | None,
-    prompt: str,
-    overrides: dict[str, object],
-    seed: int | None = None,
-    on_text: Callable[[str], None] | None = None,
-) -> dict:
-    """`gptcli sample`: load a checkpoint, apply its run's sample defaults, generate one text.
+# --------------------------------------------------------------------------- text and stop strings
 
-    on_text receives the prompt and then each new piece of text as soon as it decodes cleanly.
+
+class TextStream:
+    """One sample's text: pieces that never split a UTF-8 character, cut before a stop string.
+
+    Text that might still become the start of a stop string is held back until the next token
+    decides, so a stop string is never printed even when it spans several tokens.
     """
+
+    def __init__(self, tok, prefix: list[int], stops: list[str]) -> None:
+        from gptcli.tokenizer import StreamDecoder
+
+        self.decoder = StreamDecoder(tok, prefix)
+        self.stops = stops
+        self.text = ""  # everything decoded so far (cut at the stop string once it appears)
+        self.sent = 0  # characters of text already handed out
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        self.text += self.decoder.push(token)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        self.text += self.decoder.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        if self.stops and not self.stopped:
+            # a match cannot start in released text: that text was never a stop's prefix
+            hits = [i for s in self.stops if (i := self.text.find(s, self.sent)) >= 0]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.stopped = final = True
+        end = len(self.text) if final else len(self.text) - self._held()
+        piece = self.text[self.sent : end]
+        self.sent = max(self.sent, end)
+        return piece
+
+    def _held(self) -> int:
+        """Length of the longest unreleased suffix that a stop string starts with."""
+        tail = self.text[self.sent :]
+        longest = max((len(s) for s in self.stops), default=1) - 1
+        for n in range(min(len(tail), longest), 0, -1):
+            if any(s.startswith(tail[-n:]) for s in self.stops):
+                return n
+        return 0
+
+
+# --------------------------------------------------------------------------- dtype and agreement
+
+
+def native_bf16_cpu() -> bool:
+    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), so bf16 weights halve
+    memory traffic instead of going through a slow emulated path. torch's own cpuinfo probes,
+    with /proc/cpuinfo flags where this torch lacks them."""
+    probes = [
+        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if any(p is not None for p in probes):
+        return any(p() for p in probes if p is not None)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 weights where the hardware computes bf16 natively (CUDA with bf16 support,
+    CPUs with AVX512-BF16/AMX), fp32 elsewhere. Justified by top1_agreement (tests)."""
+    if name in DTYPES:
+        return DTYPES[name]
+    if name != "auto":
+        raise UserError(f"--dtype must be auto, fp32 or bf16, got {name!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and native_bf16_cpu() else torch.float32
+
+
+@torch.inference_mode()
+def top1_agreement(model: GPT, ids: torch.Tensor, dtype: torch.dtype) -> float:
+    """Share of positions where a dtype copy of model predicts the same next token as model
+    (teacher-forced on ids (B, T)): the check that bf16 weights do not change what is sampled."""
+    import copy
+
+    reference, _ = model(ids)
+    other, _ = copy.deepcopy(model).to(dtype)(ids)
+    return (reference.argmax(-1) == other.argmax(-1)).float().mean().item()
+
+
+# --------------------------------------------------------------------------- gptcli sample
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_params(ckpt, overrides: dict[str, object]) -> SamplingParams:
+    """The run's recipe `sample:` defaults (when its recipe.yaml is there), flags on top."""
     import dataclasses
 
-    from gptcli import checkpoint, console, tokenizer
     from gptcli import recipe as recipe_mod
 
-    ckpt = checkpoint.resolve(checkpoint_path)
     defaults = recipe_mod.SampleConfig()
     run_recipe = ckpt.parent.parent / "recipe.yaml"
     if run_recipe.is_file():
@@ -109,47 +272,110 @@ def run(
         **{k: v for k, v in overrides.items() if v is not None},
     }
     params = SamplingParams(**values)
-    if params.max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be >= 1")
-    if params.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {params.temperature}")
-    if params.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {params.top_k}")
-    if not 0 < params.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1], got {params.top_p}")
-    if checkpoint_path is None:
-        console.info(f"sample: using {ckpt}")
+    check_params(params)
+    return params
 
-    loaded = checkpoint.load(ckpt)
-    model = checkpoint.build_model(loaded).eval()
-    tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
+
+def sample_prompt(
+    model: GPT,
+    tok,
+    prompt: str,
+    params: SamplingParams,
+    seed: int | None = None,
+    num_samples: int = 1,
+    on_text: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Generate num_samples continuations of prompt as one batch; one result dict per sample.
+
+    on_text (one sample only) receives the prompt, then each new piece of text as it is final.
+    """
+    from gptcli import console, tokenizer
+
     eot = tokenizer.eot_id(tok)
     # Documents in training follow <|endoftext|>, so starting with it asks for a fresh story.
     prompt_ids = [eot] + tok.encode(prompt, add_special_tokens=False).ids
-    if len(prompt_ids) > model.cfg.block_size:
+    block = model.cfg.block_size
+    if len(prompt_ids) > block:
         console.warn(
-            f"the prompt has {len(prompt_ids)} tokens, more than the context "
-            f"({model.cfg.block_size}); keeping the last {model.cfg.block_size}"
+            f"the prompt has {len(prompt_ids)} tokens, more than the context ({block}); "
+            f"keeping the last {block}"
         )
-    stream = tokenizer.StreamDecoder(tok, prompt_ids)
-    if on_text is not None:
-        on_text(prompt)
-    new_ids: list[int] = []
+    streams = [TextStream(tok, prompt_ids[-block:], params.stop) for _ in range(num_samples)]
+    counts = [0] * num_samples
+    reasons = ["length"] * num_samples
+    finished = [False] * num_samples
+    live = on_text if num_samples == 1 else None
+    if live is not None:
+        live(prompt)
     started = time.perf_counter()
-    for token in generate(model, prompt_ids, params, seed=seed, eos_id=eot):
-        new_ids.append(token)
-        piece = stream.push(token)
-        if piece and on_text is not None:
-            on_text(piece)
-    tail = stream.flush()
-    if tail and on_text is not None:
-        on_text(tail)
-    elapsed = time.perf_counter() - started
-    return {
-        "checkpoint": str(ckpt),
-        "prompt": prompt,
-        "text": tokenizer.decode(tok, new_ids),
-        "tokens": len(new_ids),
-        "finish_reason": "length" if len(new_ids) == params.max_new_tokens else "eos",
-        "tokens_per_s": round(len(new_ids) / max(elapsed, 1e-9), 1),
-    }
+    steps = generate(model, prompt_ids, params, seed, eot, num_samples, finished)
+    with console.progress(enabled=live is None) as bar:
+        task = bar.add_task("sample", total=params.max_new_tokens)
+        for step in steps:
+            for row, token in enumerate(step):
+                if token is None:
+                    continue
+                if token == eot:
+                    reasons[row] = "eos"
+                    continue
+                counts[row] += 1
+                piece = streams[row].push(token)
+                if streams[row].stopped:
+                    reasons[row], finished[row] = "stop", True
+                if piece and live is not None:
+                    live(piece)
+            bar.advance(task)
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    results = []
+    for row, stream in enumerate(streams):
+        tail = stream.finish()
+        if stream.stopped and reasons[row] != "stop":
+            reasons[row] = "stop"  # the stop string completed only when the last bytes decoded
+        if tail and live is not None:
+            live(tail)
+        results.append(
+            {
+                "prompt": prompt,
+                "text": stream.text,
+                "tokens": counts[row],
+                "finish_reason": reasons[row],
+                "tokens_per_s": round(counts[row] / elapsed, 1),
+            }
+        )
+    return results
+
+
+def run(
+    checkpoint_path: str | None,
+    prompts: Iterable[str],
+    overrides: dict[str, object],
+    seed: int | None = None,
+    num_samples: int = 1,
+    dtype: str = "auto",
+    on_text: Callable[[str], None] | None = None,
+    on_result: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """`gptcli sample`: load a checkpoint once, then sample every prompt (lazily consumed, so
+    stdin lines are answered as they arrive). on_result receives each sample's result dict."""
+    from gptcli import checkpoint, console, tokenizer
+
+    ckpt = checkpoint.resolve(checkpoint_path)
+    params = load_params(ckpt, overrides)
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be >= 1, got {num_samples}")
+    device = _device()
+    weights = pick_dtype(dtype, device)
+    loaded = checkpoint.load(ckpt)
+    model = checkpoint.build_model(loaded, device).to(weights).eval()
+    tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
+    dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
+    if checkpoint_path is None:
+        console.info(f"sample: using {ckpt}")
+    results = []
+    for prompt in prompts:
+        for result in sample_prompt(model, tok, prompt, params, seed, num_samples, on_text):
+            result = {"checkpoint": str(ckpt), "dtype": dtype_name, **result}
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results

@@ -101,6 +101,9 @@ class SampleConfig:
     temperature: float = 0.8
     top_k: int = 50
     top_p: float = 1.0
+    min_p: float = 0.0  # 0 = off; else drop tokens below min_p * the likeliest token's probability
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the text
+    stop: list[str] = field(default_factory=list)  # stop before any of these strings
 
 
 @dataclass
@@ -355,6 +358,9 @@ def validate(r: Recipe) -> None:
     check("sample.temperature", s.temperature, s.temperature >= 0, ">= 0 (0 = greedy)")
     check("sample.top_k", s.top_k, s.top_k >= 0, ">= 0 (0 = off)")
     check("sample.top_p", s.top_p, 0.0 < s.top_p <= 1.0, "in (0, 1]")
+    check("sample.min_p", s.min_p, 0.0 <= s.min_p <= 1.0, "in [0, 1] (0 = off)")
+    check("sample.repetition_penalty", s.repetition_penalty, s.repetition_penalty > 0, "> 0")
+    check("sample.stop", s.stop, all(s.stop), "a list of non-empty strings")
 
 
 def _is_sha256(value: str) -> bool:

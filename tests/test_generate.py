@@ -1,6 +1,22 @@
-import torch
+"""Samplers and the loop (in process), and every control through the real `gptcli sample`."""
 
-from gptcli.generate import SamplingParams, filter_logits, generate
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, gptcli
+
+from gptcli import checkpoint, tokenizer
+from gptcli.generate import (
+    SamplingParams,
+    TextStream,
+    filter_logits,
+    generate,
+    next_token,
+    top1_agreement,
+)
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig
 
@@ -12,10 +28,16 @@ def make(**kw) -> GPT:
     ).eval()
 
 
+def tokens(model, prompt, params, **kw) -> list[int]:
+    """Row 0 of generate(), eos not included."""
+    eos = kw.get("eos_id")
+    return [t[0] for t in generate(model, prompt, params, **kw) if t[0] not in (None, eos)]
+
+
 def test_greedy_equals_argmax_of_full_forward():
     model = make()
     prompt = [1, 2, 3]
-    out = list(generate(model, prompt, SamplingParams(max_new_tokens=8, temperature=0)))
+    out = tokens(model, prompt, SamplingParams(max_new_tokens=8, temperature=0))
     seq = list(prompt)
     for _ in range(8):
         logits, _ = model(torch.tensor([seq]))
@@ -23,26 +45,34 @@ def test_greedy_equals_argmax_of_full_forward():
     assert out == seq[3:]
 
 
-def test_generation_past_the_context_slides_the_window():
-    model = make(positions="rope")
-    out = list(generate(model, [1, 2], SamplingParams(max_new_tokens=40, temperature=0)))
-    assert len(out) == 40
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_generation_past_the_context_is_exact_to_the_sliding_window(positions):
+    model = make(positions=positions)
+    out = tokens(model, [1, 2], SamplingParams(max_new_tokens=40, temperature=0))
+    window, expected = [1, 2], []  # reference: a full forward over the current window
+    for _ in range(40):
+        logits, _ = model(torch.tensor([window]))
+        expected.append(int(logits[0, -1].argmax()))
+        window = window + expected[-1:]
+        if len(window) > 16:  # full: keep the newest block_size/2
+            window = window[-8:]
+    assert out == expected
 
 
 def test_same_seed_same_tokens_other_seed_differs():
     model = make()
     params = SamplingParams(max_new_tokens=12, temperature=1.0, top_k=0)
-    a = list(generate(model, [5], params, seed=7))
-    b = list(generate(model, [5], params, seed=7))
-    c = list(generate(model, [5], params, seed=8))
+    a = tokens(model, [5], params, seed=7)
+    b = tokens(model, [5], params, seed=7)
+    c = tokens(model, [5], params, seed=8)
     assert a == b and a != c
 
 
 def test_eos_stops_generation():
     model = make()
     greedy = SamplingParams(max_new_tokens=5, temperature=0)
-    first = next(generate(model, [1], greedy))
-    assert list(generate(model, [1], greedy, eos_id=first)) == []
+    first = tokens(model, [1], greedy)[0]
+    assert tokens(model, [1], greedy, eos_id=first) == []
 
 
 def test_top_k_and_top_p_keep_only_their_set():
@@ -62,5 +92,263 @@ def test_sampled_tokens_stay_inside_top_k():
     logits, _ = model(torch.tensor([[3]]))
     allowed = set(torch.topk(logits[0, -1], 3).indices.tolist())
     params = SamplingParams(max_new_tokens=1, temperature=2.0, top_k=3)
-    seen = {next(generate(model, [3], params, seed=s)) for s in range(40)}
+    seen = {tokens(model, [3], params, seed=s)[0] for s in range(40)}
     assert seen <= allowed and len(seen) > 1
+
+
+def test_min_p_keeps_tokens_above_the_floor():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    probs = logits.softmax(-1)[0]
+    assert probs[1] > 0.3 * probs[0] > probs[2]  # 0.37 > 0.3 > 0.14
+    kept = filter_logits(logits, SamplingParams(temperature=1.0, top_k=0, min_p=0.3)).isfinite()
+    assert kept.tolist() == [[True, True, False, False, False]]
+
+
+def test_repetition_penalty_makes_seen_tokens_less_likely():
+    logits = torch.tensor([[2.0, -1.0, 1.5, 0.5]])
+    seen = torch.tensor([[True, True, False, False]])
+    params = SamplingParams(temperature=0, repetition_penalty=2.0)
+    gen = torch.Generator()
+    assert next_token(logits, params, gen, seen).item() == 2  # 2/2 = 1.0 < 1.5
+    assert next_token(logits, SamplingParams(temperature=0), gen, seen).item() == 0
+
+
+def test_batch_rows_finish_on_their_own():
+    model = make()
+    params = SamplingParams(max_new_tokens=30, temperature=1.5, top_k=0)
+    finished = [False] * 4
+    steps = list(generate(model, [1], params, seed=3, eos_id=7, num_samples=4, finished=finished))
+    rows = list(zip(*steps, strict=True))
+    assert len({r for r in rows}) > 1  # rows sample independently
+    for row in rows:
+        if 7 in row:  # after its eos a row yields nothing more
+            assert all(t is None for t in row[row.index(7) + 1 :])
+    solo = tokens(model, [1], SamplingParams(max_new_tokens=30, temperature=0))
+    batch = [t[1] for t in generate(model, [1], SamplingParams(30, 0), num_samples=3)]
+    assert batch == solo  # greedy rows of a batch equal a batch of one
+
+
+# --------------------------------------------------------------------------- text streams
+
+
+def byte_ids(tok, text: str) -> list[int]:
+    """One token per UTF-8 byte (byte-level BPE's base alphabet), to split characters."""
+    from tokenizers import pre_tokenizers
+
+    words = pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text)
+    return [tok.token_to_id(symbol) for word, _ in words for symbol in word]
+
+
+def test_text_stream_never_splits_a_character_and_cuts_stop_strings(trained):
+    tok = tokenizer.load(trained / "runs" / "mini")
+    ids = byte_ids(tok, "hé€! The end. more")
+    stream = TextStream(tok, [], [])
+    pieces = [stream.push(i) for i in ids] + [stream.finish()]
+    assert "".join(pieces) == "hé€! The end. more"
+    assert not any("\ufffd" in p for p in pieces) and "" in pieces  # held back mid-character
+    stream = TextStream(tok, [], ["end.", "zzz"])
+    pieces = []
+    for i in ids:
+        pieces.append(stream.push(i))
+        if stream.stopped:
+            break
+    pieces.append(stream.finish())
+    assert "".join(pieces) == stream.text == "hé€! The "
+    assert stream.stopped
+
+
+# ----------------------------------------------------------------- models with known logits
+
+LETTERS = "abcdefgh"
+LETTER_LOGITS = [4.0, 3.6, 3.1, 2.7, 2.2, 1.9, 1.0, 0.5]
+
+
+def known_checkpoint(trained, folder, sequence: list[int] | None = None):
+    """A checkpoint whose logits are known: every position prefers LETTERS by LETTER_LOGITS
+    (everything else at -20), or, with sequence, position t predicts token sequence[t]."""
+    tok_path = trained / "runs" / "mini" / "tokenizer.json"
+    tok = tokenizer.load(tok_path)
+    vocab = tok.get_vocab_size()
+    cfg = ModelConfig(
+        n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, tie_embeddings=False
+    )
+    model = GPT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        head = model.lm_head.weight  # (vocab, n_embd)
+        if sequence is None:  # norm_f outputs e_31 whatever the input: logits = head[:, 31]
+            model.norm_f.bias[31] = 1.0
+            head[:, 31] = -20.0
+            for letter, logit in zip(LETTERS, LETTER_LOGITS, strict=True):
+                head[byte_ids(tok, letter)[0], 31] = logit
+        else:  # position t holds e_t, so logits at t favour token sequence[t]
+            model.wpe.weight.copy_(torch.eye(32))
+            model.norm_f.weight.fill_(1.0)
+            for t, token in enumerate(sequence):
+                head[token, t] = 10.0
+    return checkpoint.save(folder, 1, model, None, {}, tok_path)
+
+
+@pytest.fixture(scope="module")
+def letters(trained, tmp_path_factory):
+    return known_checkpoint(trained, tmp_path_factory.mktemp("letters"))
+
+
+def sample_json(ckpt, *args, cwd=None, input=None):
+    proc = gptcli("sample", "-c", str(ckpt), "--json", *args, cwd=cwd, input=input)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    "flags, allowed",
+    [
+        (["--top-k", "3"], "abc"),
+        (["--top-k", "0", "--top-p", "0.85"], "abcd"),  # a..c cover 0.79, a..d 0.91
+        (["--top-k", "0", "--min-p", "0.2"], "abcd"),  # floor at e^4 * 0.2 = e^2.39
+    ],
+)
+def test_filters_never_emit_a_token_outside_their_set(letters, flags, allowed):
+    args = ["--prompt", "", "--temperature", "1", "--max-new-tokens", "40", "--seed", "1"]
+    results = sample_json(letters, *args, "--num-samples", "4", *flags)
+    assert len(results) == 4 and all(r["finish_reason"] == "length" for r in results)
+    emitted = set("".join(r["text"] for r in results))
+    assert emitted == set(allowed)  # all of the set shows up, nothing outside it
+
+
+def test_repetition_penalty_covers_prompt_and_generated_tokens(letters):
+    args = ["--temperature", "0", "--max-new-tokens", "6", "--dtype", "fp32"]
+    (result,) = sample_json(letters, "--prompt", "a", *args, "--repetition-penalty", "2")
+    # unpenalised greedy says aaaaaa; a is in the prompt, so 4/2 = 2 loses to b..e first
+    assert result["text"] == "bcdeaa"
+
+
+def test_streaming_never_prints_half_a_character(trained, tmp_path):
+    text = "hé€ and ü!"
+    tok = tokenizer.load(trained / "runs" / "mini")
+    ckpt = known_checkpoint(trained, tmp_path, sequence=byte_ids(tok, text))
+    n = str(len(text.encode()))
+    proc = gptcli("sample", "-c", str(ckpt), "--temperature", "0", "--max-new-tokens", n)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == text + "\n"
+    (result,) = sample_json(ckpt, "--temperature", "0", "--max-new-tokens", n, "--stop", "ü")
+    assert result["text"] == "hé€ and " and result["finish_reason"] == "stop"
+
+
+# --------------------------------------------------------------------------- the trained model
+
+
+def greedy_reference(trained, prompt: str, n: int) -> str:
+    loaded = checkpoint.load(trained / "runs" / "mini")
+    model = checkpoint.build_model(loaded).eval()
+    tok = tokenizer.load(trained / "runs" / "mini")
+    eot = tokenizer.eot_id(tok)
+    seq = [eot] + tok.encode(prompt).ids
+    new = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([seq]))
+            token = int(logits[0, -1].argmax())
+            if token == eot:
+                break
+            seq.append(token)
+            new.append(token)
+    return tokenizer.decode(tok, new), new
+
+
+def test_greedy_cli_equals_argmax_decoding(trained):
+    text, _ = greedy_reference(trained, "Once upon a time", 25)
+    args = ["--prompt", "Once upon a time", "--temperature", "0", "--max-new-tokens", "25"]
+    (result,) = sample_json("runs/mini", *args, "--dtype", "fp32", cwd=trained)
+    assert result["text"] == text and result["dtype"] == "fp32"
+
+
+def test_stop_string_across_token_boundaries(trained, tmp_path):
+    tok = tokenizer.load(trained / "runs" / "mini")
+    ids = tok.encode("Once upon a time there was a cat. The end. Then more").ids
+    ckpt = known_checkpoint(trained, tmp_path, sequence=ids)
+    stop = "t. The e"  # spans several multi-character tokens
+    pieces = [tokenizer.decode(tok, [i]) for i in ids]
+    assert not any(stop in p for p in pieces) and max(len(p) for p in pieces) > 1
+    args = ["--prompt", "", "--temperature", "0", "--max-new-tokens", str(len(ids))]
+    proc = gptcli("sample", "-c", str(ckpt), *args, "--stop", stop, "--stop", "zz", cwd=trained)
+    assert proc.stdout == "Once upon a time there was a ca\n"
+    (result,) = sample_json(ckpt, *args, "--stop", stop)
+    assert result["text"] == "Once upon a time there was a ca"
+    assert result["finish_reason"] == "stop" and result["tokens"] < len(ids)
+
+
+def test_seed_and_flags_reproduce_a_batch(trained):
+    args = ["--prompt", "Once", "--seed", "5", "--num-samples", "3", "--min-p", "0.05"]
+    args += ["--repetition-penalty", "1.3", "--max-new-tokens", "30"]
+    a = sample_json("runs/mini", *args, cwd=trained)
+    b = sample_json("runs/mini", *args, cwd=trained)
+    assert a == [dict(r, tokens_per_s=x["tokens_per_s"]) for r, x in zip(b, a, strict=True)]
+    assert len({r["text"] for r in a}) == 3
+
+
+def test_each_line_prompt_file_and_long_prompts(trained, tmp_path):
+    lines = "One day\n\nOnce\n"  # the empty line is an unconditional sample from <|endoftext|>
+    results = sample_json(
+        "runs/mini", "--each-line", "--max-new-tokens", "3", cwd=trained, input=lines
+    )
+    assert [r["prompt"] for r in results] == ["One day", "", "Once"]
+    assert all(r["tokens"] <= 3 for r in results)
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("The cat " * 40)  # longer than the 32-token context
+    proc = gptcli("sample", "-c", "runs/mini", "--prompt-file", str(prompt), cwd=trained)
+    assert proc.returncode == 0 and "keeping the last 32" in proc.stderr
+    assert proc.stdout.startswith("The cat " * 40)
+
+
+def test_sample_imports_only_what_it_needs(trained):
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['gptcli', 'sample', '-c', 'runs/mini', '--max-new-tokens', '1']\n"
+        "try:\n    runpy.run_module('gptcli', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ['gptcli.train', 'gptcli.data', 'gptcli.stories', 'transformers']\n"
+        "print('LOADED', [m for m in heavy if m in sys.modules], file=sys.stderr)\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=trained, input=""
+    )
+    assert "LOADED []" in proc.stderr
+
+
+def test_bf16_agrees_with_fp32_teacher_forced(trained):
+    """The check behind --dtype auto: bf16 weights predict the same next token on >= 99 %."""
+    run = trained / "runs" / "mini"
+    model = checkpoint.build_model(checkpoint.load(run)).eval()
+    val = np.fromfile(run / "data" / "val.bin", dtype=np.uint16).astype(np.int64)
+    block = model.cfg.block_size
+    ids = torch.from_numpy(val[: 64 * block]).view(64, block)
+    assert top1_agreement(model, ids, torch.bfloat16) >= 0.99
+
+
+def test_incomplete_checkpoint(trained, tmp_path):
+    ckpt = tmp_path / "step-0000012"
+    shutil.copytree(trained / "runs" / "mini" / "checkpoints" / "step-0000012", ckpt)
+    (ckpt / "config.json").unlink()
+    proc = gptcli("sample", "-c", str(ckpt), "--prompt", "x", cwd=trained)
+    assert_one_line_error(proc, "incomplete checkpoint", "config.json")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--min-p", "1.5"], "--min-p"),
+        (["--repetition-penalty", "0"], "--repetition-penalty"),
+        (["--stop", ""], "--stop"),
+        (["--dtype", "fp16"], "--dtype"),
+        (["--num-samples", "0"], "--num-samples"),
+        (["--prompt-file", "nope.txt"], "--prompt"),
+        (["--each-line"], "--each-line"),
+    ],
+)
+def test_sample_bad_controls(trained, args, needle):
+    assert_one_line_error(gptcli("sample", "--prompt", "x", *args, cwd=trained), needle)
