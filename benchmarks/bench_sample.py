@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from gptcli import generate as gen  # noqa: E402
+from gptcli.device import cpu_has_native_bf16  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import ModelConfig  # noqa: E402
 
@@ -173,7 +174,7 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ", end="")
-    print(f"native bf16 CPU: {gen.native_bf16_cpu()}")
+    print(f"native bf16 CPU: {cpu_has_native_bf16()}")
     rows = speed_table(shapes, rounds, args.quick)
     print("\n| shape | batch | engine | new tokens/s | vs HF fp32 |")
     print("| --- | --- | --- | --- | --- |")

@@ -49,13 +49,19 @@ def pick_device(name: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run ~2.5x faster than fp32 there, else slower."""
+    """AVX512-BF16 or AMX: bf16 matmuls run ~2.5x faster than fp32 there, and emulated (slower)
+    elsewhere. torch's own cpuinfo probes, with /proc/cpuinfo flags where this torch lacks them."""
+    probes = [
+        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if any(p is not None for p in probes):
+        return any(p() for p in probes if p is not None)
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
     except OSError:
         return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:

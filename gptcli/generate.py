@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gptcli.console import UserError
+from gptcli.device import cpu_has_native_bf16
 from gptcli.model import GPT
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -210,23 +211,6 @@ class TextStream:
 # --------------------------------------------------------------------------- dtype and agreement
 
 
-def native_bf16_cpu() -> bool:
-    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), so bf16 weights halve
-    memory traffic instead of going through a slow emulated path. torch's own cpuinfo probes,
-    with /proc/cpuinfo flags where this torch lacks them."""
-    probes = [
-        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    ]
-    if any(p is not None for p in probes):
-        return any(p() for p in probes if p is not None)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto = bf16 weights where the hardware computes bf16 natively (CUDA with bf16 support,
     CPUs with AVX512-BF16/AMX), fp32 elsewhere. Justified by top1_agreement (tests)."""
@@ -236,7 +220,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {name!r}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if device.type == "cpu" and native_bf16_cpu() else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
 
 
 @torch.inference_mode()
