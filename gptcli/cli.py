@@ -268,6 +268,37 @@ def inspect_cmd(
         inspect_mod.render(info)
 
 
+# --------------------------------------------------------------------------- export
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  gptcli export runs/tiny --format hf --out exported/tiny-hf\n\n"
+    "  gptcli export runs/tiny-llama --format gguf --out exported/tiny-gguf --json",
+)
+def export(
+    checkpoint_path: Annotated[
+        str, typer.Argument(metavar="CHECKPOINT", help="Checkpoint or run folder (its newest).")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="hf (transformers folder) or gguf (llama.cpp).")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="New folder to write (must not exist).")],
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a checkpoint where other tools can use it: HF transformers or GGUF."""
+    console.set_quiet(quiet)
+    from gptcli import export as export_mod
+
+    result = export_mod.export(checkpoint_path, fmt, out)
+    if as_json:
+        _print_json(result)
+    else:
+        console.info(f"export: {result['family']} model from {result['checkpoint']}")
+        console.out(result["out"])
+
+
 # --------------------------------------------------------------------------- entry point
 
 
