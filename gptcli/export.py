@@ -384,11 +384,15 @@ def from_hf_weights(cfg: ModelConfig, hf: dict[str, torch.Tensor], path: Path) -
 
 def load_hf(path: Path) -> checkpoint.Loaded:
     """A local HF GPT-2/Llama folder as a gptcli checkpoint (converted in memory)."""
-    cfg = model_config_from_hf(path)
+    hf_weights = _read_hf_weights(path)
+    try:
+        cfg = model_config_from_hf(path)
+    except KeyError as e:
+        raise UserError(f"{path / 'config.json'}: missing key {e.args[0]!r}") from None
     tok_path = path / tokenizer.TOKENIZER_FILE
     if not tok_path.is_file():
         raise UserError(f"{path}: no tokenizer.json (gptcli needs a fast tokenizer file)")
-    weights = from_hf_weights(cfg, _read_hf_weights(path), path)
+    weights = from_hf_weights(cfg, hf_weights, path)
     return checkpoint.Loaded(path, cfg, weights, {"step": 0, "source": "hf"})
 
 
