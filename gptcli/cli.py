@@ -250,18 +250,45 @@ def sample(
     epilog="Examples:\n\n"
     "  gptcli inspect runs/tiny\n\n"
     "  gptcli inspect runs/tiny/checkpoints/step-0000600 --json | jq .params.total\n\n"
-    "  gptcli inspect recipes/tiny.yaml",
+    "  gptcli inspect recipes/tiny.yaml\n\n"
+    '  gptcli inspect runs/tiny --text "Once upon a time"\n\n'
+    "  gptcli inspect runs/tiny --score ../shared/data/tinystories/TinyStories-valid.head.txt\n\n"
+    "  gptcli inspect runs/tiny --plot loss.png",
 )
 def inspect_cmd(
     path: Annotated[
         str, typer.Argument(help="Run folder, checkpoint, tokenizer.json, shard folder or recipe.")
     ],
+    text: Annotated[
+        Optional[str],
+        typer.Option("--text", help="Show how the tokenizer of PATH splits this text."),
+    ] = None,
+    score_file: Annotated[
+        Optional[str],
+        typer.Option("--score", metavar="FILE", help="Loss, bits/byte, perplexity on FILE."),
+    ] = None,
+    plot: Annotated[
+        Optional[str],
+        typer.Option("--plot", metavar="FILE.png", help="Write the run's loss curve as a PNG."),
+    ] = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain what PATH is: config, parameters, training state, metrics, data."""
+    console.set_quiet(quiet)
     from gptcli import inspect as inspect_mod
 
-    info = inspect_mod.describe(path)
+    if sum(x is not None for x in (text, score_file, plot)) > 1:
+        raise UserError("use one of --text, --score, --plot at a time")
+    if score_file is not None:
+        info = inspect_mod.score(path, score_file)
+    else:
+        info = inspect_mod.describe(path, text=text)
+    if plot is not None:
+        if info["kind"] != "run":
+            raise UserError(f"--plot draws a run's loss curve; {path} is a {info['kind']}")
+        info["plot"] = inspect_mod.plot_png(info["curve"], plot, title=path)
+        console.info(f"inspect: wrote {info['plot']}")
     if as_json:
         _print_json(info)
     else:
