@@ -232,7 +232,7 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
     amp = train.autocast_dtype(device, recipe.train.dtype)
     model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
-    batch = max(1, min(recipe.train.batch_size, 8192 // cfg.block_size))  # the recipe's, capped
+    batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
     timings = []
     for _ in range(steps + 1):  # the first step warms up allocators and kernels
