@@ -235,7 +235,7 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
     batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
     timings = []
-    for _ in range(steps + 1):  # the first step warms up allocators and kernels
+    for _ in range(steps + 2):  # the first two steps warm up allocators and kernels
         start = time.perf_counter()
         with train._autocast(device, amp):
             _, loss = model(x[:, :-1], x[:, 1:])
@@ -245,7 +245,7 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - start)
-    tokens_per_s = batch * cfg.block_size / (sum(timings[1:]) / steps)
+    tokens_per_s = batch * cfg.block_size / (sum(timings[2:]) / steps)
     t = recipe.train
     total_tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.block_size
     return {
