@@ -305,12 +305,15 @@ def inspect_cmd(
 )
 def export(
     checkpoint_path: Annotated[
-        str, typer.Argument(metavar="CHECKPOINT", help="Checkpoint or run folder (its newest).")
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT", help="Checkpoint, run folder (its newest) or HF folder."
+        ),
     ],
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="hf (transformers folder) or gguf (llama.cpp).")
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="New folder to write (must not exist).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
