@@ -9,6 +9,7 @@ from conftest import SHARED_DATA, assert_one_line_error, gptcli, write_recipe
 
 from gptcli import checkpoint, export, tokenizer
 from gptcli.console import UserError
+from gptcli.inspect import describe
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig
 
@@ -127,6 +128,8 @@ def test_import_hf_folder_parity_sample_and_finetune(models, trained, tmp_path, 
     hf = _hf_made_by_transformers(folder, tok_path, family)
     ours = _ours(folder)
     assert ours.cfg.positions == ("learned" if family == "gpt2" else "rope")
+    info = describe(str(folder))  # inspect explains an HF folder as gptcli reads it
+    assert info["source"] == "hf" and info["params"]["total"] == ours.num_params()
     _assert_logits_equal(ours, hf, ours.cfg.vocab_size)
 
     # sample --checkpoint takes the folder: greedy text equals HF's greedy continuation
