@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,6 @@ def hf_config(cfg: ModelConfig, eot: int | None) -> dict[str, Any]:
         "bos_token_id": eot,
         "eos_token_id": eot,
         "torch_dtype": "float32",
-        "transformers_version": "4.40.0",
         "gptcli_version": __version__,
     }
     if family(cfg) == GPT2:
@@ -174,7 +174,7 @@ def tokenizer_config(tok_path: Path) -> dict[str, Any]:
     }
 
 
-def _write_folder(out: Path, write: callable) -> Path:
+def _write_folder(out: Path, write: Callable[[Path], None]) -> Path:
     """Build the output in a temp sibling and rename it into place; never touch an existing DIR."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty (choose a new --out)")
@@ -206,7 +206,7 @@ def export_hf(loaded: checkpoint.Loaded, out: Path) -> Path:
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, eot), indent=2))
         shutil.copyfile(tok_path, tmp / tokenizer.TOKENIZER_FILE)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok_path), indent=2))
-        gen = {"bos_token_id": eot, "eos_token_id": eot, "max_length": cfg.block_size}
+        gen = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
     return _write_folder(out, write)
