@@ -97,6 +97,10 @@ def resolve(path: str | Path | None) -> Path:
     p = Path(path)
     if not p.exists():
         raise UserError(f"checkpoint not found: {p}")
+    from gptcli import export
+
+    if export.is_hf_folder(p):
+        return p  # a transformers folder, converted on load
     if (p / "model.safetensors").is_file():
         if not is_checkpoint(p):
             missing = [f for f in REQUIRED_FILES if not (p / f).is_file()]
@@ -169,8 +173,16 @@ class Loaded:
 
 
 def load(path: str | Path | None) -> Loaded:
-    """Read a checkpoint's weights (safetensors only), config and state."""
+    """Read a checkpoint's weights (safetensors only), config and state.
+
+    A local HF GPT-2/Llama folder is accepted too and converted here, so every reader
+    (sample, finetune's init, inspect --score, export) takes one.
+    """
     ckpt = resolve(path)
+    from gptcli import export
+
+    if export.is_hf_folder(ckpt):
+        return export.load_hf(ckpt)
     cfg = model_config_from_json(ckpt / "config.json")
     try:
         weights = load_file(str(ckpt / "model.safetensors"))

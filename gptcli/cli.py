@@ -298,22 +298,83 @@ def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
     epilog="Examples:\n\n"
     "  gptcli inspect runs/tiny\n\n"
     "  gptcli inspect runs/tiny/checkpoints/step-0000600 --json | jq .params.total\n\n"
-    "  gptcli inspect recipes/tiny.yaml",
+    "  gptcli inspect recipes/tiny.yaml\n\n"
+    '  gptcli inspect runs/tiny --text "Once upon a time"\n\n'
+    "  gptcli inspect runs/tiny --score ../shared/data/tinystories/TinyStories-valid.head.txt\n\n"
+    "  gptcli inspect runs/tiny --plot loss.png",
 )
 def inspect_cmd(
     path: Annotated[
         str, typer.Argument(help="Run folder, checkpoint, tokenizer.json, shard folder or recipe.")
     ],
+    text: Annotated[
+        Optional[str],
+        typer.Option("--text", help="Show how the tokenizer of PATH splits this text."),
+    ] = None,
+    score_file: Annotated[
+        Optional[str],
+        typer.Option("--score", metavar="FILE", help="Loss, bits/byte, perplexity on FILE."),
+    ] = None,
+    plot: Annotated[
+        Optional[str],
+        typer.Option("--plot", metavar="FILE.png", help="Write the run's loss curve as a PNG."),
+    ] = None,
+    quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Explain what PATH is: config, parameters, training state, metrics, data."""
+    console.set_quiet(quiet)
     from gptcli import inspect as inspect_mod
 
-    info = inspect_mod.describe(path)
+    if sum(x is not None for x in (text, score_file, plot)) > 1:
+        raise UserError("use one of --text, --score, --plot at a time")
+    if score_file is not None:
+        info = inspect_mod.score(path, score_file)
+    else:
+        info = inspect_mod.describe(path, text=text)
+    if plot is not None:
+        if info["kind"] != "run":
+            raise UserError(f"--plot draws a run's loss curve; {path} is a {info['kind']}")
+        info["plot"] = inspect_mod.plot_png(info["curve"], plot, title=path)
+        console.info(f"inspect: wrote {info['plot']}")
     if as_json:
         _print_json(info)
     else:
         inspect_mod.render(info)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  gptcli export runs/tiny --format hf --out exported/tiny-hf\n\n"
+    "  gptcli export runs/tiny-llama --format gguf --out exported/tiny-gguf --json",
+)
+def export(
+    checkpoint_path: Annotated[
+        str,
+        typer.Argument(
+            metavar="CHECKPOINT", help="Checkpoint, run folder (its newest) or HF folder."
+        ),
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="hf (transformers folder) or gguf (llama.cpp).")
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a checkpoint where other tools can use it: HF transformers or GGUF."""
+    console.set_quiet(quiet)
+    from gptcli import export as export_mod
+
+    result = export_mod.export(checkpoint_path, fmt, out)
+    if as_json:
+        _print_json(result)
+    else:
+        console.info(f"export: {result['family']} model from {result['checkpoint']}")
+        console.out(result["out"])
 
 
 # --------------------------------------------------------------------------- entry point

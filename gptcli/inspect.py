@@ -6,6 +6,8 @@ describe() returns plain data (what --json prints); render() turns it into table
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,32 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def describe_hf(path: Path) -> dict[str, Any]:
+    """A transformers folder, as gptcli reads it (converted in memory)."""
+    loaded = checkpoint.load(path)
+    tok = tokenizer.load(path / "tokenizer.json")
+    shapes = {k: list(v.shape) for k, v in loaded.weights.items()}
+    return {
+        "kind": "checkpoint",
+        "source": "hf",
+        "path": str(path),
+        "config": checkpoint.config_json(loaded.config),
+        "params": param_counts(shapes, loaded.config.tie_embeddings),
+        "dtypes": ["F32"],
+        "size_bytes": _dir_size(path),
+        "step": None,
+        "tokens_seen": None,
+        "metrics": {},
+        "versions": {},
+        "tokenizer": {"vocab_size": tok.get_vocab_size()},
+    }
+
+
 def describe_checkpoint(path: Path) -> dict[str, Any]:
+    from gptcli import export
+
+    if export.is_hf_folder(path):
+        return describe_hf(path)
     loaded_cfg = checkpoint.model_config_from_json(path / "config.json")
     tensors = checkpoint.tensor_shapes(path / "model.safetensors")
     state = checkpoint.read_state(path)
@@ -59,13 +86,31 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     }
 
 
-def _last_metrics(path: Path) -> dict[str, Any]:
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}: line {n} is not valid JSON") from None
+    return out
+
+
+def _last_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     last: dict[str, Any] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                last.update(json.loads(line))
+    for r in records:
+        last.update(r)
     return last
+
+
+def loss_curve(records: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    return {
+        "train": [[r["step"], r["loss"]] for r in records if "loss" in r],
+        "val": [[r["step"], r["val_loss"]] for r in records if "val_loss" in r],
+    }
 
 
 def describe_run(path: Path) -> dict[str, Any]:
@@ -81,13 +126,52 @@ def describe_run(path: Path) -> dict[str, Any]:
     out["checkpoints"] = [c.name for c in ckpts]
     if ckpts:
         out["newest_checkpoint"] = describe_checkpoint(ckpts[-1])
-    out["last_metrics"] = _last_metrics(path / "metrics.jsonl")
+    records = _records(path / "metrics.jsonl")
+    last = _last_metrics(records)
+    if "data" in out and "loss" in last:
+        train = out["data"]["train"]
+        last["train_bpb"] = round(last["loss"] / math.log(2) * train["tokens"] / train["bytes"], 5)
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    if rates:
+        last["mean_tokens_per_s"] = round(sum(rates) / len(rates), 1)
+    out["last_metrics"] = last
+    out["curve"] = loss_curve(records)
     return out
 
 
-def describe_tokenizer(path: Path) -> dict[str, Any]:
-    tok = tokenizer.load(path)
-    return {"kind": "tokenizer", "path": str(path), **tokenizer.vocab_stats(tok)}
+def _val_sample(tok_path: Path, n_tokens: int = 20_000) -> tuple[str, str] | None:
+    """Text decoded from the first tokens of the run's val shard, if tok_path is in a run."""
+    import numpy as np
+
+    for run in (tok_path.parent, tok_path.parent.parent.parent):
+        manifest = run / "data" / "manifest.json"
+        val = run / "data" / "val.bin"
+        if manifest.is_file() and val.is_file():
+            dtype = np.dtype(json.loads(manifest.read_text())["dtype"])
+            ids = np.fromfile(val, dtype=dtype, count=n_tokens)
+            return str(val), tokenizer.decode(tokenizer.load(tok_path), ids.tolist())
+    return None
+
+
+def describe_tokenizer(path: Path, text: str | None = None) -> dict[str, Any]:
+    tok_path = tokenizer.resolve_path(path)
+    tok = tokenizer.load(tok_path)
+    out: dict[str, Any] = {"kind": "tokenizer", "path": str(tok_path), **tokenizer.vocab_stats(tok)}
+    sample = ("--text", text) if text is not None else _val_sample(tok_path)
+    if sample is not None and sample[1]:
+        ids = tok.encode(sample[1], add_special_tokens=False).ids
+        out["bytes_per_token"] = round(len(sample[1].encode()) / max(len(ids), 1), 3)
+        out["bytes_per_token_on"] = sample[0]
+    if text is not None:
+        # Byte-level tokens may split one character; its text goes to the first of them, so
+        # the pieces always concatenate back to exactly the input text.
+        enc = tok.encode(text, add_special_tokens=False)
+        pieces, done = [], 0
+        for i, (a, b) in zip(enc.ids, enc.offsets, strict=True):
+            pieces.append({"id": i, "text": text[max(a, done) : b]})
+            done = max(done, b)
+        out["pieces"] = pieces
+    return out
 
 
 def describe_recipe(path: Path) -> dict[str, Any]:
@@ -107,6 +191,7 @@ def describe_recipe(path: Path) -> dict[str, Any]:
     if cfg.tie_embeddings:
         shapes.pop("lm_head.weight")
     t = recipe.train
+    n_params = param_counts(shapes, cfg.tie_embeddings)["total"]
     return {
         "kind": "recipe",
         "path": str(path),
@@ -115,19 +200,101 @@ def describe_recipe(path: Path) -> dict[str, Any]:
         "params": param_counts(shapes, cfg.tie_embeddings),
         "flops_per_token": model.flops_per_token(),
         "tokens_per_step": t.batch_size * t.grad_accum * cfg.block_size,
+        "train_memory_bytes": train_memory(cfg, t.batch_size, n_params),
         "run_dir": str(recipe_mod.run_dir(recipe)),
+        **probe(recipe, cfg),
     }
 
 
-def describe_shards(path: Path) -> dict[str, Any]:
-    manifest = json.loads((path / "manifest.json").read_text())
-    return {"kind": "shards", "path": str(path), **manifest}
+def train_memory(cfg, batch_size: int, n_params: int) -> dict[str, int]:
+    """fp32 training memory: weights + grads + AdamW moments (16 B/param) + activations.
+
+    Activations per layer follow Korthikanti et al. 2022 (34·C + 5·heads·T per token, in 16-bit
+    units, doubled for fp32); the logits add three fp32 (B, T, vocab) tensors. An estimate.
+    """
+    tokens = batch_size * cfg.block_size
+    per_layer = tokens * (34 * cfg.n_embd + 5 * cfg.n_head * cfg.block_size) * 2
+    acts = cfg.n_layer * per_layer + 3 * tokens * cfg.vocab_size * 4
+    states = 16 * n_params
+    return {"weights_grads_adamw": states, "activations": acts, "total": states + acts}
 
 
-def describe(path_str: str) -> dict[str, Any]:
+def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
+    """Time a few real training steps on this device to estimate the run's duration."""
+    import time
+
+    import torch
+
+    from gptcli import train
+    from gptcli.model import GPT, param_groups
+
+    device = train.pick_device(recipe.train.device)
+    amp = train.autocast_dtype(device, recipe.train.dtype)
+    model = GPT(cfg).to(device)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
+    batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
+    timings = []
+    for _ in range(steps + 2):  # the first two steps warm up allocators and kernels
+        start = time.perf_counter()
+        with train._autocast(device, amp):
+            _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - start)
+    tokens_per_s = batch * cfg.block_size / (sum(timings[2:]) / steps)
+    t = recipe.train
+    total_tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.block_size
+    return {
+        "probe_device": device.type,
+        "probe_tokens_per_s": round(tokens_per_s, 1),
+        "estimated_train_s": round(total_tokens / tokens_per_s, 1),
+    }
+
+
+def describe_shards(path: Path, top: int = 10, sample: int = 5_000_000) -> dict[str, Any]:
+    """Token counts and dtype from the manifest; the most frequent ids from the train shard."""
+    import numpy as np
+
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        dtype = np.dtype(manifest["dtype"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path / 'manifest.json'}: not a gptcli shard manifest ({e})") from None
+    out: dict[str, Any] = {"kind": "shards", "path": str(path), **manifest}
+    train = path / "train.bin"
+    if train.is_file():
+        ids = np.fromfile(train, dtype=dtype, count=sample)
+        counts = np.bincount(ids, minlength=1)
+        order = np.argsort(-counts, kind="stable")[:top]
+        tok_path = path.parent / "tokenizer.json"
+        tok = tokenizer.load(tok_path) if tok_path.is_file() else None
+        out["most_frequent"] = [
+            {
+                "id": int(i),
+                "text": tokenizer.decode(tok, [int(i)]) if tok else None,
+                "count": int(counts[i]),
+                "share": round(float(counts[i]) / max(len(ids), 1), 4),
+            }
+            for i in order
+            if counts[i]
+        ]
+        out["most_frequent_sample_tokens"] = int(len(ids))
+    return out
+
+
+def describe(path_str: str, text: str | None = None) -> dict[str, Any]:
+    """What PATH is, as plain data; text (--text) asks for the tokenizer view of PATH."""
     path = Path(path_str)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    if text is not None:
+        if path.is_dir() and not (path / "tokenizer.json").is_file():
+            raise UserError(f"{path}: --text needs a tokenizer.json, run or checkpoint folder")
+        return describe_tokenizer(path, text)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
             checkpoint.resolve(path)  # checks completeness
@@ -142,6 +309,124 @@ def describe(path_str: str) -> dict[str, Any]:
     if path.suffix == ".json":
         return describe_tokenizer(path)
     raise UserError(f"{path}: not a recipe (.yaml), tokenizer (.json), run or checkpoint")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any]:
+    """Loss, bits per byte and perplexity of a checkpoint on a text file.
+
+    The text (after one <|endoftext|>, as documents follow it in training) is cut into
+    non-overlapping windows of block_size predictions; every token but the first is scored once.
+    """
+    import torch
+
+    path = Path(text_file)
+    if not path.is_file():
+        raise UserError(f"--score: {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"--score: {path} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    if not text.strip():
+        raise UserError(f"--score: {path} is empty")
+    loaded = checkpoint.load(checkpoint_path)
+    model = checkpoint.build_model(loaded).eval()
+    tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
+    ids = torch.tensor([tokenizer.eot_id(tok), *tok.encode(text, add_special_tokens=False).ids])
+    T = model.cfg.block_size
+    windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
+    full = [w for w in windows if len(w) == T + 1]
+    groups = [full[i : i + batch] for i in range(0, len(full), batch)]
+    groups += [[w] for w in windows if len(w) < T + 1]  # the shorter last window
+    total, count = 0.0, 0
+    with torch.inference_mode(), console.progress() as bar:
+        task = bar.add_task("score", total=len(windows))
+        for group in groups:
+            x = torch.stack(group)
+            logits, _ = model(x[:, :-1])
+            total += torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"
+            ).item()
+            count += x[:, 1:].numel()
+            bar.advance(task, len(group))
+    loss = total / count
+    n_bytes = len(text.encode("utf-8"))
+    return {
+        "kind": "score",
+        "path": str(loaded.path),
+        "file": str(path),
+        "tokens": count,
+        "bytes": n_bytes,
+        "loss": round(loss, 5),
+        "bits_per_byte": round(total / math.log(2) / n_bytes, 5),
+        "perplexity": round(math.exp(loss), 4),
+    }
+
+
+# --------------------------------------------------------------------------- the loss curve
+
+
+def ascii_curve(curve: dict[str, list], width: int = 60, height: int = 12) -> list[str]:
+    """Train (·) and val (o) loss against steps as text lines, y labelled, x from first step."""
+    points = [(s, v, "·") for s, v in curve["train"]] + [(s, v, "o") for s, v in curve["val"]]
+    if not points:
+        return []
+    steps = [p[0] for p in points]
+    values = [p[1] for p in points]
+    s0, s1, lo, hi = min(steps), max(steps), min(values), max(values)
+    grid = [[" "] * width for _ in range(height)]
+    for step, value, mark in points:
+        x = round((step - s0) / max(s1 - s0, 1) * (width - 1))
+        y = round((hi - value) / max(hi - lo, 1e-12) * (height - 1))
+        cell = grid[y][x]
+        grid[y][x] = mark if cell in (" ", mark) else "*"
+    labels = {0: hi, height // 2: (hi + lo) / 2, height - 1: lo}
+    lines = [f"{labels[r]:>8.3f} |" if r in labels else " " * 8 + " |" for r in range(height)]
+    lines = [label + "".join(row) for label, row in zip(lines, grid, strict=True)]
+    lines.append(" " * 9 + "+" + "-" * width)
+    lines.append(" " * 10 + f"{s0:<{width // 2}}" + f"{'step ' + str(s1):>{width - width // 2}}")
+    return lines
+
+
+def plot_png(curve: dict[str, list], out: str, title: str) -> str:
+    """Write the loss curve as a PNG (atomically); matplotlib is the optional `plot` extra."""
+    if not out.lower().endswith(".png"):
+        raise UserError(f"--plot: {out} should end in .png")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError(
+            "--plot needs matplotlib: pip install 'gptcli[plot]' (the terminal curve needs nothing)"
+        ) from None
+    if not curve["train"]:
+        raise UserError("--plot: this run has no metrics yet (metrics.jsonl is empty)")
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, marker in (("train", "-"), ("val", "o-")):
+        if curve[name]:
+            xs, ys = zip(*curve[name], strict=True)
+            ax.plot(xs, ys, marker, label=f"{name} loss", markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        tmp.replace(target)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return str(target)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -190,6 +475,12 @@ def render(info: dict[str, Any]) -> None:
                 },
             )
         table("last metrics", info["last_metrics"])
+        lines = ascii_curve(info.get("curve", {"train": [], "val": []}))
+        if lines:
+            out.print("[bold]loss[/bold] ([cyan]· train[/cyan], [magenta]o val[/magenta])")
+            for line in lines:
+                styled = line.replace("·", "[cyan]·[/cyan]").replace("o", "[magenta]o[/magenta]")
+                out.print(styled, highlight=False)
         out.print(f"checkpoints: {', '.join(info['checkpoints']) or 'none'}")
         if "newest_checkpoint" in info:
             render(info["newest_checkpoint"])
@@ -205,7 +496,10 @@ def render(info: dict[str, Any]) -> None:
                 "dtypes": ", ".join(info["dtypes"]),
                 "tokenizer vocab": info["tokenizer"]["vocab_size"],
                 **{f"metric {k}": v for k, v in info["metrics"].items()},
-                **{f"{k} version": v for k, v in info["versions"].items()},
+                **{
+                    ("git commit" if k == "git" else f"{k} version"): v
+                    for k, v in info["versions"].items()
+                },
             },
         )
     elif kind == "recipe":
@@ -216,14 +510,39 @@ def render(info: dict[str, Any]) -> None:
             {
                 "FLOPs per token (train)": info["flops_per_token"],
                 "tokens per step": info["tokens_per_step"],
+                "train memory (estimate)": f"{info['train_memory_bytes']['total'] / 2**20:,.0f}"
+                " MiB",
+                f"probe on {info['probe_device']}": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
+                "estimated train time": f"{info['estimated_train_s'] / 60:,.1f} min",
                 "run folder": info["run_dir"],
             },
         )
     elif kind == "tokenizer":
-        table("tokenizer", {"vocab size": info["vocab_size"]})
+        rows = {"vocab size": info["vocab_size"]}
+        if "bytes_per_token" in info:
+            rows[f"bytes/token ({info['bytes_per_token_on']})"] = info["bytes_per_token"]
+        table("tokenizer", rows)
         out.print(f"special tokens: {', '.join(info['special_tokens'])}")
         out.print("longest tokens: " + ", ".join(repr(t) for t in info["longest_tokens"]))
+        if "pieces" in info:
+            from rich.text import Text
+
+            styles = ("black on cyan", "black on yellow", "black on green", "black on magenta")
+            view = Text()
+            for n, piece in enumerate(info["pieces"]):
+                view.append(piece["text"], style=styles[n % len(styles)])
+            out.print(f"{len(info['pieces'])} tokens:")
+            out.print(view)
+            out.print(" ".join(str(p["id"]) for p in info["pieces"]))
     elif kind == "shards":
         table("train", info["train"])
         table("val", info["val"])
         table("shards", {"dtype": info["dtype"], "vocab size": info["vocab_size"]})
+        if info.get("most_frequent"):
+            top = ", ".join(f"{t['text']!r} {t['share']:.1%}" for t in info["most_frequent"])
+            out.print(f"most frequent (train): {top}")
+    elif kind == "score":
+        table(
+            f"score on {info['file']}",
+            {k: info[k] for k in ("tokens", "bytes", "loss", "bits_per_byte", "perplexity")},
+        )

@@ -158,6 +158,24 @@ def check_resumable(
         )
 
 
+def git_commit() -> str:
+    """The commit of the gptcli source doing the training (+ '-dirty' for local edits)."""
+    import subprocess
+
+    src = str(Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(
+            ["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        if head.returncode != 0:
+            return "unknown"  # installed from a wheel or sdist: no repository to ask
+        status = ["git", "-C", src, "status", "--porcelain", "--untracked-files=no"]
+        dirty = subprocess.run(status, capture_output=True, text=True).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records logged after the checkpoint we resume from: they will be redone."""
     if not path.is_file():
@@ -273,6 +291,8 @@ def fit(
         + (f", MFU against {peak * dist.world / 1e12:.2f} TFLOP/s ({peak_source})" if peak else "")
     )
 
+    commit = git_commit()
+
     def state(step: int, last: dict) -> dict:
         return {
             "tokens_seen": tokens_seen,
@@ -284,6 +304,7 @@ def fit(
                 "gptcli": __version__,
                 "torch": torch.__version__,
                 "tokenizers": __import__("tokenizers").__version__,
+                "git": commit,
             },
         }
 
