@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint venv bench clean
 
@@ -11,8 +12,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,export,plot]'
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
+
+# the test extras: pytest, ruff, hypothesis, transformers (parity tests), gguf, matplotlib
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,export,plot]'
+	touch $(TEST_STAMP)
 
 venv: $(STAMP)
 
@@ -20,16 +26,21 @@ demo: $(STAMP)
 	$(BIN)/gptcli pretrain recipes/tiny.yaml
 	$(BIN)/gptcli sample --prompt "Once upon a time" --seed 1
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 test: lint
 	$(BIN)/pytest
 
+# the speed benchmarks (each prints ratios against a peer measured in the same run); the
+# quality ones (quality_shakespeare.py, sweep_arch.py) take minutes and run separately
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/pip install -q -e '.[bench,export]'
+	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_sample.py
+	$(BIN)/python benchmarks/bench_tokenize.py
+	$(BIN)/python benchmarks/export_parity.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
