@@ -225,13 +225,14 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
 
     import torch
 
+    from gptcli import device as device_mod
     from gptcli import train
-    from gptcli.model import GPT, param_groups
+    from gptcli.model import GPT
 
-    device = train.pick_device(recipe.train.device)
-    amp = train.autocast_dtype(device, recipe.train.dtype)
+    device = device_mod.pick_device(recipe.train.device)
+    amp = device_mod.autocast_dtype(device, recipe.train.dtype)
     model = GPT(cfg).to(device)
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4)
+    optimizers = train.build_optimizers(model, recipe.train, device)
     batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
     timings = []
@@ -240,8 +241,9 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
         with train._autocast(device, amp):
             _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - start)
