@@ -33,7 +33,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        # weight in x's dtype: under bf16 autocast (QK-norm on bf16 queries) the fused kernel
+        # needs matching dtypes and otherwise falls back to a slow path
+        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:

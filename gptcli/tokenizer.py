@@ -92,27 +92,31 @@ class StreamDecoder:
 
     Byte-level tokens can split a multi-byte character; the decoded tail then ends in U+FFFD
     until the remaining bytes arrive, so the tail is held back until it decodes cleanly.
+    Only a short window of ids is decoded per token (the last emitted piece's ids and the new
+    ones, the incremental scheme of vLLM and TGI), so a long sample costs O(1) per token, and
+    decoders that treat the start of a text specially (Metaspace) still give exact pieces.
     """
 
     def __init__(self, tok: Tokenizer, prefix: list[int] | None = None) -> None:
         self.tok = tok
         self.ids: list[int] = list(prefix or [])
-        self.emitted = len(decode(tok, self.ids))
+        self.read = len(self.ids)  # ids before this are already text
+        self.start = max(0, self.read - 5)  # context decoded alongside the new ids
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = decode(self.tok, self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        piece = text[self.emitted :]
-        self.emitted = len(text)
-        return piece
+        return self._piece(final=False)
 
     def flush(self) -> str:
-        text = decode(self.tok, self.ids)
-        piece = text[self.emitted :]
-        self.emitted = len(text)
-        return piece
+        return self._piece(final=True)
+
+    def _piece(self, final: bool) -> str:
+        before = decode(self.tok, self.ids[self.start : self.read])
+        text = decode(self.tok, self.ids[self.start :])
+        if not final and (len(text) <= len(before) or text.endswith("\ufffd")):
+            return ""
+        self.start, self.read = self.read, len(self.ids)
+        return text[len(before) :]
 
 
 def vocab_stats(tok: Tokenizer) -> dict:
