@@ -16,15 +16,16 @@ import shutil
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from gptcli import __version__, console, tokenizer
 from gptcli.console import Failure, UserError
 from gptcli.recipe import ModelConfig
+
+if TYPE_CHECKING:  # torch is imported where tensors are touched: finding checkpoints and
+    import torch  # taking the run lock stay fast (an up-to-date `tokenize` needs no torch)
 
 FORMAT_VERSION = 1
 CKPT_PREFIX = "step-"
@@ -178,6 +179,8 @@ def load(path: str | Path | None) -> Loaded:
     A local HF GPT-2/Llama folder is accepted too and converted here, so every reader
     (sample, finetune's init, inspect --score, export) takes one.
     """
+    from safetensors.torch import load_file
+
     ckpt = resolve(path)
     from gptcli import export
 
@@ -237,6 +240,8 @@ def optimizer_tensors(
     optimizers: list[torch.optim.Optimizer],
 ) -> tuple[dict[str, torch.Tensor], list[list[dict]]]:
     """Flatten optimizer states into named tensors plus JSON-able param groups (no pickle)."""
+    import torch
+
     tensors, groups = {}, []
     for k, opt in enumerate(optimizers):
         sd = opt.state_dict()
@@ -265,6 +270,8 @@ def restore_optimizers(
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
+    import torch
+
     out = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -273,6 +280,8 @@ def rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    import torch
+
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
@@ -297,6 +306,8 @@ def save(
     tokenizer_path: Path,
 ) -> Path:
     """Write checkpoints/step-NNNNNNN atomically; an existing one is never touched."""
+    from safetensors.torch import save_file
+
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{CKPT_PREFIX}{step:07d}"
@@ -356,6 +367,8 @@ def clean_stale_temps(run_dir: Path) -> None:
 
 
 def load_trainer_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     path = ckpt / "trainer.safetensors"
     if not path.is_file():
         return {}
