@@ -7,6 +7,7 @@ concerns (clean UTF-8 pieces, stop strings across token boundaries) live in Text
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ def next_token(
     logits = penalize(logits.float(), seen, params.repetition_penalty)
     if params.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    if params.top_k and params.top_k < logits.size(-1):
+        # only the k candidates matter: filter and sample among them, not the whole vocabulary
+        values, ids = torch.topk(logits, params.top_k, dim=-1)
+        probs = filter_logits(values, dataclasses.replace(params, top_k=0)).softmax(-1)
+        return ids.gather(-1, torch.multinomial(probs, 1, generator=gen))
     probs = filter_logits(logits, params).softmax(-1)
     return torch.multinomial(probs, 1, generator=gen)
 
