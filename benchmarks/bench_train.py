@@ -104,10 +104,37 @@ def loss_curve(c: dict, steps: int, amp: torch.dtype | None) -> list[float]:
     return losses
 
 
+def compile_vs_eager(c: dict, steps: int) -> None:
+    """Is torch.compile worth it on this CPU? Its one-off compile time against the steps saved."""
+    x = torch.randint(0, c["vocab"], (c["batch"], c["block_size"] + 1))
+    for label in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = gptcli_model(c)
+        runner = torch.compile(model) if label == "compiled" else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        for i in range(steps + 1):
+            if i == 1:
+                first, start = time.perf_counter() - start, time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = runner(x[:, :-1], x[:, 1:])[1]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        rate = steps * c["batch"] * c["block_size"] / (time.perf_counter() - start)
+        print(f"(b) bf16 {label:>9}: first step {first:6.1f} s, then {rate:,.0f} tokens/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps only")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile against eager at (b)"
+    )
     args = parser.parse_args()
+    if args.compile:
+        compile_vs_eager(CONFIGS["b"], steps=5 if args.quick else 40)
+        return
     windows, steps = (1, 2) if args.quick else (6, 5)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'config':<8}{'gptcli':>10}{'gptcli tok/s':>15}{'HF fp32 tok/s':>16}{'ratio':>8}")
