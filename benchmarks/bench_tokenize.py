@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -71,6 +70,14 @@ def main() -> None:
         corpus = work / "corpus"
         corpus.mkdir()
         files = make_corpus(corpus, args.mb)
+
+        # ---- a real `gptcli tokenize` process: wall time and peak RSS, measured first, while
+        # this process is still small (a child's maxrss counts the parent's pages until exec)
+        recipe_file = work / "r.yaml"
+        recipe_file.write_text(
+            f"name: cli\ndata:\n  source: {corpus}\ntokenizer:\n  vocab_size: {args.vocab}\n"
+        )
+        rss, wall = cli_run(recipe_file, work)
         n_bytes = sum(f.stat().st_size for f in files)
         mb = n_bytes / 1e6
         r = recipe.from_dict(
@@ -118,13 +125,6 @@ def main() -> None:
             t_tt = min(t_tt, _timed(lambda: enc.tiktoken.encode_ordinary_batch(texts)))
             t_hf = min(t_hf, _timed(lambda: tok.encode_batch(texts, add_special_tokens=False)))
 
-        # ---- a real `gptcli tokenize` process: wall time and peak RSS
-        recipe_file = work / "r.yaml"
-        recipe_file.write_text(
-            f"name: cli\ndata:\n  source: {corpus}\ntokenizer:\n  vocab_size: {args.vocab}\n"
-        )
-        rss, wall = cli_run(recipe_file, work)
-
         print(
             f"corpus: {mb:.1f} MB ({len(files)} files, {len(texts):,} documents), "
             f"vocab {args.vocab}, {os.cpu_count()} cores, encoder {enc.name}"
@@ -164,20 +164,25 @@ def main() -> None:
 
 
 def cli_run(recipe_file: Path, cwd: Path) -> tuple[float, float]:
-    """Wall time and peak RSS (MB) of one `gptcli tokenize` child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall time and peak RSS (MB) of one `gptcli tokenize` child process.
+
+    os.wait4 gives that child's own rusage; RUSAGE_CHILDREN would report the largest of every
+    child waited for so far.
+    """
     t0 = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gptcli", "tokenize", str(recipe_file), "--quiet"],
         cwd=cwd,
-        capture_output=True,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(proc.stderr)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(peak, before) / 1024, wall
+        raise SystemExit(stderr.decode(errors="replace"))
+    return usage.ru_maxrss / 1024, wall
 
 
 if __name__ == "__main__":

@@ -36,7 +36,10 @@ MIN_DOCS_FOR_DOC_SPLIT = 100
 STDIN_FILE = "stdin.txt"
 READ_CHUNK = 1 << 20  # bytes read at a time
 BATCH_CHARS = 1 << 20  # characters per encoding batch (one task for a worker thread)
-MAX_PIECE_CHARS = 4 << 20  # longer documents are encoded in pieces cut at safe places
+# Longer documents go to the BPE trainer and the encoders in pieces cut at safe places (same
+# word counts, same ids): both need ~100 bytes per pre-token of a string handed over at once
+# (a 5 MB document took 0.5 GB), so pieces keep memory bounded.
+MAX_PIECE_CHARS = 100_000
 MANIFEST_KEYS = {
     "format_version",
     "corpus",
@@ -728,7 +731,7 @@ def _train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int
             advance = lambda n: bar.advance(task, n)  # noqa: E731
             for split_name, text, _ in routed(recipe.data, recipe.seed, run_dir, tail, advance):
                 if split_name == "train" and (keep >= 1 or rng.random() < keep):
-                    batch.append(text)
+                    batch.extend(safe_pieces(text))
                     if len(batch) >= 1024:
                         yield batch
                         batch = []

@@ -150,3 +150,17 @@ def test_batches_depend_only_on_index():
     assert (y1[:, :-1] == x1[:, 1:]).all()
     with pytest.raises(UserError, match="fewer than block_size"):
         data.Batches(tokens[:9], block_size=8, batch_size=4, seed=3)
+
+
+def test_bpe_trained_on_safe_pieces_equals_bpe_on_the_whole_document():
+    """Huge documents are handed to the BPE trainer in pieces (bounded memory): same merges."""
+    from conftest import SHARED_DATA
+
+    from gptcli import tokenizer
+
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:300_000]
+    pieces = data.safe_pieces(text, 5_000)
+    assert len(pieces) > 50 and "".join(pieces) == text
+    whole = tokenizer.train([text], 600, ["<|endoftext|>"])
+    cut = tokenizer.train(pieces, 600, ["<|endoftext|>"])
+    assert whole.to_str() == cut.to_str()
