@@ -39,10 +39,6 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def info(message: str) -> None:
     """A progress or status line on stderr; silenced by --quiet."""
     if not _quiet:

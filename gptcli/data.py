@@ -550,10 +550,6 @@ def safe_pieces(text: str, size: int = MAX_PIECE_CHARS) -> list[str]:
 # --------------------------------------------------------------------------- shards
 
 
-def shard_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file, fsync, rename: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -562,11 +558,6 @@ def write_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
-
-
-def unigram_bits_per_byte(ids: np.ndarray, n_bytes: int) -> float:
-    """Entropy of the token frequencies themselves: what a model that ignores context gets."""
-    return unigram_bits_from_counts(np.bincount(ids.astype(np.int64)), n_bytes)
 
 
 def unigram_bits_from_counts(counts: np.ndarray, n_bytes: int) -> float:
