@@ -140,7 +140,7 @@ def read_versioned_json(path: Path, known: set[str] | None = None) -> dict:
 
 def model_config_from_json(path: Path) -> ModelConfig:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    data = read_versioned_json(path, known=fields | {"task", "gptcli_version"})
+    data = read_versioned_json(path, known=fields | {"task", "lora", "gptcli_version"})
     missing = sorted(fields - set(data))
     if missing:
         console.warn(f"{path}: keys missing ({', '.join(missing)}), using their defaults")
@@ -158,8 +158,26 @@ def read_state(ckpt: Path) -> dict:
     return read_versioned_json(ckpt / "state.json", known=STATE_KEYS)
 
 
-def config_json(cfg: ModelConfig) -> dict:
-    return {"format_version": FORMAT_VERSION, **dataclasses.asdict(cfg), "task": "lm"}
+def config_json(cfg: ModelConfig, info: dict | None = None) -> dict:
+    """config.json: the model config plus what it was trained for (info: task, lora)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        **dataclasses.asdict(cfg),
+        "task": "lm",
+        **(info or {}),
+    }
+
+
+def read_info(ckpt: Path) -> dict:
+    """The task (and LoRA base) a checkpoint records; {"task": {"kind": "lm"}} for plain ones."""
+    if not (ckpt / "config.json").is_file():
+        return {"task": {"kind": "lm"}}
+    data = read_versioned_json(ckpt / "config.json")
+    task = data.get("task", "lm")
+    info = {"task": task if isinstance(task, dict) else {"kind": task}}
+    if "lora" in data:
+        info["lora"] = data["lora"]
+    return info
 
 
 # --------------------------------------------------------------------------- loading
@@ -171,30 +189,69 @@ class Loaded:
     config: ModelConfig
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
+    info: dict[str, Any] = dataclasses.field(default_factory=lambda: {"task": {"kind": "lm"}})
 
 
-def load(path: str | Path | None) -> Loaded:
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable safetensors file ({e})") from None
+
+
+def load(path: str | Path | None, merge_lora: bool = True) -> Loaded:
     """Read a checkpoint's weights (safetensors only), config and state.
 
     A local HF GPT-2/Llama folder is accepted too and converted here, so every reader
-    (sample, finetune's init, inspect --score, export) takes one.
+    (sample, finetune's init, inspect --score, export) takes one. A LoRA checkpoint is
+    combined with its base (checked by sha256); merge_lora=False keeps the adapters apart,
+    as resuming its training needs.
     """
-    from safetensors.torch import load_file
-
     ckpt = resolve(path)
     from gptcli import export
 
     if export.is_hf_folder(ckpt):
         return export.load_hf(ckpt)
     cfg = model_config_from_json(ckpt / "config.json")
-    try:
-        weights = load_file(str(ckpt / "model.safetensors"))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(
-            f"{ckpt / 'model.safetensors'}: unreadable safetensors file ({e})"
-        ) from None
+    weights = _load_file(ckpt / "model.safetensors")
+    info = read_info(ckpt)
+    if "lora" in info:
+        weights = _with_base(ckpt, info["lora"], weights, merge_lora)
     state = read_state(ckpt)
-    return Loaded(ckpt, cfg, weights, state)
+    return Loaded(ckpt, cfg, weights, state, info)
+
+
+def _with_base(ckpt: Path, lora_info: dict, adapters: dict, merge: bool) -> dict:
+    """A LoRA checkpoint's full weights: its base's, grown by the added token rows, plus the
+    adapters (folded in when merge)."""
+    import torch
+
+    from gptcli import lora
+    from gptcli.data import file_sha256
+
+    base_ref = lora_info["base"]
+    base = Path(base_ref["path"])
+    if not (base / "model.safetensors").is_file():
+        raise UserError(
+            f"{ckpt}: its LoRA base checkpoint {base} is missing; restore it, or load a "
+            "checkpoint exported with `gptcli export --format gptcli` (merged weights)"
+        )
+    if file_sha256(base / "model.safetensors") != base_ref["sha256"]:
+        raise UserError(
+            f"{ckpt}: the weights of its LoRA base {base} changed since the adapters were trained"
+        )
+    weights = dict(load(base).weights)
+    for name in ("wte.weight", "lm_head.weight"):
+        extra = adapters.get(f"{name}.extra_rows")
+        if extra is not None and name in weights:
+            kept = weights[name][: lora_info["base_vocab"]]
+            weights[name] = torch.cat([kept, extra.to(kept.dtype)])
+    weights.update({k: v for k, v in adapters.items() if not k.endswith(".extra_rows")})
+    if merge:
+        weights = lora.merge(weights, lora_info["alpha"] / lora_info["rank"])
+    return weights
 
 
 def build_model(loaded: Loaded, device: str | torch.device = "cpu"):
@@ -229,10 +286,19 @@ def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
 # --------------------------------------------------------------------------- saving
 
 
-def _weights_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _weights_for_save(model: torch.nn.Module, info: dict | None) -> dict[str, torch.Tensor]:
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)  # tied to wte.weight: stored once
+    if info and "lora" in info:  # adapters, task head and added token rows; the rest is the base
+        from gptcli import lora
+
+        base_vocab = info["lora"]["base_vocab"]
+        kept = {k: v for k, v in sd.items() if lora.is_adapter_key(k) or k.startswith("cls_head.")}
+        for name in ("wte.weight", "lm_head.weight"):
+            if name in sd and sd[name].shape[0] > base_vocab:
+                kept[f"{name}.extra_rows"] = sd[name][base_vocab:].contiguous()
+        sd = kept
     return sd
 
 
@@ -304,8 +370,11 @@ def save(
     optimizers: list[torch.optim.Optimizer] | None,
     state: dict[str, Any],
     tokenizer_path: Path,
+    info: dict | None = None,
 ) -> Path:
-    """Write checkpoints/step-NNNNNNN atomically; an existing one is never touched."""
+    """Write checkpoints/step-NNNNNNN atomically; an existing one is never touched.
+
+    info (config.json's task and lora entries) says what the model was trained for."""
     from safetensors.torch import save_file
 
     folder = run_dir / "checkpoints"
@@ -319,8 +388,8 @@ def save(
     tmp.mkdir()
     try:
         meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
-        save_file(_weights_for_save(model), str(tmp / "model.safetensors"), metadata=meta)
-        (tmp / "config.json").write_text(json.dumps(config_json(model.cfg), indent=2))
+        save_file(_weights_for_save(model, info), str(tmp / "model.safetensors"), metadata=meta)
+        (tmp / "config.json").write_text(json.dumps(config_json(model.cfg, info), indent=2))
         shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
         trainer_tensors = rng_tensors()
         state = {"format_version": FORMAT_VERSION, **state, "step": step}

@@ -174,6 +174,8 @@ def finetune(
     '  gptcli sample -c runs/tiny --prompt "One day" --temperature 0 --max-new-tokens 50\n\n'
     '  gptcli sample --prompt "Once" --stop "The end" --min-p 0.05 --repetition-penalty 1.2\n\n'
     "  gptcli sample --prompt-file prompt.txt --num-samples 4 --json\n\n"
+    '  gptcli sample -c runs/sst2 --prompt "a gorgeous, witty film"   (a classifier)\n\n'
+    "  gptcli sample -c runs/rte --json < rte_dev.jsonl | jq .correct\n\n"
     "  cat prompts.txt | gptcli sample --each-line --seed 1 --json",
 )
 def sample(
@@ -227,10 +229,20 @@ def sample(
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")
     ] = True,
+    chat: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--chat/--no-chat",
+            help="Wrap the prompt in the SFT chat template (default: on for SFT checkpoints).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate text from a checkpoint, streaming to stdout; --json: one object per sample."""
+    """Generate text from a checkpoint, streaming to stdout; --json: one object per sample.
+
+    A classifier checkpoint prints each input's label distribution (the likeliest first);
+    pairs and choices come as JSON lines on stdin, one prediction per line."""
     console.set_quiet(quiet)
     from gptcli import generate
 
@@ -241,10 +253,16 @@ def sample(
     def show(result: dict) -> None:
         if as_json:
             _print_json(result)
+        elif "probs" in result:  # a classifier's answer
+            probs = result["probs"]
+            pairs = probs.items() if isinstance(probs, dict) else enumerate(probs)
+            ranked = sorted(pairs, key=lambda kv: -kv[1])
+            console.out("  ".join(f"{label} {p:.4f}" for label, p in ranked))
         elif live:
             console.out("")
         else:
-            console.out(result["prompt"] + result["text"] + "\n" + separator, end="")
+            shown = result["text"] if result.get("chat") else result["prompt"] + result["text"]
+            console.out(shown + "\n" + separator, end="")
 
     generate.run(
         checkpoint_path,
@@ -263,6 +281,7 @@ def sample(
         dtype=dtype,
         on_text=(lambda piece: console.out(piece, end="")) if live else None,
         on_result=show,
+        chat=chat,
     )
 
 
@@ -359,13 +378,20 @@ def export(
         ),
     ],
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="hf (transformers folder) or gguf (llama.cpp).")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="hf (transformers folder), gguf (llama.cpp), or gptcli (a standalone "
+            "checkpoint, LoRA adapters merged).",
+        ),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a checkpoint where other tools can use it: HF transformers or GGUF."""
+    """Write a checkpoint where other tools can use it: HF transformers, GGUF, or a standalone
+    gptcli checkpoint (LoRA adapters merged into full weights)."""
     console.set_quiet(quiet)
     from gptcli import export as export_mod
 

@@ -501,21 +501,50 @@ def export_gguf(loaded: checkpoint.Loaded, out: Path) -> Path:
     return _write_folder(out, write)
 
 
+def export_gptcli(loaded: checkpoint.Loaded, out: Path) -> Path:
+    """A standalone gptcli checkpoint folder: LoRA adapters merged into full weights, so it
+    needs no base checkpoint (sample, finetune and inspect read it as any other)."""
+    from gptcli.model import GPT
+
+    info = {"task": loaded.info["task"]}
+    model = GPT(loaded.config)
+    model.load_state_dict(loaded.weights, strict=not loaded.config.tie_embeddings)
+
+    def write(tmp: Path) -> None:
+        weights = checkpoint._weights_for_save(model, info)
+        meta = {"format": "pt", "merged_from": str(loaded.path)}
+        save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
+        config = checkpoint.config_json(loaded.config, info)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        shutil.copyfile(loaded.path / tokenizer.TOKENIZER_FILE, tmp / tokenizer.TOKENIZER_FILE)
+        state = {k: v for k, v in loaded.state.items() if k != "optimizer_param_groups"}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+
+    return _write_folder(out, write)
+
+
 def export(checkpoint_path: str, fmt: str, out: str) -> dict[str, Any]:
     """`gptcli export`: returns what was written (for --json and the log line)."""
-    if fmt not in ("hf", "gguf"):
-        raise UserError(f"--format must be hf or gguf, got {fmt!r}")
+    if fmt not in ("hf", "gguf", "gptcli"):
+        raise UserError(f"--format must be hf, gguf or gptcli, got {fmt!r}")
     loaded = checkpoint.load(checkpoint_path)
+    if fmt != "gptcli" and loaded.config.n_classes:
+        raise UserError(
+            f"{loaded.path} is a classifier: its task head has no place in an HF or GGUF "
+            "language model (use --format gptcli, or export the run it was finetuned from)"
+        )
     if fmt == "hf":
         folder = export_hf(loaded, Path(out))
-    else:
+    elif fmt == "gguf":
         folder = export_gguf(loaded, Path(out))
+    else:
+        folder = export_gptcli(loaded, Path(out))
     files = sorted(p.name for p in folder.iterdir())
     return {
         "checkpoint": str(loaded.path),
         "format": fmt,
         "out": str(folder),
-        "family": family(loaded.config),
+        "family": "gptcli" if fmt == "gptcli" else family(loaded.config),
         "files": files,
         "bytes": sum((folder / f).stat().st_size for f in files),
     }

@@ -274,16 +274,25 @@ def sample_prompt(
     seed: int | None = None,
     num_samples: int = 1,
     on_text: Callable[[str], None] | None = None,
+    chat: bool = False,
 ) -> list[dict]:
     """Generate num_samples continuations of prompt as one batch; one result dict per sample.
 
     on_text (one sample only) receives the prompt, then each new piece of text as it is final.
+    chat wraps the prompt in the SFT chat template and ends the reply at its end token.
     """
     from gptcli import console, tokenizer
 
     eot = tokenizer.eot_id(tok)
-    # Documents in training follow <|endoftext|>, so starting with it asks for a fresh story.
-    prompt_ids = [eot] + tok.encode(prompt, add_special_tokens=False).ids
+    if chat:
+        from gptcli import finetune
+
+        message = [{"role": "user", "content": prompt}]
+        prompt_ids, _ = finetune.chat_ids(tok, message, add_generation_prompt=True)
+        eot = tok.token_to_id(finetune.END)
+    else:
+        # Documents in training follow <|endoftext|>, so starting with it asks for a new story.
+        prompt_ids = [eot] + tok.encode(prompt, add_special_tokens=False).ids
     block = model.cfg.block_size
     if len(prompt_ids) > block:
         console.warn(
@@ -295,7 +304,7 @@ def sample_prompt(
     reasons = ["length"] * num_samples
     finished = [False] * num_samples
     live = on_text if num_samples == 1 else None
-    if live is not None:
+    if live is not None and not chat:
         live(prompt)
     started = time.perf_counter()
     steps = generate(model, prompt_ids, params, seed, eot, num_samples, finished)
@@ -330,6 +339,7 @@ def sample_prompt(
                 "tokens": counts[row],
                 "finish_reason": reasons[row],
                 "tokens_per_s": round(counts[row] / elapsed, 1),
+                **({"chat": True} if chat else {}),
             }
         )
     return results
@@ -344,9 +354,13 @@ def run(
     dtype: str = "auto",
     on_text: Callable[[str], None] | None = None,
     on_result: Callable[[dict], None] | None = None,
+    chat: bool | None = None,
 ) -> list[dict]:
     """`gptcli sample`: load a checkpoint once, then sample every prompt (lazily consumed, so
-    stdin lines are answered as they arrive). on_result receives each sample's result dict."""
+    stdin lines are answered as they arrive). on_result receives each sample's result dict.
+
+    A classifier checkpoint answers each input line with its label distribution instead; an
+    SFT checkpoint applies its chat template unless chat is False."""
     from gptcli import checkpoint, console, tokenizer
 
     ckpt = checkpoint.resolve(checkpoint_path)
@@ -361,9 +375,19 @@ def run(
     dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}")
+    kind = loaded.info["task"].get("kind", "lm")
+    if kind == "classify":
+        from gptcli import finetune
+
+        return finetune.classify_run(loaded, tok, model, prompts, on_result)
+    if chat is None:
+        chat = kind == "sft"
+    elif chat and kind != "sft":
+        raise UserError(f"--chat: {ckpt} has no chat template (it is not an SFT checkpoint)")
     results = []
     for prompt in prompts:
-        for result in sample_prompt(model, tok, prompt, params, seed, num_samples, on_text):
+        samples = sample_prompt(model, tok, prompt, params, seed, num_samples, on_text, chat)
+        for result in samples:
             result = {"checkpoint": str(ckpt), "dtype": dtype_name, **result}
             results.append(result)
             if on_result is not None:

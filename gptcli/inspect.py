@@ -71,10 +71,15 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     tok = tokenizer.load(path / "tokenizer.json")
     dtypes = sorted({dtype for _, dtype in tensors.values()})
     state.pop("optimizer_param_groups", None)
+    info = checkpoint.read_info(path)
+    extra: dict[str, Any] = {"task": info["task"]}
+    if "lora" in info:  # model.safetensors holds the adapters; the rest is the base's
+        extra["lora"] = info["lora"]
     return {
         "kind": "checkpoint",
         "path": str(path),
-        "config": {k: v for k, v in checkpoint.config_json(loaded_cfg).items()},
+        **extra,
+        "config": checkpoint.config_json(loaded_cfg, info),
         "params": param_counts({k: s for k, (s, _) in tensors.items()}, loaded_cfg.tie_embeddings),
         "dtypes": dtypes,
         "size_bytes": _dir_size(path),
@@ -488,6 +493,24 @@ def render(info: dict[str, Any]) -> None:
             render(info["newest_checkpoint"])
     elif kind == "checkpoint":
         table("model config", info["config"])
+        task = info.get("task", {"kind": "lm"})
+        if task.get("kind") != "lm":
+            table(
+                "task",
+                {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in task.items()},
+            )
+        if "lora" in info:
+            lora = info["lora"]
+            table(
+                "LoRA adapters (parameters below are the stored adapters and head)",
+                {
+                    "rank": lora["rank"],
+                    "alpha": lora["alpha"],
+                    "targets": ", ".join(lora["targets"]),
+                    "base": lora["base"]["path"],
+                    "base sha256": lora["base"]["sha256"][:16] + "...",
+                },
+            )
         table("parameters", info["params"])
         table(
             "state",

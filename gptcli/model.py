@@ -165,6 +165,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        # finetune task: classify reads the final state of the last (extract) token
+        self.cls_head = nn.Linear(cfg.n_embd, cfg.n_classes) if cfg.n_classes else None
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -201,6 +203,19 @@ class GPT(nn.Module):
         With a cache, keys/values of these positions are stored and earlier ones reused.
         last_only computes logits for the final position only (generation needs nothing else).
         """
+        x = self.hidden(idx, cache, pos)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
+            )
+        return logits, loss
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
+        """Final (normalised) hidden states (B, T, n_embd): what the LM and task heads read."""
         B, T = idx.shape
         if pos + T > self.cfg.block_size:
             raise ValueError(
@@ -215,16 +230,7 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope, cache, pos)
-        x = self.norm_f(x)
-        if last_only:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1
-            )
-        return logits, loss
+        return self.norm_f(x)
 
     def new_cache(self, batch: int, length: int | None = None) -> KVCache:
         param = self.wte.weight

@@ -60,6 +60,7 @@ class ModelConfig:
     dropout: float = 0.0
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    n_classes: int = 0  # > 0: a linear head on the final hidden state (set by task: classify)
 
 
 # Architecture presets: GPT-2's choices, and the Llama family's (both exportable to HF).
@@ -108,7 +109,32 @@ class SampleConfig:
 
 @dataclass
 class TaskConfig:
-    kind: Literal["lm"] = "lm"
+    """What finetune trains for. classify follows GPT-1: each example becomes one token sequence
+    (start, delimiter, extract tokens), a linear head reads the extract token's final state."""
+
+    kind: Literal["lm", "sft", "classify"] = "lm"
+    format: Literal["single", "pair", "similarity", "choice"] = "single"  # classify inputs
+    # the fields that hold the texts, in order ([] = the defaults of the format: single [text],
+    # pair [premise, hypothesis], similarity [sentence1, sentence2], choice [context, choices];
+    # sft [prompt, response], or a `messages` list of {role, content})
+    fields: list[str] = field(default_factory=list)
+    label_field: str = "label"
+    label_names: list[str] = field(default_factory=list)  # names of labels 0..n-1 ([] = learned)
+    lm_weight: float = 0.5  # classify: weight of the auxiliary language-model loss (GPT-1's λ)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0  # 0 = no LoRA: every weight trains
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    # linear layers that get adapters, by name (attention: qkv, proj; MLP: up, gate, down)
+    targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "up", "gate", "down"])
+
+
+@dataclass
+class FinetuneConfig:
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -118,6 +144,7 @@ class Recipe:
     run_dir: str = ""  # "" = runs/<name>
     init: str = ""  # finetune: the checkpoint or run folder to start from
     task: TaskConfig = field(default_factory=TaskConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -320,6 +347,21 @@ def validate(r: Recipe) -> None:
     check("model.mlp_hidden", m.mlp_hidden, m.mlp_hidden >= 0, "0 (default) or positive")
     check("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)")
     check("model.norm_eps", m.norm_eps, m.norm_eps > 0, "> 0")
+    check("model.n_classes", m.n_classes, m.n_classes >= 0, ">= 0 (0 = no classifier head)")
+    task, lora = r.task, r.finetune.lora
+    check("task.lm_weight", task.lm_weight, task.lm_weight >= 0, ">= 0 (0 = no auxiliary LM loss)")
+    check("task.fields", task.fields, all(task.fields), "a list of non-empty field names")
+    check("finetune.lora.rank", lora.rank, lora.rank >= 0, ">= 0 (0 = full finetuning)")
+    check("finetune.lora.alpha", lora.alpha, lora.alpha > 0, "> 0")
+    check("finetune.lora.dropout", lora.dropout, 0.0 <= lora.dropout < 1.0, "in [0, 1)")
+    known = {"qkv", "proj", "up", "gate", "down"}
+    bad = [x for x in lora.targets if x not in known]
+    check(
+        "finetune.lora.targets",
+        lora.targets,
+        lora.targets and not bad,
+        f"names from {sorted(known)}",
+    )
     check("model.rope_theta", m.rope_theta, m.rope_theta > 0, "> 0")
     minimum = 256 + len(tok.special_tokens)
     check(

@@ -61,11 +61,10 @@ def build_optimizers(model: GPT, t: TrainConfig, device: torch.device) -> list[O
             torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)
         ]
     else:
-        hidden = [
-            p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2
-        ]
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        hidden = [p for n, p in trained if n.startswith("blocks.") and p.dim() == 2]
         hidden_ids = {id(p) for p in hidden}
-        rest = [p for p in model.parameters() if id(p) not in hidden_ids]
+        rest = [p for _, p in trained if id(p) not in hidden_ids]
         optimizers = [
             torch.optim.Muon(hidden, lr=t.muon_lr, weight_decay=t.weight_decay),
             torch.optim.AdamW(
@@ -97,6 +96,53 @@ def evaluate(
         count += y.numel()
     model.train()
     return total / max(count, 1)
+
+
+class LMTask:
+    """Next-token prediction on the run's token shards: `pretrain` and `finetune` task: lm.
+
+    A task gives the trainer batches by step index, a loss, and an evaluation; finetune.py
+    has the others (sft, classify). The trainer itself knows nothing of what is learned.
+    """
+
+    checkpoint_info: dict = {"task": "lm"}
+
+    def __init__(self, run_dir: Path, manifest: dict, block_size: int, t: TrainConfig, seed: int):
+        self.manifest = manifest
+        self.train = data.Batches(
+            data.load_shard(run_dir, "train", manifest), block_size, t.batch_size, seed
+        )
+        val_tokens = data.load_shard(run_dir, "val", manifest)
+        if len(val_tokens) < 3:
+            raise UserError("the validation split has fewer than 3 tokens; raise data.val_fraction")
+        val_block = min(block_size, len(val_tokens) - 2)
+        self.val = data.Batches(val_tokens, val_block, t.batch_size, seed).eval_batches(
+            t.eval_batches
+        )
+
+    def batch(self, index: int) -> tuple[torch.Tensor, ...]:
+        return self.train.get(index)
+
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return model(*batch)[1]
+
+    def evaluate(self, model: GPT, device: torch.device, amp: torch.dtype | None) -> dict:
+        val_loss = evaluate(model, self.val, device, amp)
+        return {
+            "val_loss": round(val_loss, 5),
+            "val_bpb": round(bits_per_byte(val_loss, self.manifest), 5),
+        }
+
+    def summary(self, last: dict) -> tuple[dict, str]:
+        """Extra summary keys and the closing line."""
+        unigram = round(self.manifest["val_unigram_bpb"], 5)
+        extra = {"val_bpb": last.get("val_bpb"), "unigram_bpb": unigram}
+        if last.get("val_bpb") is None:
+            return extra, ""
+        return extra, (
+            f"done: val loss {last['val_loss']:.4f} = {last['val_bpb']:.3f} bits/byte; "
+            f"unigram baseline {unigram:.3f} bits/byte (ratio {last['val_bpb'] / unigram:.2f})"
+        )
 
 
 def _autocast(device: torch.device, amp: torch.dtype | None):
@@ -140,6 +186,8 @@ def check_resumable(
     ckpt = checkpoint.newest_in_run(run_dir)
     if ckpt is None:
         return
+    if recipe.task.kind != "lm":
+        given_tokenizer = None  # sft/classify: the run's own tokenizer (special tokens added)
     old = checkpoint.model_config_from_json(ckpt / "config.json")
     if cfg is None:
         cfg = dataclasses.replace(
@@ -151,7 +199,7 @@ def check_resumable(
         change = f"train.optimizer was {old_optimizer!r}, now {recipe.train.optimizer!r}"
     if change:
         raise UserError(f"cannot resume {run_dir}: {change} (use --fresh for a new run folder)")
-    if not data.is_up_to_date(recipe, run_dir, given_tokenizer):
+    if recipe.task.kind == "lm" and not data.is_up_to_date(recipe, run_dir, given_tokenizer):
         raise UserError(
             f"cannot resume {run_dir}: the corpus or tokenizer settings changed since it was "
             "trained (use --fresh for a new run folder)"
@@ -197,7 +245,7 @@ def _resume(run_dir: Path, cfg: ModelConfig, model: GPT, optimizers: list, t: Tr
         tok_path
     ):
         raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
-    loaded = checkpoint.load(resume_from)
+    loaded = checkpoint.load(resume_from, merge_lora=False)
     model.load_state_dict(loaded.weights, strict=not cfg.tie_embeddings)
     extra = checkpoint.load_trainer_tensors(resume_from)
     groups = loaded.state.get("optimizer_param_groups")
@@ -226,16 +274,17 @@ def _all_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
 def fit(
     recipe: Recipe,
     run_dir: Path,
-    cfg: ModelConfig,
-    manifest: dict,
-    init_weights: dict[str, torch.Tensor] | None = None,
+    model: GPT,
+    task: Any,
     dist: Dist | None = None,
 ) -> dict:
-    """Train until train.max_steps, resuming from the run's newest checkpoint if there is one.
+    """Train model on task until train.max_steps, resuming from the run's newest checkpoint.
 
-    Under torchrun every rank runs this; each draws its own batches, rank 0 logs and saves.
+    task is an LMTask or one of finetune.py's tasks. Under torchrun every rank runs this; each
+    draws its own batches, rank 0 logs and saves.
     """
     t = recipe.train
+    cfg = model.cfg
     dist = dist or Dist()
     device = pick_device(t.device)
     if device.type == "cuda" and dist.world > 1:
@@ -248,26 +297,9 @@ def fit(
     if dist.main:
         checkpoint.clean_stale_temps(run_dir)
 
-    torch.manual_seed(recipe.seed)
-    model = GPT(cfg)
-    if init_weights is not None:
-        missing, unexpected = model.load_state_dict(init_weights, strict=False)
-        if set(missing) - {"lm_head.weight"} or unexpected:
-            raise UserError("the init checkpoint's weights do not match its config.json")
     model.to(device)
     optimizers = build_optimizers(model, t, device)
     start_step, tokens_seen, elapsed_before = _resume(run_dir, cfg, model, optimizers, t)
-
-    train_batches = data.Batches(
-        data.load_shard(run_dir, "train", manifest), cfg.block_size, t.batch_size, recipe.seed
-    )
-    val_tokens = data.load_shard(run_dir, "val", manifest)
-    if len(val_tokens) < 3:
-        raise UserError("the validation split has fewer than 3 tokens; raise data.val_fraction")
-    val_block = min(cfg.block_size, len(val_tokens) - 2)
-    val_batches = data.Batches(val_tokens, val_block, t.batch_size, recipe.seed).eval_batches(
-        t.eval_batches
-    )
     ddp = None
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -281,12 +313,14 @@ def fit(
 
     tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size * dist.world
     n_params = model.num_params()
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trained_note = f" ({n_trained / 1e6:.2f}M trained)" if n_trained < n_params else ""
     peak, peak_source = peak_flops(device, amp)
     flops_per_token = model.flops_per_token()
     precision = f"{str(amp).removeprefix('torch.')} autocast" if amp else "fp32"
     ranks = f" x {dist.world} ranks" if dist.world > 1 else ""
     console.info(
-        f"train: {n_params / 1e6:.2f}M parameters, {device.type}{ranks} {precision}, "
+        f"train: {n_params / 1e6:.2f}M parameters{trained_note}, {device.type}{ranks} {precision}, "
         f"steps {start_step}->{t.max_steps}, {tokens_per_step:,} tokens/step"
         + (f", MFU against {peak * dist.world / 1e12:.2f} TFLOP/s ({peak_source})" if peak else "")
     )
@@ -309,7 +343,9 @@ def fit(
         }
 
     def save(step: int, last: dict) -> Path:
-        path = checkpoint.save(run_dir, step, model, optimizers, state(step, last), tok_path)
+        path = checkpoint.save(
+            run_dir, step, model, optimizers, state(step, last), tok_path, task.checkpoint_info
+        )
         if t.keep_last:
             checkpoint.prune(run_dir, t.keep_last)
         return path
@@ -329,7 +365,7 @@ def fit(
     model.train()
     try:
         with _SignalFlag() as flag, console.progress("loss", "lr", "rate") as bar:
-            task = bar.add_task(
+            progress_row = bar.add_task(
                 "train", total=t.max_steps, completed=start_step, loss="", lr="", rate=""
             )
             while step < t.max_steps:
@@ -338,17 +374,19 @@ def fit(
                     for group in opt.param_groups:
                         group["lr"] = group["base_lr"] * factor
                 loss_sum = torch.zeros((), device=device)
+                step_tokens = 0
                 try:
                     for micro in range(t.grad_accum):
                         index = (step * t.grad_accum + micro) * dist.world + dist.rank
-                        x, y = train_batches.get(index)
+                        batch = task.batch(index)
+                        step_tokens += batch[0].numel() * dist.world
                         if device.type == "cuda":  # page-locked, so the copy overlaps compute
-                            x, y = x.pin_memory(), y.pin_memory()
-                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                            batch = tuple(b.pin_memory() for b in batch)
+                        batch = tuple(b.to(device, non_blocking=True) for b in batch)
                         syncing = ddp is None or micro == t.grad_accum - 1
                         with contextlib.nullcontext() if syncing else ddp.no_sync():
                             with _autocast(device, amp):
-                                _, loss = step_model(x, y)
+                                loss = task.loss(step_model, batch)
                             (loss / t.grad_accum).backward()
                         loss_sum += loss.detach()
                 except torch.cuda.OutOfMemoryError:
@@ -362,8 +400,8 @@ def fit(
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                 step += 1
-                tokens_seen += tokens_per_step
-                window_tokens += tokens_per_step
+                tokens_seen += step_tokens
+                window_tokens += step_tokens
 
                 is_last = step == t.max_steps
                 do_eval = is_last or (t.eval_every and step % t.eval_every == 0)
@@ -383,27 +421,29 @@ def fit(
                         mfu = flops_per_token * rate / (peak * dist.world)
                         record["mfu"] = float(f"{mfu:.3g}")
                     if do_eval and not is_last:
-                        val_loss = evaluate(model, val_batches, device, amp)
-                        record["val_loss"] = round(val_loss, 5)
-                        record["val_bpb"] = round(bits_per_byte(val_loss, manifest), 5)
+                        record.update(task.evaluate(model, device, amp))
                     last = {**last, **record}
                     if not is_last:
                         write_metrics(record)
                     window_start, window_tokens = time.perf_counter(), 0
                     shown = f"{rate:,.0f} tok/s" + (f" mfu {record['mfu']:.1%}" if peak else "")
                     bar.update(
-                        task,
+                        progress_row,
                         loss=f"loss {loss_value:.3f}",
                         lr=f"lr {t.lr * factor:.1e}",
                         rate=shown,
                     )
                     if not console.progress_enabled():
-                        val = f" | val {record['val_loss']:.3f}" if "val_loss" in record else ""
+                        val = "".join(
+                            f" | {name} {record[k]:.3f}"
+                            for k, name in (("val_loss", "val"), ("val_accuracy", "accuracy"))
+                            if k in record
+                        )
                         console.info(
                             f"step {step}/{t.max_steps} | loss {loss_value:.3f}{val} "
                             f"| lr {t.lr * factor:.2e} | {shown}"
                         )
-                bar.update(task, completed=step)
+                bar.update(progress_row, completed=step)
 
                 stop = flag.signum
                 if dist.world > 1:  # every rank stops at the same step, or DDP hangs
@@ -421,12 +461,7 @@ def fit(
             # Final: save first (so a failing evaluation cannot lose the run), then evaluate.
             if step > start_step:
                 final = save(step, last) if dist.main else None
-                val_loss = evaluate(model, val_batches, device, amp)
-                final_record = {
-                    **record,
-                    "val_loss": round(val_loss, 5),
-                    "val_bpb": round(bits_per_byte(val_loss, manifest), 5),
-                }
+                final_record = {**record, **task.evaluate(model, device, amp)}
                 last.update(final_record)
                 write_metrics(final_record)
             else:
@@ -438,6 +473,7 @@ def fit(
         if metrics_file is not None:
             metrics_file.close()
 
+    extra, closing = task.summary(last)
     summary = {
         "run_dir": str(run_dir),
         "checkpoint": str(final) if final else None,
@@ -445,17 +481,12 @@ def fit(
         "params": n_params,
         "train_loss": last.get("loss"),
         "val_loss": last.get("val_loss"),
-        "val_bpb": last.get("val_bpb"),
-        "unigram_bpb": round(manifest["val_unigram_bpb"], 5),
+        **extra,
         "tokens_seen": tokens_seen,
         "elapsed_s": round(elapsed_before + time.perf_counter() - started, 2),
     }
-    if summary["val_bpb"] is not None:
-        console.info(
-            f"done: val loss {summary['val_loss']:.4f} = {summary['val_bpb']:.3f} bits/byte; "
-            f"unigram baseline {summary['unigram_bpb']:.3f} bits/byte "
-            f"(ratio {summary['val_bpb'] / summary['unigram_bpb']:.2f}); saved {final}"
-        )
+    if closing:
+        console.info(f"{closing}; saved {final}")
     return summary
 
 
@@ -495,7 +526,10 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
                 f"{vocab} tokens (use 0 to take the tokenizer's size)"
             )
         cfg = dataclasses.replace(recipe.model, vocab_size=recipe.model.vocab_size or vocab)
-        summary = fit(recipe, run_dir, cfg, manifest, dist=dist)
+        torch.manual_seed(recipe.seed)
+        model = GPT(cfg)
+        task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
+        summary = fit(recipe, run_dir, model, task, dist=dist)
         _barrier(dist)
         return summary
 

@@ -208,7 +208,7 @@ def test_import_refuses_pickles_and_unsupported_configs(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UserError, match="model_type 'bert'"):
         checkpoint.load(folder)
-    with pytest.raises(UserError, match="--format must be hf or gguf"):
+    with pytest.raises(UserError, match="--format must be hf, gguf or gptcli"):
         export.export(str(folder), "onnx", str(tmp_path / "o"))
 
 

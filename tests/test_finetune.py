@@ -61,3 +61,378 @@ def test_finetune_bad_init(trained):
     assert_one_line_error(gptcli("finetune", str(recipe), cwd=trained), "runs/none")
     recipe.write_text(FINETUNE.format(source="x.txt").replace("init: runs/mini\n", ""))
     assert_one_line_error(gptcli("finetune", str(recipe), cwd=trained), "init")
+
+
+# --------------------------------------------------------------------------- classify, sft, lora
+
+CLASSIFY = """\
+name: {name}
+init: runs/mini
+task:
+  kind: classify
+  format: {format}
+{task_extra}data:
+  source: {source}
+  dev: "{dev}"
+train:
+  batch_size: 8
+  max_steps: {steps}
+  warmup_steps: 1
+  eval_every: 4
+  save_every: 0
+  log_every: 2
+  lr: 1.0e-3
+{extra}"""
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _finetune(folder, name, fmt, source, dev="", steps=6, task_extra="", extra="", *flags):
+    text = CLASSIFY.format(
+        name=name,
+        format=fmt,
+        source=source,
+        dev=dev,
+        steps=steps,
+        task_extra=task_extra,
+        extra=extra,
+    )
+    recipe = write_recipe(folder, text, f"{name}.yaml")
+    return gptcli("finetune", str(recipe), "--json", *flags, cwd=folder)
+
+
+def _sst(folder, n_train=96, n_dev=24):
+    lines = (SHARED_DATA / "classify" / "sst2_train.jsonl").read_text().splitlines()
+    dev = (SHARED_DATA / "classify" / "sst2_dev.jsonl").read_text().splitlines()
+    (folder / "sst_train.jsonl").write_text("\n".join(lines[:n_train]) + "\n")
+    (folder / "sst_dev.jsonl").write_text("\n".join(dev[:n_dev]) + "\n")
+    return folder / "sst_train.jsonl", folder / "sst_dev.jsonl"
+
+
+SST_LABELS = "  label_names: [negative, positive]\n"
+
+
+def test_classify_single_text_trains_head_and_samples_label_distribution(trained):
+    train_file, dev_file = _sst(trained)
+    proc = _finetune(trained, "sst", "single", train_file, dev_file, 6, SST_LABELS)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert 0.0 <= summary["val_accuracy"] <= 1.0 and "val_macro_f1" in summary
+    assert summary["majority_accuracy"] >= 0.5
+    # long SST sentences do not fit the 32-token context: one warning with a count
+    assert proc.stderr.count("longer than the context") == 2  # train and dev files
+    run = trained / "runs" / "sst"
+    tok = json.loads((run / "tokenizer.json").read_text())
+    added = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    assert {"<|start|>", "<|delim|>", "<|extract|>"} <= set(added)
+    ckpt = run / "checkpoints" / "step-0000006"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["n_classes"] == 2 and config["vocab_size"] == 403
+    assert config["task"]["label_names"] == ["negative", "positive"]
+    metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_accuracy" in m for m in metrics[:-1])  # evaluated during training too
+
+    proc = gptcli("sample", "-c", str(run), "--prompt", "a gorgeous , witty film", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert sorted(words[0::2]) == ["negative", "positive"]
+    assert abs(sum(float(p) for p in words[1::2]) - 1.0) < 1e-3
+    assert float(words[1]) >= float(words[3])  # likeliest first
+
+    # a dev file scored in a pipeline: one JSON object per input line, with the gold label
+    dev_lines = dev_file.read_text().splitlines()[:5]
+    proc = gptcli("sample", "-c", str(run), "--json", cwd=trained, input="\n".join(dev_lines))
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert len(answers) == 5
+    for line, answer in zip(dev_lines, answers, strict=True):
+        gold = ["negative", "positive"][json.loads(line)["label"]]
+        assert answer["gold"] == gold and answer["correct"] == (answer["label"] == gold)
+        assert answer["label"] == max(answer["probs"], key=answer["probs"].get)
+
+
+def test_classify_sequences_follow_gpt1_transformations(trained):
+    from gptcli import finetune, tokenizer
+    from gptcli.recipe import TaskConfig
+
+    tok = tokenizer.load(trained / "runs" / "mini" / "tokenizer.json")
+    finetune.add_special_tokens(tok, finetune.CLASSIFY_TOKENS)
+    start, delim, extract = (tok.token_to_id(t) for t in finetune.CLASSIFY_TOKENS)
+
+    def task(fmt, block=32):
+        return finetune.ClassifyTask(
+            TaskConfig(kind="classify", format=fmt), tok, block, ["a", "b"]
+        )
+
+    def ids(text):
+        return tok.encode(text, add_special_tokens=False).ids
+
+    a, b = "the cat sat", "a dog ran"
+    pair = task("pair")
+    rows = [
+        pair.sequence(ids(x), ids(y))[0]
+        for x, y in pair.segments({"premise": a, "hypothesis": b}, "t")
+    ]
+    assert rows == [[start, *ids(a), delim, *ids(b), extract]]
+    sim = task("similarity")
+    segs = sim.segments({"sentence1": a, "sentence2": b}, "t")
+    assert segs == [(a, b), (b, a)]  # both orders; their final states are added
+    choice = task("choice")
+    segs = choice.segments({"context": a, "choices": ["x", "y", "z"]}, "t")
+    assert segs == [(a, "x"), (a, "y"), (a, "z")]
+    single = task("single")
+    assert single.sequence(ids(a), None)[0] == [start, *ids(a), extract]
+    # too long: the premise loses its left part; delimiter, hypothesis and extract stay
+    long_premise = list(range(100, 140))
+    row, cut = task("pair", block=16).sequence(long_premise, [7, 8, 9])
+    assert cut and len(row) == 16
+    assert row == [start, *long_premise[-10:], delim, 7, 8, 9, extract]
+
+
+def _pairs(folder):
+    import random
+
+    rng = random.Random(0)
+    words = ["red", "blue", "green", "cat", "dog", "sun", "rain", "tree"]
+    records = []
+    for i in range(64):
+        a = " ".join(rng.choice(words) for _ in range(4))
+        b = a if i % 2 else " ".join(rng.choice(words) for _ in range(4))
+        records.append({"premise": a, "hypothesis": b, "label": "same" if i % 2 else "other"})
+    return _write_jsonl(folder / "pairs.jsonl", records)
+
+
+def test_classify_pair_and_similarity_read_json_lines(trained):
+    source = _pairs(trained)
+    for fmt, fields in (("pair", ""), ("similarity", "  fields: [premise, hypothesis]\n")):
+        proc = _finetune(trained, f"c-{fmt}", fmt, source, "", 4, fields)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["val_accuracy"] is not None
+        lines = source.read_text().splitlines()[:3]
+        proc = gptcli("sample", "-c", f"runs/c-{fmt}", cwd=trained, input="\n".join(lines))
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.splitlines()
+        assert len(out) == 3 and all(sorted(ln.split()[0::2]) == ["other", "same"] for ln in out)
+    # a pair classifier cannot guess which field is which from plain text
+    proc = gptcli("sample", "-c", "runs/c-pair", "--prompt", "just text", cwd=trained)
+    assert_one_line_error(proc, "premise", "hypothesis")
+
+
+def test_classify_multiple_choice_softmax_over_answers(trained):
+    records = [
+        {
+            "context": "Tom was thirsty so",
+            "choices": ["he drank water", "the sky is green", "no"],
+            "label": i % 3,
+        }
+        for i in range(30)
+    ]
+    source = _write_jsonl(trained / "choice.jsonl", records)
+    proc = _finetune(trained, "c-choice", "choice", source, "", 4)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(
+        (trained / "runs" / "c-choice" / "checkpoints" / "step-0000004" / "config.json").read_text()
+    )
+    assert config["n_classes"] == 1  # one score per answer
+    line = json.dumps({"context": "Tom was", "choices": ["a", "b", "c", "d"], "label": 3})
+    proc = gptcli("sample", "-c", "runs/c-choice", "--json", cwd=trained, input=line)
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert len(answer["probs"]) == 4 and abs(sum(answer["probs"]) - 1) < 1e-3
+    assert answer["gold"] == 3 and answer["label"] in range(4)
+
+
+def test_auxiliary_lm_loss_weight(trained):
+    """loss = task loss + lm_weight * LM loss: with lm_weight 0 only the head's loss remains."""
+    train_file, dev_file = _sst(trained)
+    losses = {}
+    for weight in (0.0, 1.0):
+        extra = SST_LABELS + f"  lm_weight: {weight}\n"
+        proc = _finetune(trained, f"lm-{weight}", "single", train_file, dev_file, 2, extra)
+        assert proc.returncode == 0, proc.stderr
+        losses[weight] = json.loads(proc.stdout)["train_loss"]
+    assert losses[0.0] < 1.5  # two-class cross-entropy
+    assert losses[1.0] > losses[0.0] + 2.0  # plus the LM loss of a barely trained model
+
+
+def test_classify_bad_input(trained):
+    short = [{"text": f"short text {i}", "label": i % 2} for i in range(20)]
+    train_file = _write_jsonl(trained / "short.jsonl", short)
+    dev_file = _write_jsonl(trained / "short_dev.jsonl", short[:4])
+    bad_dev = _write_jsonl(
+        trained / "bad_dev.jsonl", [{"text": "fine", "label": 0}, {"text": "x", "label": 7}]
+    )
+    proc = _finetune(trained, "bad1", "single", train_file, bad_dev, 2, SST_LABELS, "", "--quiet")
+    assert_one_line_error(proc, "bad_dev.jsonl:2", "unknown label 7")
+    missing = _write_jsonl(trained / "missing.jsonl", [{"sentence": "no text field", "label": 0}])
+    proc = _finetune(trained, "bad2", "single", missing, dev_file, 2, SST_LABELS, "", "--quiet")
+    assert_one_line_error(proc, "missing.jsonl:1", "'text'")
+    broken = trained / "broken.jsonl"
+    broken.write_text('{"text": "ok", "label": 0}\n{"text": \n')
+    proc = _finetune(trained, "bad3", "single", broken, dev_file, 2, SST_LABELS, "", "--quiet")
+    assert_one_line_error(proc, "broken.jsonl:2", "not valid JSON")
+    for name in ("bad1", "bad2", "bad3"):
+        assert not (trained / "runs" / name / "checkpoints").exists()
+
+
+def test_classify_reads_tsv_and_learns_labels(trained):
+    tsv = trained / "topics.tsv"
+    rows = ["text\tlabel"] + [
+        f"story number {i}\t{'sport' if i % 2 else 'news'}" for i in range(40)
+    ]
+    tsv.write_text("\n".join(rows) + "\n")
+    proc = _finetune(trained, "tsv", "single", tsv, "", 2)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(
+        (trained / "runs" / "tsv" / "checkpoints" / "step-0000002" / "config.json").read_text()
+    )
+    assert config["task"]["label_names"] == ["news", "sport"]  # learned from the training file
+
+
+SFT = """\
+name: {name}
+init: runs/mini
+task: sft
+data:
+  source: {source}
+  val_fraction: 0.2
+train:
+  batch_size: 4
+  max_steps: 4
+  warmup_steps: 1
+  eval_every: 2
+  save_every: 0
+"""
+
+
+def test_sft_masks_prompt_tokens_and_chats(trained):
+    from gptcli import finetune, tokenizer
+
+    tok = tokenizer.load(trained / "runs" / "mini" / "tokenizer.json")
+    finetune.add_special_tokens(tok, finetune.CHAT_TOKENS)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is two plus two?"},
+        {"role": "assistant", "content": "Four."},
+    ]
+    ids, is_response = finetune.chat_ids(tok, messages)
+    answer = tok.encode("Four.", add_special_tokens=False).ids + [tok.token_to_id("<|end|>")]
+    assert [
+        i for i, r in zip(ids, is_response, strict=True) if r
+    ] == answer  # only the reply trains
+    assert ids[0] == tokenizer.eot_id(tok) and ids.count(tok.token_to_id("<|end|>")) == 3
+
+    records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(30)]
+    records.append({"messages": messages})
+    source = _write_jsonl(trained / "sft.jsonl", records)
+    task = finetune.SFTTask.__new__(finetune.SFTTask)
+    task.tok, task.block_size = tok, 32
+    inputs, targets = task.encode([("x:1", records[0])], "x", ["prompt", "response"])[0]
+    reply = tok.encode("0 1", add_special_tokens=False).ids + [tok.token_to_id("<|end|>")]
+    assert [t for t in targets if t != -1] == reply
+
+    recipe = write_recipe(trained, SFT.format(name="sft", source=source), "sft.yaml")
+    proc = gptcli("finetune", str(recipe), "--json", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    run = trained / "runs" / "sft"
+    config = json.loads((run / "checkpoints" / "step-0000004" / "config.json").read_text())
+    assert config["task"] == {"kind": "sft", "template": "gptcli-chat-v1"}
+    args = ("sample", "-c", str(run), "--prompt", "Count to 3.", "--max-new-tokens", "5")
+    chat = gptcli(*args, "--seed", "1", "--json", cwd=trained)
+    plain = gptcli(*args, "--seed", "1", "--json", "--no-chat", cwd=trained)
+    assert chat.returncode == 0 and plain.returncode == 0, chat.stderr + plain.stderr
+    assert json.loads(chat.stdout)["chat"] is True and "chat" not in json.loads(plain.stdout)
+    streamed = gptcli(*args, "--seed", "1", cwd=trained)
+    assert not streamed.stdout.startswith("Count to 3.")  # a chat reply, not a continuation
+    proc = gptcli("sample", "-c", "runs/mini", "--chat", "--prompt", "hi", cwd=trained)
+    assert_one_line_error(proc, "chat template")
+
+
+def test_lora_stores_adapters_with_base_reference_and_merges(trained):
+    import hashlib
+
+    from safetensors import safe_open
+
+    train_file, dev_file = _sst(trained)
+    extra = "finetune:\n  lora: {rank: 4, alpha: 8, targets: [qkv, proj]}\n"
+    proc = _finetune(trained, "sst-lora", "single", train_file, dev_file, 4, SST_LABELS, extra)
+    assert proc.returncode == 0, proc.stderr
+    assert "trained" in proc.stderr  # "x M parameters (y M trained)"
+    ckpt = trained / "runs" / "sst-lora" / "checkpoints" / "step-0000004"
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys == {
+        *(f"blocks.{i}.attn.{m}.lora_{ab}" for i in (0, 1) for m in ("qkv", "proj") for ab in "AB"),
+        "cls_head.weight",
+        "cls_head.bias",
+        "wte.weight.extra_rows",
+    }
+    base = trained / "runs" / "mini" / "checkpoints" / "step-0000012"
+    lora = json.loads((ckpt / "config.json").read_text())["lora"]
+    assert lora["base"]["path"] == str(base.resolve())
+    assert (
+        lora["base"]["sha256"]
+        == hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
+    )
+
+    from gptcli import checkpoint
+
+    merged = checkpoint.load(ckpt).weights
+    base_w = checkpoint.load(base).weights
+    assert merged["blocks.0.mlp.up.weight"].equal(base_w["blocks.0.mlp.up.weight"])  # not a target
+    assert merged["wte.weight"][:400].equal(base_w["wte.weight"])
+    assert not merged["blocks.0.attn.qkv.weight"].equal(base_w["blocks.0.attn.qkv.weight"])
+
+    prompt = ("sample", "--prompt", "a fine film", "--json")
+    direct = gptcli(*prompt, "-c", str(ckpt), cwd=trained)
+    assert direct.returncode == 0, direct.stderr
+    out = gptcli("export", str(ckpt), "--format", "gptcli", "--out", "merged-sst", cwd=trained)
+    assert out.returncode == 0, out.stderr
+    exported = gptcli(*prompt, "-c", "merged-sst", cwd=trained)
+    assert json.loads(exported.stdout)["probs"] == json.loads(direct.stdout)["probs"]
+
+    # resume the adapter run: the base stays frozen, the adapters continue
+    proc = _finetune(trained, "sst-lora", "single", train_file, dev_file, 6, SST_LABELS, extra)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in proc.stderr and json.loads(proc.stdout)["step"] == 6
+
+
+def test_lora_refuses_a_changed_or_missing_base(trained, tmp_path):
+    import shutil
+
+    train_file, dev_file = _sst(trained)
+    work = tmp_path / "w"
+    shutil.copytree(trained / "runs" / "mini", work / "runs" / "mini")
+    extra = "finetune:\n  lora: {rank: 2}\n"
+    proc = _finetune(work, "l", "single", train_file, dev_file, 2, SST_LABELS, extra)
+    assert proc.returncode == 0, proc.stderr
+    base = work / "runs" / "mini" / "checkpoints" / "step-0000012" / "model.safetensors"
+    data = bytearray(base.read_bytes())
+    data[-1] ^= 1
+    base.write_bytes(bytes(data))
+    proc = gptcli("sample", "-c", "runs/l", "--prompt", "hi", cwd=work)
+    assert_one_line_error(proc, "changed since the adapters were trained")
+    shutil.rmtree(work / "runs" / "mini")
+    proc = gptcli("sample", "-c", "runs/l", "--prompt", "hi", cwd=work)
+    assert_one_line_error(proc, "base checkpoint", "missing")
+
+
+def test_finetune_resume_refuses_a_different_init_tokenizer(trained, tmp_path):
+    import shutil
+
+    train_file, dev_file = _sst(trained)
+    work = tmp_path / "w"
+    shutil.copytree(trained / "runs" / "mini", work / "runs" / "mini")
+    proc = _finetune(work, "r", "single", train_file, dev_file, 2, SST_LABELS)
+    assert proc.returncode == 0, proc.stderr
+    from tokenizers import Tokenizer
+
+    for ckpt in (work / "runs" / "mini" / "checkpoints").iterdir():
+        tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+        tok.add_special_tokens(["<|odd|>"])  # init now has another tokenizer than the run
+        tok.save(str(ckpt / "tokenizer.json"))
+    proc = _finetune(work, "r", "single", train_file, dev_file, 4, SST_LABELS, "", "--quiet")
+    assert_one_line_error(proc, "different tokenizer")
