@@ -144,22 +144,37 @@ def grow_embeddings(
 
 
 class _Order:
-    """Examples in a fresh seeded permutation each epoch; batch i depends only on (seed, i),
-    so a resumed run sees exactly the batches the uninterrupted one would have."""
+    """Which examples make batch i: a fresh seeded permutation each epoch, cut into chunks of
+    `bucket` batches whose examples are sorted by length (so a batch pads little) and whose
+    batches are then shuffled. Batch i depends only on (seed, i), so a resumed run sees exactly
+    the batches the uninterrupted one would have."""
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._epoch, self._perm = -1, None
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, bucket: int = 32) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.bucket = bucket
+        self._chunk, self._batches = -1, []
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.lengths), generator=g).tolist()
 
     def indices(self, index: int) -> list[int]:
-        out = []
-        for pos in range(index * self.batch_size, (index + 1) * self.batch_size):
-            epoch, offset = divmod(pos, self.n)
-            if epoch != self._epoch:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                self._perm, self._epoch = torch.randperm(self.n, generator=g).tolist(), epoch
-            out.append(self._perm[offset])
-        return out
+        chunk, slot = divmod(index, self.bucket)
+        if chunk != self._chunk:
+            n, size = len(self.lengths), self.bucket * self.batch_size
+            perms: dict[int, list[int]] = {}
+            examples = []
+            for pos in range(chunk * size, (chunk + 1) * size):
+                epoch, offset = divmod(pos, n)
+                if epoch not in perms:
+                    perms[epoch] = self._permutation(epoch)
+                examples.append(perms[epoch][offset])
+            examples.sort(key=lambda i: self.lengths[i])
+            b = self.batch_size
+            batches = [examples[j * b : (j + 1) * b] for j in range(self.bucket)]
+            random.Random(self.seed * 7919 + chunk).shuffle(batches)
+            self._chunk, self._batches = chunk, batches
+        return self._batches[slot]
 
 
 def _pad(rows: list[list[int]], targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +254,8 @@ class ClassifyTask:
             self.dev_examples = self.encode(list(read_records(recipe.data.dev)), recipe.data.dev)
         else:
             self.train_examples, self.dev_examples = _split_dev(self.train_examples, recipe)
-        self.order = _Order(len(self.train_examples), self.batch_size, recipe.seed)
+        lengths = [sum(len(r) for r in ex.rows) for ex in self.train_examples]
+        self.order = _Order(lengths, self.batch_size, recipe.seed)
         counts = [0] * self.n_classes
         for ex in self.dev_examples:
             counts[ex.label if self.format != "choice" else 0] += 1
@@ -371,9 +387,11 @@ class ClassifyTask:
         """Class (or choice) probabilities, one row per example."""
         was_training = model.training
         model.eval()
+        by_length = sorted(range(len(examples)), key=lambda i: len(examples[i].rows[0]))
         out = []
         for start in range(0, len(examples), self.eval_batch_size):
-            batch = self.collate(examples[start : start + self.eval_batch_size])
+            chunk = by_length[start : start + self.eval_batch_size]
+            batch = self.collate([examples[i] for i in chunk])
             batch = tuple(b.to(device) for b in batch)
             with train._autocast(device, amp):
                 logits, _ = self.scores(model, batch)
@@ -382,7 +400,9 @@ class ClassifyTask:
         if self.format == "choice":  # pad to the widest choice list
             width = max(p.shape[1] for p in out)
             out = [F.pad(p, (0, width - p.shape[1])) for p in out]
-        return torch.cat(out)
+        probs = torch.empty(len(examples), out[0].shape[1])
+        probs[torch.tensor(by_length)] = torch.cat(out)
+        return probs
 
     def evaluate(self, model: GPT, device, amp) -> dict:
         probs = self.predict(model, self.dev_examples, device, amp)
@@ -503,7 +523,7 @@ class SFTTask:
             train_ex, dev_ex = _split_dev(train_ex, recipe)
         self.train_examples, self.dev_examples = train_ex, dev_ex
         self.batch_size, self.eval_batches = recipe.train.batch_size, recipe.train.eval_batches
-        self.order = _Order(len(train_ex), self.batch_size, recipe.seed)
+        self.order = _Order([len(x) for x, _ in train_ex], self.batch_size, recipe.seed)
         console.info(
             f"sft: {len(train_ex):,} training and {len(dev_ex):,} dev conversations "
             f"(template {CHAT_TEMPLATE})"

@@ -436,3 +436,19 @@ def test_finetune_resume_refuses_a_different_init_tokenizer(trained, tmp_path):
         tok.save(str(ckpt / "tokenizer.json"))
     proc = _finetune(work, "r", "single", train_file, dev_file, 4, SST_LABELS, "", "--quiet")
     assert_one_line_error(proc, "different tokenizer")
+
+
+def test_batch_order_is_a_seeded_permutation_in_length_buckets():
+    from gptcli.finetune import _Order
+
+    lengths = [(i * 7) % 13 + 1 for i in range(24)]
+    order = _Order(lengths, batch_size=4, seed=5, bucket=3)
+    batches = [order.indices(i) for i in range(12)]  # 48 positions = two epochs
+    seen = sorted(i for b in batches for i in b)
+    assert seen == sorted(list(range(24)) * 2)  # every example once per epoch
+    for chunk in range(4):  # within a chunk, batches hold examples of neighbouring lengths
+        group = batches[chunk * 3 : chunk * 3 + 3]
+        spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in group)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    fresh = _Order(lengths, batch_size=4, seed=5, bucket=3)  # a resumed run: same batches
+    assert [fresh.indices(i) for i in (7, 2, 11)] == [batches[7], batches[2], batches[11]]
