@@ -1,6 +1,8 @@
 import json
+import re
 
-from conftest import SHARED_DATA, assert_one_line_error, gptcli, write_recipe
+import pytest
+from conftest import REPO, SHARED_DATA, assert_one_line_error, gptcli, write_recipe
 
 FINETUNE = """\
 name: mini-ft
@@ -452,3 +454,71 @@ def test_batch_order_is_a_seeded_permutation_in_length_buckets():
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
     fresh = _Order(lengths, batch_size=4, seed=5, bucket=3)  # a resumed run: same batches
     assert [fresh.indices(i) for i in (7, 2, 11)] == [batches[7], batches[2], batches[11]]
+
+
+# --------------------------------------------------------------------------- shipped recipes
+
+
+def _recipe_data(folder, name):
+    """Small stand-ins for each finetune recipe's data (the real files are named in it)."""
+    if name in ("sst2",):
+        return _sst(folder, 40, 10)
+    if name in ("rte", "similarity"):
+        lines = (SHARED_DATA / "classify" / "rte_train.jsonl").read_text().splitlines()
+        (folder / "rte_small.jsonl").write_text("\n".join(lines[:30]) + "\n")
+        return folder / "rte_small.jsonl", folder / "rte_small.jsonl"
+    if name == "story-choice":
+        import runpy
+
+        story = SHARED_DATA / "tinystories" / "TinyStories_all_data-data00.head.txt"
+        script = runpy.run_path(str(REPO / "examples" / "story_cloze.py"))
+        script["main"]([str(story)], str(folder / "cloze"))
+        return folder / "cloze_train.jsonl", folder / "cloze_dev.jsonl"
+    instruct = SHARED_DATA / "instruct"
+    return instruct / "self_instruct_seed.jsonl", instruct / "self_instruct_user_oriented.jsonl"
+
+
+@pytest.mark.parametrize("name", ["sst2", "rte", "similarity", "story-choice", "sft"])
+def test_shipped_finetune_recipes_run(trained, name):
+    path = REPO / "recipes" / "finetune" / f"{name}.yaml"
+    text = path.read_text()
+    start = re.search(r"Starts from: (recipes/\S+\.yaml)", text)
+    assert start and (REPO / start.group(1)).is_file()  # the pretraining recipe it builds on
+    train_file, dev_file = _recipe_data(trained, name)
+    proc = gptcli(
+        "finetune",
+        str(path),
+        "--set",
+        "init=runs/mini",
+        "--set",
+        f"name=recipe-{name}",
+        "--set",
+        f"data.source={train_file}",
+        "--set",
+        f"data.dev={dev_file}",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.batch_size=2",
+        "--set",
+        "train.eval_batches=2",
+        "--quiet",
+        "--json",
+        cwd=trained,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["step"] == 2
+
+
+def test_story_cloze_example_builds_a_choice_task(tmp_path):
+    import runpy
+
+    story = SHARED_DATA / "tinystories" / "TinyStories_all_data-data00.head.txt"
+    runpy.run_path(str(REPO / "examples" / "story_cloze.py"))["main"](
+        [str(story)], str(tmp_path / "c")
+    )
+    rows = [json.loads(ln) for ln in (tmp_path / "c_train.jsonl").read_text().splitlines()]
+    assert len(rows) > 400
+    for row in rows[:50]:
+        assert len(row["choices"]) == 4 and 0 <= row["label"] < 4
+        assert row["choices"][row["label"]] not in row["context"]
