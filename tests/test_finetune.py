@@ -522,3 +522,23 @@ def test_story_cloze_example_builds_a_choice_task(tmp_path):
     for row in rows[:50]:
         assert len(row["choices"]) == 4 and 0 <= row["label"] < 4
         assert row["choices"][row["label"]] not in row["context"]
+
+
+def test_padded_examples_do_not_attend_across_rows():
+    """A batch of padded examples gives each example exactly what it gets alone."""
+    import torch
+
+    from gptcli.finetune import _pad
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)).eval()
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
+    x, y = _pad(rows, [r[1:] + [-1] for r in rows])
+    assert y[0].tolist() == [2, 3, -1, -1, -1, -1]  # no loss on padding
+    with torch.no_grad():
+        together = model.hidden(x)
+        for i, row in enumerate(rows):
+            alone = model.hidden(torch.tensor([row]))[0]
+            assert torch.allclose(together[i, : len(row)], alone, atol=1e-5)
