@@ -35,7 +35,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 MIN_DOCS_FOR_DOC_SPLIT = 100
 STDIN_FILE = "stdin.txt"
 READ_CHUNK = 1 << 20  # bytes read at a time
-BATCH_CHARS = 1 << 20  # characters per encoding batch (one task for a worker thread)
+BATCH_CHARS = 1 << 18  # characters per encoding batch (one task for a worker thread; small
+# enough that the last ones finish close together on all cores)
 # Longer documents go to the BPE trainer and the encoders in pieces cut at safe places (same
 # word counts, same ids): both need ~100 bytes per pre-token of a string handed over at once
 # (a 5 MB document took 0.5 GB), so pieces keep memory bounded.
@@ -623,7 +624,7 @@ class ShardWriter:
         self.stats = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in ("train", "val")}
         self.val_counts = np.zeros(self.vocab, dtype=np.int64)
         self.pool = ThreadPoolExecutor(max_workers=workers)
-        self.max_pending = 2 * workers
+        self.max_pending = 4 * workers
         self.pending: deque = deque()
         self.batches = {s: ([], [], 0) for s in ("train", "val")}
 
