@@ -35,7 +35,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 MIN_DOCS_FOR_DOC_SPLIT = 100
 STDIN_FILE = "stdin.txt"
 READ_CHUNK = 1 << 20  # bytes read at a time
-BATCH_CHARS = 1 << 20  # characters per encoding batch (one task for a worker thread)
+BATCH_CHARS = 1 << 18  # characters per encoding batch (one task for a worker thread; small
+# enough that the last ones finish close together on all cores)
 # Longer documents go to the BPE trainer and the encoders in pieces cut at safe places (same
 # word counts, same ids): both need ~100 bytes per pre-token of a string handed over at once
 # (a 5 MB document took 0.5 GB), so pieces keep memory bounded.
@@ -325,8 +326,8 @@ class _Reader:
         self.raw.close()
 
 
-def _text_documents(path: Path, errors: str, on_bytes) -> Iterator[str]:
-    """Documents of a text file: the pieces between <|endoftext|> separators, stripped."""
+def _text_segments(path: Path, on_bytes) -> Iterator[tuple[bytes, int]]:
+    """The raw bytes between <|endoftext|> separators of a text file, with their offsets."""
     reader = _Reader(path, on_bytes)
     try:
         buf, offset, searched = bytearray(), 0, 0
@@ -340,21 +341,40 @@ def _text_documents(path: Path, errors: str, on_bytes) -> Iterator[str]:
                 if i < 0:
                     searched = max(0, len(buf) - len(_SEP) + 1)
                     break
-                doc = _decode(bytes(buf[:i]), path, offset, errors).strip()
+                yield bytes(buf[:i]), offset
                 offset += i + len(_SEP)
                 del buf[: i + len(_SEP)]
                 searched = 0
-                if doc:
-                    yield doc
             if not chunk:
                 break
-        doc = _decode(bytes(buf), path, offset, errors).strip()
-        if doc:
-            yield doc
+        yield bytes(buf), offset
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     finally:
         reader.close()
+
+
+def _text_documents(path: Path, errors: str, on_bytes) -> Iterator[str]:
+    """Documents of a text file: the pieces between <|endoftext|> separators, stripped."""
+    for raw, offset in _text_segments(path, on_bytes):
+        doc = _decode(raw, path, offset, errors).strip()
+        if doc:
+            yield doc
+
+
+def _is_document(raw: bytes, errors: str) -> bool:
+    """Whether raw text decodes to a document (not only whitespace), mostly without decoding.
+
+    Bytes that strip to nothing are only ASCII whitespace; a first byte left that is ASCII but
+    not \x1c-\x1f (which str.strip also removes) starts a document. Anything else is decoded
+    (invalid UTF-8 under errors: strict counts; the reading pass reports it).
+    """
+    stripped = raw.strip()
+    if not stripped:
+        return False
+    if stripped[0] < 0x80 and not 0x1C <= stripped[0] <= 0x1F:
+        return True
+    return bool(raw.decode("utf-8", "replace" if errors == "strict" else errors).strip())
 
 
 def _jsonl_documents(path: Path, text_field: str, errors: str, on_bytes) -> Iterator[str]:
@@ -492,7 +512,7 @@ class Splitter:
 
 def tail_split_chars(cfg: DataConfig, seed: int, run_dir: Path | None = None) -> int | None:
     """With fewer than 100 documents: characters that go to train (the rest is val)."""
-    if cfg.dev:
+    if cfg.dev or _has_many_text_documents(cfg, run_dir):
         return None
     count, splitter = 0, Splitter(cfg.val_fraction, seed, tail_chars=2**62)
     for src, doc in iter_documents(cfg, seed, run_dir):
@@ -504,6 +524,25 @@ def tail_split_chars(cfg: DataConfig, seed: int, run_dir: Path | None = None) ->
     if count == 0:
         raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
     return splitter.total - max(1, int(splitter.total * cfg.val_fraction))
+
+
+def _has_many_text_documents(cfg: DataConfig, run_dir: Path | None) -> bool:
+    """True when plain-text files at the start of the corpus hold MIN_DOCS_FOR_DOC_SPLIT
+    documents, found by scanning bytes (no decoding). False means: count the slow way.
+    """
+    count = 0
+    for src in sources(cfg):
+        if src.is_builtin:
+            return False
+        for f in _source_paths(src, run_dir):
+            if _is_jsonl(f):
+                return False
+            for raw, _ in _text_segments(f, lambda n: None):
+                if _is_document(raw, cfg.errors):
+                    count += 1
+                    if count >= MIN_DOCS_FOR_DOC_SPLIT:
+                        return True
+    return False
 
 
 def routed(
@@ -585,14 +624,14 @@ class ShardWriter:
         self.stats = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in ("train", "val")}
         self.val_counts = np.zeros(self.vocab, dtype=np.int64)
         self.pool = ThreadPoolExecutor(max_workers=workers)
-        self.max_pending = 2 * workers
+        self.max_pending = 4 * workers
         self.pending: deque = deque()
         self.batches = {s: ([], [], 0) for s in ("train", "val")}
 
     def add(self, split_name: str, text: str, ends_document: bool) -> None:
         st = self.stats[split_name]
         st["documents"] += ends_document
-        st["bytes"] += len(text.encode("utf-8"))
+        st["bytes"] += len(text) if text.isascii() else len(text.encode("utf-8"))
         for i, piece in enumerate(pieces := safe_pieces(text)):
             texts, ends, chars = self.batches[split_name]
             texts.append(piece)
@@ -614,7 +653,7 @@ class ShardWriter:
     def _write_oldest(self) -> None:
         split_name, future = self.pending.popleft()
         ids = future.result()
-        self.files[split_name].write(ids.tobytes())
+        self.files[split_name].write(ids)  # the array's buffer, without a copy
         self.stats[split_name]["tokens"] += len(ids)
         if split_name == "val":
             self.val_counts += np.bincount(ids, minlength=self.vocab)
