@@ -30,7 +30,7 @@ def stories(path: Path) -> list[list[str]]:
 
 def examples(all_stories: list[list[str]], rng: random.Random, n_choices: int = 4) -> list[dict]:
     out = []
-    for i, story in enumerate(all_stories):
+    for story in all_stories:
         k = rng.randint(2, min(4, len(story) - 1))
         context, answer = " ".join(story[:k]), story[k]
         others = [s for s in rng.sample(all_stories, n_choices + 1) if s is not story]
