@@ -613,6 +613,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict:
     if fresh:
         run_dir = train.new_run_dir(run_dir)
     init_tokenizer = loaded.path / tokenizer.TOKENIZER_FILE
+    new_ids: list[int] = []
     with checkpoint.RunLock(run_dir):
         if recipe.task.kind == "lm":
             train.check_resumable(recipe, run_dir, cfg, init_tokenizer)

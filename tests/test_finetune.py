@@ -542,3 +542,28 @@ def test_padded_examples_do_not_attend_across_rows():
         for i, row in enumerate(rows):
             alone = model.hidden(torch.tensor([row]))[0]
             assert torch.allclose(together[i, : len(row)], alone, atol=1e-5)
+
+
+def test_lora_works_for_lm_and_sft_tasks(trained):
+    from safetensors import safe_open
+
+    lm = FINETUNE.format(
+        source=SHARED_DATA / "tinystories" / "TinyStories_all_data-data00.head.txt"
+    )
+    lm = lm.replace("mini-ft", "lm-lora") + "finetune:\n  lora: {rank: 2, targets: [qkv]}\n"
+    records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
+    sft = SFT.format(name="sft-lora", source=_write_jsonl(trained / "sft-l.jsonl", records))
+    sft += "finetune:\n  lora: {rank: 2}\n"
+    for name, text in (("lm-lora", lm), ("sft-lora", sft)):
+        proc = gptcli(
+            "finetune", str(write_recipe(trained, text, f"{name}.yaml")), "--json", cwd=trained
+        )
+        assert proc.returncode == 0, proc.stderr
+        ckpt = json.loads(proc.stdout)["checkpoint"]
+        with safe_open(str(trained / ckpt / "model.safetensors"), "pt") as f:
+            keys = set(f.keys())
+        assert keys and all(".lora_" in k or k.endswith("extra_rows") for k in keys)
+        proc = gptcli(
+            "sample", "-c", ckpt, "--prompt", "Count to 2.", "--max-new-tokens", "3", cwd=trained
+        )
+        assert proc.returncode == 0, proc.stderr
