@@ -45,10 +45,10 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    """bf16 weights on a CPU whose torch has oneDNN: the case where prepacking pays."""
+    """fp32 or bf16 weights on a CPU whose torch has oneDNN (see Linear)."""
     return (
         weight.device.type == "cpu"
-        and weight.dtype == torch.bfloat16
+        and weight.dtype in (torch.float32, torch.bfloat16)
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )
@@ -61,10 +61,12 @@ def _version(t: torch.Tensor) -> int:
 class Linear(nn.Linear):
     """nn.Linear that can run inference on a copy of its weight prepacked for oneDNN.
 
-    torch's CPU bf16 F.linear on one row (decoding at batch 1, matrix-vector work) reads the
-    weight ~1.7x slower than oneDNN's blocked layout; prepack() makes that copy (same results,
-    ~the weight's memory again) and forward uses it while the weight is unchanged and no
-    gradient is needed. The state dict is untouched: the copy is not a buffer.
+    On CPU, torch's F.linear reads a bf16 weight ~1.7x slower than oneDNN's blocked layout
+    when there is one row (decoding at batch 1: matrix-vector work), and runs fp32 at a few
+    rows (decoding at batch 8, a short prefill) ~2x slower than oneDNN; a single fp32 row is
+    as fast as F.linear already, so it stays there. prepack() makes the copy (same results up
+    to summation order, ~the weight's memory again) and forward uses it while the weight is
+    unchanged and no gradient is needed. The state dict is untouched: the copy is no buffer.
     """
 
     packed: tuple[int, int, torch.Tensor] | None = None  # (weight data_ptr, _version, copy)
@@ -83,10 +85,19 @@ class Linear(nn.Linear):
             return None  # the weight was replaced, moved or changed in place since prepack
         return packed[2] if packed[2].dtype == w.dtype else None
 
+    def __getstate__(self) -> dict:
+        # copies and pickles leave the packed weight behind (oneDNN tensors have no storage)
+        return {k: v for k, v in super().__getstate__().items() if k != "packed"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None and not torch.is_grad_enabled():
             packed = self._packed_weight()
-            if packed is not None and x.dtype == packed.dtype:
+            rows = x.numel() // x.size(-1) if x.size(-1) else 0
+            if (
+                packed is not None
+                and x.dtype == packed.dtype
+                and (rows > 1 or x.dtype == torch.bfloat16)
+            ):
                 return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
         return super().forward(x)
 
@@ -274,7 +285,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def prepack(self) -> GPT:
-        """Prepack every linear's weight for fast CPU bf16 inference (see Linear); a no-op
+        """Prepack every linear's weight for fast CPU inference (see Linear); a no-op
         elsewhere, and cheap when already done. Call again after changing the weights' dtype."""
         for module in self.modules():
             if isinstance(module, Linear):
