@@ -119,6 +119,7 @@ def generate(
     each token is exactly what a full forward over its current window would give.
     """
     device = model.wte.weight.device
+    model.prepack()  # CPU: oneDNN-layout weights (bf16 batch 1 ~1.4x, fp32 batch 8 ~2x faster)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
     block = model.cfg.block_size
@@ -236,7 +237,7 @@ def top1_agreement(model: GPT, ids: torch.Tensor, dtype: torch.dtype) -> float:
     import copy
 
     reference, _ = model(ids)
-    other, _ = copy.deepcopy(model).to(dtype)(ids)
+    other, _ = copy.deepcopy(model).to(dtype).prepack()(ids)  # the kernels sampling uses
     return (reference.argmax(-1) == other.argmax(-1)).float().mean().item()
 
 

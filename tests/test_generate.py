@@ -45,6 +45,33 @@ def test_greedy_equals_argmax_of_full_forward():
     assert out == seq[3:]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_linears_give_the_unpacked_logits(dtype):
+    """generate() prepacks CPU weights for oneDNN: same logits (up to summation order) at one
+    row and at several, nothing added to the state dict, copies work, a stale pack is unused."""
+    import copy
+
+    model = make().to(dtype)
+    ids = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(1))
+    keys = list(model.state_dict())
+    reference, _ = model(ids)  # gradients on: the plain F.linear path
+    model.prepack()
+    with torch.inference_mode():
+        packed, _ = model(ids)
+        one, _ = model(ids[:1, :1])
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(packed, reference, atol=tol, rtol=tol)
+    torch.testing.assert_close(one[0, -1], reference[0, 0], atol=tol, rtol=tol)
+    assert list(model.state_dict()) == keys
+    assert copy.deepcopy(model).lm_head.packed is None
+    with torch.inference_mode():
+        other = torch.bfloat16 if dtype == torch.float32 else torch.float32
+        model.to(other)  # new weights: the old pack must not be used
+        moved, _ = model(ids)
+    assert moved.dtype == other
+    torch.testing.assert_close(moved.float(), reference.float(), atol=5e-2, rtol=5e-2)
+
+
 @pytest.mark.parametrize("positions", ["rope", "learned"])
 def test_generation_past_the_context_is_exact_to_the_sliding_window(positions):
     model = make(positions=positions)
