@@ -55,7 +55,7 @@ def apply(model: nn.Module, cfg: LoraConfig) -> list[str]:
         if not name.startswith("blocks."):
             continue
         for child_name, child in list(module.named_children()):
-            if child_name in cfg.targets and type(child) is nn.Linear:
+            if child_name in cfg.targets and isinstance(child, nn.Linear):
                 setattr(module, child_name, LoRALinear(child, cfg.rank, cfg.alpha, cfg.dropout))
                 adapted.append(f"{name}.{child_name}")
     head = getattr(model, "cls_head", None)
