@@ -44,11 +44,19 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
 
+# fp32 matrices smaller than this run a few rows faster through F.linear than through oneDNN
+# (measured: 0.4-1.0x below 0.6M weights, 1.7-2.2x from 1.5M up); bf16 gains at every size
+FP32_PREPACK_MIN = 1_000_000
+
+
 def can_prepack(weight: torch.Tensor) -> bool:
-    """fp32 or bf16 weights on a CPU whose torch has oneDNN (see Linear)."""
+    """bf16 weights, or large fp32 ones, on a CPU whose torch has oneDNN (see Linear)."""
     return (
         weight.device.type == "cpu"
-        and weight.dtype in (torch.float32, torch.bfloat16)
+        and (
+            weight.dtype == torch.bfloat16
+            or (weight.dtype == torch.float32 and weight.numel() >= FP32_PREPACK_MIN)
+        )
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )

@@ -46,16 +46,22 @@ def test_greedy_equals_argmax_of_full_forward():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prepacked_linears_give_the_unpacked_logits(dtype):
+def test_prepacked_linears_give_the_unpacked_logits(dtype, monkeypatch):
     """generate() prepacks CPU weights for oneDNN: same logits (up to summation order) at one
     row and at several, nothing added to the state dict, copies work, a stale pack is unused."""
     import copy
 
+    from gptcli import model as model_mod
+
+    monkeypatch.setattr(
+        model_mod, "FP32_PREPACK_MIN", 0
+    )  # the test model's fp32 matrices are small
     model = make().to(dtype)
     ids = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(1))
     keys = list(model.state_dict())
     reference, _ = model(ids)  # gradients on: the plain F.linear path
     model.prepack()
+    assert model.lm_head.packed is not None
     with torch.inference_mode():
         packed, _ = model(ids)
         one, _ = model(ids[:1, :1])
