@@ -461,7 +461,9 @@ def render(info: dict[str, Any]) -> None:
         t.add_column(style="cyan")
         t.add_column()
         for k, v in rows.items():
-            if not isinstance(v, (dict, list)):
+            if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+                t.add_row(k, ", ".join(_fmt(x) for x in v) or "[]")
+            elif not isinstance(v, (dict, list)):
                 t.add_row(k, _fmt(v))
         out.print(t)
 
@@ -495,10 +497,7 @@ def render(info: dict[str, Any]) -> None:
         table("model config", info["config"])
         task = info.get("task", {"kind": "lm"})
         if task.get("kind") != "lm":
-            table(
-                "task",
-                {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in task.items()},
-            )
+            table("task", task)
         if "lora" in info:
             lora = info["lora"]
             table(

@@ -136,6 +136,8 @@ def test_classify_single_text_trains_head_and_samples_label_distribution(trained
     assert config["task"]["label_names"] == ["negative", "positive"]
     metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("val_accuracy" in m for m in metrics[:-1])  # evaluated during training too
+    shown = gptcli("inspect", str(run), cwd=trained)
+    assert shown.returncode == 0 and "negative, positive" in shown.stdout  # task and labels
 
     proc = gptcli("sample", "-c", str(run), "--prompt", "a gorgeous , witty film", cwd=trained)
     assert proc.returncode == 0, proc.stderr
