@@ -303,22 +303,28 @@ class ClassifyTask:
             return value
         return label_index(value, self.label_names, where)
 
+    def token_ids(self, segments: list[list[tuple[str, str | None]]]) -> dict[str, list[int]]:
+        """Every distinct text of these examples' segments, encoded once (in parallel)."""
+        texts = sorted({t for segs in segments for pair in segs for t in pair if t is not None})
+        return dict(zip(texts, tokenizer.encode_batch(self.tok, texts), strict=True))
+
+    def rows(self, segs: list[tuple[str, str | None]], ids: dict) -> tuple[list[list[int]], int]:
+        """One example's token sequences, and how many of them were cut to the context."""
+        made = [self.sequence(ids[a], None if b is None else ids[b]) for a, b in segs]
+        return [row for row, _ in made], sum(cut for _, cut in made)
+
     def encode(self, records: list[tuple[str, dict]], source: str) -> list[Example]:
-        pieces = [(where, self.segments(r, where)) for where, r in records]
+        segments = [self.segments(r, where) for where, r in records]
         labels = [
             self.label_of(r, where, len(segs))
-            for (where, r), (_, segs) in zip(records, pieces, strict=False)
+            for (where, r), segs in zip(records, segments, strict=True)
         ]
+        ids = self.token_ids(segments)
         examples, cut = [], 0
-        texts = sorted({t for _, segs in pieces for pair in segs for t in pair if t is not None})
-        ids = dict(zip(texts, tokenizer.encode_batch(self.tok, texts), strict=False))
-        for (_, segs), label in zip(pieces, labels, strict=False):
-            rows = []
-            for a, b in segs:
-                row, was_cut = self.sequence(ids[a], None if b is None else ids[b])
-                rows.append(row)
-                cut += was_cut
+        for segs, label in zip(segments, labels, strict=True):
+            rows, n_cut = self.rows(segs, ids)
             examples.append(Example(rows, label))
+            cut += n_cut
         if cut:
             console.warn(
                 f"{source}: {cut:,} sequences were longer than the context ({self.block_size} "
@@ -522,8 +528,10 @@ class SFTTask:
         else:
             train_ex, dev_ex = _split_dev(train_ex, recipe)
         self.train_examples, self.dev_examples = train_ex, dev_ex
-        self.batch_size, self.eval_batches = recipe.train.batch_size, recipe.train.eval_batches
-        self.order = _Order([len(x) for x, _ in train_ex], self.batch_size, recipe.seed)
+        b = self.batch_size = recipe.train.batch_size
+        self.order = _Order([len(x) for x, _ in train_ex], b, recipe.seed)
+        dev = dev_ex[: b * recipe.train.eval_batches]
+        self.dev_batches = [_pad(*zip(*dev[i : i + b], strict=True)) for i in range(0, len(dev), b)]
         console.info(
             f"sft: {len(train_ex):,} training and {len(dev_ex):,} dev conversations "
             f"(template {CHAT_TEMPLATE})"
@@ -562,21 +570,7 @@ class SFTTask:
         return model(*batch)[1]
 
     def evaluate(self, model: GPT, device, amp) -> dict:
-        batches = []
-        dev = self.dev_examples[: self.batch_size * self.eval_batches]
-        for start in range(0, len(dev), self.batch_size):
-            batches.append(_pad(*zip(*dev[start : start + self.batch_size], strict=False)))
-        total, count = 0.0, 0
-        model.eval()
-        with torch.no_grad():
-            for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                with train._autocast(device, amp):
-                    _, loss = model(x, y)
-                n = (y != -1).sum().item()
-                total, count = total + loss.item() * n, count + n
-        model.train()
-        return {"val_loss": round(total / max(count, 1), 5)}
+        return {"val_loss": round(train.evaluate(model, self.dev_batches, device, amp), 5)}
 
     def summary(self, last: dict) -> tuple[dict, str]:
         if last.get("val_loss") is None:
@@ -721,11 +715,7 @@ def classify_run(loaded: checkpoint.Loaded, tok, model: GPT, prompts: Iterable[s
     for item in classifier_inputs(lines, task.fields, task.format):
         record, where = item["record"], item["where"]
         segs = task.segments(record, where)
-        rows = []
-        for a, b in segs:
-            a_ids = tokenizer.encode_batch(tok, [a])[0]
-            b_ids = None if b is None else tokenizer.encode_batch(tok, [b])[0]
-            rows.append(task.sequence(a_ids, b_ids)[0])
+        rows, _ = task.rows(segs, task.token_ids([segs]))
         probs = task.predict(model, [Example(rows, 0)], device)[0]
         result: dict[str, Any] = {"input": record}
         if task.format == "choice":

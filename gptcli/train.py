@@ -86,14 +86,17 @@ def bits_per_byte(loss: float, manifest: dict, split: str = "val") -> float:
 def evaluate(
     model: GPT, batches: list[tuple], device: torch.device, amp: torch.dtype | None
 ) -> float:
+    """Mean loss per target token over the batches (targets of -1 carry no loss: padding, or
+    the prompt tokens of SFT examples)."""
     model.eval()
     total, count = 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with _autocast(device, amp):
             _, loss = model(x, y)
-        total += loss.item() * y.numel()
-        count += y.numel()
+        n = (y != -1).sum().item()
+        total += loss.item() * n
+        count += n
     model.train()
     return total / max(count, 1)
 
