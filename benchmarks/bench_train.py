@@ -1,6 +1,6 @@
 """Training throughput of gptcli's model against HF transformers' GPT2LMHeadModel.
 
-Same shapes, same optimizer (AdamW, lr 1e-3, weight decay 0.1), same step (forward, backward,
+Same shapes, same optimizer (fused AdamW, lr 1e-3, weight decay 0.1), same step (forward, backward,
 clip to 1.0, optimizer step); timed windows of the two alternate in one process so machine noise
 hits both alike. Prints tokens/s and the ratio per configuration, then a bf16-vs-fp32 loss-curve
 check (gptcli with bf16 autocast against itself in fp32 on the same batches).
@@ -49,7 +49,10 @@ def hf_model(c: dict) -> torch.nn.Module:
 
 
 def make_step(model: torch.nn.Module, is_hf: bool, amp: torch.dtype | None):
-    opt = torch.optim.AdamW(param_groups(model.parameters(), 0.1), lr=1e-3, betas=(0.9, 0.95))
+    # fused: what gptcli's trainer builds, and HF Trainer's default (adamw_torch_fused)
+    opt = torch.optim.AdamW(
+        param_groups(model.parameters(), 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True
+    )
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         ctx = torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext()

@@ -859,7 +859,7 @@ def load_shard(run_dir: Path, split_name: str, manifest: dict) -> np.ndarray:
 
 
 class Batches:
-    """Random windows of block_size + 1 tokens, chosen by (seed, step) alone.
+    """Windows of block_size + 1 tokens in shuffled epochs, chosen by (seed, index) alone.
 
     Because a batch depends only on its index, a resumed run sees exactly the batches the
     uninterrupted run would have seen, with no sampler state to save.
@@ -875,15 +875,26 @@ class Batches:
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
+        # windows of block_size + 1 tokens that fit at any offset below block_size
+        self.windows_per_epoch = max(1, (len(tokens) - 1 - block_size) // block_size)
+        self.batches_per_epoch = max(1, self.windows_per_epoch // batch_size)
+        self._epoch: tuple | None = None  # (epoch, offset, window order): derived, a cache
 
     def get(self, index: int) -> tuple:
+        """Batch `index`: epochs of non-overlapping windows in a shuffled order, so every token
+        is trained on once per epoch; each epoch shifts the window grid by a random offset."""
         import torch
 
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        starts = torch.randint(
-            len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=g
-        )
-        return self._windows(starts.tolist())
+        epoch, k = divmod(index, self.batches_per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            offset = int(torch.randint(self.block_size, (1,), generator=g))
+            order = torch.randperm(self.windows_per_epoch, generator=g)
+            self._epoch = (epoch, offset, order)
+        _, offset, order = self._epoch
+        rows = torch.arange(k * self.batch_size, (k + 1) * self.batch_size)
+        picked = order[rows % self.windows_per_epoch]  # wraps only when a split is tiny
+        return self._windows((offset + picked * self.block_size).tolist())
 
     def _windows(self, starts: list[int]) -> tuple:
         import torch

@@ -381,11 +381,7 @@ class ClassifyTask:
         logits, h = self.scores(model, batch)
         loss = F.cross_entropy(logits, batch[-1])
         if self.task.lm_weight > 0:
-            lm_logits = model.lm_head(h).float()
-            lm = F.cross_entropy(
-                lm_logits.view(-1, lm_logits.size(-1)), batch[1].view(-1), ignore_index=-1
-            )
-            loss = loss + self.task.lm_weight * lm
+            loss = loss + self.task.lm_weight * model.loss(h, batch[1])
         return loss
 
     @torch.no_grad()

@@ -20,7 +20,14 @@ import torch
 
 from gptcli import __version__, checkpoint, console, data, tokenizer
 from gptcli.console import Interrupted, UserError
-from gptcli.device import Dist, autocast_dtype, init_distributed, peak_flops, pick_device
+from gptcli.device import (
+    Dist,
+    autocast_dtype,
+    init_distributed,
+    keep_freed_memory,
+    peak_flops,
+    pick_device,
+)
 from gptcli.model import GPT, param_groups
 from gptcli.recipe import ModelConfig, Recipe, TrainConfig
 
@@ -54,7 +61,7 @@ def lr_at(step: int, t: TrainConfig) -> float:
 def build_optimizers(model: GPT, t: TrainConfig, device: torch.device) -> list[Optimizer]:
     """AdamW for everything, or Muon for the blocks' weight matrices and AdamW for the rest
     (embeddings, head, norms, biases), as the Muon authors recommend."""
-    fused = device.type == "cuda"
+    fused = device.type in ("cuda", "cpu")  # one kernel for all parameters (3 % faster on CPU)
     if t.optimizer == "adamw":
         groups = param_groups(model.parameters(), t.weight_decay)
         optimizers: list[Optimizer] = [
@@ -295,6 +302,8 @@ def fit(
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    elif device.type == "cpu":
+        keep_freed_memory()
     amp = autocast_dtype(device, t.dtype)
     tok_path = run_dir / tokenizer.TOKENIZER_FILE
     if dist.main:

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from gptcli import data, recipe
 from gptcli.console import UserError
@@ -151,6 +152,30 @@ def test_batches_depend_only_on_index():
     assert (y1[:, :-1] == x1[:, 1:]).all()
     with pytest.raises(UserError, match="fewer than block_size"):
         data.Batches(tokens[:9], block_size=8, batch_size=4, seed=3)
+    fresh = data.Batches(tokens, block_size=8, batch_size=4, seed=3)
+    assert (fresh.get(5)[0] == x1).all()  # no hidden state: a resumed run sees the same batch
+
+
+def test_each_epoch_trains_on_every_window_once_at_a_new_offset():
+    tokens = np.arange(1000, dtype=np.uint16)
+    b = data.Batches(tokens, block_size=8, batch_size=4, seed=0)
+    per_epoch = b.batches_per_epoch
+    assert per_epoch == (1000 - 1 - 8) // 8 // 4
+
+    def epoch_starts(epoch: int) -> list[int]:
+        firsts = [b.get(epoch * per_epoch + k)[0][:, 0] for k in range(per_epoch)]
+        return sorted(torch.cat(firsts).tolist())
+
+    first, second = epoch_starts(0), epoch_starts(1)
+    assert len(set(first)) == per_epoch * 4  # no window twice within an epoch
+    assert {s % 8 for s in first} == {first[0] % 8}  # one grid of non-overlapping windows
+    assert max(first) + 9 <= 1000 and first[0] % 8 != second[0] % 8  # the grid moves
+
+
+def test_a_tiny_split_still_fills_the_batch():
+    b = data.Batches(np.arange(30, dtype=np.uint16), block_size=8, batch_size=4, seed=0)
+    x, y = b.get(0)
+    assert x.shape == y.shape == (4, 8)
 
 
 def test_bpe_trained_on_safe_pieces_equals_bpe_on_the_whole_document():

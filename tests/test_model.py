@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from gptcli.model import GPT, param_groups
+from gptcli import model as model_mod
+from gptcli.model import GPT, LinearCrossEntropy, RMSNorm, apply_rope, param_groups, rope_tables
 from gptcli.recipe import ModelConfig
 
 VARIANTS = [
@@ -22,8 +23,10 @@ def make(**kw) -> GPT:
 def test_forward_shapes_and_loss(kw):
     model = make(**kw)
     idx = torch.randint(0, 50, (3, 16))
-    logits, loss = model(idx, torch.randint(0, 50, (3, 16)))
+    logits, _ = model(idx)
     assert logits.shape == (3, 16, 50)
+    no_logits, loss = model(idx, torch.randint(0, 50, (3, 16)))  # with targets: the loss alone
+    assert no_logits is None
     assert loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
 
 
@@ -96,3 +99,89 @@ def test_zero_init_projections_make_blocks_start_as_identity():
     assert model.blocks[1].mlp.down.weight.abs().sum() == 0
     x = torch.randn(1, 4, 32)
     assert torch.equal(model.blocks[0](x), x)
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_chunked_loss_matches_plain_cross_entropy(amp):
+    """LinearCrossEntropy (gradients made chunk by chunk in the forward pass) gives the loss and
+    gradients of lm_head + cross_entropy, also with ignored (-1) targets and a ragged last
+    chunk, and under bf16 autocast."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 32, requires_grad=True)
+    w = torch.randn(50, 32, requires_grad=True)
+    targets = torch.randint(0, 50, (300,))
+    targets[::7] = -1
+    results = []
+    for chunked in (True, False):
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            if chunked:
+                loss = LinearCrossEntropy.apply(x, w, targets, 64)
+            else:
+                loss = torch.nn.functional.cross_entropy(
+                    (x @ w.t()).float(), targets, ignore_index=-1
+                )
+        (3 * loss).backward()
+        results.append((loss.detach(), x.grad, w.grad))
+        x.grad = w.grad = None
+    (la, gxa, gwa), (lb, gxb, gwb) = results
+    tol = 1e-5 if amp is None else 2e-2
+    assert la.item() == pytest.approx(lb.item(), rel=1e-5)
+    assert torch.allclose(gxa, gxb, atol=tol * gxb.abs().max())
+    assert torch.allclose(gwa, gwb, atol=tol * gwb.abs().max())
+
+
+def test_model_takes_the_chunked_loss_path_when_logits_are_many(monkeypatch):
+    idx, targets = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+    targets[0, :4] = -1
+    calls = []
+    apply = LinearCrossEntropy.apply
+    monkeypatch.setattr(LinearCrossEntropy, "apply", lambda *a: calls.append(1) or apply(*a))
+    results = []
+    for threshold in (0, 1 << 40):  # 0: every training loss goes through the chunks
+        monkeypatch.setattr(model_mod, "CHUNKED_LOSS_MIN", threshold)
+        model = make()
+        _, loss = model(idx, targets)
+        loss.backward()
+        results.append((len(calls), loss.item(), model.wte.weight.grad))
+    assert [r[0] for r in results] == [1, 1]  # chunked once, then the plain path
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
+    assert torch.allclose(results[0][2], results[1][2], atol=1e-6)
+    monkeypatch.setattr(model_mod, "CHUNKED_LOSS_MIN", 0)
+    with torch.no_grad():  # evaluation needs no gradients: the plain path
+        make()(idx, targets)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_training_path_matches_torch(dtype):
+    """The hand-written backward (training) gives torch's rms_norm values and gradients."""
+    torch.manual_seed(0)
+    norm = RMSNorm(24, 1e-5)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 24, dtype=dtype, requires_grad=True)
+    grad = torch.randn(3, 5, 24, dtype=dtype)
+    ours = norm(x)
+    ours.backward(grad)
+    gx, gw = x.grad, norm.weight.grad
+    x.grad = norm.weight.grad = None
+    ref = torch.nn.functional.rms_norm(x.float(), (24,), norm.weight, 1e-5).to(dtype)
+    ref.backward(grad)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert ours.dtype == gx.dtype == dtype
+    assert torch.allclose(ours.float(), ref.float(), atol=tol)
+    assert torch.allclose(gx.float(), x.grad.float(), atol=tol * 4)
+    assert torch.allclose(gw, norm.weight.grad, atol=tol * 10)
+    with torch.no_grad():  # inference takes torch's fused kernel: same values
+        assert torch.allclose(norm(x).float(), ref.float(), atol=tol)
+
+
+def test_rope_rotates_each_channel_pair_by_its_position_angle():
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=6, vocab_size=10)
+    cos, sin = rope_tables(cfg, 6)
+    x = torch.randn(1, 2, 6, 8)
+    out = apply_rope(x, cos, sin)
+    # pair (i, i + 4) of position t turns by t * theta^(-2i/8), as a complex number would
+    pairs = torch.complex(x[..., :4], x[..., 4:])
+    angle = torch.arange(6.0)[:, None] * 10000.0 ** (-torch.arange(0, 8, 2) / 8)
+    turned = pairs * torch.polar(torch.ones_like(angle), angle)
+    assert torch.allclose(out, torch.cat((turned.real, turned.imag), dim=-1), atol=1e-5)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, gptcli, write_recipe
@@ -132,6 +133,27 @@ def test_auto_dtype_is_bf16_exactly_on_cpus_with_native_bf16():
     expected = torch.bfloat16 if cpu_has_native_bf16() else None
     assert autocast_dtype(torch.device("cpu"), "auto") == expected
     assert autocast_dtype(torch.device("cpu"), "fp32") is None
+
+
+def test_cpu_training_keeps_freed_memory_for_the_next_step():
+    """After keep_freed_memory (called when CPU training starts), a freed 200 MB array stays
+    resident for reuse instead of going back to the OS (and faulting in again next step)."""
+    import numpy as np
+
+    from gptcli.device import keep_freed_memory
+
+    def resident_mb() -> float:
+        status = Path("/proc/self/status").read_text()
+        return (
+            int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS")).split()[1]) / 1024
+        )
+
+    if not Path("/proc/self/status").exists() or not keep_freed_memory():
+        pytest.skip("needs Linux with glibc")
+    before = resident_mb()
+    array = np.ones(25_000_000)  # 200 MB, written, so resident
+    del array
+    assert resident_mb() - before > 150
 
 
 def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
