@@ -63,6 +63,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # inductor fuses the composite itself; RMSNormFunction compiled for CUDA (torch 2.11,
+            # H200) gave zero gradients in bf16 and a failed kernel launch in fp32
+            return F.rms_norm(x.float(), (x.size(-1),), self.weight, self.eps).to(x.dtype)
         if torch.is_grad_enabled():
             return RMSNormFunction.apply(x, self.weight, self.eps)
         # inference: the fused kernel, with the weight in x's dtype (else a slow path)
@@ -411,11 +415,14 @@ class GPT(nn.Module):
         return KVCache(self.cfg, batch, length or self.cfg.block_size, param.device, param.dtype)
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward): 6N plus attention (PaLM, appendix B)."""
+        """Training FLOPs per token (forward + backward): 6N plus attention (PaLM, appendix B).
+
+        N counts every weight a token is multiplied by: not the embedding lookups, but the
+        unembedding matmul, which a tied head shares with the (lookup-only) token embedding.
+        """
         cfg = self.cfg
-        return (
-            6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-        )
+        n = self.num_params(non_embedding=True) + self.lm_head.weight.numel() * cfg.tie_embeddings
+        return 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
 def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:

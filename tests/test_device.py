@@ -1,0 +1,42 @@
+import json
+
+import pytest
+import torch
+
+from gptcli import device
+
+
+def test_cpu_peak_is_measured_once_per_dtype_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))
+    probes = []
+    monkeypatch.setattr(device, "_probe_matmul", lambda dtype: probes.append(dtype) or 1e11)
+    cpu = torch.device("cpu")
+    peak, source = device.peak_flops(cpu, None)
+    assert (peak, source) == (1e11, "measured float32 matmul on this CPU")
+    assert device.peak_flops(cpu, None)[0] == 1e11
+    assert device.peak_flops(cpu, torch.bfloat16)[1] == "measured bfloat16 matmul on this CPU"
+    assert probes == [torch.float32, torch.bfloat16]  # the repeat came from the cache
+    assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
+
+
+def test_cpu_peak_probe_measures_a_real_matmul():
+    assert device._probe_matmul(torch.float32, windows=2, seconds=0.02) > 1e9
+
+
+@pytest.mark.parametrize(
+    ("name", "amp", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989e12),
+        ("NVIDIA H100 PCIe", torch.bfloat16, 756e12),
+        ("NVIDIA A100-SXM4-80GB", None, 156e12),  # fp32 (TF32) is half the bf16 peak
+    ],
+)
+def test_gpu_peak_comes_from_the_datasheet(monkeypatch, name, amp, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert device.peak_flops(torch.device("cuda"), amp) == (peak, f"{name} datasheet")
+
+
+def test_gpu_without_bf16_trains_in_fp32_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert device.autocast_dtype(torch.device("cuda"), "auto") is None
+    assert "no bf16" in capsys.readouterr().err
