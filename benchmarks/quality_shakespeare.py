@@ -27,7 +27,8 @@ def main() -> None:
     result = train_for(REPO / "recipes" / "shakespeare.yaml", args.seconds, sets)
     print(
         f"shakespeare recipe, {args.seconds:.0f} s budget: {result['planned_steps']} steps, "
-        f"{result['elapsed_s']:.0f} s of training, val loss {result['val_loss']:.4f}, "
+        f"{result['elapsed_s']:.0f} s of training (first step {result['first_step_s']:.1f} s), "
+        f"val loss {result['val_loss']:.4f}, "
         f"val {result['val_bpb']:.3f} bits/byte (target <= 2.10), "
         f"unigram baseline {result['unigram_bpb']:.3f}"
     )

@@ -68,6 +68,20 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def why_no_compile(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on this device, or None: inductor builds CPU kernels with
+    a C++ compiler, and a machine without one would fail at the first step."""
+    if device.type != "cpu":
+        return None
+    try:
+        from torch._inductor import cpp_builder
+
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # inductor's own error says little to a user; ours names the fix
+        return "no C++ compiler (g++, or $CXX) for torch.compile on CPU"
+    return None
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matmuls run ~2.5x faster than fp32 there, and emulated (slower)
     elsewhere. torch's own cpuinfo probes, with /proc/cpuinfo flags where this torch lacks them."""

@@ -27,6 +27,7 @@ from gptcli.device import (
     keep_freed_memory,
     peak_flops,
     pick_device,
+    why_no_compile,
 )
 from gptcli.model import GPT, param_groups
 from gptcli.recipe import ModelConfig, Recipe, TrainConfig
@@ -321,7 +322,12 @@ def fit(
         )
     step_model = ddp or model
     if t.compile == "on" or (t.compile == "auto" and device.type == "cuda"):
-        step_model = torch.compile(step_model)
+        reason = why_no_compile(device)
+        if reason:
+            console.warn(f"train.compile: {reason}; training without it")
+        else:
+            console.info("train: torch.compile: the first step compiles (cached for later runs)")
+            step_model = torch.compile(step_model)
 
     tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size * dist.world
     n_params = model.num_params()

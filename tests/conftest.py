@@ -14,9 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def gptcli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: int = 300):
-    """Run `python -m gptcli ARGS` and return the CompletedProcess (text mode)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def gptcli(
+    *args: str,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: int = 300,
+    env: dict[str, str] | None = None,
+):
+    """Run `python -m gptcli ARGS` (env: extra variables) and return the CompletedProcess."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("GPTCLI_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "gptcli", *args],

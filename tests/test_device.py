@@ -40,3 +40,11 @@ def test_gpu_without_bf16_trains_in_fp32_with_a_warning(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert device.autocast_dtype(torch.device("cuda"), "auto") is None
     assert "no bf16" in capsys.readouterr().err
+
+
+def test_compile_is_refused_on_cpu_only_without_a_cpp_compiler():
+    from torch._inductor import config
+
+    assert device.why_no_compile(torch.device("cuda")) is None  # no host compiler needed
+    with config.patch({"cpp.cxx": ("gptcli-no-such-g++",)}):
+        assert "no C++ compiler" in device.why_no_compile(torch.device("cpu"))

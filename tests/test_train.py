@@ -289,3 +289,13 @@ def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert [p.name for p in checkpoint.run_checkpoints(run)] == ["step-0000003", "step-0000005"]
     assert [r for r in losses(run)] == [1, 3, 5]
+
+
+def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(tmp_path):
+    recipe = write_recipe(tmp_path)
+    proc = gptcli(
+        "pretrain", str(recipe), "--set", "train.compile=on", "--set", "train.max_steps=3",
+        cwd=tmp_path, env={"CXX": str(tmp_path / "no-such-g++")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "no C++ compiler" in proc.stderr and "Traceback" not in proc.stderr
