@@ -98,8 +98,11 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """None means plain fp32. auto = bf16 where the hardware does it natively, else fp32."""
+def autocast_dtype(device: torch.device, dtype: str, doing: str = "training") -> torch.dtype | None:
+    """None means plain fp32. auto = bf16 where the hardware does it natively, else fp32.
+
+    The one place that decides it, for training (autocast) and sampling (weights) alike.
+    """
     if dtype == "fp32":
         return None
     if dtype == "bf16":
@@ -107,7 +110,7 @@ def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        console.warn("this GPU has no bf16; training in fp32 (fp16 without care gives NaNs)")
+        console.warn(f"this GPU has no bf16; {doing} in fp32 (fp16 without care gives NaNs)")
         return None
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16

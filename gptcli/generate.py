@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gptcli.console import UserError
-from gptcli.device import cpu_has_native_bf16
+from gptcli.device import autocast_dtype
 from gptcli.model import GPT
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -219,15 +219,11 @@ class TextStream:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto = bf16 weights where the hardware computes bf16 natively (CUDA with bf16 support,
-    CPUs with AVX512-BF16/AMX), fp32 elsewhere. Justified by top1_agreement (tests)."""
-    if name in DTYPES:
-        return DTYPES[name]
-    if name != "auto":
+    """The weights' dtype: auto as in training (bf16 where native), justified for sampling by
+    top1_agreement (tests)."""
+    if name not in ("auto", *DTYPES):
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {name!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    return autocast_dtype(device, name, doing="sampling") or torch.float32
 
 
 @torch.inference_mode()
