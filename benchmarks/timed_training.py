@@ -48,9 +48,8 @@ def train_for(recipe_path: str | Path | None, seconds: float, overrides: list[st
 
         rate, first_step = probe("probe")
         mode = load([]).train.compile
-        if mode == "on" or (
-            mode == "auto" and torch.cuda.is_available()
-        ):  # the real run finds inductor's cache warm
+        compiles = mode == "on" or (mode == "auto" and torch.cuda.is_available())
+        if compiles:  # again, so that the real run finds the compiled graphs ready
             rate, first_step = probe("probe-warm")
         steps = max(PROBE_STEPS, int((seconds - first_step) * rate))
         summary = train.pretrain(load([f"run_dir={tmp}/run", f"train.max_steps={steps}"]))

@@ -421,7 +421,9 @@ class GPT(nn.Module):
         unembedding matmul, which a tied head shares with the (lookup-only) token embedding.
         """
         cfg = self.cfg
-        n = self.num_params(non_embedding=True) + self.lm_head.weight.numel() * cfg.tie_embeddings
+        n = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:
+            n += self.lm_head.weight.numel()
         return 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
