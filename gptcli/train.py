@@ -59,6 +59,52 @@ def lr_at(step: int, t: TrainConfig) -> float:
     return t.lr * lr_factor(step, t)
 
 
+class BatchedMuon(torch.optim.Muon):
+    """torch's Muon, with the Newton-Schulz iterations of same-shape matrices run as one batch.
+
+    torch iterates matrix by matrix: 15 small matmuls each, 300 for the Shakespeare recipe's 20
+    matrices, which took 31 ms of its 100 ms CPU step. Batched by shape (after turning tall
+    matrices wide, as torch does) they are 45 bmm calls. Same state ("momentum_buffer") and
+    the same arithmetic as torch.optim.Muon, so checkpoints and resume work either way.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - Optimizer.step's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            a, b, c = group["ns_coefficients"]
+            by_shape: dict[tuple, list] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                wide = update.T if update.size(0) > update.size(1) else update
+                by_shape.setdefault(tuple(wide.shape), []).append((p, wide))
+            for items in by_shape.values():
+                x = torch.stack([wide for _, wide in items]).bfloat16()
+                x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=group["eps"])
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.mT
+                    x = torch.baddbmm(
+                        x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a
+                    )
+                for (p, _), update in zip(items, x, strict=True):
+                    update = update.T if p.size(0) > p.size(1) else update
+                    p.mul_(1 - lr * group["weight_decay"])
+                    # torch's default lr scaling ("original"): sqrt(max(1, rows / cols))
+                    p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
+        return loss
+
+
 def build_optimizers(model: GPT, t: TrainConfig, device: torch.device) -> list[Optimizer]:
     """AdamW for everything, or Muon for the blocks' weight matrices and AdamW for the rest
     (embeddings, head, norms, biases), as the Muon authors recommend."""
@@ -74,7 +120,7 @@ def build_optimizers(model: GPT, t: TrainConfig, device: torch.device) -> list[O
         hidden_ids = {id(p) for p in hidden}
         rest = [p for _, p in trained if id(p) not in hidden_ids]
         optimizers = [
-            torch.optim.Muon(hidden, lr=t.muon_lr, weight_decay=t.weight_decay),
+            BatchedMuon(hidden, lr=t.muon_lr, weight_decay=t.weight_decay),
             torch.optim.AdamW(
                 param_groups(rest, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused
             ),

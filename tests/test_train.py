@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import assert_one_line_error, gptcli, write_recipe
 
 from gptcli import checkpoint
 from gptcli.recipe import TrainConfig
-from gptcli.train import lr_at
+from gptcli.train import BatchedMuon, lr_at
 
 
 def losses(run):
@@ -299,3 +300,22 @@ def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "no C++ compiler" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batched_muon_steps_like_torch_muon():
+    # tall (24, 8) matrices are batched with wide (8, 24) ones, transposed, as torch does alone
+    torch.manual_seed(0)
+    shapes = [(24, 8), (8, 8), (8, 24), (24, 8), (8, 8)]
+    reference = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in reference]
+    torch_muon = torch.optim.Muon(reference, lr=0.02, weight_decay=0.1)
+    batched = BatchedMuon(ours, lr=0.02, weight_decay=0.1)
+    for _ in range(3):
+        for p, q in zip(reference, ours, strict=True):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        torch_muon.step()
+        batched.step()
+    for p, q in zip(reference, ours, strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=2e-3)  # three steps move ~0.02
+    assert batched.state_dict()["state"].keys() == torch_muon.state_dict()["state"].keys()
