@@ -55,7 +55,8 @@ def make_step(model: torch.nn.Module, is_hf: bool, amp: torch.dtype | None):
     )
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        ctx = torch.autocast("cpu", dtype=amp) if amp else contextlib.nullcontext()
+        device = next(model.parameters()).device.type  # cuda_check.py steps these on a GPU
+        ctx = torch.autocast(device, dtype=amp) if amp else contextlib.nullcontext()
         with ctx:
             loss = model(input_ids=x, labels=x).loss if is_hf else model(x, y)[1]
         loss.backward()

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gptcli.device import peak_flops  # noqa: E402
-from gptcli.model import GPT, param_groups  # noqa: E402
+from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
 
 CUDA = torch.device("cuda")
@@ -78,7 +78,15 @@ def _loss_and_grads(model: torch.nn.Module, params, x, amp) -> tuple[float, list
 
 
 def check_compile() -> dict:
-    torch.backends.cuda.matmul.allow_tf32 = False
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 compared exactly
+    try:
+        return _compare_compiled_with_eager()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _compare_compiled_with_eager() -> dict:
     out = {}
     for label, amp, tol in (("fp32", None, 1e-4), ("bf16", BF16, 2e-2)):
         eager = small_model()
@@ -94,53 +102,33 @@ def check_compile() -> dict:
         out[label] = {"loss_rel_err": loss_err, "grad_rel_err": grad_err}
         if not (loss_err < tol and grad_err < 10 * tol):
             raise AssertionError(f"compiled {label} differs from eager: {out[label]}")
-    torch.backends.cuda.matmul.allow_tf32 = True
     return out
 
 
-def check_speed(windows: int = 3, steps: int = 10) -> dict:
-    from transformers import GPT2Config, GPT2LMHeadModel
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch=16, vocab=50304)
 
-    batch, block, vocab = 16, 1024, 50304
+
+def check_speed(shape: dict = GPT2_124M, windows: int = 3, steps: int = 10) -> dict:
+    from bench_train import hf_model, make_step  # bench_train's models and step, on the GPU
+
+    batch, block, vocab = shape["batch"], shape["block_size"], shape["vocab"]
     torch.manual_seed(0)
-    gptcli = GPT(
-        ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=block, vocab_size=vocab,
-                    **PRESETS["llama"])
-    ).to(CUDA)  # fmt: skip
-    hf = GPT2LMHeadModel(
-        GPT2Config(vocab_size=vocab, n_positions=block, n_embd=768, n_layer=12, n_head=12,
-                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                   bos_token_id=None, eos_token_id=None, attn_implementation="sdpa")
-    ).to(CUDA)  # fmt: skip
+    dims = {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
+    gptcli = GPT(ModelConfig(**dims, vocab_size=vocab, **PRESETS["llama"])).to(CUDA)
+    hf = hf_model(shape).to(CUDA)  # sdpa attention: transformers' default
     x = torch.randint(0, vocab, (batch, block + 1), device=CUDA)
-
-    def stepper(model, is_hf):
-        opt = torch.optim.AdamW(param_groups(model.parameters(), 0.1), lr=1e-4, fused=True)
-
-        def step():
-            with torch.autocast("cuda", dtype=BF16):
-                if is_hf:
-                    loss = model(input_ids=x[:, :-1], labels=x[:, :-1]).loss
-                else:
-                    loss = model(x[:, :-1], x[:, 1:])[1]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return step
-
-    runners = {"gptcli": stepper(gptcli, False), "hf": stepper(hf, True)}
+    inputs, targets = x[:, :-1], x[:, 1:]
+    runners = {"gptcli": make_step(gptcli, False, BF16), "hf": make_step(hf, True, BF16)}
     for run in runners.values():
         for _ in range(3):
-            run()
+            run(inputs, targets)
     torch.cuda.synchronize()
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(windows):
         for name, run in runners.items():
             start = time.perf_counter()
             for _ in range(steps):
-                run()
+                run(inputs, targets)
             torch.cuda.synchronize()
             rates[name].append(batch * block * steps / (time.perf_counter() - start))
     ours, theirs = statistics.median(rates["gptcli"]), statistics.median(rates["hf"])

@@ -68,6 +68,11 @@ class BatchedMuon(torch.optim.Muon):
     the same arithmetic as torch.optim.Muon, so checkpoints and resume work either way.
     """
 
+    def __init__(self, params, **options) -> None:  # noqa: ANN001 - Optimizer's params
+        if options.get("adjust_lr_fn") not in (None, "original"):  # the only scaling step() does
+            raise ValueError("BatchedMuon scales lr as torch's default ('original') only")
+        super().__init__(params, **options)
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - Optimizer.step's signature
         loss = None
