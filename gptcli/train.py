@@ -578,8 +578,8 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
     if not dist.main:
         console.set_quiet(True)
     run_dir = recipe_mod.run_dir(recipe)
-    if fresh:
-        run_dir = new_run_dir(run_dir)
+    if fresh:  # rank 0 picks the folder: another rank could look after rank 0 has made it
+        run_dir = Path(_from_rank0(str(new_run_dir(run_dir)), dist))
     lock = checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
     with lock:
         if dist.main:
@@ -601,6 +601,17 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
         summary = fit(recipe, run_dir, model, task, dist=dist)
         _barrier(dist)
         return summary
+
+
+def _from_rank0(value: str, dist: Dist) -> str:
+    """Rank 0's value on every rank."""
+    if dist.world == 1:
+        return value
+    import torch.distributed as tdist
+
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _barrier(dist: Dist) -> None:

@@ -290,6 +290,20 @@ def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert [p.name for p in checkpoint.run_checkpoints(run)] == ["step-0000003", "step-0000005"]
     assert [r for r in losses(run)] == [1, 3, 5]
+    # --fresh: every rank trains in the folder rank 0 picked (each rank picking its own once
+    # sent a rank that looked after rank 0 had made runs/mini-2 on to runs/mini-3)
+    for fresh in ("mini-2", "mini-3"):
+        proc = subprocess.run(
+            cmd + ["--fresh", "--set", "train.max_steps=3"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert [p.name for p in checkpoint.run_checkpoints(run.parent / fresh)] == ["step-0000003"]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["mini", "mini-2", "mini-3"]
 
 
 def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(tmp_path):
