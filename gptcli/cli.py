@@ -139,7 +139,7 @@ def pretrain(
     from gptcli import train
 
     summary = train.pretrain(recipe_mod.load(recipe_path, sets or []), fresh=fresh)
-    if as_json:
+    if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
 
 
@@ -161,7 +161,7 @@ def finetune(
     from gptcli import recipe as recipe_mod
 
     summary = finetune_mod.finetune(recipe_mod.load(recipe_path, sets or []), fresh=fresh)
-    if as_json:
+    if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
 
 

@@ -15,6 +15,7 @@ Every run goes into a new run folder, so the pretrained run is never modified. W
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from gptcli import checkpoint, console, data, lora, tokenizer, train
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
+from gptcli.device import init_distributed
 from gptcli.model import GPT
 from gptcli.recipe import Recipe, TaskConfig
 
@@ -577,12 +579,18 @@ class SFTTask:
 # --------------------------------------------------------------------------- the command
 
 
-def finetune(recipe: Recipe, fresh: bool = False) -> dict:
+def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
+    """`gptcli finetune`. Under torchrun (as pretrain), rank 0 prepares the run folder and
+    holds its lock while the other ranks wait for it, then every rank trains its own batches;
+    rank 0 alone returns the summary."""
     if not recipe.init:
         raise UserError(
             "finetune needs `init:` in the recipe: the checkpoint or run folder to start from "
             "(e.g. --set init=runs/tiny)"
         )
+    dist = init_distributed(recipe.train.device)
+    if not dist.main:
+        console.set_quiet(True)
     loaded = checkpoint.load(recipe.init)
     console.info(f"finetune: starting from {loaded.path} (step {loaded.state.get('step', '?')})")
     if loaded.info["task"].get("kind") == "classify":
@@ -600,14 +608,18 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict:
     run_dir = recipe_mod.run_dir(recipe)
     if run_dir.resolve() == loaded.path.parent.parent.resolve():
         raise UserError(f"the finetune run folder {run_dir} is the init run's folder; change name:")
-    if fresh:
-        run_dir = train.new_run_dir(run_dir)
+    if fresh:  # rank 0 picks the folder (see train.pretrain)
+        run_dir = Path(train.from_rank0(str(train.new_run_dir(run_dir)), dist))
     init_tokenizer = loaded.path / tokenizer.TOKENIZER_FILE
     new_ids: list[int] = []
-    with checkpoint.RunLock(run_dir):
+    lock = checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
+    with lock:
         if recipe.task.kind == "lm":
-            train.check_resumable(recipe, run_dir, cfg, init_tokenizer)
-            manifest = data.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
+            if dist.main:
+                train.check_resumable(recipe, run_dir, cfg, init_tokenizer)
+                data.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
+            train.barrier(dist)
+            manifest = data.read_manifest(run_dir)
             task: Any = train.LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
             weights = loaded.weights
         else:
@@ -615,7 +627,8 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict:
             old_vocab = tok.get_vocab_size()
             added = CLASSIFY_TOKENS if recipe.task.kind == "classify" else CHAT_TOKENS
             new_ids = add_special_tokens(tok, added)
-            _check_run_tokenizer(run_dir, tok)
+            if dist.main:
+                _check_run_tokenizer(run_dir, tok)
             if recipe.task.kind == "classify":
                 task = ClassifyTask.for_training(recipe, tok, cfg.block_size)
                 n_classes = task.n_classes
@@ -624,11 +637,14 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict:
                 n_classes = 0
             vocab = max(cfg.vocab_size, tok.get_vocab_size())
             cfg = dataclasses.replace(cfg, vocab_size=vocab, n_classes=n_classes)
-            train.check_resumable(recipe, run_dir, cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(tok, run_dir / tokenizer.TOKENIZER_FILE)
+            if dist.main:
+                train.check_resumable(recipe, run_dir, cfg)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                tokenizer.save(tok, run_dir / tokenizer.TOKENIZER_FILE)
             weights = grow_embeddings(loaded.weights, vocab, new_ids, old_vocab)
-        data.write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
+        if dist.main:
+            data.write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
+        train.barrier(dist)
         torch.manual_seed(recipe.seed)
         model = GPT(cfg)
         missing, unexpected = model.load_state_dict(weights, strict=False)
@@ -656,7 +672,9 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict:
                     "base_vocab": base_vocab,
                 },
             }
-        return train.fit(recipe, run_dir, model, task)
+        summary = train.fit(recipe, run_dir, model, task, dist=dist)
+        train.barrier(dist)
+        return summary if dist.main else None
 
 
 def _check_run_tokenizer(run_dir: Path, tok) -> None:

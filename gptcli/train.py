@@ -207,6 +207,19 @@ class LMTask:
         )
 
 
+class TaskStep(torch.nn.Module):
+    """The task's loss as one module call, which DDP and torch.compile then wrap whole: a
+    classifier's loss reads model.hidden and its head, which model.forward never runs."""
+
+    def __init__(self, model: GPT, task: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
+
+
 def _autocast(device: torch.device, amp: torch.dtype | None):
     if amp is None:
         return contextlib.nullcontext()
@@ -364,14 +377,18 @@ def fit(
     model.to(device)
     optimizers = build_optimizers(model, t, device)
     start_step, tokens_seen, elapsed_before = _resume(run_dir, cfg, model, optimizers, t)
+    step_model: torch.nn.Module = TaskStep(model, task)
     ddp = None
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            step_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # a classifier without the LM loss leaves an untied unembedding out of its step
+            find_unused_parameters=not isinstance(task, LMTask),
         )
-    step_model = ddp or model
+        step_model = ddp
     if t.compile == "on" or (t.compile == "auto" and device.type == "cuda"):
         reason = why_no_compile(device)
         if reason:
@@ -455,7 +472,7 @@ def fit(
                         syncing = ddp is None or micro == t.grad_accum - 1
                         with contextlib.nullcontext() if syncing else ddp.no_sync():
                             with _autocast(device, amp):
-                                loss = task.loss(step_model, batch)
+                                loss = step_model(*batch)
                             (loss / t.grad_accum).backward()
                         loss_sum += loss.detach()
                 except torch.cuda.OutOfMemoryError:
@@ -569,9 +586,10 @@ def new_run_dir(base: Path) -> Path:
     return base.parent / f"{base.name}-{n}"
 
 
-def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
+def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     """`gptcli pretrain`: tokenize if needed, then train. Under torchrun, rank 0 prepares the
-    run folder and holds its lock while the other ranks wait for it."""
+    run folder and holds its lock while the other ranks wait for it; it alone returns the
+    summary (the others None, so a job prints one)."""
     from gptcli import recipe as recipe_mod
 
     dist = init_distributed(recipe.train.device)
@@ -579,14 +597,14 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
         console.set_quiet(True)
     run_dir = recipe_mod.run_dir(recipe)
     if fresh:  # rank 0 picks the folder: another rank could look after rank 0 has made it
-        run_dir = Path(_from_rank0(str(new_run_dir(run_dir)), dist))
+        run_dir = Path(from_rank0(str(new_run_dir(run_dir)), dist))
     lock = checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
     with lock:
         if dist.main:
             check_resumable(recipe, run_dir, None)
             data.prepare(recipe, run_dir)
             data.write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
-        _barrier(dist)
+        barrier(dist)
         manifest = data.read_manifest(run_dir)
         vocab = manifest["vocab_size"]
         if recipe.model.vocab_size and recipe.model.vocab_size < vocab:
@@ -599,11 +617,11 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict:
         model = GPT(cfg)
         task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
         summary = fit(recipe, run_dir, model, task, dist=dist)
-        _barrier(dist)
-        return summary
+        barrier(dist)
+        return summary if dist.main else None
 
 
-def _from_rank0(value: str, dist: Dist) -> str:
+def from_rank0(value: str, dist: Dist) -> str:
     """Rank 0's value on every rank."""
     if dist.world == 1:
         return value
@@ -614,7 +632,7 @@ def _from_rank0(value: str, dist: Dist) -> str:
     return box[0]
 
 
-def _barrier(dist: Dist) -> None:
+def barrier(dist: Dist) -> None:
     if dist.world > 1:
         import torch.distributed as tdist
 

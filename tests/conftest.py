@@ -35,6 +35,21 @@ def gptcli(
     )
 
 
+def torchrun(*args: str, cwd: Path, nproc: int = 2):
+    """Run `torchrun --standalone --nproc_per_node NPROC -m gptcli ARGS` (gloo on CPU)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("GPTCLI_DEBUG", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return subprocess.run(
+        [*cmd, "--nproc_per_node", str(nproc), "-m", "gptcli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
 def assert_one_line_error(proc, *needles: str) -> None:
     """Bad input: exit 2, one line on stderr, no traceback, named what was wrong."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr)

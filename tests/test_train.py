@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, gptcli, write_recipe
+from conftest import assert_one_line_error, gptcli, torchrun, write_recipe
 
 from gptcli import checkpoint
 from gptcli.recipe import TrainConfig
@@ -251,56 +251,21 @@ def test_full_disk_during_save_keeps_previous_checkpoint(trained, tmp_path):
 
 def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
     recipe = write_recipe(tmp_path)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "gptcli",
-        "pretrain",
-        str(recipe),
-        "--quiet",
-        "--set",
-        "train.save_every=3",
-    ]
-    first = subprocess.run(
-        cmd + ["--set", "train.max_steps=3"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["pretrain", str(recipe), "--quiet", "--json", "--set", "train.save_every=3"]
+    first = torchrun(*args, "--set", "train.max_steps=3", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
+    assert len(first.stdout.splitlines()) == 1  # one summary: rank 0 speaks for the job
     run = tmp_path / "runs" / "mini"
     state = json.loads((run / "checkpoints" / "step-0000003" / "state.json").read_text())
     assert state["tokens_seen"] == 3 * 2 * 4 * 32  # steps x ranks x batch x block
-    second = subprocess.run(
-        cmd + ["--set", "train.max_steps=5"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    second = torchrun(*args, "--set", "train.max_steps=5", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert [p.name for p in checkpoint.run_checkpoints(run)] == ["step-0000003", "step-0000005"]
     assert [r for r in losses(run)] == [1, 3, 5]
     # --fresh: every rank trains in the folder rank 0 picked (each rank picking its own once
     # sent a rank that looked after rank 0 had made runs/mini-2 on to runs/mini-3)
     for fresh in ("mini-2", "mini-3"):
-        proc = subprocess.run(
-            cmd + ["--fresh", "--set", "train.max_steps=3"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = torchrun(*args, "--fresh", "--set", "train.max_steps=3", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert [p.name for p in checkpoint.run_checkpoints(run.parent / fresh)] == ["step-0000003"]
     assert sorted(p.name for p in run.parent.iterdir()) == ["mini", "mini-2", "mini-3"]
