@@ -573,21 +573,22 @@ def test_lora_works_for_lm_and_sft_tasks(trained):
 
 
 def test_finetune_under_torchrun_syncs_gradients(trained):
-    """Two gloo ranks of batch 8 take the batches one process takes with grad_accum 2 (index
-    step x 2 + rank), so with gradients averaged by DDP both must end with the same weights.
+    """Two gloo ranks with grad_accum 2 take the batches one process takes with grad_accum 4
+    (index (step x 2 + micro) x 2 + rank), so with gradients averaged by DDP (and its all-reduce
+    skipped on the first micro-batch) both must end with the same weights.
     A classifier's loss reads model.hidden and its head, not model.forward: only a step that
     DDP wraps whole syncs those gradients."""
     from safetensors.torch import load_file
 
     train_file, dev_file = _sst(trained)
     runs = {}
-    for name, accum in (("sst-ddp", 1), ("sst-accum", 2)):
+    for name, accum in (("sst-ddp", 2), ("sst-accum", 4)):
         text = CLASSIFY.format(
             name=name, format="single", source=train_file, dev=dev_file, steps=4,
             task_extra=SST_LABELS, extra=f"  grad_accum: {accum}\n",
         )  # fmt: skip
         recipe = write_recipe(trained, text, f"{name}.yaml")
-        if accum == 1:
+        if name == "sst-ddp":
             proc = torchrun("finetune", str(recipe), "--json", "--quiet", cwd=trained)
         else:
             proc = gptcli("finetune", str(recipe), "--json", "--quiet", cwd=trained)
