@@ -672,6 +672,12 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
                     "base_vocab": base_vocab,
                 },
             }
+        if recipe.task.kind == "classify" and recipe.task.lm_weight == 0:
+            # no LM loss: an untied unembedding (or an adapter on it) gets no gradient; frozen,
+            # it is also no parameter that DDP would wait for
+            for p in model.lm_head.parameters():
+                if p is not model.wte.weight:
+                    p.requires_grad_(False)
         summary = train.fit(recipe, run_dir, model, task, dist=dist)
         train.barrier(dist)
         return summary if dist.main else None

@@ -385,8 +385,6 @@ def fit(
         ddp = DistributedDataParallel(
             step_model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # a classifier without the LM loss leaves an untied unembedding out of its step
-            find_unused_parameters=not isinstance(task, LMTask),
         )
         step_model = ddp
     if t.compile == "on" or (t.compile == "auto" and device.type == "cuda"):

@@ -601,3 +601,28 @@ def test_finetune_under_torchrun_syncs_gradients(trained):
     assert ddp.keys() == accum.keys()
     for key in ddp:
         assert torch.allclose(ddp[key], accum[key], atol=1e-5), key
+
+
+def test_classifier_without_lm_loss_under_torchrun_freezes_an_untied_unembedding(tmp_path):
+    """No LM loss leaves an untied unembedding without a gradient: it is frozen (unchanged),
+    so DDP, which fails on a trainable parameter that gets no gradient, trains the rest."""
+    from safetensors.torch import load_file
+
+    pre = gptcli(
+        "pretrain", str(write_recipe(tmp_path)), "--quiet", "--set", "model.tie_embeddings=false",
+        "--set", "train.max_steps=2", cwd=tmp_path,
+    )  # fmt: skip
+    assert pre.returncode == 0, pre.stderr
+    train_file, dev_file = _sst(tmp_path, 48, 8)
+    text = CLASSIFY.format(
+        name="sst-nolm", format="single", source=train_file, dev=dev_file, steps=3,
+        task_extra=SST_LABELS + "  lm_weight: 0\n", extra="",
+    )  # fmt: skip
+    recipe = write_recipe(tmp_path, text, "sst-nolm.yaml")
+    proc = torchrun("finetune", str(recipe), "--json", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before = load_file(tmp_path / "runs/mini/checkpoints/step-0000002/model.safetensors")
+    after = load_file(tmp_path / json.loads(proc.stdout)["checkpoint"] / "model.safetensors")
+    assert torch.equal(after["lm_head.weight"][: before["lm_head.weight"].shape[0]],
+                       before["lm_head.weight"])  # fmt: skip
+    assert not torch.equal(after["blocks.0.mlp.up.weight"], before["blocks.0.mlp.up.weight"])
