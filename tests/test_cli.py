@@ -1,6 +1,7 @@
 """The real entry point: pipelines, exit codes, one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -78,14 +79,16 @@ def test_pretrain_json_reports_bpb_against_unigram(tmp_path):
     assert (tmp_path / "runs" / "mini" / "checkpoints" / "step-0000006").is_dir()
 
 
-def test_sample_defaults_to_newest_checkpoint_and_is_reproducible(trained):
-    a = gptcli("sample", "--prompt", "Once upon a time", "--seed", "3", cwd=trained)
-    b = gptcli("sample", "--prompt", "Once upon a time", "--seed", "3", cwd=trained)
+def test_sample_defaults_to_newest_checkpoint_and_is_reproducible(trained, tmp_path):
+    # a folder of its own: other tests add newer runs to the shared one
+    shutil.copytree(trained / "runs" / "mini", tmp_path / "runs" / "mini")
+    a = gptcli("sample", "--prompt", "Once upon a time", "--seed", "3", cwd=tmp_path)
+    b = gptcli("sample", "--prompt", "Once upon a time", "--seed", "3", cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     assert "step-0000012" in a.stderr  # named on stderr...
     assert "step-0000012" not in a.stdout  # ...never on stdout
     assert a.stdout == b.stdout and a.stdout.startswith("Once upon a time")
-    c = gptcli("sample", "--prompt", "Once upon a time", "--seed", "4", cwd=trained)
+    c = gptcli("sample", "--prompt", "Once upon a time", "--seed", "4", cwd=tmp_path)
     assert c.stdout != a.stdout
 
 
