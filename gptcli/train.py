@@ -539,7 +539,8 @@ def fit(
                 if stop is not None:
                     path = save(step, last) if dist.main else None
                     code = 130 if stop == signal.SIGINT else 143
-                    raise Interrupted(code, f"interrupted at step {step}; saved {path}")
+                    saved = f"saved {path}" if dist.main else f"rank {dist.rank}: rank 0 saves"
+                    raise Interrupted(code, f"interrupted at step {step}; {saved}")
                 if not is_last and t.save_every and step % t.save_every == 0 and dist.main:
                     save(step, last)
             # Final: save first (so a failing evaluation cannot lose the run), then evaluate.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -269,6 +270,36 @@ def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert [p.name for p in checkpoint.run_checkpoints(run.parent / fresh)] == ["step-0000003"]
     assert sorted(p.name for p in run.parent.iterdir()) == ["mini", "mini-2", "mini-3"]
+
+
+def test_ddp_signal_stops_every_rank_at_one_step_and_resumes(tmp_path):
+    """torchrun passes a SIGTERM on to its ranks: they agree on the step to stop at, rank 0
+    saves it, and the next torchrun resumes from it."""
+    recipe = write_recipe(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    args = ["-m", "gptcli", "pretrain", str(recipe), "--set", "train.max_steps=100000"]
+    proc = subprocess.Popen(
+        [*cmd, *args, "--set", "train.save_every=5"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = tmp_path / "runs" / "mini"
+    deadline = time.time() + 120
+    while time.time() < deadline and checkpoint.newest_in_run(run) is None:
+        time.sleep(0.2)
+    assert checkpoint.newest_in_run(run) is not None, "no checkpoint appeared"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    stops = re.findall(r"interrupted at step (\d+); (saved \S+|rank 1: rank 0 saves)", err)
+    assert len(stops) == 2 and stops[0][0] == stops[1][0], err[-2000:]  # one step for both
+    step = int(stops[0][0])
+    newest = checkpoint.newest_in_run(run)
+    assert checkpoint.step_of(newest) == step
+    again = torchrun("pretrain", str(recipe), "--set", f"train.max_steps={step + 2}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from runs/mini/checkpoints/{newest.name}" in again.stderr.replace("\n", "")
+    assert checkpoint.step_of(checkpoint.newest_in_run(run)) == step + 2
 
 
 def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(tmp_path):
