@@ -15,7 +15,6 @@ Every run goes into a new run folder, so the pretrained run is never modified. W
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -608,11 +607,9 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
     run_dir = recipe_mod.run_dir(recipe)
     if run_dir.resolve() == loaded.path.parent.parent.resolve():
         raise UserError(f"the finetune run folder {run_dir} is the init run's folder; change name:")
-    if fresh:  # rank 0 picks the folder (see train.pretrain)
-        run_dir = Path(train.from_rank0(str(train.new_run_dir(run_dir)), dist))
+    run_dir, lock = train.open_run(run_dir, fresh, dist)
     init_tokenizer = loaded.path / tokenizer.TOKENIZER_FILE
     new_ids: list[int] = []
-    lock = checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
     with lock:
         if recipe.task.kind == "lm":
             if dist.main:
@@ -672,12 +669,11 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
                     "base_vocab": base_vocab,
                 },
             }
-        if recipe.task.kind == "classify" and recipe.task.lm_weight == 0:
-            # no LM loss: an untied unembedding (or an adapter on it) gets no gradient; frozen,
-            # it is also no parameter that DDP would wait for
-            for p in model.lm_head.parameters():
-                if p is not model.wte.weight:
-                    p.requires_grad_(False)
+        no_lm_loss = recipe.task.kind == "classify" and recipe.task.lm_weight == 0
+        if no_lm_loss and model.lm_head.weight is not model.wte.weight:
+            # an untied unembedding then gets no gradient; frozen, it is also no parameter
+            # that DDP would wait for
+            model.lm_head.weight.requires_grad_(False)
         summary = train.fit(recipe, run_dir, model, task, dist=dist)
         train.barrier(dist)
         return summary if dist.main else None

@@ -594,10 +594,7 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     dist = init_distributed(recipe.train.device)
     if not dist.main:
         console.set_quiet(True)
-    run_dir = recipe_mod.run_dir(recipe)
-    if fresh:  # rank 0 picks the folder: another rank could look after rank 0 has made it
-        run_dir = Path(from_rank0(str(new_run_dir(run_dir)), dist))
-    lock = checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
+    run_dir, lock = open_run(recipe_mod.run_dir(recipe), fresh, dist)
     with lock:
         if dist.main:
             check_resumable(recipe, run_dir, None)
@@ -620,15 +617,21 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
         return summary if dist.main else None
 
 
-def from_rank0(value: str, dist: Dist) -> str:
-    """Rank 0's value on every rank."""
-    if dist.world == 1:
-        return value
-    import torch.distributed as tdist
+def open_run(run_dir: Path, fresh: bool, dist: Dist) -> tuple[Path, Any]:
+    """The folder a job trains in, and its lock (a context; rank 0 alone holds it).
 
-    box = [value]
-    tdist.broadcast_object_list(box, src=0)
-    return box[0]
+    --fresh takes the first free name as rank 0 saw it: each rank picking its own sent a rank
+    that looked after rank 0 had made runs/NAME-2 on to runs/NAME-3.
+    """
+    if fresh:
+        run_dir = new_run_dir(run_dir)
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            box = [str(run_dir)]
+            tdist.broadcast_object_list(box, src=0)
+            run_dir = Path(box[0])
+    return run_dir, checkpoint.RunLock(run_dir) if dist.main else contextlib.nullcontext()
 
 
 def barrier(dist: Dist) -> None:
