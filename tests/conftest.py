@@ -14,6 +14,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def run_env(**extra: str) -> dict[str, str]:
+    """The environment a test runs gptcli in: unbuffered output, no debug tracebacks."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    env.pop("GPTCLI_DEBUG", None)
+    return env
+
+
+def torchrun_command(nproc: int = 2) -> list[str]:
+    """`torchrun --standalone --nproc_per_node NPROC -m gptcli` (gloo on CPU)."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*run, "--nproc_per_node", str(nproc), "-m", "gptcli"]
+
+
+# torchrun's ranks share this machine's cores
+TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
+
+
 def gptcli(
     *args: str,
     cwd: Path | None = None,
@@ -22,30 +39,25 @@ def gptcli(
     env: dict[str, str] | None = None,
 ):
     """Run `python -m gptcli ARGS` (env: extra variables) and return the CompletedProcess."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("GPTCLI_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "gptcli", *args],
         cwd=cwd,
         input=input,
         capture_output=True,
         text=True,
-        env=env,
+        env=run_env(**(env or {})),
         timeout=timeout,
     )
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2):
-    """Run `torchrun --standalone --nproc_per_node NPROC -m gptcli ARGS` (gloo on CPU)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("GPTCLI_DEBUG", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    """Run `torchrun ... -m gptcli ARGS` with NPROC ranks and return the CompletedProcess."""
     return subprocess.run(
-        [*cmd, "--nproc_per_node", str(nproc), "-m", "gptcli", *args],
+        [*torchrun_command(nproc), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=env,
+        env=run_env(**TORCHRUN_ENV),
         timeout=300,
     )
 

@@ -1,7 +1,6 @@
 """The trainer through the real CLI: exact resume, signals, kill -9, the run lock."""
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -12,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, gptcli, torchrun, write_recipe
+from conftest import (
+    TORCHRUN_ENV,
+    assert_one_line_error,
+    gptcli,
+    run_env,
+    torchrun,
+    torchrun_command,
+    write_recipe,
+)
 
 from gptcli import checkpoint
 from gptcli.recipe import TrainConfig
@@ -47,7 +54,8 @@ def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
     assert all(resumed[s] == full[s] for s in full if s > 6), (resumed, full)
 
 
-def _start_long_run(tmp_path, extra=()):
+def _start_long_run(tmp_path, extra=(), ranks=1):
+    """A pretrain of 100,000 steps (under torchrun with ranks > 1), once it has a checkpoint."""
     recipe = write_recipe(tmp_path)
     args = [
         "pretrain",
@@ -58,11 +66,11 @@ def _start_long_run(tmp_path, extra=()):
         "train.save_every=5",
         *extra,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    launch = [sys.executable, "-m", "gptcli"] if ranks == 1 else torchrun_command(ranks)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptcli", *args],
+        [*launch, *args],
         cwd=tmp_path,
-        env=env,
+        env=run_env(**(TORCHRUN_ENV if ranks > 1 else {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,19 +283,7 @@ def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
 def test_ddp_signal_stops_every_rank_at_one_step_and_resumes(tmp_path):
     """torchrun passes a SIGTERM on to its ranks: they agree on the step to stop at, rank 0
     saves it, and the next torchrun resumes from it."""
-    recipe = write_recipe(tmp_path)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    args = ["-m", "gptcli", "pretrain", str(recipe), "--set", "train.max_steps=100000"]
-    proc = subprocess.Popen(
-        [*cmd, *args, "--set", "train.save_every=5"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    run = tmp_path / "runs" / "mini"
-    deadline = time.time() + 120
-    while time.time() < deadline and checkpoint.newest_in_run(run) is None:
-        time.sleep(0.2)
-    assert checkpoint.newest_in_run(run) is not None, "no checkpoint appeared"
+    proc, run = _start_long_run(tmp_path, ranks=2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
@@ -296,7 +292,7 @@ def test_ddp_signal_stops_every_rank_at_one_step_and_resumes(tmp_path):
     step = int(stops[0][0])
     newest = checkpoint.newest_in_run(run)
     assert checkpoint.step_of(newest) == step
-    again = torchrun("pretrain", str(recipe), "--set", f"train.max_steps={step + 2}", cwd=tmp_path)
+    again = torchrun("pretrain", "mini.yaml", "--set", f"train.max_steps={step + 2}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from runs/mini/checkpoints/{newest.name}" in again.stderr.replace("\n", "")
     assert checkpoint.step_of(checkpoint.newest_in_run(run)) == step + 2
