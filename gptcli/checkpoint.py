@@ -72,7 +72,8 @@ def newest_in_run(run_dir: Path) -> Path | None:
 
 
 def newest_under(root: Path) -> Path | None:
-    """Highest step of the run whose newest checkpoint was written last (SPEC §3)."""
+    """The highest step of the run whose newest checkpoint was written last: the run someone
+    trained most recently, not the one with the largest step number."""
     best: tuple[float, Path] | None = None
     if not root.is_dir():
         return None
@@ -332,7 +333,12 @@ def restore_optimizers(
             if name.startswith(f"optim{k}."):
                 _, idx, key = name.split(".", 2)
                 state.setdefault(int(idx), {})[key] = value
+        # The optimizers were built from the recipe as it is now: its settings (lr, betas,
+        # weight decay) win over the saved ones, so a changed setting applies from here on.
+        current = [{key: v for key, v in g.items() if key != "params"} for g in opt.param_groups]
         opt.load_state_dict({"state": state, "param_groups": groups[k]})
+        for group, settings in zip(opt.param_groups, current, strict=True):
+            group.update(settings)
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

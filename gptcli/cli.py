@@ -429,7 +429,8 @@ def _click_error(e: Exception) -> int | None:
 
 
 def main() -> None:
-    """Run the app; map every failure to one line on stderr and the exit code SPEC.md names."""
+    """Run the app; map every failure to one line on stderr and its exit code: 2 for bad
+    input, 1 for a failure the user cannot fix by changing input, 130/143 for SIGINT/SIGTERM."""
     code = 0
     try:
         app(standalone_mode=False)

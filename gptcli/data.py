@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gptcli import console, tokenizer
+from gptcli import console, stories, tokenizer
 from gptcli.console import UserError
 from gptcli.recipe import DataConfig, Recipe, TokenizerConfig
 
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: builtin corpora fingerprinted by stories.VERSION
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 MIN_DOCS_FOR_DOC_SPLIT = 100
 STDIN_FILE = "stdin.txt"
@@ -238,11 +238,8 @@ def fingerprint(
     for src in all_sources:
         entry: dict = {"source": src.spec, "weight": src.weight}
         if src.is_builtin:
-            from gptcli import stories
-
             _builtin_name(src.spec)
-            generator = hashlib.sha256(Path(stories.__file__).read_bytes()).hexdigest()[:16]
-            entry.update(mb=cfg.builtin_mb, generator=generator)
+            entry.update(mb=cfg.builtin_mb, generator=stories.VERSION)
         else:
             files = []
             for f in _source_paths(src, run_dir):
@@ -706,7 +703,26 @@ def read_manifest(run_dir: Path) -> dict | None:
     unknown = sorted(set(manifest) - MANIFEST_KEYS)
     if unknown:
         raise UserError(f"{path}: unknown key {unknown[0]!r} (written by a newer gptcli?)")
+    if version < 3:
+        _upgrade_builtin_fingerprint(path, manifest)
     return manifest
+
+
+def _upgrade_builtin_fingerprint(path: Path, manifest: dict) -> None:
+    """Manifests before version 3 fingerprinted a builtin: corpus by the generator's source
+    bytes; take such a corpus as unchanged (it cannot be checked) rather than refuse the run."""
+    builtin = [s for s in manifest.get("corpus", {}).get("sources", []) if "generator" in s]
+    for entry in builtin:
+        entry["generator"] = stories.VERSION
+    if builtin:
+        console.warn(
+            f"{path} was written by an older gptcli: its builtin corpus is taken as unchanged "
+            "(it is now fingerprinted by the generator's version)"
+        )
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    write_atomic(run_dir / "data" / "manifest.json", json.dumps(manifest, indent=2).encode())
 
 
 def _tokenizer_key(recipe: Recipe, given_tokenizer: Path | None) -> dict:
@@ -789,6 +805,9 @@ def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) 
     fp = fingerprint(recipe.data, recipe.seed, run_dir, (manifest or {}).get("corpus"))
     if is_up_to_date(recipe, run_dir, given_tokenizer, fp):
         console.info(f"tokenize: shards in {run_dir / 'data'} are up to date")
+        if manifest["format_version"] < MANIFEST_VERSION:  # upgraded on reading: keep it so
+            manifest = {**manifest, "corpus": fp, "format_version": MANIFEST_VERSION}
+            write_manifest(run_dir, manifest)
         return manifest
     settings = _tokenizer_key(recipe, given_tokenizer)
     started = time.perf_counter()
@@ -839,7 +858,7 @@ def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) 
         "val_unigram_bpb": unigram_bits_from_counts(writer.val_counts, v["bytes"]),
         "elapsed_s": round(time.perf_counter() - started, 3),
     }
-    write_atomic(run_dir / "data" / "manifest.json", json.dumps(manifest, indent=2).encode())
+    write_manifest(run_dir, manifest)
     console.info(
         f"tokenize: {t['documents'] + v['documents']:,} documents, {n_bytes / 1e6:.2f} MB; "
         f"train {t['tokens']:,} tokens ({t['bytes'] / 1e6:.2f} MB) / "

@@ -32,7 +32,7 @@ from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
 from gptcli.device import init_distributed
 from gptcli.model import GPT
-from gptcli.recipe import Recipe, TaskConfig
+from gptcli.recipe import ModelConfig, Recipe, TaskConfig
 
 START, DELIM, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
 CLASSIFY_TOKENS = [START, DELIM, EXTRACT]
@@ -591,17 +591,13 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
     if not dist.main:
         console.set_quiet(True)
     loaded = checkpoint.load(recipe.init)
-    console.info(f"finetune: starting from {loaded.path} (step {loaded.state.get('step', '?')})")
     if loaded.info["task"].get("kind") == "classify":
         raise UserError(
             f"{loaded.path} is a classifier; finetune from a language-model checkpoint "
             "(its pretraining run)"
         )
-    if recipe.model != recipe_mod.ModelConfig():
-        console.warn(
-            "finetune uses the init checkpoint's model shape; the model: section is ignored"
-        )
-    cfg = loaded.config
+    cfg = model_from_init(recipe, loaded.config, loaded.path)
+    console.info(f"finetune: starting from {loaded.path} (step {loaded.state.get('step', '?')})")
     # The run records the model it actually trains: the checkpoint's.
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(cfg, vocab_size=0))
     run_dir = recipe_mod.run_dir(recipe)
@@ -677,6 +673,26 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         summary = train.fit(recipe, run_dir, model, task, dist=dist)
         train.barrier(dist)
         return summary if dist.main else None
+
+
+def model_from_init(recipe: Recipe, init: ModelConfig, init_path: Path) -> ModelConfig:
+    """The init checkpoint's model with the recipe's training-only model keys (dropout)
+    applied; a shape key the recipe gives must agree with the checkpoint, which it cannot change.
+    """
+    cfg = init
+    for key in sorted(k.removeprefix("model.") for k in recipe.given if k.startswith("model.")):
+        wanted, have = getattr(recipe.model, key), getattr(init, key)
+        if key == "preset" or (key == "vocab_size" and wanted == 0) or wanted == have:
+            continue  # a preset is the switches it fills; vocab_size 0 means "the tokenizer's"
+        if key in train.NON_SHAPE_KEYS:
+            console.info(f"finetune: model.{key} {have!r} -> {wanted!r} (from the recipe)")
+            cfg = dataclasses.replace(cfg, **{key: wanted})
+        else:
+            raise UserError(
+                f"model.{key} is {wanted!r} in the recipe but {have!r} in init {init_path}: "
+                "a finetune keeps the checkpoint's shape (remove the key from the recipe)"
+            )
+    return cfg
 
 
 def _check_run_tokenizer(run_dir: Path, tok) -> None:

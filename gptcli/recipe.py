@@ -150,6 +150,12 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # Not a recipe key: the dotted keys the file and --set gave, so a finetune can tell a
+    # model key the user asked for from one left at its default.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+
+NOT_KEYS = {"given"}
 
 
 # --------------------------------------------------------------------------- building from dicts
@@ -159,6 +165,8 @@ def all_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
     """Every dotted key a recipe accepts, for error suggestions and `inspect`."""
     keys = []
     for f in dataclasses.fields(cls):
+        if f.name in NOT_KEYS:
+            continue
         hint = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(hint):
             keys.extend(all_keys(hint, f"{prefix}{f.name}."))
@@ -243,7 +251,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if not isinstance(key, str) or key not in hints:
+        if not isinstance(key, str) or key not in hints or key in NOT_KEYS:
             raise UserError(f"unknown recipe key '{dotted}'{_closest(dotted)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
@@ -303,6 +311,7 @@ def from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe
         tree["model"] = {**PRESETS[model["preset"]], **model}
     recipe = _build(Recipe, tree, "")
     validate(recipe)
+    recipe.given = frozenset(_flatten(tree))
     return recipe
 
 
@@ -431,7 +440,10 @@ def _check_sources(source: str | list) -> None:
 
 
 def to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)
+    tree = dataclasses.asdict(recipe)
+    for name in NOT_KEYS:
+        tree.pop(name)
+    return tree
 
 
 def non_defaults(recipe: Recipe) -> dict[str, Any]:

@@ -328,9 +328,16 @@ def _resume(run_dir: Path, cfg: ModelConfig, model: GPT, optimizers: list, t: Tr
         checkpoint.restore_optimizers(optimizers, extra, groups)
     checkpoint.restore_rng(extra)
     old_train = loaded.state.get("train", {})
-    changed = [k for k, v in dataclasses.asdict(t).items() if k in old_train and old_train[k] != v]
+    changed = [
+        f"{k} {old_train[k]!r} -> {v!r}"
+        for k, v in dataclasses.asdict(t).items()
+        if k in old_train and old_train[k] != v
+    ]
     if changed:
-        console.warn(f"resuming with changed train settings: {', '.join(changed)}")
+        console.warn(
+            f"resuming with changed train settings (they apply from step {loaded.state['step']} "
+            f"on): {', '.join(changed)}"
+        )
     step = loaded.state["step"]
     console.info(f"train: resuming from {resume_from} (step {step})")
     _truncate_metrics(run_dir / "metrics.jsonl", step)

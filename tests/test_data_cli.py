@@ -304,3 +304,25 @@ def test_shipped_recipes_run_offline_on_a_local_copy(tmp_path, name, local):
     assert abs(m["val"]["tokens"] / total - 0.05) < 0.01 or name == "shakespeare"
     if name == "shakespeare":  # one document: the tail of the text
         assert m["train"]["documents"] == 0 and m["val"]["documents"] == 1
+
+
+def test_old_manifest_of_a_builtin_corpus_is_upgraded_not_rebuilt(trained, tmp_path):
+    """Manifests before version 3 fingerprinted builtin: by the generator's source bytes: such
+    a run resumes with a warning (no rebuild), and its manifest is upgraded."""
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    shutil.copy(trained / "mini.yaml", tmp_path / "mini.yaml")
+    path = tmp_path / "runs" / "mini" / "data" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 2
+    manifest["corpus"]["sources"][0]["generator"] = "0123456789abcdef"
+    path.write_text(json.dumps(manifest))
+    shard = tmp_path / "runs" / "mini" / "data" / "train.bin"
+    mtime = shard.stat().st_mtime_ns
+    proc = gptcli("pretrain", "mini.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "older gptcli" in proc.stderr and "already at step 12" in proc.stderr
+    assert shard.stat().st_mtime_ns == mtime
+    upgraded = json.loads(path.read_text())
+    assert upgraded["format_version"] == 3
+    assert upgraded["corpus"]["sources"][0]["generator"] == 1
+    assert "older gptcli" not in gptcli("pretrain", "mini.yaml", cwd=tmp_path).stderr

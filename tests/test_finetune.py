@@ -66,6 +66,26 @@ def test_finetune_bad_init(trained):
     assert_one_line_error(gptcli("finetune", str(recipe), cwd=trained), "init")
 
 
+def test_finetune_model_keys_must_agree_with_init(trained):
+    """A model key the finetune recipe gives is checked against init (even at its default
+    value): a shape key that differs exits 2 naming both values; dropout is applied."""
+    recipe = write_recipe(trained, FINETUNE.format(source="x.txt"), "shape.yaml")
+    proc = gptcli("finetune", str(recipe), "--set", "model.n_layer=4", cwd=trained)
+    assert_one_line_error(proc, "model.n_layer", "4", "2")
+    proc = gptcli("finetune", str(recipe), "--set", "model.positions=rope", cwd=trained)
+    assert_one_line_error(proc, "model.positions", "rope", "learned")
+    corpus = trained / "dropout.txt"
+    corpus.write_text("The robot liked to paint the sky.<|endoftext|>" * 200)
+    text = FINETUNE.format(source=corpus).replace("mini-ft", "mini-drop")
+    recipe = write_recipe(trained, text + "model:\n  n_layer: 2\n  dropout: 0.1\n", "drop.yaml")
+    proc = gptcli("finetune", str(recipe), cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    assert "model.dropout 0.0 -> 0.1" in proc.stderr
+    ckpt = trained / "runs" / "mini-drop" / "checkpoints" / "step-0000006"
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["dropout"] == 0.1 and config["n_layer"] == 2
+
+
 # --------------------------------------------------------------------------- classify, sft, lora
 
 CLASSIFY = """\

@@ -177,3 +177,15 @@ def test_write_is_atomic_and_exact(tmp_path) -> None:
     n2 = write(str(target), 5_000, 6)
     assert target.read_text() == generate(5_000, 6) and n2 == target.stat().st_size
     assert sorted(p.name for p in target.parent.iterdir()) == ["stories.txt"]
+
+
+def test_version_is_bumped_with_the_generated_text() -> None:
+    """Run folders fingerprint builtin: corpora by stories.VERSION: a change to the generated
+    text must come with a new VERSION (and a new hash here), or old runs would resume on it."""
+    import hashlib
+
+    sample = hashlib.sha256(generate(20_000, 1).encode()).hexdigest()
+    assert (stories.VERSION, sample) == (
+        1,
+        "66eced36fbaa5ab0a3f66bd5cba288831c9d1578472d9428d8135b3ce58fad79",
+    )

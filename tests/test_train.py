@@ -54,6 +54,31 @@ def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
     assert all(resumed[s] == full[s] for s in full if s > 6), (resumed, full)
 
 
+def test_changed_optimizer_settings_apply_from_the_resumed_step(trained, tmp_path):
+    """--set train.lr=1e-12 on a resumed run trains at 1e-12 (the optimizer used to keep the
+    saved lr), and the log, metrics.jsonl and the optimizer agree."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    shutil.copy(trained / "mini.yaml", tmp_path / "mini.yaml")
+    sets = ["train.max_steps=16", "train.lr=1e-12", "train.weight_decay=0.5", "train.beta1=0.8"]
+    proc = gptcli("pretrain", "mini.yaml", *(a for s in sets for a in ("--set", s)), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for change in ("lr 0.001 -> 1e-12", "weight_decay 0.1 -> 0.5", "beta1 0.9 -> 0.8"):
+        assert change in proc.stderr, proc.stderr
+    run = tmp_path / "runs" / "mini"
+    before = load_file(run / "checkpoints" / "step-0000012" / "model.safetensors")
+    after = load_file(run / "checkpoints" / "step-0000016" / "model.safetensors")
+    moved = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert moved < 1e-9, moved
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["lr"] < 1e-11 for r in records if r["step"] > 12)
+    state = json.loads((run / "checkpoints" / "step-0000016" / "state.json").read_text())
+    groups = state["optimizer_param_groups"][0]
+    assert groups[0]["base_lr"] == 1e-12 and groups[0]["weight_decay"] == 0.5
+    assert groups[0]["betas"] == [0.8, 0.95] and groups[1]["weight_decay"] == 0.0
+
+
 def _start_long_run(tmp_path, extra=(), ranks=1):
     """A pretrain of 100,000 steps (under torchrun with ranks > 1), once it has a checkpoint."""
     recipe = write_recipe(tmp_path)
