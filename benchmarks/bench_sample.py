@@ -61,7 +61,7 @@ def build(n_layer: int, n_head: int, n_embd: int, vocab: int):
 
 
 def ours_runner(model: GPT, batch: int, new: int):
-    params = gen.SamplingParams(max_new_tokens=new, temperature=0.8, top_k=50)
+    params = gen.SampleConfig(max_new_tokens=new, temperature=0.8, top_k=50)
     prompt = torch.randint(0, model.cfg.vocab_size, (PROMPT_LEN,)).tolist()
 
     def run() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gptcli import console, train
+from gptcli import console, pretrain
 from gptcli import recipe as recipe_mod
 
 PROBE_STEPS = 30
@@ -38,7 +38,7 @@ def train_for(recipe_path: str | Path | None, seconds: float, overrides: list[st
             r = load(
                 [f"run_dir={tmp}/{name}", f"train.max_steps={PROBE_STEPS}", "train.warmup_steps=1"]
             )
-            run_dir = Path(train.pretrain(r)["run_dir"])
+            run_dir = Path(pretrain.pretrain(r)["run_dir"])
             records = [
                 json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()
             ]
@@ -52,5 +52,5 @@ def train_for(recipe_path: str | Path | None, seconds: float, overrides: list[st
         if compiles:  # again, so that the real run finds the compiled graphs ready
             rate, first_step = probe("probe-warm")
         steps = max(PROBE_STEPS, int((seconds - first_step) * rate))
-        summary = train.pretrain(load([f"run_dir={tmp}/run", f"train.max_steps={steps}"]))
+        summary = pretrain.pretrain(load([f"run_dir={tmp}/run", f"train.max_steps={steps}"]))
     return {**summary, "planned_steps": steps, "first_step_s": round(first_step, 1)}

@@ -1,4 +1,4 @@
-"""Every read and write of checkpoints and run-folder state, all of it atomic.
+"""Every read and write of gptcli's own checkpoints, all of it atomic.
 
 A checkpoint is a folder checkpoints/step-NNNNNNN/ that is written under a temporary name and
 renamed into place when complete, so a crash (even kill -9) leaves either the whole checkpoint
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -22,10 +21,13 @@ from safetensors import SafetensorError, safe_open
 
 from gptcli import __version__, console, tokenizer
 from gptcli.console import Failure, UserError
+from gptcli.files import fsync_dir, sha256_file
 from gptcli.recipe import ModelConfig
 
-if TYPE_CHECKING:  # torch is imported where tensors are touched: finding checkpoints and
-    import torch  # taking the run lock stay fast (an up-to-date `tokenize` needs no torch)
+# torch (and lora, model, which import it) are imported where tensors are touched, so that
+# finding checkpoints stays fast: an up-to-date `gptcli tokenize` never loads torch.
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 CKPT_PREFIX = "step-"
@@ -86,23 +88,11 @@ def newest_under(root: Path) -> Path | None:
     return best[1] if best else None
 
 
-def resolve(path: str | Path | None) -> Path:
-    """A checkpoint folder, a run folder (its newest checkpoint) or None (newest under ./runs)."""
-    if path is None:
-        found = newest_under(Path("runs"))
-        if found is None:
-            raise UserError(
-                "no complete checkpoint under ./runs (train one with `gptcli pretrain RECIPE` "
-                "or pass --checkpoint PATH)"
-            )
-        return found
+def resolve(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder's newest checkpoint."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"checkpoint not found: {p}")
-    from gptcli import export
-
-    if export.is_hf_folder(p):
-        return p  # a transformers folder, converted on load
     if (p / "model.safetensors").is_file():
         if not is_checkpoint(p):
             missing = [f for f in REQUIRED_FILES if not (p / f).is_file()]
@@ -202,48 +192,42 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: unreadable safetensors file ({e})") from None
 
 
-def load(path: str | Path | None, merge_lora: bool = True) -> Loaded:
-    """Read a checkpoint's weights (safetensors only), config and state.
-
-    A local HF GPT-2/Llama folder is accepted too and converted here, so every reader
-    (sample, finetune's init, inspect --score, export) takes one. A LoRA checkpoint is
-    combined with its base (checked by sha256); merge_lora=False keeps the adapters apart,
-    as resuming its training needs.
-    """
+def load(path: str | Path) -> Loaded:
+    """Read a gptcli checkpoint's weights (safetensors only), config and state, as stored: a
+    LoRA checkpoint holds its adapters alone (interop.load combines it with its base)."""
     ckpt = resolve(path)
-    from gptcli import export
-
-    if export.is_hf_folder(ckpt):
-        return export.load_hf(ckpt)
     cfg = model_config_from_json(ckpt / "config.json")
     weights = _load_file(ckpt / "model.safetensors")
-    info = read_info(ckpt)
-    if "lora" in info:
-        weights = _with_base(ckpt, info["lora"], weights, merge_lora)
-    state = read_state(ckpt)
-    return Loaded(ckpt, cfg, weights, state, info)
+    return Loaded(ckpt, cfg, weights, read_state(ckpt), read_info(ckpt))
 
 
-def _with_base(ckpt: Path, lora_info: dict, adapters: dict, merge: bool) -> dict:
-    """A LoRA checkpoint's full weights: its base's, grown by the added token rows, plus the
-    adapters (folded in when merge)."""
-    import torch
-
-    from gptcli import lora
-    from gptcli.data import file_sha256
-
+def lora_base(ckpt: Path, lora_info: dict) -> Path:
+    """The base checkpoint a LoRA checkpoint was trained on, checked to be unchanged."""
     base_ref = lora_info["base"]
     base = Path(base_ref["path"])
-    if not (base / "model.safetensors").is_file():
+    weights = base / "model.safetensors"
+    if not weights.is_file():
         raise UserError(
             f"{ckpt}: its LoRA base checkpoint {base} is missing; restore it, or load a "
             "checkpoint exported with `gptcli export --format gptcli` (merged weights)"
         )
-    if file_sha256(base / "model.safetensors") != base_ref["sha256"]:
+    if sha256_file(weights) != base_ref["sha256"]:
         raise UserError(
             f"{ckpt}: the weights of its LoRA base {base} changed since the adapters were trained"
         )
-    weights = dict(load(base).weights)
+    return base
+
+
+def with_base(
+    lora_info: dict, adapters: dict, base_weights: dict, merge: bool
+) -> dict[str, torch.Tensor]:
+    """A LoRA checkpoint's full weights: its base's, grown by the added token rows, plus the
+    adapters (folded in when merge; kept apart to resume their training)."""
+    import torch
+
+    from gptcli import lora
+
+    weights = dict(base_weights)
     for name in ("wte.weight", "lm_head.weight"):
         extra = adapters.get(f"{name}.extra_rows")
         if extra is not None and name in weights:
@@ -287,7 +271,8 @@ def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
 # --------------------------------------------------------------------------- saving
 
 
-def _weights_for_save(model: torch.nn.Module, info: dict | None) -> dict[str, torch.Tensor]:
+def weights_for_save(model: torch.nn.Module, info: dict | None) -> dict[str, torch.Tensor]:
+    """The tensors model.safetensors stores: tied weights once; for LoRA only what trained."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)  # tied to wte.weight: stored once
@@ -361,14 +346,6 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(
     run_dir: Path,
     step: int,
@@ -394,7 +371,7 @@ def save(
     tmp.mkdir()
     try:
         meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
-        save_file(_weights_for_save(model, info), str(tmp / "model.safetensors"), metadata=meta)
+        save_file(weights_for_save(model, info), str(tmp / "model.safetensors"), metadata=meta)
         (tmp / "config.json").write_text(json.dumps(config_json(model.cfg, info), indent=2))
         shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
         trainer_tensors = rng_tensors()
@@ -409,7 +386,7 @@ def save(
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         tmp.rename(final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(e):
@@ -451,36 +428,3 @@ def load_trainer_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: unreadable safetensors file ({e})") from None
-
-
-# --------------------------------------------------------------------------- the run lock
-
-
-class RunLock:
-    """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".lock"
-        self.fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise UserError(
-                f"{self.path.parent} is in use by another gptcli process "
-                "(wait for it, or use --fresh for a new run folder)"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None

@@ -1,6 +1,7 @@
 """The Typer layer: flags -> calls on the core, errors -> exit codes. Nothing else lives here.
 
-Core modules are imported inside each command so that `gptcli --help` starts without torch.
+Core modules are imported inside each command (the only function-level imports the package
+keeps on purpose) so that `gptcli --help` and `gptcli tokenize` start without loading torch.
 """
 
 from __future__ import annotations
@@ -98,10 +99,10 @@ def tokenize(
             raise UserError("--decode and --count need --tokenizer PATH")
         if not args or len(args) != 1:
             raise UserError("tokenize takes one RECIPE (or --tokenizer PATH to encode text)")
-        from gptcli import data
+        from gptcli import pretrain as pretrain_mod
         from gptcli import recipe as recipe_mod
 
-        run_dir, manifest = data.tokenize_run(recipe_mod.load(args[0], sets or []))
+        run_dir, manifest = pretrain_mod.tokenize(recipe_mod.load(args[0], sets or []))
         if as_json:
             _print_json({"run_dir": str(run_dir), **manifest})
         return
@@ -135,10 +136,10 @@ def pretrain(
 ) -> None:
     """Tokenize if needed, then train from scratch (resuming from the newest checkpoint)."""
     console.set_quiet(quiet)
+    from gptcli import pretrain as pretrain_mod
     from gptcli import recipe as recipe_mod
-    from gptcli import train
 
-    summary = train.pretrain(recipe_mod.load(recipe_path, sets or []), fresh=fresh)
+    summary = pretrain_mod.pretrain(recipe_mod.load(recipe_path, sets or []), fresh=fresh)
     if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from gptcli import console, stories, tokenizer
 from gptcli.console import UserError
-from gptcli.recipe import DataConfig, Recipe, TokenizerConfig
+from gptcli.files import cache_dir, get_field, sha256_file, write_atomic
+from gptcli.recipe import EOT, DataConfig, Recipe, TokenizerConfig
 
 MANIFEST_VERSION = 3  # 3: builtin corpora fingerprinted by stories.VERSION
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
@@ -55,7 +56,7 @@ MANIFEST_KEYS = {
     "val_unigram_bpb",
     "elapsed_s",
 }
-_SEP = tokenizer.EOT.encode()
+_SEP = EOT.encode()
 
 
 # --------------------------------------------------------------------------- sources
@@ -120,21 +121,6 @@ def source_files(source: str) -> list[Path]:
     return files
 
 
-def cache_dir() -> Path:
-    """$GPTCLI_CACHE, else gptcli/ under $XDG_CACHE_HOME or ~/.cache."""
-    if os.environ.get("GPTCLI_CACHE"):
-        return Path(os.environ["GPTCLI_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptcli"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch(url: str, sha256: str = "") -> Path:
     """Download url once into the cache (temp name, renamed when complete and verified).
 
@@ -147,7 +133,7 @@ def fetch(url: str, sha256: str = "") -> Path:
     base = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
     target = cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
     if target.is_file():
-        if sha256 and file_sha256(target) != sha256.lower():
+        if sha256 and sha256_file(target) != sha256.lower():
             raise UserError(
                 f"{target} (cached {url}) does not match data.sha256 {sha256}; "
                 "fix data.sha256 or delete the cached file to download again"
@@ -245,7 +231,7 @@ def fingerprint(
             for f in _source_paths(src, run_dir):
                 st = f.stat()
                 key = (str(f), st.st_size, st.st_mtime_ns)
-                digest = old.get(key) or file_sha256(f)
+                digest = old.get(key) or sha256_file(f)
                 files.append(
                     {
                         "path": str(f),
@@ -293,14 +279,6 @@ def _decode(raw: bytes, path: Path, offset: int, errors: str, where: str = "") -
             f"{path}{where}: not UTF-8 at byte offset {offset + e.start} "
             "(convert it to UTF-8, or set data.errors: replace)"
         ) from None
-
-
-def _field(record: object, dotted: str) -> object:
-    for part in dotted.split("."):
-        if not isinstance(record, dict) or part not in record:
-            return None
-        record = record[part]
-    return record
 
 
 class _Reader:
@@ -390,7 +368,7 @@ def _jsonl_documents(path: Path, text_field: str, errors: str, on_bytes) -> Iter
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            value = _field(record, text_field)
+            value = get_field(record, text_field)
             if not isinstance(value, str):
                 raise UserError(
                     f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)"
@@ -586,16 +564,6 @@ def safe_pieces(text: str, size: int = MAX_PIECE_CHARS) -> list[str]:
 # --------------------------------------------------------------------------- shards
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def unigram_bits_from_counts(counts: np.ndarray, n_bytes: int) -> float:
     n = int(counts.sum())
     if n == 0:
@@ -727,7 +695,7 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
 
 def _tokenizer_key(recipe: Recipe, given_tokenizer: Path | None) -> dict:
     if given_tokenizer is not None:
-        return {"from": tokenizer.file_hash(given_tokenizer)}
+        return {"from": sha256_file(given_tokenizer)}
     return _tokenizer_settings(recipe.tokenizer)
 
 
@@ -751,7 +719,7 @@ def is_up_to_date(
         return False
     if manifest.get("tokenizer_settings") != _tokenizer_key(recipe, given_tokenizer):
         return False
-    if not tok_path.is_file() or tokenizer.file_hash(tok_path) != manifest.get("tokenizer_sha256"):
+    if not tok_path.is_file() or sha256_file(tok_path) != manifest.get("tokenizer_sha256"):
         return False
     itemsize = np.dtype(manifest["dtype"]).itemsize
     for name in ("train", "val"):
@@ -848,7 +816,7 @@ def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) 
         "format_version": MANIFEST_VERSION,
         "corpus": fp,
         "tokenizer_settings": settings,
-        "tokenizer_sha256": tokenizer.file_hash(tok_path),
+        "tokenizer_sha256": sha256_file(tok_path),
         "vocab_size": tok.get_vocab_size(),
         "dtype": encoder.dtype.name,
         "encoder": encoder.name,
@@ -931,23 +899,3 @@ class Batches:
             self._windows(starts[i : i + self.batch_size])
             for i in range(0, len(starts), self.batch_size)
         ]
-
-
-def tokenize_run(recipe: Recipe) -> tuple[Path, dict]:
-    """`gptcli tokenize RECIPE`: prepare the run folder's shards, under the run lock.
-
-    Shards under existing checkpoints are not rebuilt: the checkpoints were trained on them.
-    """
-    from gptcli import checkpoint
-    from gptcli import recipe as recipe_mod
-
-    run_dir = recipe_mod.run_dir(recipe)
-    with checkpoint.RunLock(run_dir):
-        if checkpoint.newest_in_run(run_dir) and not is_up_to_date(recipe, run_dir):
-            raise UserError(
-                f"{run_dir} has checkpoints trained on other data or tokenizer settings; "
-                "set another name: (or run_dir:) for the new data"
-            )
-        manifest = prepare(recipe, run_dir)
-        write_atomic(run_dir / "recipe.yaml", recipe_mod.dump(recipe).encode())
-    return run_dir, manifest

@@ -6,18 +6,19 @@ the same questions (does this CPU have native bf16?) without importing the train
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from gptcli import console
 from gptcli.console import UserError
+from gptcli.files import cache_dir, write_atomic
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets, by a substring of the device name.
 CUDA_BF16_PEAKS = {
@@ -117,11 +118,11 @@ def autocast_dtype(device: torch.device, dtype: str, doing: str = "training") ->
     return None
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("GPTCLI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gptcli"
-    )
-    return Path(root)
+def autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to amp (bf16) on device, or plain fp32 when amp is None."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
 
 
 def _probe_matmul(dtype: torch.dtype, windows: int = 5, seconds: float = 0.1) -> float:
@@ -157,7 +158,7 @@ def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | N
     dtype = amp or torch.float32
     threads = torch.get_num_threads()
     key = f"probe2|{platform.machine()}|{_cpu_model()}|{dtype}|{threads}|{torch.__version__}"
-    path = _cache_dir() / "cpu_peak_flops.json"
+    path = cache_dir() / "cpu_peak_flops.json"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     try:
         cache = json.loads(path.read_text())
@@ -167,9 +168,7 @@ def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | N
         cache[digest] = _probe_matmul(dtype)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
-            tmp.replace(path)
+            write_atomic(path, json.dumps(cache).encode())
         except OSError:
             pass  # a read-only cache dir only costs a re-measure next time
     return cache[digest], f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"

@@ -10,46 +10,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from gptcli import console, interop, tokenizer
+from gptcli.checkpoint import build_model
 from gptcli.console import UserError
-from gptcli.device import autocast_dtype
+from gptcli.device import autocast_dtype, pick_device
 from gptcli.model import GPT
+from gptcli.recipe import SampleConfig, check_sample
+from gptcli.run import recipe_of
+from gptcli.tasks import classify, sft
+from gptcli.tokenizer import StreamDecoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 50  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    stop: list[str] = field(default_factory=list)
-
-
-def check_params(p: SamplingParams) -> None:
-    """Flag names in the messages: recipes are checked on load, so bad values here are flags."""
-    if p.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {p.max_new_tokens}")
-    if p.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 = greedy), got {p.temperature}")
-    if p.top_k < 0:
-        raise UserError(f"--top-k must be >= 0 (0 = off), got {p.top_k}")
-    if not 0 < p.top_p <= 1:
-        raise UserError(f"--top-p must be in (0, 1] (1 = off), got {p.top_p}")
-    if not 0 <= p.min_p <= 1:
-        raise UserError(f"--min-p must be in [0, 1] (0 = off), got {p.min_p}")
-    if p.repetition_penalty <= 0:
-        raise UserError(f"--repetition-penalty must be > 0 (1 = off), got {p.repetition_penalty}")
-    if any(s == "" for s in p.stop):
-        raise UserError(
-            "--stop must not be empty (give the text to stop at, e.g. --stop 'The end')"
-        )
 
 
 def penalize(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
@@ -61,7 +36,7 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) ->
     return torch.where(seen, penalized, logits)
 
 
-def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, params: SampleConfig) -> torch.Tensor:
     """Scale by temperature, then mask everything outside top-k, the top-p nucleus and the
     min-p floor with -inf (HF's order: each filter sees what the previous one kept)."""
     logits = logits.float() / params.temperature
@@ -84,7 +59,7 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def next_token(
     logits: torch.Tensor,
-    params: SamplingParams,
+    params: SampleConfig,
     gen: torch.Generator,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -105,7 +80,7 @@ def next_token(
 def generate(
     model: GPT,
     prompt: list[int],
-    params: SamplingParams,
+    params: SampleConfig,
     seed: int | None = None,
     eos_id: int | None = None,
     num_samples: int = 1,
@@ -177,8 +152,6 @@ class TextStream:
     """
 
     def __init__(self, tok, prefix: list[int], stops: list[str]) -> None:
-        from gptcli.tokenizer import StreamDecoder
-
         self.decoder = StreamDecoder(tok, prefix)
         self.stops = stops
         self.text = ""  # everything decoded so far (cut at the stop string once it appears)
@@ -249,26 +222,13 @@ def top1_agreement(
 # --------------------------------------------------------------------------- gptcli sample
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_params(ckpt, overrides: dict[str, object]) -> SamplingParams:
-    """The run's recipe `sample:` defaults (when its recipe.yaml is there), flags on top."""
-    import dataclasses
-
-    from gptcli import recipe as recipe_mod
-
-    defaults = recipe_mod.SampleConfig()
-    run_recipe = ckpt.parent.parent / "recipe.yaml"
-    if run_recipe.is_file():
-        defaults = recipe_mod.load(run_recipe).sample
-    values = {
-        **dataclasses.asdict(defaults),
-        **{k: v for k, v in overrides.items() if v is not None},
-    }
-    params = SamplingParams(**values)
-    check_params(params)
+def load_params(ckpt: Path, overrides: dict[str, object]) -> SampleConfig:
+    """The `sample:` defaults of the run the checkpoint belongs to, flags on top."""
+    recipe = recipe_of(ckpt)
+    defaults = recipe.sample if recipe is not None else SampleConfig()
+    values = {k: v for k, v in overrides.items() if v is not None}
+    params = dataclasses.replace(defaults, **values)
+    check_sample(params, lambda key: "--" + key.replace("_", "-"))
     return params
 
 
@@ -276,7 +236,7 @@ def sample_prompt(
     model: GPT,
     tok,
     prompt: str,
-    params: SamplingParams,
+    params: SampleConfig,
     seed: int | None = None,
     num_samples: int = 1,
     on_text: Callable[[str], None] | None = None,
@@ -287,15 +247,11 @@ def sample_prompt(
     on_text (one sample only) receives the prompt, then each new piece of text as it is final.
     chat wraps the prompt in the SFT chat template and ends the reply at its end token.
     """
-    from gptcli import console, tokenizer
-
     eot = tokenizer.eot_id(tok)
     if chat:
-        from gptcli import finetune
-
         message = [{"role": "user", "content": prompt}]
-        prompt_ids, _ = finetune.chat_ids(tok, message, add_generation_prompt=True)
-        eot = tok.token_to_id(finetune.END)
+        prompt_ids, _ = sft.chat_ids(tok, message, add_generation_prompt=True)
+        eot = tok.token_to_id(sft.END)
     else:
         # Documents in training follow <|endoftext|>, so starting with it asks for a new story.
         prompt_ids = [eot] + tok.encode(prompt, add_special_tokens=False).ids
@@ -367,25 +323,21 @@ def run(
 
     A classifier checkpoint answers each input line with its label distribution instead; an
     SFT checkpoint applies its chat template unless chat is False."""
-    from gptcli import checkpoint, console, tokenizer
-
-    ckpt = checkpoint.resolve(checkpoint_path)
+    ckpt = interop.resolve(checkpoint_path)
     params = load_params(ckpt, overrides)
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
-    device = _device()
+    device = pick_device("auto")
     weights = pick_dtype(dtype, device)
-    loaded = checkpoint.load(ckpt)
-    model = checkpoint.build_model(loaded, device).to(weights).eval()
+    loaded = interop.load(ckpt)
+    model = build_model(loaded, device).to(weights).eval()
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}")
     kind = loaded.info["task"].get("kind", "lm")
     if kind == "classify":
-        from gptcli import finetune
-
-        return finetune.classify_run(loaded, tok, model, prompts, on_result)
+        return classify.classify_run(loaded, tok, model, prompts, on_result)
     if chat is None:
         chat = kind == "sft"
     elif chat and kind != "sft":

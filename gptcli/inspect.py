@@ -5,16 +5,25 @@ describe() returns plain data (what --json prints); render() turns it into table
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
-from gptcli import checkpoint, console, tokenizer
+import numpy as np
+import torch
+from rich.table import Table
+from rich.text import Text
+
+from gptcli import checkpoint, console, interop, optim, run, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
+from gptcli.device import autocast, autocast_dtype, pick_device
+from gptcli.files import atomic_target
+from gptcli.model import GPT
 
 _LAYER = re.compile(r"^blocks\.\d+\.")
 
@@ -41,7 +50,7 @@ def _dir_size(path: Path) -> int:
 
 def describe_hf(path: Path) -> dict[str, Any]:
     """A transformers folder, as gptcli reads it (converted in memory)."""
-    loaded = checkpoint.load(path)
+    loaded = interop.load(path)
     tok = tokenizer.load(path / "tokenizer.json")
     shapes = {k: list(v.shape) for k, v in loaded.weights.items()}
     return {
@@ -61,9 +70,7 @@ def describe_hf(path: Path) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:
-    from gptcli import export
-
-    if export.is_hf_folder(path):
+    if interop.is_hf_folder(path):
         return describe_hf(path)
     loaded_cfg = checkpoint.model_config_from_json(path / "config.json")
     tensors = checkpoint.tensor_shapes(path / "model.safetensors")
@@ -146,11 +153,9 @@ def describe_run(path: Path) -> dict[str, Any]:
 
 def _val_sample(tok_path: Path, n_tokens: int = 20_000) -> tuple[str, str] | None:
     """Text decoded from the first tokens of the run's val shard, if tok_path is in a run."""
-    import numpy as np
-
-    for run in (tok_path.parent, tok_path.parent.parent.parent):
-        manifest = run / "data" / "manifest.json"
-        val = run / "data" / "val.bin"
+    for folder in (tok_path.parent, tok_path.parent.parent.parent):
+        manifest = folder / "data" / "manifest.json"
+        val = folder / "data" / "val.bin"
         if manifest.is_file() and val.is_file():
             dtype = np.dtype(json.loads(manifest.read_text())["dtype"])
             ids = np.fromfile(val, dtype=dtype, count=n_tokens)
@@ -180,12 +185,6 @@ def describe_tokenizer(path: Path, text: str | None = None) -> dict[str, Any]:
 
 
 def describe_recipe(path: Path) -> dict[str, Any]:
-    import dataclasses
-
-    import torch
-
-    from gptcli.model import GPT
-
     recipe = recipe_mod.load(path)
     cfg = dataclasses.replace(
         recipe.model, vocab_size=recipe.model.vocab_size or recipe.tokenizer.vocab_size
@@ -206,7 +205,7 @@ def describe_recipe(path: Path) -> dict[str, Any]:
         "flops_per_token": model.flops_per_token(),
         "tokens_per_step": t.batch_size * t.grad_accum * cfg.block_size,
         "train_memory_bytes": train_memory(cfg, t.batch_size, n_params),
-        "run_dir": str(recipe_mod.run_dir(recipe)),
+        "run_dir": str(run.folder(recipe)),
         **probe(recipe, cfg),
     }
 
@@ -226,24 +225,16 @@ def train_memory(cfg, batch_size: int, n_params: int) -> dict[str, int]:
 
 def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
     """Time a few real training steps on this device to estimate the run's duration."""
-    import time
-
-    import torch
-
-    from gptcli import device as device_mod
-    from gptcli import train
-    from gptcli.model import GPT
-
-    device = device_mod.pick_device(recipe.train.device)
-    amp = device_mod.autocast_dtype(device, recipe.train.dtype)
+    device = pick_device(recipe.train.device)
+    amp = autocast_dtype(device, recipe.train.dtype)
     model = GPT(cfg).to(device)
-    optimizers = train.build_optimizers(model, recipe.train, device)
+    optimizers = optim.build_optimizers(model, recipe.train, device)
     batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
     timings = []
     for _ in range(steps + 2):  # the first two steps warm up allocators and kernels
         start = time.perf_counter()
-        with train._autocast(device, amp):
+        with autocast(device, amp):
             _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         for opt in optimizers:
@@ -264,8 +255,6 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
 
 def describe_shards(path: Path, top: int = 10, sample: int = 5_000_000) -> dict[str, Any]:
     """Token counts and dtype from the manifest; the most frequent ids from the train shard."""
-    import numpy as np
-
     try:
         manifest = json.loads((path / "manifest.json").read_text())
         dtype = np.dtype(manifest["dtype"])
@@ -304,7 +293,7 @@ def describe(path_str: str, text: str | None = None) -> dict[str, Any]:
         return describe_tokenizer(path, text)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
-            checkpoint.resolve(path)  # checks completeness
+            interop.resolve(path)  # checks completeness (an HF folder has its own files)
             return describe_checkpoint(path)
         if (path / "recipe.yaml").is_file() or (path / "checkpoints").is_dir():
             return describe_run(path)
@@ -327,8 +316,6 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
     The text (after one <|endoftext|>, as documents follow it in training) is cut into
     non-overlapping windows of block_size predictions; every token but the first is scored once.
     """
-    import torch
-
     path = Path(text_file)
     if not path.is_file():
         raise UserError(f"--score: {path} is not a file")
@@ -340,7 +327,7 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
         ) from None
     if not text.strip():
         raise UserError(f"--score: {path} is empty")
-    loaded = checkpoint.load(checkpoint_path)
+    loaded = interop.load(checkpoint_path)
     model = checkpoint.build_model(loaded).eval()
     tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
     ids = torch.tensor([tokenizer.eot_id(tok), *tok.encode(text, add_special_tokens=False).ids])
@@ -426,13 +413,11 @@ def plot_png(curve: dict[str, list], out: str, title: str) -> str:
     ax.legend()
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        tmp.replace(target)
+        with atomic_target(target) as tmp:
+            fig.savefig(tmp, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return str(target)
 
 
@@ -449,124 +434,151 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render(info: dict[str, Any]) -> None:
-    from rich.table import Table
+def table(title: str, rows: dict[str, Any]) -> None:
+    """Two columns, key and value, for the plain values of rows (nested ones are skipped)."""
+    t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    t.add_column(style="cyan")
+    t.add_column()
+    for k, v in rows.items():
+        if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+            t.add_row(k, ", ".join(_fmt(x) for x in v) or "[]")
+        elif not isinstance(v, (dict, list)):
+            t.add_row(k, _fmt(v))
+    console.stdout.print(t)
 
+
+def render_run(info: dict[str, Any]) -> None:
+    """A run: recipe keys, data, last metrics, the loss curve, its newest checkpoint."""
     out = console.stdout
-    kind = info["kind"]
-    out.print(f"[bold]{kind}[/bold] {info['path']}")
-
-    def table(title: str, rows: dict[str, Any]) -> None:
-        t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
-        t.add_column(style="cyan")
-        t.add_column()
-        for k, v in rows.items():
-            if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
-                t.add_row(k, ", ".join(_fmt(x) for x in v) or "[]")
-            elif not isinstance(v, (dict, list)):
-                t.add_row(k, _fmt(v))
-        out.print(t)
-
-    if kind == "run":
-        if "non_default_keys" in info:
-            table("recipe (keys that differ from the defaults)", info["non_default_keys"])
-        if "data" in info:
-            d = info["data"]
-            table(
-                "data",
-                {
-                    "source": d["corpus"].get("source"),
-                    "train tokens": d["train"]["tokens"],
-                    "val tokens": d["val"]["tokens"],
-                    "vocab size": d["vocab_size"],
-                    "dtype": d["dtype"],
-                    "unigram bits/byte (val)": d["val_unigram_bpb"],
-                },
-            )
-        table("last metrics", info["last_metrics"])
-        lines = ascii_curve(info.get("curve", {"train": [], "val": []}))
-        if lines:
-            out.print("[bold]loss[/bold] ([cyan]· train[/cyan], [magenta]o val[/magenta])")
-            for line in lines:
-                styled = line.replace("·", "[cyan]·[/cyan]").replace("o", "[magenta]o[/magenta]")
-                out.print(styled, highlight=False)
-        out.print(f"checkpoints: {', '.join(info['checkpoints']) or 'none'}")
-        if "newest_checkpoint" in info:
-            render(info["newest_checkpoint"])
-    elif kind == "checkpoint":
-        table("model config", info["config"])
-        task = info.get("task", {"kind": "lm"})
-        if task.get("kind") != "lm":
-            table("task", task)
-        if "lora" in info:
-            lora = info["lora"]
-            table(
-                "LoRA adapters (parameters below are the stored adapters and head)",
-                {
-                    "rank": lora["rank"],
-                    "alpha": lora["alpha"],
-                    "targets": ", ".join(lora["targets"]),
-                    "base": lora["base"]["path"],
-                    "base sha256": lora["base"]["sha256"][:16] + "...",
-                },
-            )
-        table("parameters", info["params"])
-        table(
-            "state",
-            {
-                "step": info["step"],
-                "tokens seen": info["tokens_seen"],
-                "size on disk": f"{info['size_bytes'] / 1e6:.1f} MB",
-                "dtypes": ", ".join(info["dtypes"]),
-                "tokenizer vocab": info["tokenizer"]["vocab_size"],
-                **{f"metric {k}": v for k, v in info["metrics"].items()},
-                **{
-                    ("git commit" if k == "git" else f"{k} version"): v
-                    for k, v in info["versions"].items()
-                },
-            },
-        )
-    elif kind == "recipe":
+    if "non_default_keys" in info:
         table("recipe (keys that differ from the defaults)", info["non_default_keys"])
-        table("parameters", info["params"])
+    if "data" in info:
+        d = info["data"]
         table(
-            "cost",
+            "data",
             {
-                "FLOPs per token (train)": info["flops_per_token"],
-                "tokens per step": info["tokens_per_step"],
-                "train memory (estimate)": f"{info['train_memory_bytes']['total'] / 2**20:,.0f}"
-                " MiB",
-                f"probe on {info['probe_device']}": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
-                "estimated train time": f"{info['estimated_train_s'] / 60:,.1f} min",
-                "run folder": info["run_dir"],
+                "source": d["corpus"].get("source"),
+                "train tokens": d["train"]["tokens"],
+                "val tokens": d["val"]["tokens"],
+                "vocab size": d["vocab_size"],
+                "dtype": d["dtype"],
+                "unigram bits/byte (val)": d["val_unigram_bpb"],
             },
         )
-    elif kind == "tokenizer":
-        rows = {"vocab size": info["vocab_size"]}
-        if "bytes_per_token" in info:
-            rows[f"bytes/token ({info['bytes_per_token_on']})"] = info["bytes_per_token"]
-        table("tokenizer", rows)
-        out.print(f"special tokens: {', '.join(info['special_tokens'])}")
-        out.print("longest tokens: " + ", ".join(repr(t) for t in info["longest_tokens"]))
-        if "pieces" in info:
-            from rich.text import Text
+    table("last metrics", info["last_metrics"])
+    lines = ascii_curve(info.get("curve", {"train": [], "val": []}))
+    if lines:
+        out.print("[bold]loss[/bold] ([cyan]· train[/cyan], [magenta]o val[/magenta])")
+        for line in lines:
+            styled = line.replace("·", "[cyan]·[/cyan]").replace("o", "[magenta]o[/magenta]")
+            out.print(styled, highlight=False)
+    out.print(f"checkpoints: {', '.join(info['checkpoints']) or 'none'}")
+    if "newest_checkpoint" in info:
+        render(info["newest_checkpoint"])
 
-            styles = ("black on cyan", "black on yellow", "black on green", "black on magenta")
-            view = Text()
-            for n, piece in enumerate(info["pieces"]):
-                view.append(piece["text"], style=styles[n % len(styles)])
-            out.print(f"{len(info['pieces'])} tokens:")
-            out.print(view)
-            out.print(" ".join(str(p["id"]) for p in info["pieces"]))
-    elif kind == "shards":
-        table("train", info["train"])
-        table("val", info["val"])
-        table("shards", {"dtype": info["dtype"], "vocab size": info["vocab_size"]})
-        if info.get("most_frequent"):
-            top = ", ".join(f"{t['text']!r} {t['share']:.1%}" for t in info["most_frequent"])
-            out.print(f"most frequent (train): {top}")
-    elif kind == "score":
+
+def render_checkpoint(info: dict[str, Any]) -> None:
+    """A checkpoint: config, task, LoRA, parameters and state."""
+    table("model config", info["config"])
+    task = info.get("task", {"kind": "lm"})
+    if task.get("kind") != "lm":
+        table("task", task)
+    if "lora" in info:
+        lora = info["lora"]
         table(
-            f"score on {info['file']}",
-            {k: info[k] for k in ("tokens", "bytes", "loss", "bits_per_byte", "perplexity")},
+            "LoRA adapters (parameters below are the stored adapters and head)",
+            {
+                "rank": lora["rank"],
+                "alpha": lora["alpha"],
+                "targets": ", ".join(lora["targets"]),
+                "base": lora["base"]["path"],
+                "base sha256": lora["base"]["sha256"][:16] + "...",
+            },
         )
+    table("parameters", info["params"])
+    table(
+        "state",
+        {
+            "step": info["step"],
+            "tokens seen": info["tokens_seen"],
+            "size on disk": f"{info['size_bytes'] / 1e6:.1f} MB",
+            "dtypes": ", ".join(info["dtypes"]),
+            "tokenizer vocab": info["tokenizer"]["vocab_size"],
+            **{f"metric {k}": v for k, v in info["metrics"].items()},
+            **{
+                ("git commit" if k == "git" else f"{k} version"): v
+                for k, v in info["versions"].items()
+            },
+        },
+    )
+
+
+def render_recipe(info: dict[str, Any]) -> None:
+    """A recipe: its keys, parameters and what training it would cost."""
+    table("recipe (keys that differ from the defaults)", info["non_default_keys"])
+    table("parameters", info["params"])
+    table(
+        "cost",
+        {
+            "FLOPs per token (train)": info["flops_per_token"],
+            "tokens per step": info["tokens_per_step"],
+            "train memory (estimate)": f"{info['train_memory_bytes']['total'] / 2**20:,.0f} MiB",
+            f"probe on {info['probe_device']}": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
+            "estimated train time": f"{info['estimated_train_s'] / 60:,.1f} min",
+            "run folder": info["run_dir"],
+        },
+    )
+
+
+def render_tokenizer(info: dict[str, Any]) -> None:
+    """A tokenizer: vocabulary, special and longest tokens, a coloured split."""
+    out = console.stdout
+    rows = {"vocab size": info["vocab_size"]}
+    if "bytes_per_token" in info:
+        rows[f"bytes/token ({info['bytes_per_token_on']})"] = info["bytes_per_token"]
+    table("tokenizer", rows)
+    out.print(f"special tokens: {', '.join(info['special_tokens'])}")
+    out.print("longest tokens: " + ", ".join(repr(t) for t in info["longest_tokens"]))
+    if "pieces" in info:
+        styles = ("black on cyan", "black on yellow", "black on green", "black on magenta")
+        view = Text()
+        for n, piece in enumerate(info["pieces"]):
+            view.append(piece["text"], style=styles[n % len(styles)])
+        out.print(f"{len(info['pieces'])} tokens:")
+        out.print(view)
+        out.print(" ".join(str(p["id"]) for p in info["pieces"]))
+
+
+def render_shards(info: dict[str, Any]) -> None:
+    """A shard folder: token counts and the most frequent tokens."""
+    out = console.stdout
+    table("train", info["train"])
+    table("val", info["val"])
+    table("shards", {"dtype": info["dtype"], "vocab size": info["vocab_size"]})
+    if info.get("most_frequent"):
+        top = ", ".join(f"{t['text']!r} {t['share']:.1%}" for t in info["most_frequent"])
+        out.print(f"most frequent (train): {top}")
+
+
+def render_score(info: dict[str, Any]) -> None:
+    """inspect --score: loss, bits per byte and perplexity on a file."""
+    table(
+        f"score on {info['file']}",
+        {k: info[k] for k in ("tokens", "bytes", "loss", "bits_per_byte", "perplexity")},
+    )
+
+
+def render(info: dict[str, Any]) -> None:
+    """describe()'s data as tables for people, on stdout."""
+    console.stdout.print(f"[bold]{info['kind']}[/bold] {info['path']}")
+    RENDERERS[info["kind"]](info)
+
+
+RENDERERS = {
+    "run": render_run,
+    "checkpoint": render_checkpoint,
+    "recipe": render_recipe,
+    "tokenizer": render_tokenizer,
+    "shards": render_shards,
+    "score": render_score,
+}

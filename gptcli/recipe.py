@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,9 @@ from typing import Any, Literal
 import yaml
 
 from gptcli.console import UserError
+
+# The document separator: every corpus, tokenizer and prompt uses it.
+EOT = "<|endoftext|>"
 
 
 @dataclass
@@ -36,7 +41,7 @@ class DataConfig:
 @dataclass
 class TokenizerConfig:
     vocab_size: int = 4096
-    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    special_tokens: list[str] = field(default_factory=lambda: [EOT])
     min_frequency: int = 2
     train_bytes: int = 300_000_000  # larger corpora train the BPE on a sample of this size
 
@@ -61,6 +66,18 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     n_classes: int = 0  # > 0: a linear head on the final hidden state (set by task: classify)
+
+
+# Model keys that only change how the model trains; every other one changes its shape.
+NON_SHAPE_KEYS = {"dropout"}
+
+
+def shape_change(old: ModelConfig, new: ModelConfig) -> str | None:
+    """The first model key that makes new a different shape from old, said for a message."""
+    for f in dataclasses.fields(ModelConfig):
+        if f.name not in NON_SHAPE_KEYS and getattr(old, f.name) != getattr(new, f.name):
+            return f"model.{f.name} was {getattr(old, f.name)!r}, now {getattr(new, f.name)!r}"
+    return None
 
 
 # Architecture presets: GPT-2's choices, and the Llama family's (both exportable to HF).
@@ -383,8 +400,8 @@ def validate(r: Recipe) -> None:
     check(
         "tokenizer.special_tokens",
         tok.special_tokens,
-        "<|endoftext|>" in tok.special_tokens,
-        "a list that contains '<|endoftext|>'",
+        EOT in tok.special_tokens,
+        f"a list that contains '{EOT}'",
     )
     check("tokenizer.min_frequency", tok.min_frequency, tok.min_frequency >= 1, ">= 1")
     _check_sources(r.data.source)
@@ -404,14 +421,27 @@ def validate(r: Recipe) -> None:
     check("train.beta1", t.beta1, 0.0 <= t.beta1 < 1.0, "in [0, 1)")
     check("train.beta2", t.beta2, 0.0 <= t.beta2 < 1.0, "in [0, 1)")
     check("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 = off)")
-    s = r.sample
-    check("sample.max_new_tokens", s.max_new_tokens, s.max_new_tokens > 0, "a positive integer")
-    check("sample.temperature", s.temperature, s.temperature >= 0, ">= 0 (0 = greedy)")
-    check("sample.top_k", s.top_k, s.top_k >= 0, ">= 0 (0 = off)")
-    check("sample.top_p", s.top_p, 0.0 < s.top_p <= 1.0, "in (0, 1]")
-    check("sample.min_p", s.min_p, 0.0 <= s.min_p <= 1.0, "in [0, 1] (0 = off)")
-    check("sample.repetition_penalty", s.repetition_penalty, s.repetition_penalty > 0, "> 0")
-    check("sample.stop", s.stop, all(s.stop), "a list of non-empty strings")
+    check_sample(r.sample, lambda key: f"recipe key 'sample.{key}'")
+
+
+def check_sample(s: SampleConfig, name: Callable[[str], str]) -> None:
+    """The sampling settings' one validator, for the recipe's sample: section and for flags
+    (name says how the message calls a key: a recipe key or a --flag)."""
+
+    def need(key: str, ok: bool, expected: str) -> None:
+        value = getattr(s, key)
+        if not ok:
+            raise UserError(f"{name(key)} must be {expected}, got {value!r}")
+
+    for key in ("temperature", "top_p", "min_p", "repetition_penalty"):  # nan passes any <
+        need(key, math.isfinite(getattr(s, key)), "a finite number")
+    need("max_new_tokens", s.max_new_tokens > 0, "a positive integer")
+    need("temperature", s.temperature >= 0, ">= 0 (0 = greedy)")
+    need("top_k", s.top_k >= 0, ">= 0 (0 = off)")
+    need("top_p", 0.0 < s.top_p <= 1.0, "in (0, 1] (1 = off)")
+    need("min_p", 0.0 <= s.min_p <= 1.0, "in [0, 1] (0 = off)")
+    need("repetition_penalty", s.repetition_penalty > 0, "> 0 (1 = off)")
+    need("stop", all(s.stop), "a list of non-empty strings (the text to stop before)")
 
 
 def _is_sha256(value: str) -> bool:
@@ -464,7 +494,3 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def dump(recipe: Recipe) -> str:
     return yaml.safe_dump(to_dict(recipe), sort_keys=False)
-
-
-def run_dir(recipe: Recipe) -> Path:
-    return Path(recipe.run_dir) if recipe.run_dir else Path("runs") / recipe.name

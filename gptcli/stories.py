@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-EOT = "<|endoftext|>"
+from gptcli.files import write_atomic
+from gptcli.recipe import EOT
+
 # The generator's output version: run folders fingerprint a builtin: corpus by it (not by this
 # file's bytes, so a reformat changes nothing). Bump it whenever the generated text changes;
 # tests/test_stories.py pins a hash of a fixed sample to it, so a forgotten bump fails there.
@@ -2048,17 +2050,7 @@ def write(path: str | os.PathLike[str], n_bytes: int, seed: int) -> int:
     Returns the number of bytes written.
     """
     data = generate(n_bytes, seed).encode("utf-8")
-    target = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".stories-", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a corpus is not
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, data)
     return len(data)

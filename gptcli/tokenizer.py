@@ -6,7 +6,6 @@ so there is no <unk> and any text can be encoded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,8 +14,9 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gptcli.console import UserError
+from gptcli.files import atomic_target
+from gptcli.recipe import EOT
 
-EOT = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -62,13 +62,8 @@ def load(path: str | Path) -> Tokenizer:
 
 def save(tok: Tokenizer, path: Path) -> None:
     """Atomic: readers never see half a tokenizer.json."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tok.save(str(tmp))
-    tmp.replace(path)
-
-
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with atomic_target(path) as tmp:
+        tok.save(str(tmp))
 
 
 def eot_id(tok: Tokenizer) -> int:

@@ -130,7 +130,7 @@ def test_fingerprint_reuses_hash_only_for_same_size_and_mtime(tmp_path, monkeypa
     cfg = recipe.DataConfig(source=str(f))
     fp = data.fingerprint(cfg, 0)
     calls = []
-    monkeypatch.setattr(data, "file_sha256", lambda p: calls.append(p) or "x")
+    monkeypatch.setattr(data, "sha256_file", lambda p: calls.append(p) or "x")
     assert data._same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and not calls
     f.write_text("hellp")
     assert not data._same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and calls

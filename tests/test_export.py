@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import SHARED_DATA, assert_one_line_error, gptcli, write_recipe
 
-from gptcli import checkpoint, export, tokenizer
+from gptcli import checkpoint, export, interop, tokenizer
 from gptcli.console import UserError
 from gptcli.inspect import describe
 from gptcli.model import GPT
@@ -52,7 +52,7 @@ def models(trained, tmp_path_factory):
 
 
 def _ours(path):
-    return checkpoint.build_model(checkpoint.load(path)).eval()
+    return checkpoint.build_model(interop.load(path)).eval()
 
 
 def _assert_logits_equal(ours, hf, vocab):
@@ -172,7 +172,7 @@ def test_import_hf_folder_parity_sample_and_finetune(models, trained, tmp_path, 
         )
         proc = gptcli("finetune", str(recipe), "--quiet", "--json", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        tuned = checkpoint.load(tmp_path / "runs" / "from-hf")
+        tuned = interop.load(tmp_path / "runs" / "from-hf")
         assert tuned.config.positions == "rope" and tuned.config.mlp_hidden == 80
 
 
@@ -204,10 +204,10 @@ def test_import_refuses_pickles_and_unsupported_configs(tmp_path):
 
     save_file(torch_save_free, str(folder / "model.safetensors"))
     with pytest.raises(UserError, match="missing key 'n_head'"):
-        checkpoint.load(folder)
+        interop.load(folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(UserError, match="model_type 'bert'"):
-        checkpoint.load(folder)
+        interop.load(folder)
     with pytest.raises(UserError, match="--format must be hf, gguf or gptcli"):
         export.export(str(folder), "onnx", str(tmp_path / "o"))
 
@@ -219,8 +219,8 @@ def test_export_gguf_reads_back_equal(models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (path,) = out.glob("*.gguf")
     reader = gguf.GGUFReader(str(path))
-    loaded = checkpoint.load(models["llama"])
-    expected = export.gguf_tensors(loaded.config, loaded.weights)
+    loaded = interop.load(models["llama"])
+    expected = interop.gguf_tensors(loaded.config, loaded.weights)
     got = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
     assert set(got) == set(expected)
     for name, tensor in expected.items():

@@ -180,15 +180,17 @@ def test_classify_single_text_trains_head_and_samples_label_distribution(trained
 
 
 def test_classify_sequences_follow_gpt1_transformations(trained):
-    from gptcli import finetune, tokenizer
+    from gptcli import tokenizer
     from gptcli.recipe import TaskConfig
+    from gptcli.tasks import classify
+    from gptcli.tasks.base import add_special_tokens
 
     tok = tokenizer.load(trained / "runs" / "mini" / "tokenizer.json")
-    finetune.add_special_tokens(tok, finetune.CLASSIFY_TOKENS)
-    start, delim, extract = (tok.token_to_id(t) for t in finetune.CLASSIFY_TOKENS)
+    add_special_tokens(tok, classify.CLASSIFY_TOKENS)
+    start, delim, extract = (tok.token_to_id(t) for t in classify.CLASSIFY_TOKENS)
 
     def task(fmt, block=32):
-        return finetune.ClassifyTask(
+        return classify.ClassifyTask(
             TaskConfig(kind="classify", format=fmt), tok, block, ["a", "b"]
         )
 
@@ -334,16 +336,18 @@ train:
 
 
 def test_sft_masks_prompt_tokens_and_chats(trained):
-    from gptcli import finetune, tokenizer
+    from gptcli import tokenizer
+    from gptcli.tasks import sft
+    from gptcli.tasks.base import add_special_tokens
 
     tok = tokenizer.load(trained / "runs" / "mini" / "tokenizer.json")
-    finetune.add_special_tokens(tok, finetune.CHAT_TOKENS)
+    add_special_tokens(tok, sft.CHAT_TOKENS)
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "What is two plus two?"},
         {"role": "assistant", "content": "Four."},
     ]
-    ids, is_response = finetune.chat_ids(tok, messages)
+    ids, is_response = sft.chat_ids(tok, messages)
     answer = tok.encode("Four.", add_special_tokens=False).ids + [tok.token_to_id("<|end|>")]
     assert [
         i for i, r in zip(ids, is_response, strict=True) if r
@@ -353,7 +357,7 @@ def test_sft_masks_prompt_tokens_and_chats(trained):
     records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(30)]
     records.append({"messages": messages})
     source = _write_jsonl(trained / "sft.jsonl", records)
-    task = finetune.SFTTask.__new__(finetune.SFTTask)
+    task = sft.SFTTask.__new__(sft.SFTTask)
     task.tok, task.block_size = tok, 32
     inputs, targets = task.encode([("x:1", records[0])], "x", ["prompt", "response"])[0]
     reply = tok.encode("0 1", add_special_tokens=False).ids + [tok.token_to_id("<|end|>")]
@@ -403,10 +407,10 @@ def test_lora_stores_adapters_with_base_reference_and_merges(trained):
         == hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
     )
 
-    from gptcli import checkpoint
+    from gptcli import interop
 
-    merged = checkpoint.load(ckpt).weights
-    base_w = checkpoint.load(base).weights
+    merged = interop.load(ckpt).weights
+    base_w = interop.load(base).weights
     assert merged["blocks.0.mlp.up.weight"].equal(base_w["blocks.0.mlp.up.weight"])  # not a target
     assert merged["wte.weight"][:400].equal(base_w["wte.weight"])
     assert not merged["blocks.0.attn.qkv.weight"].equal(base_w["blocks.0.attn.qkv.weight"])
@@ -464,10 +468,10 @@ def test_finetune_resume_refuses_a_different_init_tokenizer(trained, tmp_path):
 
 
 def test_batch_order_is_a_seeded_permutation_in_length_buckets():
-    from gptcli.finetune import _Order
+    from gptcli.tasks.base import LengthOrder
 
     lengths = [(i * 7) % 13 + 1 for i in range(24)]
-    order = _Order(lengths, batch_size=4, seed=5, bucket=3)
+    order = LengthOrder(lengths, batch_size=4, seed=5, bucket=3)
     batches = [order.indices(i) for i in range(12)]  # 48 positions = two epochs
     seen = sorted(i for b in batches for i in b)
     assert seen == sorted(list(range(24)) * 2)  # every example once per epoch
@@ -475,7 +479,7 @@ def test_batch_order_is_a_seeded_permutation_in_length_buckets():
         group = batches[chunk * 3 : chunk * 3 + 3]
         spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in group)
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
-    fresh = _Order(lengths, batch_size=4, seed=5, bucket=3)  # a resumed run: same batches
+    fresh = LengthOrder(lengths, batch_size=4, seed=5, bucket=3)  # a resumed run: same batches
     assert [fresh.indices(i) for i in (7, 2, 11)] == [batches[7], batches[2], batches[11]]
 
 
@@ -551,14 +555,14 @@ def test_padded_examples_do_not_attend_across_rows():
     """A batch of padded examples gives each example exactly what it gets alone."""
     import torch
 
-    from gptcli.finetune import _pad
     from gptcli.model import GPT
     from gptcli.recipe import ModelConfig
+    from gptcli.tasks.base import pad
 
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50)).eval()
     rows = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
-    x, y = _pad(rows, [r[1:] + [-1] for r in rows])
+    x, y = pad(rows, [r[1:] + [-1] for r in rows])
     assert y[0].tolist() == [2, 3, -1, -1, -1, -1]  # no loss on padding
     with torch.no_grad():
         together = model.hidden(x)

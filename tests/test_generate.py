@@ -10,7 +10,6 @@ from conftest import assert_one_line_error, gptcli
 
 from gptcli import checkpoint, tokenizer
 from gptcli.generate import (
-    SamplingParams,
     TextStream,
     filter_logits,
     generate,
@@ -18,7 +17,7 @@ from gptcli.generate import (
     top1_agreement,
 )
 from gptcli.model import GPT
-from gptcli.recipe import ModelConfig
+from gptcli.recipe import ModelConfig, SampleConfig
 
 
 def make(**kw) -> GPT:
@@ -37,7 +36,7 @@ def tokens(model, prompt, params, **kw) -> list[int]:
 def test_greedy_equals_argmax_of_full_forward():
     model = make()
     prompt = [1, 2, 3]
-    out = tokens(model, prompt, SamplingParams(max_new_tokens=8, temperature=0))
+    out = tokens(model, prompt, SampleConfig(max_new_tokens=8, temperature=0))
     seq = list(prompt)
     for _ in range(8):
         logits, _ = model(torch.tensor([seq]))
@@ -80,7 +79,7 @@ def test_prepacked_linears_give_the_unpacked_logits(dtype, monkeypatch):
 @pytest.mark.parametrize("positions", ["rope", "learned"])
 def test_generation_past_the_context_is_exact_to_the_sliding_window(positions):
     model = make(positions=positions)
-    out = tokens(model, [1, 2], SamplingParams(max_new_tokens=40, temperature=0))
+    out = tokens(model, [1, 2], SampleConfig(max_new_tokens=40, temperature=0))
     window, expected = [1, 2], []  # reference: a full forward over the current window
     for _ in range(40):
         logits, _ = model(torch.tensor([window]))
@@ -93,7 +92,7 @@ def test_generation_past_the_context_is_exact_to_the_sliding_window(positions):
 
 def test_same_seed_same_tokens_other_seed_differs():
     model = make()
-    params = SamplingParams(max_new_tokens=12, temperature=1.0, top_k=0)
+    params = SampleConfig(max_new_tokens=12, temperature=1.0, top_k=0)
     a = tokens(model, [5], params, seed=7)
     b = tokens(model, [5], params, seed=7)
     c = tokens(model, [5], params, seed=8)
@@ -102,20 +101,20 @@ def test_same_seed_same_tokens_other_seed_differs():
 
 def test_eos_stops_generation():
     model = make()
-    greedy = SamplingParams(max_new_tokens=5, temperature=0)
+    greedy = SampleConfig(max_new_tokens=5, temperature=0)
     first = tokens(model, [1], greedy)[0]
     assert tokens(model, [1], greedy, eos_id=first) == []
 
 
 def test_top_k_and_top_p_keep_only_their_set():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
-    kept = filter_logits(logits, SamplingParams(temperature=1.0, top_k=2)).isfinite()
+    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=2)).isfinite()
     assert kept.tolist() == [[True, True, False, False, False]]
     probs = logits.softmax(-1)[0]  # 0.64, 0.23, 0.09, ...
     assert probs[0] < 0.7 < probs[0] + probs[1]
-    kept = filter_logits(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.7)).isfinite()
+    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=0, top_p=0.7)).isfinite()
     assert kept.tolist() == [[True, True, False, False, False]]
-    kept = filter_logits(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.5)).isfinite()
+    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=0, top_p=0.5)).isfinite()
     assert kept.tolist() == [[True, False, False, False, False]]
 
 
@@ -123,7 +122,7 @@ def test_sampled_tokens_stay_inside_top_k():
     model = make()
     logits, _ = model(torch.tensor([[3]]))
     allowed = set(torch.topk(logits[0, -1], 3).indices.tolist())
-    params = SamplingParams(max_new_tokens=1, temperature=2.0, top_k=3)
+    params = SampleConfig(max_new_tokens=1, temperature=2.0, top_k=3)
     seen = {tokens(model, [3], params, seed=s)[0] for s in range(40)}
     assert seen <= allowed and len(seen) > 1
 
@@ -132,22 +131,22 @@ def test_min_p_keeps_tokens_above_the_floor():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     probs = logits.softmax(-1)[0]
     assert probs[1] > 0.3 * probs[0] > probs[2]  # 0.37 > 0.3 > 0.14
-    kept = filter_logits(logits, SamplingParams(temperature=1.0, top_k=0, min_p=0.3)).isfinite()
+    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=0, min_p=0.3)).isfinite()
     assert kept.tolist() == [[True, True, False, False, False]]
 
 
 def test_repetition_penalty_makes_seen_tokens_less_likely():
     logits = torch.tensor([[2.0, -1.0, 1.5, 0.5]])
     seen = torch.tensor([[True, True, False, False]])
-    params = SamplingParams(temperature=0, repetition_penalty=2.0)
+    params = SampleConfig(temperature=0, repetition_penalty=2.0)
     gen = torch.Generator()
     assert next_token(logits, params, gen, seen).item() == 2  # 2/2 = 1.0 < 1.5
-    assert next_token(logits, SamplingParams(temperature=0), gen, seen).item() == 0
+    assert next_token(logits, SampleConfig(temperature=0), gen, seen).item() == 0
 
 
 def test_batch_rows_finish_on_their_own():
     model = make()
-    params = SamplingParams(max_new_tokens=30, temperature=1.5, top_k=0)
+    params = SampleConfig(max_new_tokens=30, temperature=1.5, top_k=0)
     finished = [False] * 4
     steps = list(generate(model, [1], params, seed=3, eos_id=7, num_samples=4, finished=finished))
     rows = list(zip(*steps, strict=True))
@@ -155,8 +154,8 @@ def test_batch_rows_finish_on_their_own():
     for row in rows:
         if 7 in row:  # after its eos a row yields nothing more
             assert all(t is None for t in row[row.index(7) + 1 :])
-    solo = tokens(model, [1], SamplingParams(max_new_tokens=30, temperature=0))
-    batch = [t[1] for t in generate(model, [1], SamplingParams(30, 0), num_samples=3)]
+    solo = tokens(model, [1], SampleConfig(max_new_tokens=30, temperature=0))
+    batch = [t[1] for t in generate(model, [1], SampleConfig(30, 0), num_samples=3)]
     assert batch == solo  # greedy rows of a batch equal a batch of one
 
 

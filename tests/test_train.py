@@ -22,8 +22,8 @@ from conftest import (
 )
 
 from gptcli import checkpoint
+from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
-from gptcli.train import BatchedMuon, lr_at
 
 
 def losses(run):

@@ -1,0 +1,70 @@
+"""Small file helpers every layer uses: hashing, atomic writes, gptcli's cache folder, and
+the dotted fields of JSON records read from files.
+
+Atomic means a reader (or a crash, even kill -9) sees the old file or the new one, never half
+of one: the bytes go to a temp name in the same folder, are synced, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+READ_CHUNK = 1 << 20  # bytes hashed at a time
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read a chunk at a time (corpora can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temp path to write path's new content to; renamed over path when the block ends
+    without an error, removed otherwise. For writers that want a file name (tokenizers, PNGs)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to path atomically."""
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside path durable (the directory entry itself is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cache_dir() -> Path:
+    """$GPTCLI_CACHE, else gptcli/ under $XDG_CACHE_HOME or ~/.cache: downloads, probes."""
+    if os.environ.get("GPTCLI_CACHE"):
+        return Path(os.environ["GPTCLI_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptcli"
+
+
+def get_field(record: object, dotted: str) -> object:
+    """record["a"]["b"] for "a.b", or None when any part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(record, dict) or part not in record:
+            return None
+        record = record[part]
+    return record
