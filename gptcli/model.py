@@ -3,7 +3,8 @@
 Token (+ learned position) embeddings, n_layer blocks of causal self-attention and an MLP with
 pre-normalisation and residual connections, a final norm and the unembedding. Switches select
 GPT-2's choices or modern ones (rotary positions, RMSNorm, SwiGLU, no bias). Attention goes
-through torch's scaled_dot_product_attention so the fused kernels (flash on CUDA) are used.
+through torch's scaled_dot_product_attention so the fused kernels (flash on CUDA) are used;
+the fast paths of RMSNorm, the linear layers and the loss live in gptcli.kernels.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptcli.kernels import Linear, linear_cross_entropy, rms_norm
 from gptcli.recipe import ModelConfig
 
 
@@ -26,123 +28,22 @@ def mlp_hidden_size(cfg: ModelConfig) -> int:
     return 4 * cfg.n_embd
 
 
-class RMSNormFunction(torch.autograd.Function):
-    """x / rms(x) * weight, computed in fp32, with a hand-written backward.
-
-    torch's rms_norm on CPU differentiates its composite (pow, mean, rsqrt, mul: about ten
-    kernels backward); this takes three forward and six backward: 1.4x faster fwd+bwd here,
-    about 5 % of a Shakespeare-recipe training step.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
-        mean_square = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_() / x.size(-1)
-        inv_rms = mean_square.add_(eps).rsqrt_()
-        normed = xf * inv_rms
-        ctx.save_for_backward(normed, inv_rms, weight)
-        ctx.x_dtype = x.dtype
-        return (normed * weight).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        normed, inv_rms, weight = ctx.saved_tensors
-        grad_out = grad_out.float()
-        grad_weight = (grad_out * normed).reshape(-1, normed.size(-1)).sum(0)
-        grad_normed = grad_out * weight
-        # d/dx of x * inv_rms(x): project out the component along normed, then rescale
-        along = torch.linalg.vecdot(grad_normed, normed).unsqueeze(-1) / -normed.size(-1)
-        grad_x = torch.addcmul(grad_normed, normed, along).mul_(inv_rms)
-        return grad_x.to(ctx.x_dtype), grad_weight.to(weight.dtype), None
-
-
 class RMSNorm(nn.Module):
+    """x / rms(x) * weight (kernels.rms_norm picks the kernel for training or inference)."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            # inductor fuses the composite itself; RMSNormFunction compiled for CUDA (torch 2.11,
-            # H200) gave zero gradients in bf16 and a failed kernel launch in fp32
-            return F.rms_norm(x.float(), (x.size(-1),), self.weight, self.eps).to(x.dtype)
-        if torch.is_grad_enabled():
-            return RMSNormFunction.apply(x, self.weight, self.eps)
-        # inference: the fused kernel, with the weight in x's dtype (else a slow path)
-        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return RMSNorm(cfg.n_embd, cfg.norm_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-
-
-# fp32 matrices smaller than this run a few rows faster through F.linear than through oneDNN
-# (measured: 0.4-1.0x below 0.6M weights, 1.7-2.2x from 1.5M up); bf16 gains at every size
-FP32_PREPACK_MIN = 1_000_000
-
-
-def can_prepack(weight: torch.Tensor) -> bool:
-    """bf16 weights, or large fp32 ones, on a CPU whose torch has oneDNN (see Linear)."""
-    return (
-        weight.device.type == "cpu"
-        and (
-            weight.dtype == torch.bfloat16
-            or (weight.dtype == torch.float32 and weight.numel() >= FP32_PREPACK_MIN)
-        )
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
-
-
-def _version(t: torch.Tensor) -> int:
-    return -1 if t.is_inference() else t._version  # inference tensors keep no version counter
-
-
-class Linear(nn.Linear):
-    """nn.Linear that can run inference on a copy of its weight prepacked for oneDNN.
-
-    On CPU, torch's F.linear reads a bf16 weight ~1.7x slower than oneDNN's blocked layout
-    when there is one row (decoding at batch 1: matrix-vector work), and runs fp32 at a few
-    rows (decoding at batch 8, a short prefill) ~2x slower than oneDNN; a single fp32 row is
-    as fast as F.linear already, so it stays there. prepack() makes the copy (same results up
-    to summation order, ~the weight's memory again) and forward uses it while the weight is
-    unchanged and no gradient is needed. The state dict is untouched: the copy is no buffer.
-    """
-
-    packed: tuple[int, int, torch.Tensor] | None = None  # (weight data_ptr, _version, copy)
-
-    def prepack(self) -> None:
-        w = self.weight
-        if not can_prepack(w):
-            self.packed = None
-        elif self._packed_weight() is None:
-            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), None)
-            self.packed = (w.data_ptr(), _version(w), packed)
-
-    def _packed_weight(self) -> torch.Tensor | None:
-        w, packed = self.weight, self.packed
-        if packed is None or packed[0] != w.data_ptr() or packed[1] != _version(w):
-            return None  # the weight was replaced, moved or changed in place since prepack
-        return packed[2] if packed[2].dtype == w.dtype else None
-
-    def __getstate__(self) -> dict:
-        # copies and pickles leave the packed weight behind (oneDNN tensors have no storage)
-        return {k: v for k, v in super().__getstate__().items() if k != "packed"}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and not torch.is_grad_enabled():
-            packed = self._packed_weight()
-            rows = x.numel() // x.size(-1) if x.size(-1) else 0
-            if (
-                packed is not None
-                and x.dtype == packed.dtype
-                and (rows > 1 or x.dtype == torch.bfloat16)
-            ):
-                return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
-        return super().forward(x)
 
 
 def rope_tables(cfg: ModelConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,69 +56,11 @@ def rope_tables(cfg: ModelConfig, length: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (first half, second half) of each head, as Llama does, in x's dtype
-    (as HF's Llama does): four kernels forward, where upcasting and splitting took nine."""
+    """Rotate channel pairs (first half, second half) of each head, as Llama does, in x's
+    dtype, as HF's Llama does (upcasting to fp32 costs extra kernels)."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated_half = torch.cat((-x2, x1), dim=-1)
     return torch.addcmul(x * cos.to(x.dtype), rotated_half, sin.to(x.dtype))
-
-
-# Below this many logits per step the plain path is as fast (measured at a 65-token vocabulary);
-# above it, chunks of this many rows keep each chunk's logits small (4 MB at a 1k vocabulary)
-CHUNKED_LOSS_MIN = 1 << 22
-LOSS_CHUNK_ROWS = 1024
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Unembedding and cross-entropy over row chunks, with the gradients made on the way.
-
-    The (tokens x vocab) logits, their softmax and their gradient are never whole in memory:
-    at 4,096 tokens and a 4,096-token vocabulary that is three 64 MB arrays a step, which on a
-    CPU cost more in page faults and memory traffic than the arithmetic. Targets of -1 carry
-    no loss. Matmuls run in the autocast dtype when autocast is on, softmax in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, targets, chunk_rows: int):  # x (N, C), weight (V, C), targets (N,)
-        dtype = x.dtype
-        if torch.is_autocast_enabled(x.device.type):
-            dtype = torch.get_autocast_dtype(x.device.type)
-        with torch.autocast(x.device.type, enabled=False):
-            w = weight.to(dtype)
-            valid = targets != -1
-            count = valid.sum().clamp(min=1)
-            loss = torch.zeros((), dtype=torch.float32, device=x.device)
-            need_x, need_w = ctx.needs_input_grad[:2]  # a frozen head (LoRA) needs no grad_w
-            grad_x = torch.empty_like(x) if need_x else None
-            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-            for start in range(0, x.size(0), chunk_rows):
-                rows = slice(start, start + chunk_rows)
-                xc, tc, vc = x[rows].to(dtype), targets[rows].clamp(min=0), valid[rows]
-                logits = (xc @ w.t()).float()
-                picked = logits.gather(1, tc[:, None]).squeeze(1)
-                # softmax in place of the logits, by hand: torch.logsumexp and then exp took
-                # 3x as long on this CPU (an extra out-of-place pass and a slow reduction)
-                row_max = logits.amax(dim=-1, keepdim=True)
-                probs = logits.sub_(row_max).exp_()
-                total = probs.sum(dim=-1, keepdim=True)
-                lse = (total.log() + row_max).squeeze(1)
-                loss += ((lse - picked) * vc).sum()
-                weight_of_row = (vc / count)[:, None]  # d(mean loss)/d(logits); 0 if ignored
-                probs.mul_(weight_of_row / total)
-                probs.scatter_add_(1, tc[:, None], -weight_of_row)
-                g = probs.to(dtype)
-                if need_x:
-                    grad_x[rows] = g @ w
-                if need_w:
-                    grad_w += (g.t() @ xc).float()
-        ctx.save_for_backward(grad_x, None if grad_w is None else grad_w.to(weight.dtype))
-        return loss / count
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_x, grad_w = ctx.saved_tensors
-        scaled = [None if g is None else g * grad_loss for g in (grad_x, grad_w)]
-        return scaled[0], scaled[1], None, None
 
 
 class KVCache:
@@ -374,20 +217,9 @@ class GPT(nn.Module):
         return self.lm_head(x), None
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy of final hidden states x against targets (-1: none).
-
-        Training with many (tokens x vocab) logits goes through LinearCrossEntropy in chunks.
-        """
+        """Mean next-token cross-entropy of final hidden states x against targets (-1: none)."""
         x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
-        chunked = (
-            torch.is_grad_enabled()
-            and type(self.lm_head) is Linear  # not a LoRA-wrapped head
-            and x.size(0) * self.cfg.vocab_size >= CHUNKED_LOSS_MIN
-        )
-        if chunked:
-            return LinearCrossEntropy.apply(x, self.lm_head.weight, targets, LOSS_CHUNK_ROWS)
-        logits = self.lm_head(x)
-        return F.cross_entropy(logits.float(), targets, ignore_index=-1)
+        return linear_cross_entropy(x, self.lm_head, targets)
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
         """Final (normalised) hidden states (B, T, n_embd): what the LM and task heads read."""

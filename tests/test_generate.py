@@ -50,10 +50,10 @@ def test_prepacked_linears_give_the_unpacked_logits(dtype, monkeypatch):
     row and at several, nothing added to the state dict, copies work, a stale pack is unused."""
     import copy
 
-    from gptcli import model as model_mod
+    from gptcli import kernels
 
     # the test model's fp32 matrices are below the size that prepacks by default
-    monkeypatch.setattr(model_mod, "FP32_PREPACK_MIN", 0)
+    monkeypatch.setattr(kernels, "FP32_PREPACK_MIN", 0)
     model = make().to(dtype)
     ids = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(1))
     keys = list(model.state_dict())
