@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from gptcli.model import GPT, param_groups
+from gptcli.model import GPT
+from gptcli.optim import param_groups
 from gptcli.recipe import PRESETS, ModelConfig
 
 CONFIGS = {

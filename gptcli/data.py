@@ -383,8 +383,6 @@ def _jsonl_documents(path: Path, text_field: str, errors: str, on_bytes) -> Iter
 
 def _builtin_documents(cfg: DataConfig, seed: int, on_bytes) -> Iterator[str]:
     """The same documents as splitting stories.generate(builtin_mb), without holding them."""
-    from gptcli import stories
-
     total, limit = 0, int(cfg.builtin_mb * 1e6)
     sep_bytes = len(_SEP) + 2
     for story in stories.iter_stories(seed):

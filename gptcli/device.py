@@ -7,6 +7,8 @@ the same questions (does this CPU have native bf16?) without importing the train
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as tdist
 
 from gptcli import console
 from gptcli.console import UserError
@@ -53,14 +56,10 @@ def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
 
     A training step allocates and frees the same large tensors every time; by default glibc
-    serves big ones with fresh mmaps (returned on free) and trims the heap, so each step faults
-    its memory back in page by page: 4-6 % of a CPU step measured here (Shakespeare recipe,
-    bench_train (b)). The cost is a resident size that stays at its peak. Returns whether this
-    C library took the settings (only glibc has mallopt).
+    serves big ones with fresh mmaps and trims the heap, so each step faults its memory back in
+    page by page (benchmarks/bench_train.py). The cost is a resident size that stays at its
+    peak. Returns whether this C library took the settings (only glibc has mallopt).
     """
-    import ctypes
-    import ctypes.util
-
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -202,12 +201,10 @@ def init_distributed(device_name: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
         return Dist()
-    import torch.distributed as dist
-
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if use_cuda else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank)
+    return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank)

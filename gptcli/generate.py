@@ -7,6 +7,7 @@ concerns (clean UTF-8 pieces, stop strings across token boundaries) live in Text
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -209,8 +210,6 @@ def top1_agreement(
     min_margin leaves out positions whose two likeliest tokens are closer than that (in
     logits) under model: ties that bf16's 8-bit mantissa cannot resolve either way.
     """
-    import copy
-
     reference, _ = model(ids)
     other, _ = copy.deepcopy(model).to(dtype).prepack()(ids)  # the kernels sampling uses
     top2 = reference.topk(2, dim=-1).values

@@ -10,7 +10,6 @@ the fast paths of RMSNorm, the linear layers and the loss live in gptcli.kernels
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -262,18 +261,3 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             n += self.lm_head.weight.numel()
         return 6 * n + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-
-
-def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (linear and embedding weights) only, not on biases or norms."""
-    decay, no_decay = [], []
-    seen = set()
-    for p in params:
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]

@@ -7,13 +7,29 @@ parameter group keeps its `base_lr`; the schedule multiplies it by a factor ever
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
+from torch import nn
 
-from gptcli.model import param_groups
 from gptcli.recipe import TrainConfig
 
 Optimizer = torch.optim.Optimizer
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linear and embedding weights) only, not on biases or norms."""
+    decay, no_decay = [], []
+    seen = set()
+    for p in params:
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def lr_factor(step: int, t: TrainConfig) -> float:

@@ -5,7 +5,8 @@ import torch
 
 from gptcli import kernels
 from gptcli.kernels import LinearCrossEntropy
-from gptcli.model import GPT, apply_rope, param_groups, rope_tables
+from gptcli.model import GPT, apply_rope, rope_tables
+from gptcli.optim import param_groups
 from gptcli.recipe import ModelConfig
 
 VARIANTS = [
