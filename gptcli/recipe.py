@@ -141,7 +141,7 @@ class FinetuneConfig:
 class Recipe:
     name: str = "run"
     seed: int = 1337
-    run_dir: str = ""  # "" = runs/<name>
+    run_dir: str = ""  # "" = runs/<name>; a path on purpose, used as given (name is a plain name)
     init: str = ""  # finetune: the checkpoint or run folder to start from
     task: TaskConfig = field(default_factory=TaskConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
