@@ -7,6 +7,8 @@ import pytest
 from conftest import REPO, assert_one_line_error, gptcli
 
 from gptcli import bundled
+from gptcli import inspect as inspect_mod
+from gptcli.console import UserError
 
 NAMES = sorted(
     p.relative_to(REPO / "recipes").with_suffix("").as_posix()
@@ -29,7 +31,11 @@ def test_listing_shows_each_recipe_on_one_line(tmp_path):
     assert "SST-2 sentiment classifier" in sst2  # the recipe file's first comment line
     assert "data: ../shared/data/classify/sst2_train.jsonl" in sst2
     assert "starts from runs/sst2-lm" in sst2
-    rows = json.loads(gptcli("inspect", "--recipes", "--json", cwd=tmp_path).stdout)["recipes"]
+
+
+def test_every_recipe_says_what_it_trains_in_one_sentence():
+    """--json holds the same rows; each summary is the file's first line, a whole sentence."""
+    rows = inspect_mod.bundled_recipes()["recipes"]
     assert all(r["summary"].endswith(".") and len(r["summary"]) < 100 for r in rows), rows
     assert any(r["name"] == "tiny" and r["data"] == "builtin:stories (generated)" for r in rows)
 
@@ -63,27 +69,33 @@ def test_a_file_of_that_name_here_wins_and_yaml_names_are_paths(tmp_path):
     assert_one_line_error(proc, "recipe not found: nope", "gptcli inspect --recipes")
 
 
+def test_bundled_recipe_without_its_data_names_the_key(tmp_path):
+    proc = gptcli("finetune", "finetune/sst2", cwd=tmp_path)
+    needles = ("recipe finetune/sst2: its data", "is not here", "--set data.source=PATH")
+    assert_one_line_error(proc, *needles, "--set data.dev=PATH", "fields text and label")
+
+
 @pytest.mark.parametrize(
-    "command, name, needles",
+    "name, needles",
     [
-        ("finetune", "finetune/sst2", ["--set data.dev=PATH", "fields text and label"]),
-        ("finetune", "finetune/rte", ["fields premise, hypothesis and label (entailment or"]),
-        ("finetune", "finetune/sft", ["fields prompt and response", "'messages'"]),
-        ("pretrain", "sst2-pretrain", ["a .jsonl with a 'text' field"]),
+        ("finetune/rte", ["fields premise, hypothesis and label (entailment or"]),
+        ("finetune/sft", ["fields prompt and response", "'messages'"]),
+        ("sst2-pretrain", ["a .jsonl with a 'text' field"]),
     ],
 )
-def test_bundled_recipe_without_its_data_names_the_key(tmp_path, command, name, needles):
-    proc = gptcli(command, name, cwd=tmp_path)
-    assert_one_line_error(proc, f"recipe {name}", "is not here", "--set data.source=PATH", *needles)
+def test_missing_data_message_says_what_the_file_holds(tmp_path, monkeypatch, name, needles):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        bundled.load(name, [])
+    for needle in (f"recipe {name}", "--set data.source=PATH", *needles):
+        assert needle in str(e.value)
 
 
-def test_bundled_recipe_with_given_data_goes_on(tmp_path):
-    data = tmp_path / "train.jsonl"
-    data.write_text('{"text": "good", "label": 1}\n')
-    sets = ("--set", f"data.source={data}", "--set", "data.dev=")
-    proc = gptcli("finetune", "finetune/sst2", *sets, cwd=tmp_path)
-    assert proc.returncode == 2  # the next check: the checkpoint to start from
-    assert proc.stderr.splitlines()[-1] == "error: checkpoint not found: runs/sst2-lm"
+def test_bundled_recipe_with_given_data_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.jsonl").write_text('{"text": "good", "label": 1}\n')
+    recipe = bundled.load("finetune/sst2", ["data.source=train.jsonl", "data.dev="])
+    assert recipe.data.source == "train.jsonl" and recipe.init == "runs/sst2-lm"
 
 
 def test_inspect_needs_a_path_or_recipes(tmp_path):
@@ -97,6 +109,5 @@ def _help(command: str) -> str:
 
 
 def test_help_says_run_dir_and_out_are_paths():
-    for command in ("pretrain", "finetune"):
-        assert "run_dir: a path, used as given" in _help(command)
+    assert "run_dir: a path, used as given" in _help("pretrain")  # finetune's says the same
     assert "Folder to write (new or empty): a path, used as given" in _help("export")
