@@ -2,9 +2,8 @@
 # A CI smoke job: train the smoke recipe (whole path, < 30 s on a CPU), sample from it, and
 # check what `inspect --json` says with a JSON tool. Exits non-zero if anything is off.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
 
-gptcli pretrain "$here/../recipes/smoke.yaml" --quiet --json > smoke-summary.json
+gptcli pretrain smoke --quiet --json > smoke-summary.json   # the bundled recipes/smoke.yaml
 text="$(gptcli sample --checkpoint runs/smoke --prompt "Once upon a time" --seed 1 --quiet)"
 [ -n "$text" ] || { echo "sample printed nothing" >&2; exit 1; }
 

@@ -20,7 +20,7 @@ from gptcli.console import Failure, Interrupted, UserError
 app = typer.Typer(
     name="gptcli",
     help="From raw text to a trained GPT-style model and back to text.\n\n"
-    "Typical use: [bold]gptcli pretrain recipes/tiny.yaml[/bold], then "
+    "Typical use: [bold]gptcli pretrain tiny[/bold] (a bundled recipe), then "
     '[bold]gptcli sample --prompt "Once upon a time"[/bold].',
     rich_markup_mode="rich",
     no_args_is_help=True,
@@ -37,6 +37,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on 
 FreshOpt = Annotated[
     bool, typer.Option("--fresh", help="Start over in a new run folder (runs/NAME-2, ...).")
 ]
+RECIPE_HELP = (
+    "A YAML recipe file, or a bundled recipe's name (tiny, finetune/sst2: gptcli inspect "
+    "--recipes lists them) when no file of that name is here."
+)
+# run_dir is a path on purpose (name is a plain name): stated where users set either.
+RUN_FOLDER_NOTE = (
+    "The run folder is runs/NAME, or the recipe's run_dir: a path, used as given (relative to "
+    "the working directory), unlike name."
+)
 
 
 def _version(value: bool) -> None:
@@ -99,10 +108,10 @@ def tokenize(
             raise UserError("--decode and --count need --tokenizer PATH")
         if not args or len(args) != 1:
             raise UserError("tokenize takes one RECIPE (or --tokenizer PATH to encode text)")
+        from gptcli import bundled
         from gptcli import pretrain as pretrain_mod
-        from gptcli import recipe as recipe_mod
 
-        run_dir, manifest = pretrain_mod.tokenize(recipe_mod.load(args[0], sets or []))
+        run_dir, manifest = pretrain_mod.tokenize(bundled.load(args[0], sets or []))
         if as_json:
             _print_json({"run_dir": str(run_dir), **manifest})
         return
@@ -124,11 +133,12 @@ def tokenize(
 @app.command(
     epilog="Examples:\n\n"
     "  gptcli pretrain recipes/tiny.yaml\n\n"
+    "  gptcli pretrain tiny   (the bundled recipe, from any folder)\n\n"
     "  gptcli pretrain recipes/tiny.yaml --set train.max_steps=100 --set model.n_layer=2\n\n"
-    "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json",
+    "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json\n\n" + RUN_FOLDER_NOTE,
 )
 def pretrain(
-    recipe_path: Annotated[str, typer.Argument(metavar="RECIPE", help="A YAML recipe.")],
+    recipe_path: Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP)],
     sets: SetOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
@@ -136,10 +146,12 @@ def pretrain(
 ) -> None:
     """Tokenize if needed, then train from scratch (resuming from the newest checkpoint)."""
     console.set_quiet(quiet)
-    from gptcli import pretrain as pretrain_mod
-    from gptcli import recipe as recipe_mod
+    from gptcli import bundled
 
-    summary = pretrain_mod.pretrain(recipe_mod.load(recipe_path, sets or []), fresh=fresh)
+    recipe = bundled.load(recipe_path, sets or [])  # before torch: a bad recipe fails at once
+    from gptcli import pretrain as pretrain_mod
+
+    summary = pretrain_mod.pretrain(recipe, fresh=fresh)
     if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
 
@@ -147,10 +159,12 @@ def pretrain(
 @app.command(
     epilog="Examples:\n\n"
     "  gptcli finetune recipes/finetune-lm.yaml --set init=runs/tiny\n\n"
-    "  gptcli finetune recipes/finetune-lm.yaml --set data.source=my_texts/",
+    "  gptcli finetune recipes/finetune-lm.yaml --set data.source=my_texts/\n\n"
+    "  gptcli finetune finetune/sst2 --set data.source=train.jsonl --set data.dev=dev.jsonl\n\n"
+    + RUN_FOLDER_NOTE,
 )
 def finetune(
-    recipe_path: Annotated[str, typer.Argument(metavar="RECIPE", help="A YAML finetune recipe.")],
+    recipe_path: Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP)],
     sets: SetOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
@@ -158,10 +172,12 @@ def finetune(
 ) -> None:
     """Continue training the checkpoint named by the recipe's `init` on task data."""
     console.set_quiet(quiet)
-    from gptcli import finetune as finetune_mod
-    from gptcli import recipe as recipe_mod
+    from gptcli import bundled
 
-    summary = finetune_mod.finetune(recipe_mod.load(recipe_path, sets or []), fresh=fresh)
+    recipe = bundled.load(recipe_path, sets or [])  # before torch: a bad recipe fails at once
+    from gptcli import finetune as finetune_mod
+
+    summary = finetune_mod.finetune(recipe, fresh=fresh)
     if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
 
@@ -319,14 +335,25 @@ def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
     "  gptcli inspect runs/tiny\n\n"
     "  gptcli inspect runs/tiny/checkpoints/step-0000600 --json | jq .params.total\n\n"
     "  gptcli inspect recipes/tiny.yaml\n\n"
+    "  gptcli inspect --recipes\n\n"
     '  gptcli inspect runs/tiny --text "Once upon a time"\n\n'
     "  gptcli inspect runs/tiny --score ../shared/data/tinystories/TinyStories-valid.head.txt\n\n"
     "  gptcli inspect runs/tiny --plot loss.png",
 )
 def inspect_cmd(
     path: Annotated[
-        str, typer.Argument(help="Run folder, checkpoint, tokenizer.json, shard folder or recipe.")
-    ],
+        Optional[str],
+        typer.Argument(
+            help="Run folder, checkpoint, tokenizer.json, shard folder, recipe or bundled "
+            "recipe's name."
+        ),
+    ] = None,
+    recipes: Annotated[
+        bool,
+        typer.Option(
+            "--recipes", help="List the bundled recipes: name, what it trains, data it needs."
+        ),
+    ] = False,
     text: Annotated[
         Optional[str],
         typer.Option("--text", help="Show how the tokenizer of PATH splits this text."),
@@ -348,6 +375,14 @@ def inspect_cmd(
 
     if sum(x is not None for x in (text, score_file, plot)) > 1:
         raise UserError("use one of --text, --score, --plot at a time")
+    if recipes:
+        if any(x is not None for x in (path, text, score_file, plot)):
+            raise UserError("--recipes lists the bundled recipes: it takes no PATH or option")
+        _show(inspect_mod.bundled_recipes(), as_json)
+        return
+    if path is None:
+        raise UserError("inspect needs a PATH (or --recipes to list the bundled recipes)")
+    path = inspect_mod.bundled_or_path(path)
     if score_file is not None:
         info = inspect_mod.score(path, score_file)
     else:
@@ -357,6 +392,12 @@ def inspect_cmd(
             raise UserError(f"--plot draws a run's loss curve; {path} is a {info['kind']}")
         info["plot"] = inspect_mod.plot_png(info["curve"], plot, title=path)
         console.info(f"inspect: wrote {info['plot']}")
+    _show(info, as_json)
+
+
+def _show(info: dict, as_json: bool) -> None:
+    from gptcli import inspect as inspect_mod
+
     if as_json:
         _print_json(info)
     else:
@@ -387,7 +428,15 @@ def export(
             "checkpoint, LoRA adapters merged).",
         ),
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder to write (new or empty): a path, used as given (relative to the "
+            "working directory).",
+        ),
+    ],
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -18,7 +18,7 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import checkpoint, console, interop, optim, run, tokenizer
+from gptcli import bundled, checkpoint, console, interop, optim, run, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
 from gptcli.device import autocast, autocast_dtype, pick_device
@@ -307,6 +307,39 @@ def describe(path_str: str, text: str | None = None) -> dict[str, Any]:
     raise UserError(f"{path}: not a recipe (.yaml), tokenizer (.json), run or checkpoint")
 
 
+# --------------------------------------------------------------------------- bundled recipes
+
+
+def bundled_or_path(path: str) -> str:
+    """PATH, or the bundled recipe it names when nothing of that name is here."""
+    found = None if Path(path).exists() else bundled.find(path)
+    if found is None:
+        return path
+    bundled.say_which(path, found)
+    return str(found)
+
+
+def bundled_recipes() -> dict[str, Any]:
+    """The recipes that ship with gptcli: name, what it trains (its first comment line), the
+    data it reads."""
+    rows = [
+        {
+            "name": name,
+            "file": str(path),
+            "summary": bundled.summary(path),
+            "data": bundled.data_needed(recipe_mod.load(path)),
+        }
+        for name, path in bundled.names().items()
+    ]
+    return {"kind": "recipes", "path": str(bundled.FOLDER), "recipes": rows}
+
+
+def recipe_lines(info: dict[str, Any]) -> list[str]:
+    """One line per bundled recipe, names aligned."""
+    width = max((len(r["name"]) for r in info["recipes"]), default=0)
+    return [f"{r['name']:<{width}}  {r['summary']}  data: {r['data']}" for r in info["recipes"]]
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -570,6 +603,10 @@ def render_score(info: dict[str, Any]) -> None:
 
 def render(info: dict[str, Any]) -> None:
     """describe()'s data as tables for people, on stdout."""
+    if info["kind"] == "recipes":  # one plain line each, for people and for grep
+        for line in recipe_lines(info):
+            console.out(line)
+        return
     console.stdout.print(f"[bold]{info['kind']}[/bold] {info['path']}")
     RENDERERS[info["kind"]](info)
 

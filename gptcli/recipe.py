@@ -140,6 +140,26 @@ class TaskConfig:
     lm_weight: float = 0.5  # classify: weight of the auxiliary language-model loss (GPT-1's λ)
 
 
+DEFAULT_FIELDS = {
+    "single": ["text"],
+    "pair": ["premise", "hypothesis"],
+    "similarity": ["sentence1", "sentence2"],
+    "choice": ["context", "choices"],
+    "sft": ["prompt", "response"],
+}
+
+
+def task_fields(task: TaskConfig) -> list[str]:
+    """The fields that hold a task's texts, in order: task.fields or its format's defaults."""
+    key = "sft" if task.kind == "sft" else task.format
+    fields = task.fields or DEFAULT_FIELDS[key]
+    need = 2 if key in ("pair", "similarity", "choice", "sft") else 1
+    if len(fields) != need:
+        what = "field" if need == 1 else "fields"
+        raise UserError(f"task.fields for {key} needs {need} {what}, got {fields}")
+    return fields
+
+
 @dataclass
 class LoraConfig:
     rank: int = 0  # 0 = no LoRA: every weight trains
@@ -158,7 +178,7 @@ class FinetuneConfig:
 class Recipe:
     name: str = "run"
     seed: int = 1337
-    run_dir: str = ""  # "" = runs/<name>
+    run_dir: str = ""  # "" = runs/<name>; a path on purpose, used as given (name is a plain name)
     init: str = ""  # finetune: the checkpoint or run folder to start from
     task: TaskConfig = field(default_factory=TaskConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

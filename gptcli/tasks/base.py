@@ -19,25 +19,7 @@ import torch
 from gptcli.console import UserError
 from gptcli.device import autocast
 from gptcli.files import get_field
-from gptcli.recipe import Recipe, TaskConfig
-
-DEFAULT_FIELDS = {
-    "single": ["text"],
-    "pair": ["premise", "hypothesis"],
-    "similarity": ["sentence1", "sentence2"],
-    "choice": ["context", "choices"],
-    "sft": ["prompt", "response"],
-}
-
-
-def task_fields(task: TaskConfig) -> list[str]:
-    key = "sft" if task.kind == "sft" else task.format
-    fields = task.fields or DEFAULT_FIELDS[key]
-    need = 2 if key in ("pair", "similarity", "choice", "sft") else 1
-    if len(fields) != need:
-        what = "field" if need == 1 else "fields"
-        raise UserError(f"task.fields for {key} needs {need} {what}, got {fields}")
-    return fields
+from gptcli.recipe import Recipe
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:

@@ -22,7 +22,7 @@ from gptcli.checkpoint import Loaded
 from gptcli.console import UserError
 from gptcli.device import autocast
 from gptcli.model import GPT
-from gptcli.recipe import Recipe, TaskConfig
+from gptcli.recipe import Recipe, TaskConfig, task_fields
 from gptcli.tasks.base import (
     LengthOrder,
     as_text,
@@ -30,7 +30,6 @@ from gptcli.tasks.base import (
     read_records,
     required_field,
     split_dev,
-    task_fields,
     text_field,
 )
 

@@ -13,14 +13,13 @@ import torch
 from gptcli import console, tokenizer
 from gptcli.console import UserError
 from gptcli.model import GPT
-from gptcli.recipe import Recipe
+from gptcli.recipe import Recipe, task_fields
 from gptcli.tasks.base import (
     LengthOrder,
     evaluate_loss,
     pad,
     read_records,
     split_dev,
-    task_fields,
     text_field,
 )
 
