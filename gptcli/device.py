@@ -83,7 +83,7 @@ def why_no_compile(device: torch.device) -> str | None:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls run ~2.5x faster than fp32 there, and emulated (slower)
+    """AVX512-BF16 or AMX: bf16 matmuls run much faster than fp32 there, and emulated (slower)
     elsewhere. torch's own cpuinfo probes, with /proc/cpuinfo flags where this torch lacks them."""
     probes = [
         getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -128,9 +128,9 @@ def _probe_matmul(dtype: torch.dtype, windows: int = 5, seconds: float = 0.1) ->
     """The best of several short timed windows of a large matmul.
 
     Another process on the machine can only slow a window down, so the best one is the closest
-    to the hardware's peak (a single window once cached a fifth of it, and MFU read 300 %).
+    to the hardware's peak.
     """
-    n = 2048  # 1024 reaches only ~60 % of bf16's peak on AMX CPUs
+    n = 2048  # smaller matmuls stay well below an AMX CPU's bf16 peak
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     a @ b  # warm up

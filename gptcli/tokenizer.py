@@ -211,10 +211,9 @@ def tiktoken_encoding(tok: Tokenizer):
     for token, piece in pieces.items():
         if encode_piece(piece) != [t.id for t in hf_tokenize(token)]:
             return None
-    # Measured: when the first thread to run the Encoding's regex is one of two encoding worker
-    # threads, both run ~1.8x slower (20 MB on 2 cores: 2.1 s of worker CPU instead of 1.2 s),
-    # likely because the regex's cache pool gives its first user a private fast path. Running
-    # it once here, in the thread that built the Encoding, avoids that.
+    # When the first thread to run the Encoding's regex is an encoding worker, every worker runs
+    # much slower (benchmarks/bench_tokenize.py); running it once here, in the thread that
+    # built the Encoding, avoids that.
     enc.encode_ordinary("warm up")
     return enc
 

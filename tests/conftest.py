@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -26,6 +28,17 @@ def torchrun_command(nproc: int = 2) -> list[str]:
     run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     return [*run, "--nproc_per_node", str(nproc), "-m", "gptcli"]
 
+
+# Where torch.compile can be tested: the CPU when inductor has a C compiler, a CUDA GPU if any.
+COMPILE_DEVICES = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(not shutil.which("cc"), reason="inductor needs a C compiler"),
+    ),
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    ),
+]
 
 # torchrun's ranks share this machine's cores
 TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}

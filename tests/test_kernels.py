@@ -1,10 +1,9 @@
 """Every fast path in gptcli.kernels gives its plain reference's values (and gradients)."""
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import COMPILE_DEVICES
 
 from gptcli import kernels
 from gptcli.kernels import (
@@ -19,16 +18,6 @@ from gptcli.kernels import (
 )
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
-
-ON_DEVICES = [
-    pytest.param(
-        "cpu",
-        marks=pytest.mark.skipif(not shutil.which("cc"), reason="inductor needs a C compiler"),
-    ),
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-    ),
-]
 
 
 def counting(monkeypatch, owner, name: str) -> list:
@@ -82,7 +71,7 @@ def test_rms_norm_inference_path_matches_the_reference(dtype, monkeypatch):
         torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
-@pytest.mark.parametrize("device", ON_DEVICES)
+@pytest.mark.parametrize("device", COMPILE_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_rms_norm_matches_the_reference(device, dtype):
     """Under torch.compile: the reference's values and gradients (a compiled hand-written

@@ -1,7 +1,6 @@
-import shutil
-
 import pytest
 import torch
+from conftest import COMPILE_DEVICES
 
 from gptcli import kernels
 from gptcli.kernels import LinearCrossEntropy
@@ -148,18 +147,7 @@ def test_rope_rotates_each_channel_pair_by_its_position_angle():
     assert torch.allclose(out, torch.cat((turned.real, turned.imag), dim=-1), atol=1e-5)
 
 
-ON_DEVICES = [
-    pytest.param(
-        "cpu",
-        marks=pytest.mark.skipif(not shutil.which("cc"), reason="inductor needs a C compiler"),
-    ),
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-    ),
-]
-
-
-@pytest.mark.parametrize("device", ON_DEVICES)
+@pytest.mark.parametrize("device", COMPILE_DEVICES)
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
 def test_compiled_training_gives_eager_gradients(device, amp, monkeypatch):
     # a wrong compiled gradient can hide: the model still learns a bigram table through the
