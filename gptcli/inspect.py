@@ -5,6 +5,7 @@ describe() returns plain data (what --json prints); render() turns it into table
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -425,14 +426,16 @@ def plot_png(curve: dict[str, list], out: str, title: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        tmp.replace(target)
+        with console.writing(f"--plot {target}"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(tmp, format="png", bbox_inches="tight")
+            tmp.replace(target)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. its folder could not be made
+            tmp.unlink(missing_ok=True)
     return str(target)
 
 

@@ -441,12 +441,14 @@ def fit(
             checkpoint.prune(run_dir, t.keep_last)
         return path
 
-    metrics_file = open(run_dir / "metrics.jsonl", "a") if dist.main else None
+    with console.writing(run_dir / "metrics.jsonl"):
+        metrics_file = open(run_dir / "metrics.jsonl", "a") if dist.main else None
 
     def write_metrics(record: dict) -> None:
         if metrics_file is not None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            with console.writing(run_dir / "metrics.jsonl"):
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
 
     started = time.perf_counter()
     window_start, window_tokens = started, 0
