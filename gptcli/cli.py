@@ -397,7 +397,9 @@ def export(
             "checkpoint, LoRA adapters merged).",
         ),
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Folder to write (new or empty).")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Folder to write (new or empty): a path, anywhere.")
+    ],
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -426,6 +428,8 @@ def _click_error(e: BaseException) -> tuple[int, str | None] | None:
         return e.exit_code, None
     if "Abort" in kinds:
         return 130, "interrupted"
+    if "NoArgsIsHelpError" in kinds:  # `gptcli` alone: the help is the answer, on stdout
+        return 2, None
     if "UsageError" in kinds:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx else ""

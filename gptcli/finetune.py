@@ -106,7 +106,7 @@ def _get(record: dict, field: str, where: str) -> Any:
 def _text(value: Any, field: str, where: str) -> str:
     if not isinstance(value, str):
         raise UserError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
-    return value
+    return tokenizer.check_text(value, where)  # a JSON \udcff escape is no character
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -505,6 +505,8 @@ def messages_of(record: dict, fields: list[str], where: str) -> list[dict]:
                 f"{where}: 'messages' must be a list of {{role, content}} with roles "
                 f"{sorted(ROLES)}"
             )
+        for m in msgs:
+            tokenizer.check_text(m["content"], where)
         return msgs
     prompt = _text(_get(record, fields[0], where), fields[0], where)
     response = _text(_get(record, fields[1], where), fields[1], where)

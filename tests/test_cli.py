@@ -21,6 +21,11 @@ def test_version_and_help_with_examples():
         assert proc.returncode == 0 and "Examples" in proc.stdout, command
 
 
+def test_no_command_shows_the_help_and_no_empty_error():
+    proc = gptcli()
+    assert proc.returncode == 2 and "Commands" in proc.stdout and proc.stderr == "", proc.stderr
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys, runpy\n"
