@@ -6,16 +6,19 @@ keeps on purpose) so that `gptcli --help` and `gptcli tokenize` start without lo
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
+import typer.main
 
 from gptcli import __version__, console
-from gptcli.console import Failure, Interrupted, UserError
+from gptcli.console import Failure, Interrupted, Terminated, UserError
 
 app = typer.Typer(
     name="gptcli",
@@ -122,7 +125,10 @@ def tokenize(
     if count and decode:
         raise UserError("--count and --decode do not go together (--count counts tokens of text)")
     tok = tokenizer.load(tokenizer_path)
-    lines = args if args else (line.rstrip("\n") for line in sys.stdin)
+    if args:
+        lines = [tokenizer.check_text(a, f"TEXT argument {i}") for i, a in enumerate(args, 1)]
+    else:
+        lines = (line.rstrip("\n") for line in tokenizer.read_lines(sys.stdin.buffer))
     for out_line in tokenizer.pipeline(tok, lines, decode, as_json, count):
         console.out(out_line)
 
@@ -261,9 +267,10 @@ def sample(
     A classifier checkpoint prints each input's label distribution (the likeliest first);
     pairs and choices come as JSON lines on stdin, one prediction per line."""
     console.set_quiet(quiet)
-    from gptcli import generate
+    from gptcli import generate, tokenizer
 
     prompts = _prompts(prompt, prompt_file, each_line)
+    stop = [tokenizer.check_text(s, "--stop") for s in stop or []] or None
     live = stream and not as_json and num_samples == 1
     separator = "\n" if num_samples > 1 else ""
 
@@ -303,27 +310,28 @@ def sample(
 
 
 def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
-    """The prompts to sample: one text, or (--each-line) every line, read lazily from stdin."""
+    """The prompts to sample: one text, or (--each-line) every line, read lazily from stdin.
+
+    Every prompt is checked to be UTF-8 text (exit 2 naming where a bad byte is)."""
+    from gptcli import tokenizer
+
     if prompt is not None and (prompt_file is not None or each_line):
         raise UserError("--prompt cannot be combined with --prompt-file or --each-line")
     if prompt is not None:
-        return [prompt]
+        return [tokenizer.check_text(prompt, "--prompt")]
     if prompt_file is not None:
         path = Path(prompt_file)
         if not path.is_file():
             raise UserError(f"--prompt-file: {path} not found (pass a UTF-8 text file)")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"--prompt-file: {path} is not UTF-8 text") from None
+        text = tokenizer.decode_text(path.read_bytes(), f"--prompt-file {path}")
         return text.splitlines() if each_line else [text]
     if sys.stdin is None or sys.stdin.isatty():
         if each_line:
             raise UserError("--each-line reads prompts from stdin or --prompt-file; none given")
         return [""]
     if each_line:
-        return (line.rstrip("\r\n") for line in sys.stdin)
-    return [sys.stdin.read()]
+        return (line.rstrip("\r\n") for line in tokenizer.read_lines(sys.stdin.buffer))
+    return [tokenizer.decode_text(sys.stdin.buffer.read(), "stdin")]
 
 
 # --------------------------------------------------------------------------- inspect
@@ -372,6 +380,7 @@ def inspect_cmd(
     """Explain what PATH is: config, parameters, training state, metrics, data."""
     console.set_quiet(quiet)
     from gptcli import inspect as inspect_mod
+    from gptcli import tokenizer
 
     if sum(x is not None for x in (text, score_file, plot)) > 1:
         raise UserError("use one of --text, --score, --plot at a time")
@@ -383,6 +392,8 @@ def inspect_cmd(
     if path is None:
         raise UserError("inspect needs a PATH (or --recipes to list the bundled recipes)")
     path = inspect_mod.bundled_or_path(path)
+    if text is not None:
+        tokenizer.check_text(text, "--text")
     if score_file is not None:
         info = inspect_mod.score(path, score_file)
     else:
@@ -456,66 +467,103 @@ def export(
 # --------------------------------------------------------------------------- entry point
 
 
-def _click_error(e: Exception) -> int | None:
-    """Exit code for Click's own exceptions (usage errors, --help exits), None for others.
-
-    Matched by class name because newer Typer vendors Click under a private module.
+def _click_error(e: BaseException) -> tuple[int, str | None] | None:
+    """Exit code and line for Click's own exceptions (usage errors, --help exits), None for
+    others. Matched by class name because newer Typer vendors Click under a private module.
     """
     kinds = {cls.__name__ for cls in type(e).__mro__}
     if "Exit" in kinds:
-        return e.exit_code
+        return e.exit_code, None
     if "Abort" in kinds:
-        console.stderr.print("interrupted", markup=False)
-        return 130
+        return 130, "interrupted"
+    if "NoArgsIsHelpError" in kinds:  # `gptcli` alone: the help is the answer, on stdout
+        return 2, None
     if "UsageError" in kinds:
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx else ""
-        console.stderr.print(f"error: {e.format_message()}{hint}", style="red", markup=False)
-        return 2
+        return 2, f"error: {e.format_message()}{hint}"
     if "ClickException" in kinds:
-        console.stderr.print(f"error: {e.format_message()}", style="red", markup=False)
-        return e.exit_code
+        return e.exit_code, f"error: {e.format_message()}"
     return None
+
+
+def _outcome(e: BaseException) -> tuple[int, str | None]:
+    """The exit code for what stopped the command, and the one line that says so."""
+    if isinstance(e, UserError):
+        return 2, f"error: {e}"
+    if isinstance(e, Failure):
+        return 1, f"error: {e}"
+    if isinstance(e, Interrupted):
+        return e.code, str(e)
+    if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM as Terminated
+        return (e.code if isinstance(e, Terminated) else 130), "interrupted"
+    if isinstance(e, BrokenPipeError):
+        # the reader of our stdout went away (e.g. `| head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0, None
+    failure = console.io_failure(e)
+    if failure is not None:
+        return _outcome(failure)
+    click = _click_error(e)
+    if click is not None:
+        return click
+    if os.environ.get("GPTCLI_DEBUG"):
+        raise e
+    return 1, (
+        f"error: unexpected failure: {type(e).__name__}: {e} (GPTCLI_DEBUG=1 shows a traceback)"
+    )
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _invoke(args: list[str]) -> None:
+    """Parse and run one command. Typer's own top level is bypassed: it turns Ctrl-C into a
+    returned 130 (which hid it) and a closed stdout into exit 1; main maps both itself."""
+    if "_GPTCLI_COMPLETE" in os.environ:  # shell completion: Typer answers and exits
+        app()
+    command = typer.main.get_command(app)
+    with command.make_context("gptcli", args) as ctx:
+        command.invoke(ctx)
+
+
+def _ignore_signals() -> None:
+    """Registered first, so it runs after every other exit handler: Python's own shutdown then
+    resets handlers, and a signal would kill the process instead of letting it exit with code."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _exit(code: int, line: str | None) -> NoReturn:
+    """Print the one line and leave with code. A further Ctrl-C or SIGTERM while Python shuts
+    down (its exit handlers join threads and unload torch's libraries) ends the process at once
+    with the same code, instead of printing an ignored-exception traceback."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: os._exit(code))
+    if line is not None:
+        console.stderr.print(line, style="red" if code in (1, 2) else None, markup=False)
+    sys.exit(code)
 
 
 def main() -> None:
     """Run the app; map every failure to one line on stderr and its exit code: 2 for bad
-    input, 1 for a failure the user cannot fix by changing input, 130/143 for SIGINT/SIGTERM."""
-    code = 0
+    input, 1 for a failure the user cannot fix by changing input, 130/143 for SIGINT/SIGTERM
+    at any point (SIGTERM raises Terminated, as Ctrl-C raises KeyboardInterrupt; the trainer
+    puts its own save-then-exit handler in place while it trains)."""
+    atexit.register(_ignore_signals)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        app(standalone_mode=False)
-    except UserError as e:
-        console.stderr.print(f"error: {e}", style="red", markup=False)
-        code = 2
-    except Failure as e:
-        console.stderr.print(f"error: {e}", style="red", markup=False)
-        code = 1
-    except Interrupted as e:
-        console.stderr.print(str(e), markup=False)
-        code = e.code
-    except KeyboardInterrupt:
-        console.stderr.print("interrupted", markup=False)
-        code = 130
-    except BrokenPipeError:
-        # the reader of our stdout went away (e.g. `| head`): not an error of ours
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        code = 0
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
-        click_code = _click_error(e)
-        if click_code is not None:
-            code = click_code
-        elif os.environ.get("GPTCLI_DEBUG"):
-            raise
-        else:
-            console.stderr.print(
-                f"error: unexpected failure: {type(e).__name__}: {e} "
-                "(GPTCLI_DEBUG=1 shows a traceback)",
-                style="red",
-                markup=False,
-            )
-            code = 1
-    sys.exit(code)
+        _invoke(sys.argv[1:])
+        code, line = 0, None
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: BLE001 - the last line of defence: one line, an exit code
+        code, line = _outcome(e)
+    _exit(code, line)
 
 
 if __name__ == "__main__":

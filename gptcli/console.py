@@ -6,23 +6,28 @@ product of a command (token ids, generated text, JSON) and `--quiet` has one swi
 
 from __future__ import annotations
 
+import errno
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
@@ -52,8 +57,9 @@ def warn(message: str) -> None:
 
 def out(text: str, end: str = "\n") -> None:
     """The command's product, on stdout, unformatted and flushed (pipelines read it live)."""
-    sys.stdout.write(text + end)
-    sys.stdout.flush()
+    with writing("stdout"):
+        sys.stdout.write(text + end)
+        sys.stdout.flush()
 
 
 def progress_enabled() -> bool:
@@ -73,6 +79,48 @@ class _NullProgress:
         pass
 
 
+class _Progress(Progress):
+    """Rich's Progress that never shows more done than the total (a corpus's size on disk is an
+    estimate of the bytes read), with the task's extra fields on a line of their own so the
+    bar's line stays within 80 columns."""
+
+    def __init__(self, *columns: Any, fields: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(*columns, **kwargs)
+        self.fields = fields
+
+    def _capped(self, task_id: TaskID, completed: float, total: float | None = None) -> float:
+        task = next(t for t in self.tasks if t.id == task_id)
+        total = task.total if total is None else total
+        return completed if total is None else max(0.0, min(completed, total))
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        task = next(t for t in self.tasks if t.id == task_id)
+        super().advance(task_id, self._capped(task_id, task.completed + advance) - task.completed)
+
+    def update(
+        self,
+        task_id: TaskID,
+        *,
+        total: float | None = None,
+        completed: float | None = None,
+        advance: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if advance is not None:
+            task = next(t for t in self.tasks if t.id == task_id)
+            completed = (task.completed if completed is None else completed) + advance
+        if completed is not None:
+            completed = self._capped(task_id, completed, total)
+        super().update(task_id, total=total, completed=completed, **kwargs)
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        for task in self.tasks:
+            shown = [str(task.fields.get(f, "")) for f in self.fields]
+            if task.visible and any(shown):
+                yield Text("  " + "  ".join(s for s in shown if s), no_wrap=False)
+
+
 @contextmanager
 def progress(
     *extra_fields: str, unit: str = "items", enabled: bool = True
@@ -80,26 +128,24 @@ def progress(
     """A rich progress bar with rate and ETA on stderr, or a no-op when stderr is not a TTY
     (or enabled is False, e.g. while text streams to the same terminal).
 
-    extra_fields are task fields shown after the bar (e.g. "loss"), filled through
+    extra_fields are task fields shown on a line below the bar (e.g. "loss"), filled through
     progress.update(task, loss="..."). unit="bytes" counts bytes and shows MB and MB/s.
     """
     if not enabled or not progress_enabled():
         yield _NullProgress()
         return
-    counts = (
-        [MofNCompleteColumn()] if unit != "bytes" else [DownloadColumn(), TransferSpeedColumn()]
-    )
+    if unit == "bytes":  # the sizes say how far it is: no percentage, no elapsed time
+        counts: list = [DownloadColumn(), TransferSpeedColumn()]
+    else:
+        counts = [MofNCompleteColumn(), TaskProgressColumn(), TimeElapsedColumn()]
     columns = [
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         *counts,
-        TaskProgressColumn(),
-        *(TextColumn(f"{{task.fields[{f}]}}") for f in extra_fields),
-        TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=stderr, transient=False) as bar:
+    with _Progress(*columns, fields=extra_fields, console=stderr, transient=False) as bar:
         yield bar
 
 
@@ -113,3 +159,65 @@ class Interrupted(Exception):
 
 class Failure(Exception):
     """Something outside the user's input failed (a full disk): one line on stderr, exit 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is as Ctrl-C raises KeyboardInterrupt: exit 143."""
+
+    code = 143
+
+
+# errno values that mean the disk (or the user's quota) is full: exit 1, nothing to fix in input
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# errno values that mean the path itself is wrong: not writable, not there, not a folder
+BAD_PATH = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+}
+
+
+def os_errno(e: BaseException) -> int | None:
+    """The errno of an OSError, or of a Rust library's I/O error ("... (os error 28)")."""
+    if isinstance(e, OSError):
+        return e.errno
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    return int(found.group(1)) if found else None
+
+
+def io_failure(
+    e: BaseException, path: str | Path | None = None, doing: str = ""
+) -> Exception | None:
+    """The one-line error for a failed read or write of path (e.g. doing="cannot write"):
+    Failure (exit 1) for a full disk, UserError (exit 2) for a path that cannot be used;
+    None for any other error (or a bad path that is not named)."""
+    code = os_errno(e)
+    if path is None:
+        path = getattr(e, "filename", None)
+    where = f"{doing} {path}".strip() + ": " if path else ""
+    cause = getattr(e, "strerror", None) or str(e)
+    if code == errno.EEXIST:
+        cause = "a file stands where a folder is needed"
+    if code in DISK_FULL:
+        return Failure(f"{where}{cause} (free some space and run the command again)")
+    if code in BAD_PATH and path:
+        return UserError(f"{where}{cause} (check the path and its permissions)")
+    return None
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Report a failed write to path in one line that names it (see io_failure)."""
+    try:
+        yield
+    except Exception as e:
+        failure = io_failure(e, path, "cannot write")
+        if failure is None:
+            raise
+        raise failure from None

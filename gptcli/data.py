@@ -121,37 +121,132 @@ def source_files(source: str) -> list[Path]:
     return files
 
 
-def fetch(url: str, sha256: str = "") -> Path:
-    """Download url once into the cache (temp name, renamed when complete and verified).
+# cached downloads verified by this process: path -> (size, mtime_ns, sha256); a corpus is read
+# several times per command, and one check of a file that has not changed is enough
+_verified: dict[Path, tuple[int, int, str]] = {}
 
-    Later calls return the cached file without touching the network.
+
+class _NetworkError(Exception):
+    """The download could not be made (no network, refused, cut): the cache may still help."""
+
+
+def _cache_path(url: str) -> Path:
+    """cache_dir()/HASH-NAME: the URL's hash keeps URLs apart, NAME (its last part, made a
+    plain file name) tells a person what it is."""
+    base = url.split("#")[0].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")[:80] or "download"
+    return cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(target.name + ".json")
+
+
+def _write_record(target: Path, url: str, digest: str) -> None:
+    record = {"url": url, "bytes": target.stat().st_size, "sha256": digest}
+    with console.writing(_record_path(target)):
+        write_atomic(_record_path(target), json.dumps(record, indent=2).encode())
+    st = target.stat()
+    _verified[target] = (st.st_size, st.st_mtime_ns, digest)
+
+
+def _cache_problem(target: Path, url: str, sha256: str) -> str | None:
+    """None when the cached file is the download its record describes (and has the pinned
+    sha256, if any); else what is wrong with it."""
+    st = target.stat()
+    seen = _verified.get(target)
+    if seen is None or seen[:2] != (st.st_size, st.st_mtime_ns):
+        try:
+            record = json.loads(_record_path(target).read_text())
+        except (OSError, ValueError):
+            record = None
+        digest = sha256_file(target)
+        if not isinstance(record, dict) or record.get("url") != url:
+            if not sha256 or digest != sha256.lower():
+                return "has no record of its download"
+            _write_record(target, url, digest)  # cached before records were kept: pinned
+        elif record.get("bytes") != st.st_size or record.get("sha256") != digest:
+            return "does not match the size and sha256 recorded when it was downloaded"
+        _verified[target] = seen = (st.st_size, st.st_mtime_ns, digest)
+    if sha256 and seen[2] != sha256.lower():
+        return f"has sha256 {seen[2]}, not data.sha256 {sha256}"
+    return None
+
+
+def fetch(url: str, sha256: str = "", max_mb: float = 10240.0, allow_html: bool = False) -> Path:
+    """Download url once into the cache (temp name, renamed when complete and verified), with
+    a record of its size and sha256 beside it.
+
+    Later calls check the cached file against that record (and against sha256 when pinned)
+    and use it without the network; a file that fails the check is downloaded again.
     """
+    target = _cache_path(url)
+    problem = _cache_problem(target, url, sha256) if target.is_file() else None
+    if target.is_file() and problem is None:
+        return target
+    try:
+        _download(url, target, sha256, max_mb, allow_html)
+    except _NetworkError as e:
+        if problem:
+            raise UserError(
+                f"{target} (cached {url}) {problem}, and downloading it again failed ({e}); "
+                "restore the network, or set data.source to a local copy"
+            ) from None
+        raise UserError(
+            f"{url}: download failed ({e}); check the URL and the network, "
+            "or set data.source to a local copy"
+        ) from None
+    if problem:
+        console.warn(f"{target} (cached {url}) {problem}; it was downloaded again")
+    return target
+
+
+def _is_html(content_type: str, head: bytes) -> bool:
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:15].lower()
+    return content_type in ("text/html", "application/xhtml+xml") or start.startswith(
+        (b"<!doctype html", b"<html")
+    )
+
+
+def _download(url: str, target: Path, sha256: str, max_mb: float, allow_html: bool) -> None:
+    """Stream url into a temp file beside target; rename it when it is complete, within
+    data.max_download_mb, not an HTML page (unless allowed) and has the pinned sha256."""
     import http.client
     import urllib.error
     import urllib.request
 
-    base = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "download"
-    target = cache_dir() / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
-    if target.is_file():
-        if sha256 and sha256_file(target) != sha256.lower():
-            raise UserError(
-                f"{target} (cached {url}) does not match data.sha256 {sha256}; "
-                "fix data.sha256 or delete the cached file to download again"
-            )
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    limit = int(max_mb * 1e6)
+    too_big = UserError(
+        f"{url}: larger than data.max_download_mb ({max_mb:g} MB); raise it if this is the "
+        "file you mean"
+    )
+    with console.writing(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     console.info(f"tokenize: downloading {url}")
+    h, n = hashlib.sha256(), 0
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
+        with urllib.request.urlopen(url, timeout=60) as resp:
             expected = int(resp.headers.get("Content-Length") or 0)
-            h, n = hashlib.sha256(), 0
-            with console.progress(unit="bytes") as bar:
+            if expected > limit:
+                raise too_big
+            content_type = resp.headers.get_content_type()
+            with console.writing(tmp):
+                f = open(tmp, "wb")  # closed by the with below
+            with f, console.progress(unit="bytes") as bar:
                 task = bar.add_task("download", total=expected or None)
                 while chunk := resp.read(READ_CHUNK):
-                    f.write(chunk)
-                    h.update(chunk)
+                    if n == 0 and not allow_html and _is_html(content_type, chunk):
+                        raise UserError(
+                            f"{url}: the server sent an HTML page, not text (link the raw "
+                            "file, or set data.allow_html: true if the page is the corpus)"
+                        )
                     n += len(chunk)
+                    if n > limit:
+                        raise too_big
+                    with console.writing(tmp):  # a full disk is not a network failure
+                        f.write(chunk)
+                    h.update(chunk)
                     bar.advance(task, len(chunk))
         if expected and n != expected:
             raise UserError(f"{url}: download ended after {n} of {expected} bytes (try again)")
@@ -160,27 +255,26 @@ def fetch(url: str, sha256: str = "") -> Path:
                 f"{url}: downloaded file has sha256 {h.hexdigest()}, not data.sha256 {sha256} "
                 "(fix data.sha256 or the URL)"
             )
-        tmp.replace(target)
+        with console.writing(target):
+            tmp.replace(target)
     except urllib.error.HTTPError as e:
         raise UserError(f"{url}: HTTP {e.code} {e.reason} (check the URL)") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-        reason = getattr(e, "reason", None) or type(e).__name__
-        raise UserError(
-            f"{url}: download failed ({reason}); check the URL and the network, "
-            "or set data.source to a local copy"
-        ) from None
+        raise _NetworkError(getattr(e, "reason", None) or type(e).__name__) from None
     finally:
         tmp.unlink(missing_ok=True)
-    return target
+    _write_record(target, url, h.hexdigest())
+    pin = "" if sha256 else " (set data.sha256 to it to pin this download)"
+    console.info(f"tokenize: downloaded {n:,} bytes, sha256 {h.hexdigest()}{pin}")
 
 
-def _source_paths(src: Source, run_dir: Path | None) -> list[Path]:
+def _source_paths(src: Source, run_dir: Path | None, cfg: DataConfig) -> list[Path]:
     if src.spec == "-":
         if run_dir is None:
             raise UserError("data.source '-' (stdin) needs a run folder to spool it into")
         return [run_dir / "data" / STDIN_FILE]
     if src.is_url:
-        return [fetch(src.spec, src.sha256)]
+        return [fetch(src.spec, src.sha256, cfg.max_download_mb, cfg.allow_html)]
     return source_files(src.spec)
 
 
@@ -189,9 +283,10 @@ def spool_stdin(run_dir: Path) -> Path:
     target = run_dir / "data" / STDIN_FILE
     tmp = target.with_name(f".{STDIN_FILE}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            shutil.copyfileobj(sys.stdin.buffer, f, READ_CHUNK)
-        tmp.replace(target)
+        with console.writing(target):
+            with open(tmp, "wb") as f:
+                shutil.copyfileobj(sys.stdin.buffer, f, READ_CHUNK)
+            tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -228,7 +323,7 @@ def fingerprint(
             entry.update(mb=cfg.builtin_mb, generator=stories.VERSION)
         else:
             files = []
-            for f in _source_paths(src, run_dir):
+            for f in _source_paths(src, run_dir, cfg):
                 st = f.stat()
                 key = (str(f), st.st_size, st.st_mtime_ns)
                 digest = old.get(key) or sha256_file(f)
@@ -373,6 +468,10 @@ def _jsonl_documents(path: Path, text_field: str, errors: str, on_bytes) -> Iter
                 raise UserError(
                     f"{path}:{lineno}: no string field {text_field!r} (set data.text_field)"
                 )
+            if errors == "replace":  # a \udcff escape in the JSON: no character, as a bad byte
+                value = value.encode("utf-8", "replace").decode("utf-8")
+            hint = "fix the text, or set data.errors: replace"
+            value = tokenizer.check_text(value, f"{path}:{lineno}", hint)
             if value.strip():
                 yield value
     except (OSError, EOFError, gzip.BadGzipFile) as e:
@@ -405,7 +504,7 @@ def iter_documents(
             for doc in _builtin_documents(cfg, seed, on_bytes):
                 yield src, doc
             continue
-        for f in _source_paths(src, run_dir):
+        for f in _source_paths(src, run_dir, cfg):
             if _is_jsonl(f):
                 docs = _jsonl_documents(f, cfg.text_field, cfg.errors, on_bytes)
             else:
@@ -421,7 +520,7 @@ def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int:
         if src.is_builtin:
             total += int(cfg.builtin_mb * 1e6)
         else:
-            total += sum(f.stat().st_size for f in _source_paths(src, run_dir))
+            total += sum(f.stat().st_size for f in _source_paths(src, run_dir, cfg))
     return total
 
 
@@ -507,7 +606,7 @@ def _has_many_text_documents(cfg: DataConfig, run_dir: Path | None) -> bool:
     for src in sources(cfg):
         if src.is_builtin:
             return False
-        for f in _source_paths(src, run_dir):
+        for f in _source_paths(src, run_dir, cfg):
             if _is_jsonl(f):
                 return False
             for raw, _ in _text_segments(f, lambda n: None):
@@ -534,7 +633,13 @@ def routed(
     if empty:
         raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
     if cfg.dev:
-        dev = DataConfig(source=cfg.dev, text_field=cfg.text_field, errors=cfg.errors)
+        dev = DataConfig(
+            source=cfg.dev,
+            text_field=cfg.text_field,
+            errors=cfg.errors,
+            max_download_mb=cfg.max_download_mb,
+            allow_html=cfg.allow_html,
+        )
         for _, doc in iter_documents(dev, seed, run_dir, on_bytes):
             yield "val", doc, True
 
@@ -583,7 +688,8 @@ class ShardWriter:
         self.encoder = encoder
         self.vocab = encoder.tok.get_vocab_size()
         self.tmp = {s: data_dir / f".{s}.bin.{os.getpid()}.tmp" for s in ("train", "val")}
-        self.files = {s: open(p, "wb") for s, p in self.tmp.items()}
+        with console.writing(data_dir):
+            self.files = {s: open(p, "wb") for s, p in self.tmp.items()}
         self.stats = {s: {"documents": 0, "bytes": 0, "tokens": 0} for s in ("train", "val")}
         self.val_counts = np.zeros(self.vocab, dtype=np.int64)
         self.pool = ThreadPoolExecutor(max_workers=workers)
@@ -616,7 +722,8 @@ class ShardWriter:
     def _write_oldest(self) -> None:
         split_name, future = self.pending.popleft()
         ids = future.result()
-        self.files[split_name].write(ids)  # the array's buffer, without a copy
+        with console.writing(self.data_dir / f"{split_name}.bin"):
+            self.files[split_name].write(ids)  # the array's buffer, without a copy
         self.stats[split_name]["tokens"] += len(ids)
         if split_name == "val":
             self.val_counts += np.bincount(ids, minlength=self.vocab)
@@ -627,10 +734,11 @@ class ShardWriter:
         while self.pending:
             self._write_oldest()
         for s, f in self.files.items():
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            self.tmp[s].replace(self.data_dir / f"{s}.bin")
+            with console.writing(self.data_dir / f"{s}.bin"):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+                self.tmp[s].replace(self.data_dir / f"{s}.bin")
         self.pool.shutdown()
         return self.stats
 

@@ -7,11 +7,14 @@ of one: the bytes go to a temp name in the same folder, are synced, then renamed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from gptcli import console
 
 READ_CHUNK = 1 << 20  # bytes hashed at a time
 
@@ -36,12 +39,13 @@ def atomic_target(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
+            tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to path atomically."""
-    with atomic_target(path) as tmp:
+    """Write bytes to path atomically; a failure names the path in one line."""
+    with console.writing(path), atomic_target(path) as tmp:
         tmp.write_bytes(data)
 
 

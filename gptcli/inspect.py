@@ -445,10 +445,11 @@ def plot_png(curve: dict[str, list], out: str, title: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_target(target) as tmp:
-            fig.savefig(tmp, format="png", bbox_inches="tight")
+        with console.writing(f"--plot {target}"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_target(target) as tmp:
+                fig.savefig(tmp, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return str(target)

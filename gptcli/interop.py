@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gptcli import __version__, checkpoint, tokenizer
+from gptcli import __version__, checkpoint, console, tokenizer
 from gptcli.console import UserError
 from gptcli.model import GPT, mlp_hidden_size
 from gptcli.recipe import EOT, ModelConfig
@@ -183,15 +183,16 @@ def _write_folder(out: Path, write: Callable[[Path], None]) -> Path:
     """Build the output in a temp sibling and rename it into place; never touch an existing DIR."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty (choose a new --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        write(tmp)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        with console.writing(f"--out {out}"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            write(tmp)
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

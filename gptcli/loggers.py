@@ -20,11 +20,14 @@ class JsonlLogger:
     """One JSON object per line, appended and flushed as each record comes."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.file = open(run_dir / METRICS_FILE, "a")
+        self.path = run_dir / METRICS_FILE
+        with console.writing(self.path):
+            self.file = open(self.path, "a")
 
     def log(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with console.writing(self.path):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
         self.file.close()

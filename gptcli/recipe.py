@@ -36,6 +36,8 @@ class DataConfig:
     val_fraction: float = 0.05
     builtin_mb: float = 8.0  # how much text a builtin: corpus generates
     dev: str = ""  # finetune: a separate evaluation file (else val_fraction of the source)
+    max_download_mb: float = 10240.0  # a URL source larger than this is refused
+    allow_html: bool = False  # a URL that serves an HTML page is refused unless this is true
 
 
 @dataclass
@@ -315,17 +317,47 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is parsed as a YAML scalar."""
+    """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is parsed as a YAML scalar, except
+    for a key that holds a string, which takes the text as written (so '-' stays stdin, and
+    a sha256 of digits stays a string)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {text!r}")
+    key = key.strip()
+    if _takes_text(_hint_of(key), raw):
+        return key, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and _looks_numeric(value):
         value = float(value)  # YAML 1.1 reads "3e-4" as a string; users mean a number
-    return key.strip(), value
+    return key, value
+
+
+def _hint_of(dotted: str) -> Any:
+    """The type hint of a dotted recipe key, or None for an unknown key or a section."""
+    cls: Any = Recipe
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints or part in NOT_KEYS:
+            return None
+        cls = hints[part]
+    return None if dataclasses.is_dataclass(cls) else cls
+
+
+def _takes_text(hint: Any, raw: str) -> bool:
+    """Whether a --set value for a key of this type is the text itself rather than YAML: a
+    string, one of a few names, or a string-or-list written as anything but a [list]."""
+    if hint is str:
+        return True
+    if typing.get_origin(hint) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(hint))
+    if isinstance(hint, types.UnionType) and str in typing.get_args(hint):
+        return not raw.lstrip().startswith(("[", "{"))
+    return False
 
 
 def _looks_numeric(s: str) -> bool:
@@ -382,7 +414,13 @@ def validate(r: Recipe) -> None:
     """Reject values no run could use, before any work starts."""
     check = _check
     m, t, tok = r.model, r.train, r.tokenizer
-    check("name", r.name, bool(r.name) and "/" not in r.name, "a non-empty name without '/'")
+    check(
+        "name",
+        r.name,
+        is_plain_name(r.name),
+        "one plain folder name (not empty, '.' or '..'; no '/', '\\' or control characters; "
+        "set run_dir for a path)",
+    )
     for key in ("n_layer", "n_head", "n_embd", "block_size"):
         check(f"model.{key}", getattr(m, key), getattr(m, key) > 0, "a positive integer")
     check("model.n_embd", m.n_embd, m.n_embd % m.n_head == 0, f"divisible by n_head={m.n_head}")
@@ -429,6 +467,7 @@ def validate(r: Recipe) -> None:
     check("tokenizer.train_bytes", tok.train_bytes, tok.train_bytes > 0, "a positive integer")
     check("data.val_fraction", r.data.val_fraction, 0.0 < r.data.val_fraction < 1.0, "in (0, 1)")
     check("data.builtin_mb", r.data.builtin_mb, r.data.builtin_mb > 0, "> 0")
+    check("data.max_download_mb", r.data.max_download_mb, r.data.max_download_mb > 0, "> 0")
     for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
         check(f"train.{key}", getattr(t, key), getattr(t, key) > 0, "a positive integer")
     check("train.decay_fraction", t.decay_fraction, 0 < t.decay_fraction <= 1, "in (0, 1]")
@@ -462,6 +501,16 @@ def check_sample(s: SampleConfig, name: Callable[[str], str]) -> None:
     need("min_p", 0.0 <= s.min_p <= 1.0, "in [0, 1] (0 = off)")
     need("repetition_penalty", s.repetition_penalty > 0, "> 0 (1 = off)")
     need("stop", all(s.stop), "a list of non-empty strings (the text to stop before)")
+
+
+def is_plain_name(name: str) -> bool:
+    """One path component that stays inside its parent folder and prints as itself."""
+    return (
+        bool(name.strip())
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\")
+        and all(c.isprintable() for c in name)
+    )
 
 
 def _is_sha256(value: str) -> bool:

@@ -9,17 +9,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tokenizers
 
-from gptcli import __version__, checkpoint
+from gptcli import __version__, checkpoint, console
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
 from gptcli.files import write_atomic
 from gptcli.recipe import Recipe
+from gptcli.tokenizer import TOKENIZER_FILE
 
 if TYPE_CHECKING:  # device imports torch, which `gptcli tokenize` never needs
     from gptcli.device import Dist
@@ -43,15 +45,22 @@ def fresh_folder(base: Path) -> Path:
 
 
 class RunLock:
-    """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9."""
+    """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9.
+
+    When the command fails or is interrupted, the temp files it left go, and so does a folder
+    it created that holds nothing of value yet (see discard_unfinished)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ".lock"
         self.fd: int | None = None
+        self.created = False
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        run_dir = self.path.parent
+        self.created = not run_dir.exists()
+        with console.writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -65,11 +74,40 @@ class RunLock:
         os.write(self.fd, str(os.getpid()).encode())
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if self.fd is not None:
+            if exc is not None:
+                discard_unfinished(self.path.parent, self.created)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def is_temp(path: Path) -> bool:
+    """Files written under a temp name and renamed when complete (.NAME.tmp, .NAME.PID.tmp,
+    checkpoints/.tmp-step-...)."""
+    name = path.name
+    return name.startswith(".tmp-") or (name.startswith(".") and name.endswith((".tmp", ".part")))
+
+
+def discard_unfinished(run_dir: Path, created: bool) -> None:
+    """After a failure or an interruption: remove the temp files in run_dir, and the whole
+    folder when this command created it and it holds nothing of value (the lock, empty folders,
+    a copy of stdin, a tokenizer that no shards were made with)."""
+    for folder in (run_dir, run_dir / "data", run_dir / "checkpoints"):
+        for path in folder.glob(".*") if folder.is_dir() else []:
+            if is_temp(path) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif is_temp(path):
+                path.unlink(missing_ok=True)
+    if not created:
+        return
+    disposable = {Path(".lock"), Path("data") / "stdin.txt"}
+    if not (run_dir / "data" / "manifest.json").is_file():
+        disposable.add(Path(TOKENIZER_FILE))
+    files = {p.relative_to(run_dir) for p in run_dir.rglob("*") if not p.is_dir()}
+    if files <= disposable:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def open_run(recipe: Recipe, fresh: bool, dist: Dist) -> tuple[Path, Any]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from gptcli import console
 from gptcli.console import UserError
 from gptcli.files import atomic_target
 from gptcli.recipe import EOT
@@ -62,7 +64,7 @@ def load(path: str | Path) -> Tokenizer:
 
 def save(tok: Tokenizer, path: Path) -> None:
     """Atomic: readers never see half a tokenizer.json."""
-    with atomic_target(path) as tmp:
+    with console.writing(path), atomic_target(path) as tmp:
         tok.save(str(tmp))
 
 
@@ -245,6 +247,48 @@ class Encoder:
                 ids.append(self.eot)
             parts.append(np.asarray(ids, dtype=self.dtype))
         return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+
+# --------------------------------------------------------------------------- text input
+
+
+def _not_utf8(where: str, before: bytes, hint: str = "pass UTF-8 text") -> UserError:
+    """The error for a byte that is not UTF-8 after the bytes `before`, by line and offset."""
+    line = before.count(b"\n") + 1
+    offset = len(before) - (before.rfind(b"\n") + 1)
+    at = f"{where} line {line}" if line > 1 or where == "stdin" else where
+    return UserError(f"{at}: not UTF-8 at byte offset {offset} ({hint})")
+
+
+def check_text(text: str, where: str, hint: str = "pass UTF-8 text") -> str:
+    """text itself, unless it holds bytes that are not UTF-8: they reach Python as lone
+    surrogates (from argv, or a JSON \\udcff escape), which no tokenizer can encode."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _not_utf8(where, text[: e.start].encode("utf-8"), hint) from None
+    return text
+
+
+def decode_text(raw: bytes, where: str) -> str:
+    """UTF-8 bytes as text; anything else exits 2 naming the line and byte offset."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(where, raw[: e.start]) from None
+
+
+def read_lines(stream: BinaryIO, where: str = "stdin") -> Iterator[str]:
+    """The lines of a byte stream as they arrive (newline kept), each checked to be UTF-8."""
+    for lineno, raw in enumerate(stream, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{where} line {lineno}: not UTF-8 at byte offset {e.start} (pass UTF-8 text)"
+            ) from None
 
 
 # --------------------------------------------------------------------------- pipeline mode

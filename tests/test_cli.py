@@ -1,13 +1,16 @@
 """The real entry point: pipelines, exit codes, one-line errors."""
 
 import json
+import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, gptcli, write_recipe
+from conftest import assert_one_line_error, gptcli, run_env, write_recipe
 from tokenizers import Tokenizer
 
 
@@ -16,6 +19,11 @@ def test_version_and_help_with_examples():
     for command in ("tokenize", "pretrain", "finetune", "sample", "inspect"):
         proc = gptcli(command, "--help")
         assert proc.returncode == 0 and "Examples" in proc.stdout, command
+
+
+def test_no_command_shows_the_help_and_no_empty_error():
+    proc = gptcli()
+    assert proc.returncode == 2 and "Commands" in proc.stdout and proc.stderr == "", proc.stderr
 
 
 def test_help_does_not_import_torch():
@@ -208,6 +216,14 @@ def test_pretrain_bad_recipe(tmp_path, recipe_text, sets, needles):
     assert_one_line_error(gptcli(*args, cwd=tmp_path), *needles)
 
 
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a\x1b[2Jb"])
+def test_run_name_cannot_leave_runs(tmp_path, name):
+    recipe = write_recipe(tmp_path, "name: x\n")
+    proc = gptcli("tokenize", str(recipe), "--set", f"name={name}", cwd=tmp_path)
+    assert_one_line_error(proc, "recipe key 'name'", "one plain folder name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.yaml"]
+
+
 def test_missing_recipe_and_unknown_flag(tmp_path):
     assert_one_line_error(gptcli("pretrain", "nope.yaml", cwd=tmp_path), "recipe not found")
     assert_one_line_error(gptcli("pretrain", "x.yaml", "--bogus", cwd=tmp_path), "--bogus")
@@ -228,3 +244,188 @@ def test_tokenize_refuses_to_rebuild_shards_under_checkpoints(trained):
     proc = gptcli("tokenize", "mini.yaml", "--set", "tokenizer.vocab_size=300", cwd=trained)
     assert_one_line_error(proc, "has checkpoints", "name:")
     assert shard.stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _popen(*args: str, cwd, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptcli", *args],
+        cwd=cwd,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+def _wait_for_line(stream, needle: bytes) -> bytes:
+    """Read stream line by line until one holds needle; everything read."""
+    seen = b""
+    while needle not in seen:
+        line = stream.readline()
+        assert line, seen
+        seen += line
+    return seen
+
+
+def _assert_interrupted(proc, code: int, err: bytes) -> None:
+    """Exit 130/143 with one line, "interrupted", after whatever the command logged."""
+    assert proc.returncode == code, err
+    assert err.decode().strip().splitlines()[-1] == "interrupted", err
+    assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "sig, code, existed", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, True)]
+)
+def test_signal_during_bpe_training(tmp_path, sig, code, existed):
+    """A run folder the interrupted command made is removed; one that was there stays as it
+    was, minus temp files."""
+    recipe = write_recipe(
+        tmp_path, "name: big\ndata:\n  builtin_mb: 3\ntokenizer:\n  vocab_size: 2000\n"
+    )
+    run = tmp_path / "runs" / "big"
+    if existed:
+        run.mkdir(parents=True)
+        (run / "notes.txt").write_text("mine")
+    proc = _popen("tokenize", str(recipe), cwd=tmp_path)
+    err = _wait_for_line(proc.stderr, b"training a 2000-token")
+    proc.send_signal(sig)
+    _, rest = proc.communicate(timeout=60)
+    _assert_interrupted(proc, code, err + rest)
+    if existed:
+        left = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+        assert (run / "notes.txt").read_text() == "mine"
+        assert not [p for p in left if p.endswith((".tmp", ".part"))], left
+    else:
+        assert not run.exists(), sorted(run.rglob("*"))
+
+
+def test_sigint_during_a_long_sample(trained, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n" * 2000)
+    with open(prompts, "rb") as stdin:
+        proc = _popen("sample", "-c", "runs/mini", "--each-line", cwd=trained, stdin=stdin)
+        proc.stdout.readline()  # the first answer is out: sampling goes on
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    _assert_interrupted(proc, 130, err)
+
+
+def test_sigint_while_tokenize_waits_on_stdin_stops_the_pipeline(trained):
+    """Ctrl-C reaches the whole foreground job: `gptcli tokenize ... && next` must not go on."""
+    command = f"{shlex.quote(sys.executable)} -m gptcli tokenize --tokenizer runs/mini && echo next"
+    proc = subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=trained,
+        env=run_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    proc.stdin.write(b"Once upon a time\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().split()  # answered; now it waits for the next line
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert b"next" not in out
+    _assert_interrupted(proc, 130, err)
+
+
+def test_closed_stdout_ends_quietly(trained, tmp_path):
+    """`gptcli tokenize ... | head -c 20`: the reader went away, which is no error of ours."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Once upon a time there was a cat\n" * 50_000)
+    with open(lines, "rb") as stdin:
+        proc = _popen("tokenize", "--tokenizer", "runs/mini", cwd=trained, stdin=stdin)
+        proc.stdout.read(20)
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0 and not err, err
+
+
+# --------------------------------------------------------------------------- not UTF-8
+
+
+def _run_bytes(*args: str, cwd, input: bytes = b""):
+    """gptcli with raw bytes on stdin; an argument's bad bytes are given as os.fsdecode gives
+    them (surrogates), which subprocess turns back into the bytes themselves."""
+    return subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        env=run_env(),
+        timeout=300,
+    )
+
+
+BAD = os.fsdecode(b"b\xffad")
+
+
+@pytest.mark.parametrize(
+    "args, stdin, needle",
+    [
+        (["sample", "--prompt", "Once " + BAD], b"", "--prompt: not UTF-8 at byte offset 6"),
+        (["sample", "--max-new-tokens", "2"], b"ok\nfine\nab\xffc", "stdin line 3: not UTF-8"),
+        (["sample", "--each-line"], b"ok\nab\xffc\n", "stdin line 2: not UTF-8 at byte offset 2"),
+        (["sample", "--prompt", "x", "--stop", BAD], b"", "--stop: not UTF-8 at byte offset 1"),
+        (["tokenize", "--tokenizer", "runs/mini", "ok", BAD], b"", "TEXT argument 2: not UTF-8"),
+        (["tokenize", "--tokenizer", "runs/mini"], b"ok\nab\xffc\n", "stdin line 2: not UTF-8"),
+        (["tokenize", "--tokenizer", "runs/mini", "--count"], b"\xfe\n", "stdin line 1: not"),
+        (["inspect", "runs/mini", "--text", BAD], b"", "--text: not UTF-8 at byte offset 1"),
+    ],
+)
+def test_text_that_is_not_utf8_exits_2_naming_where(trained, args, stdin, needle):
+    if args[0] == "sample":
+        args = [*args, "-c", "runs/mini"]
+    proc = _run_bytes(*args, cwd=trained, input=stdin)
+    proc.stderr = proc.stderr.decode()
+    assert_one_line_error(proc, needle)
+
+
+def test_prompt_file_that_is_not_utf8_names_line_and_byte(trained, tmp_path):
+    (tmp_path / "p.txt").write_bytes(b"fine\nab\xffc\n")
+    proc = gptcli(
+        "sample", "-c", "runs/mini", "--prompt-file", str(tmp_path / "p.txt"), cwd=trained
+    )
+    assert_one_line_error(proc, "p.txt line 2: not UTF-8 at byte offset 2")
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["export", "runs/mini", "--format", "gptcli", "--out", "/proc/x"], "--out /proc/x"),
+        (["export", "runs/mini", "-f", "hf", "--out", "mini.yaml/out"], "--out mini.yaml/out"),
+        (["inspect", "runs/mini", "--plot", "mini.yaml/loss.png"], "mini.yaml/loss.png"),
+        (["tokenize", "mini.yaml", "--set", "run_dir=mini.yaml/sub"], "mini.yaml/sub"),
+    ],
+)
+def test_unwritable_output_path_exits_2_naming_it(trained, args, needle):
+    """(As root, permissions stop nothing: /proc and a path under a regular file still do.)"""
+    proc = gptcli(*args, cwd=trained)
+    assert_one_line_error(proc, needle)
+    assert "unexpected" not in proc.stderr
+
+
+def test_full_disk_exits_1_naming_what_was_written(trained):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gptcli", "tokenize", "--tokenizer", "runs/mini", "hello"],
+            cwd=trained,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=run_env(),
+            timeout=60,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "unexpected" not in proc.stderr
+    assert "stdout: No space left on device" in proc.stderr

@@ -53,11 +53,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - the http.server API
         self.requests.append(self.path)
-        if self.path == "/corpus.txt":
+        first = self.requests.count(self.path) == 1
+        if self.path.startswith("/corpus.txt") or (self.path == "/once.txt" and first):
+            self._send(self.body)
+        elif self.path == "/once.txt":  # the network is gone: hang up without an answer
+            self.close_connection = True
+        elif self.path == "/nolength.txt":  # no Content-Length: the size shows while reading
             self.send_response(200)
-            self.send_header("Content-Length", str(len(self.body)))
             self.end_headers()
             self.wfile.write(self.body)
+        elif self.path == "/page.html":
+            self._send(b"<p>one story</p><|endoftext|>" * 120, "text/html; charset=utf-8")
+        elif self.path == "/sneaky.txt":  # an HTML page that says it is text
+            self._send(b"\n<!DOCTYPE html><html>" + self.body)
         elif self.path == "/cut.txt":  # promises more than it sends, then hangs up
             self.send_response(200)
             self.send_header("Content-Length", str(len(self.body) * 2))
@@ -67,6 +75,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.shutdown(2)
         else:
             self.send_error(404)
+
+    def _send(self, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -87,7 +102,7 @@ def test_url_source_downloads_once_verified_then_offline(tmp_path, server):
     recipe = _recipe(tmp_path, f"{server}/corpus.txt", f"  sha256: '{sha}'\n")
     proc = _tokenize(tmp_path, str(recipe), env_cache=cache)
     assert proc.returncode == 0, proc.stderr
-    cached = list(cache.iterdir())
+    cached = [p for p in cache.iterdir() if p.suffix != ".json"]
     assert len(cached) == 1 and cached[0].read_bytes() == _Handler.body
     m = json.loads(proc.stdout)
     assert m["train"]["documents"] + m["val"]["documents"] == 51
@@ -112,6 +127,74 @@ def test_url_failures_leave_nothing_behind(tmp_path, server, path, extra, needle
     assert_one_line_error(proc, needle)
     assert not cache.exists() or not list(cache.iterdir())
     _no_partial_files(tmp_path)
+
+
+def _cached(cache: Path) -> Path:
+    (path,) = [p for p in cache.iterdir() if p.suffix != ".json"]
+    return path
+
+
+def test_a_download_is_recorded_and_checked_before_reuse(tmp_path, server):
+    """Its sha256 is printed (to pin), recorded beside it with size and URL, and a cached copy
+    that no longer matches the record is downloaded again."""
+    cache, url = tmp_path / "cache", f"{server}/corpus.txt?copy=2"
+    recipe = _recipe(tmp_path, url)
+    first = gptcli("tokenize", str(recipe), cwd=tmp_path, env={"GPTCLI_CACHE": str(cache)})
+    assert first.returncode == 0, first.stderr
+    sha = hashlib.sha256(_Handler.body).hexdigest()
+    assert f"sha256 {sha}" in first.stderr and "data.sha256" in first.stderr
+    record = json.loads(_cached(cache).with_name(_cached(cache).name + ".json").read_text())
+    assert record == {"url": url, "bytes": len(_Handler.body), "sha256": sha}
+    _cached(cache).write_bytes(_Handler.body[:-1] + b"?")  # same size, other bytes
+    again = _tokenize(tmp_path, str(recipe), env_cache=cache)
+    assert again.returncode == 0, again.stderr
+    assert _cached(cache).read_bytes() == _Handler.body
+    assert _Handler.requests.count("/corpus.txt?copy=2") == 2
+
+
+def test_a_cached_file_without_a_record_is_downloaded_again(tmp_path, server):
+    cache, url = tmp_path / "cache", f"{server}/corpus.txt?copy=3"
+    assert _tokenize(tmp_path, str(_recipe(tmp_path, url)), env_cache=cache).returncode == 0
+    for record in cache.glob("*.json"):
+        record.unlink()
+    _cached(cache).write_bytes(b"planted<|endoftext|>" * 10)
+    proc = _tokenize(tmp_path, str(_recipe(tmp_path, url)), env_cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert _cached(cache).read_bytes() == _Handler.body
+
+
+def test_offline_with_a_cached_file_that_fails_its_check(tmp_path, server):
+    cache, url = tmp_path / "cache", f"{server}/once.txt"
+    assert _tokenize(tmp_path, str(_recipe(tmp_path, url)), env_cache=cache).returncode == 0
+    with open(_cached(cache), "ab") as f:
+        f.write(b"more")
+    proc = _tokenize(tmp_path, str(_recipe(tmp_path, url)), env_cache=cache)
+    assert_one_line_error(proc, str(_cached(cache)), "does not match", "downloading it again")
+
+
+@pytest.mark.parametrize(
+    "path, extra, needle",
+    [
+        ("/corpus.txt?big", "  max_download_mb: 0.001\n", "larger than data.max_download_mb"),
+        ("/nolength.txt", "  max_download_mb: 0.001\n", "larger than data.max_download_mb"),
+        ("/page.html", "", "HTML page"),
+        ("/sneaky.txt", "", "HTML page"),
+    ],
+)
+def test_too_big_or_html_downloads_are_refused(tmp_path, server, path, extra, needle):
+    cache = tmp_path / "cache"
+    proc = _tokenize(tmp_path, str(_recipe(tmp_path, server + path, extra)), env_cache=cache)
+    assert_one_line_error(proc, needle)
+    assert not cache.exists() or not list(cache.iterdir())
+    _no_partial_files(tmp_path)
+
+
+def test_html_allowed_when_asked(tmp_path, server):
+    extra = "  allow_html: true\n"
+    proc = _tokenize(
+        tmp_path, str(_recipe(tmp_path, f"{server}/page.html", extra)), env_cache=tmp_path / "c"
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_unreachable_url(tmp_path):
@@ -169,6 +252,7 @@ def test_changed_source_rebuilds_touched_one_does_not(tmp_path):
         ("bad.txt", b"fine<|endoftext|>\xff", "", "bad.txt: not UTF-8 at byte offset 17"),
         ("bad.jsonl", b'{"text": "a"}\n[\n', "", "bad.jsonl:2: not valid JSON"),
         ("nf.jsonl", b'{"t": "a"}\n', "", "nf.jsonl:1: no string field 'text'"),
+        ("sur.jsonl", b'{"text": "a \\udcff"}\n', "", "sur.jsonl:1: not UTF-8 at byte offset 2"),
         ("empty.txt", b"\n\n", "", "the corpus is empty"),
         ("missing.txt", None, "", "no such file"),
     ],

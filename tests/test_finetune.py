@@ -301,7 +301,10 @@ def test_classify_bad_input(trained):
     broken.write_text('{"text": "ok", "label": 0}\n{"text": \n')
     proc = _finetune(trained, "bad3", "single", broken, dev_file, 2, SST_LABELS, "", "--quiet")
     assert_one_line_error(proc, "broken.jsonl:2", "not valid JSON")
-    for name in ("bad1", "bad2", "bad3"):
+    escaped = _write_jsonl(trained / "escaped.jsonl", [{"text": "a \udcff", "label": 1}])
+    proc = _finetune(trained, "bad4", "single", escaped, dev_file, 2, SST_LABELS, "", "--quiet")
+    assert_one_line_error(proc, "escaped.jsonl:1: not UTF-8 at byte offset 2")
+    for name in ("bad1", "bad2", "bad3", "bad4"):
         assert not (trained / "runs" / name / "checkpoints").exists()
 
 

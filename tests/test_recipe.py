@@ -92,3 +92,21 @@ def test_presets_fill_switches_but_explicit_keys_win():
 def test_bare_on_off_in_yaml_mean_on_off():
     assert recipe.from_dict({"train": {"compile": True}}).train.compile == "on"
     assert recipe.from_dict({}, ["train.compile=off"]).train.compile == "off"
+
+
+@pytest.mark.parametrize(
+    "name", ["..", ".", "", " ", "a/b", "a\\b", "a\nb", "tab\there", "x\udcff"]
+)
+def test_name_is_one_plain_folder_name(name):
+    with pytest.raises(UserError, match="recipe key 'name' must be one plain folder name"):
+        recipe.from_dict({"name": name})
+
+
+def test_string_keys_take_set_text_as_written():
+    zeros = "0" * 64
+    r = recipe.from_dict({}, ["data.source=-", f"data.sha256={zeros}", "name=2024", "init=~"])
+    assert (r.data.source, r.data.sha256, r.name, r.init) == ("-", zeros, "2024", "~")
+    listed = recipe.from_dict({}, ["data.source=[a.txt, {path: b.txt, weight: 2}]"])
+    assert listed.data.source == ["a.txt", {"path": "b.txt", "weight": 2}]
+    assert recipe.from_dict({}, ["train.compile=on", "task.kind=sft"]).train.compile == "on"
+    assert recipe.from_dict({}, ["sample.stop=[The end]"]).sample.stop == ["The end"]

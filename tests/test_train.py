@@ -119,6 +119,20 @@ def test_signal_saves_and_exits(tmp_path, sig, code):
     assert json.loads((newest / "state.json").read_text())["step"] == checkpoint.step_of(newest)
 
 
+def test_ctrl_c_again_and_again_exits_130_without_a_traceback(tmp_path):
+    """Ctrl-C pressed repeatedly, through the save and Python's shutdown after it: the last
+    ones used to interrupt exit handlers ("Exception ignored in atexit") or kill the process."""
+    proc, run = _start_long_run(tmp_path)
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted"), err
+    assert checkpoint.newest_in_run(run) is not None
+
+
 def test_kill_9_then_resume_from_newest_complete(tmp_path):
     proc, run = _start_long_run(tmp_path)
     time.sleep(0.5)

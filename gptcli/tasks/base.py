@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gptcli import tokenizer
 from gptcli.console import UserError
 from gptcli.device import autocast
 from gptcli.files import get_field
@@ -67,7 +68,7 @@ def as_text(value: Any, field: str, where: str) -> str:
     """A field's value, which must be a string."""
     if not isinstance(value, str):
         raise UserError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
-    return value
+    return tokenizer.check_text(value, where)  # a JSON \udcff escape is no character
 
 
 def text_field(record: dict, field: str, where: str) -> str:

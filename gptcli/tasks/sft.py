@@ -63,6 +63,8 @@ def messages_of(record: dict, fields: list[str], where: str) -> list[dict]:
                 f"{where}: 'messages' must be a list of {{role, content}} with roles "
                 f"{sorted(ROLES)}"
             )
+        for m in msgs:
+            tokenizer.check_text(m["content"], where)
         return msgs
     prompt = text_field(record, fields[0], where)
     response = text_field(record, fields[1], where)

@@ -1,0 +1,82 @@
+"""stderr helpers: progress bars on an 80-column terminal, one-line I/O errors."""
+
+import errno
+import re
+from io import StringIO
+
+import pytest
+from rich.console import Console
+
+from gptcli import console, data
+from gptcli.console import Failure, UserError
+
+
+@pytest.fixture
+def terminal(monkeypatch) -> StringIO:
+    """stderr as an 80-column terminal; what the bars drew, colours and cursor moves removed."""
+    buf = StringIO()
+    term = Console(file=buf, width=80, force_terminal=True, highlight=False, soft_wrap=True)
+    monkeypatch.setattr(console, "stderr", term)
+    monkeypatch.setattr(console, "progress_enabled", lambda: True)
+    return buf
+
+
+def _lines(buf: StringIO) -> list[str]:
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue()).replace("\r", "\n")
+    return [line for line in plain.splitlines() if line.strip()]
+
+
+def test_byte_progress_never_shows_more_than_the_total(terminal):
+    with console.progress(unit="bytes") as bar:
+        task = bar.add_task("encode (tokenizers)", total=500_000)
+        bar.advance(task, 400_000)
+        bar.advance(task, 100_300)  # the corpus's size on disk was an estimate
+        bar.update(task, advance=10)
+    last = _lines(terminal)[-1]
+    assert "500.0/500.0 kB" in last and "500.3" not in last, last
+
+
+def test_bars_fit_80_columns_without_cutting_what_they_say(terminal):
+    with console.progress(unit="bytes") as bar:
+        bar.update(bar.add_task("encode (tokenizers)", total=2_000_000_000), completed=1.5e9)
+    with console.progress("loss", "lr", "rate") as bar:
+        task = bar.add_task("train", total=100_000, completed=0, loss="", lr="", rate="")
+        bar.update(task, completed=51_234, loss="loss 3.456", lr="lr 1.0e-03", rate="12,345 tok/s")
+    lines = _lines(terminal)
+    assert all(len(line) <= 80 and "…" not in line for line in lines), lines
+    assert any("1.5/2.0 GB" in line for line in lines), lines
+    assert any("51234/100000" in line for line in lines), lines
+    assert any("loss 3.456  lr 1.0e-03  12,345 tok/s" in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    "error, kind, needles",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), Failure, ["out.bin", "No space"]),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), Failure, ["out.bin", "quota"]),
+        (Exception("I/O error: No space left on device (os error 28)"), Failure, ["os error 28"]),
+        (OSError(errno.EROFS, "Read-only file system"), UserError, ["out.bin", "Read-only"]),
+        (OSError(errno.EACCES, "Permission denied"), UserError, ["out.bin", "Permission"]),
+    ],
+)
+def test_writing_turns_io_errors_into_one_line(error, kind, needles):
+    with pytest.raises(kind) as caught, console.writing("out.bin"):
+        raise error
+    for needle in needles:
+        assert needle in str(caught.value)
+
+
+def test_other_errors_pass_through_writing():
+    with pytest.raises(BrokenPipeError), console.writing("stdout"):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+def test_full_disk_while_writing_a_file_names_it(tmp_path, monkeypatch):
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data.os, "fsync", full)
+    target = tmp_path / "manifest.json"
+    with pytest.raises(Failure, match=f"{target}: No space left on device"):
+        data.write_atomic(target, b"{}")
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
