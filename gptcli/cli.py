@@ -127,6 +127,8 @@ def tokenize(
     tok = tokenizer.load(tokenizer_path)
     if args:
         lines = [tokenizer.check_text(a, f"TEXT argument {i}") for i, a in enumerate(args, 1)]
+    elif sys.stdin is None:
+        raise UserError("no TEXT given and stdin is closed (pass TEXT, or lines on stdin)")
     else:
         lines = (line.rstrip("\n") for line in tokenizer.read_lines(sys.stdin.buffer))
     for out_line in tokenizer.pipeline(tok, lines, decode, as_json, count):
@@ -530,8 +532,9 @@ def _invoke(args: list[str]) -> None:
 
 
 def _ignore_signals() -> None:
-    """Registered first, so it runs after every other exit handler: Python's own shutdown then
-    resets handlers, and a signal would kill the process instead of letting it exit with code."""
+    """Registered first, so it runs after every other exit handler: Python's shutdown then puts
+    back the default handlers, with which a late Ctrl-C would kill the process (exit -2); an
+    ignored signal stays ignored."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
 

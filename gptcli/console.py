@@ -216,6 +216,8 @@ def writing(path: str | Path) -> Iterator[None]:
     """Report a failed write to path in one line that names it (see io_failure)."""
     try:
         yield
+    except (UserError, Failure):
+        raise
     except Exception as e:
         failure = io_failure(e, path, "cannot write")
         if failure is None:

@@ -144,8 +144,7 @@ def _record_path(target: Path) -> Path:
 
 def _write_record(target: Path, url: str, digest: str) -> None:
     record = {"url": url, "bytes": target.stat().st_size, "sha256": digest}
-    with console.writing(_record_path(target)):
-        write_atomic(_record_path(target), json.dumps(record, indent=2).encode())
+    write_atomic(_record_path(target), json.dumps(record, indent=2).encode())
     st = target.stat()
     _verified[target] = (st.st_size, st.st_mtime_ns, digest)
 
@@ -162,9 +161,8 @@ def _cache_problem(target: Path, url: str, sha256: str) -> str | None:
             record = None
         digest = sha256_file(target)
         if not isinstance(record, dict) or record.get("url") != url:
-            if not sha256 or digest != sha256.lower():
+            if not sha256 or digest != sha256.lower():  # else: cached before records, and pinned
                 return "has no record of its download"
-            _write_record(target, url, digest)  # cached before records were kept: pinned
         elif record.get("bytes") != st.st_size or record.get("sha256") != digest:
             return "does not match the size and sha256 recorded when it was downloaded"
         _verified[target] = seen = (st.st_size, st.st_mtime_ns, digest)

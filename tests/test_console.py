@@ -7,7 +7,7 @@ from io import StringIO
 import pytest
 from rich.console import Console
 
-from gptcli import console, data
+from gptcli import console, files
 from gptcli.console import Failure, UserError
 
 
@@ -75,8 +75,8 @@ def test_full_disk_while_writing_a_file_names_it(tmp_path, monkeypatch):
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(data.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     target = tmp_path / "manifest.json"
     with pytest.raises(Failure, match=f"{target}: No space left on device"):
-        data.write_atomic(target, b"{}")
+        files.write_atomic(target, b"{}")
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
