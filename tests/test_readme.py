@@ -42,6 +42,7 @@ SMOKE = {
     "recipes/finetune/sst2.yaml": FEW_STEPS,
     "recipes/finetune/rte.yaml": FEW_STEPS,
 }
+SMOKE["tiny"] = SMOKE["recipes/tiny.yaml"]  # the bundled recipe by name
 TRAINS = re.compile(r"gptcli (?:tokenize|pretrain|finetune) ([^\s-]\S*)")  # the RECIPE
 CLASSIFIER_LINE = re.compile(r"sst2|rte")
 
