@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-# the test extras: pytest, ruff, hypothesis, transformers (parity tests), gguf, matplotlib
+# the test extras: pytest, ruff, hypothesis, transformers (parity tests), openai and pexpect (serve
+# and chat tests), gguf, matplotlib, fastapi and uvicorn (serve)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,plot]'
+	$(BIN)/pip install -q -e '.[dev,export,plot,serve]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)

@@ -466,6 +466,121 @@ def export(
         console.out(result["out"])
 
 
+# --------------------------------------------------------------------------- chat / serve
+
+CheckpointOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--checkpoint", "-c", help="Checkpoint or run folder (default: newest in ./runs)."
+    ),
+]
+MaxNewTokensOpt = Annotated[Optional[int], typer.Option(help="Tokens to generate per reply.")]
+TemperatureOpt = Annotated[Optional[float], typer.Option(help="0 = greedy.")]
+TopKOpt = Annotated[Optional[int], typer.Option(help="Keep the k likeliest tokens (0 = off).")]
+TopPOpt = Annotated[Optional[float], typer.Option(help="Nucleus mass in (0, 1] (1 = off).")]
+MinPOpt = Annotated[
+    Optional[float],
+    typer.Option(help="Drop tokens below min-p x the top token's probability (0 = off)."),
+]
+RepetitionOpt = Annotated[
+    Optional[float],
+    typer.Option(help="> 1 discourages tokens of the prompt and the text so far (1 = off)."),
+]
+StopOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--stop", help="Stop before this text (repeatable); it is not shown."),
+]
+DtypeOpt = Annotated[
+    str, typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16.")
+]
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  gptcli chat -c runs/sft\n\n"
+    "  gptcli chat -c runs/sft --temperature 0.7 --max-new-tokens 100\n\n"
+    '  echo \'[{"role": "user", "content": "Hi"}]\' | gptcli chat -c runs/sft\n\n'
+    "At the prompt: /reset clears the conversation, /system TEXT sets the system message, "
+    "/exit or Ctrl-D quits; Ctrl-C cancels a reply (at an empty prompt it quits with 130).",
+)
+def chat(
+    checkpoint_path: CheckpointOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    stop: StopOpt = None,
+    seed: Annotated[Optional[int], typer.Option(help="Sample every reply with this seed.")] = None,
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Talk to a model in its chat template, replies streaming; with stdin not a terminal, each
+    line is a JSON message list and each answer one JSON reply line.
+
+    The history is kept (the oldest turns dropped when it outgrows the context). A base model
+    without a chat template continues the conversation's text."""
+    console.set_quiet(quiet)
+    from gptcli import chat as chat_mod
+
+    scripted = sys.stdin is not None and not sys.stdin.isatty()
+    chat_mod.run(
+        checkpoint_path,
+        overrides={
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+            "repetition_penalty": repetition_penalty,
+            "stop": stop,
+        },
+        seed=seed,
+        dtype=dtype,
+        lines=sys.stdin if scripted else None,
+    )
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  gptcli serve -c runs/sft\n\n"
+    "  gptcli serve -c runs/tiny --port 8080 --max-queue 32\n\n"
+    "  gptcli serve -c runs/sft --host 0.0.0.0 --api-key $(openssl rand -hex 16)\n\n"
+    "Then: curl http://127.0.0.1:8000/v1/models, or any OpenAI client with "
+    "base_url=http://127.0.0.1:8000/v1. Sampling settings default to the run's `sample:` "
+    "section; requests set max_tokens, temperature, top_p, stop, n, seed, logprobs and "
+    "gptcli's top_k, min_p, repetition_penalty.",
+)
+def serve(
+    checkpoint_path: CheckpointOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than 127.0.0.1 wants --api-key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 = any free port).")] = 8000,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            "--api-key", envvar="GPTCLI_API_KEY", help="Require Authorization: Bearer KEY."
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait for the model; more get 429.")
+    ] = 16,
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Serve the model over OpenAI's HTTP API: /v1/models, /v1/completions and
+    /v1/chat/completions, streaming or not. SIGTERM or Ctrl-C finishes the requests in flight
+    (at most 30 s) and exits 0."""
+    console.set_quiet(quiet)
+    from gptcli import chat as chat_mod
+    from gptcli import serve as serve_mod
+
+    engine = chat_mod.load(checkpoint_path, {}, dtype, "serve")
+    serve_mod.serve(engine, host, port, api_key, max_queue)
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -34,13 +34,20 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) ->
     if seen is None or penalty == 1.0:
         return logits
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
+    return finite(torch.where(seen, penalized, logits))
+
+
+def finite(logits: torch.Tensor) -> torch.Tensor:
+    """Logits divided by a tiny temperature or penalty overflow to +-inf; clamped to the
+    largest floats, softmax stays a distribution instead of NaN."""
+    big = torch.finfo(logits.dtype).max
+    return logits.clamp(min=-big, max=big)
 
 
 def filter_logits(logits: torch.Tensor, params: SampleConfig) -> torch.Tensor:
     """Scale by temperature, then mask everything outside top-k, the top-p nucleus and the
     min-p floor with -inf (HF's order: each filter sees what the previous one kept)."""
-    logits = logits.float() / params.temperature
+    logits = finite(logits.float() / params.temperature)
     if params.top_k and params.top_k < logits.size(-1):
         kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -66,7 +73,7 @@ def next_token(
 ) -> torch.Tensor:
     """(B, V) logits -> (B, 1) token ids. Greedy is the argmax after the repetition penalty."""
     logits = penalize(logits.float(), seen, params.repetition_penalty)
-    if params.temperature == 0:
+    if params.temperature < torch.finfo(torch.float32).tiny:  # 0, or too small to divide by
         return logits.argmax(dim=-1, keepdim=True)
     if params.top_k and params.top_k < logits.size(-1):
         # only the k candidates matter: filter and sample among them, not the whole vocabulary
@@ -86,10 +93,16 @@ def generate(
     eos_id: int | None = None,
     num_samples: int = 1,
     finished: list[bool] | None = None,
+    scores: list[torch.Tensor] | None = None,
 ) -> Iterator[list[int | None]]:
     """Yield, per step, one new token per row: num_samples rows continue the same prompt as one
     batch. A row that produced eos_id (which is yielded) or that the caller marked in
     `finished` (e.g. after a stop string) yields None from then on; all finished ends the loop.
+    Closing the iterator stops generation (a cancelled request costs nothing more).
+
+    scores, when given, receives before each step the (rows, vocab) log-probabilities of the
+    model's next-token distribution, before any sampling control (what an API reports as
+    logprobs).
 
     Past the context the window slides: the newest block_size/2 tokens are prefilled again, so
     each token is exactly what a full forward over its current window would give.
@@ -116,6 +129,8 @@ def generate(
     for _ in range(params.max_new_tokens):
         if seen is not None and eos_id is not None:
             seen[:, eos_id] = False  # never penalise the end: a penalised sample can still end
+        if scores is not None:
+            scores.append(torch.log_softmax(logits[:, -1, :].float(), dim=-1))
         token = next_token(logits[:, -1, :], params, gen, seen)  # (rows, 1)
         values = token.view(-1).tolist()
         step: list[int | None] = []

@@ -126,3 +126,37 @@ def trained(tmp_path_factory) -> Path:
     proc = gptcli("pretrain", str(recipe), "--quiet", cwd=root)
     assert proc.returncode == 0, proc.stderr
     return root
+
+
+CHAT_SFT = textwrap.dedent(
+    """\
+    name: chat-sft
+    init: runs/mini
+    task: sft
+    data:
+      source: {source}
+      val_fraction: 0.2
+    train:
+      batch_size: 4
+      max_steps: 4
+      warmup_steps: 1
+      eval_every: 2
+      save_every: 0
+    sample:
+      max_new_tokens: 8
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def chat_trained(trained) -> Path:
+    """runs/chat-sft next to runs/mini: a tiny SFT run (chat template), finetuned once."""
+    import json
+
+    source = trained / "chat-sft.jsonl"
+    records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    recipe = write_recipe(trained, CHAT_SFT.format(source=source), "chat-sft.yaml")
+    proc = gptcli("finetune", str(recipe), "--quiet", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    return trained / "runs" / "chat-sft"

@@ -1,0 +1,101 @@
+"""`gptcli chat`: on a pseudo-terminal, and scripted with JSON lines on stdin."""
+
+import json
+import shutil
+import sys
+
+import pexpect
+from conftest import assert_one_line_error, gptcli, run_env
+
+
+def fake_classifier(trained, folder):
+    """A copy of the base checkpoint whose config says classifier: refused before its weights."""
+    ckpt = folder / "classifier"
+    shutil.copytree(trained / "runs" / "mini" / "checkpoints" / "step-0000012", ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["task"] = {"kind": "classify", "format": "single", "label_names": ["a", "b"]}
+    config["n_classes"] = 2
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+def spawn(cwd, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "gptcli", "chat", *args],
+        cwd=str(cwd),
+        env=run_env(),
+        encoding="utf-8",
+        timeout=60,
+    )
+
+
+def test_chat_json_lines_reply_in_the_template(trained, chat_trained):
+    first = [{"role": "user", "content": "Count to 3."}]
+    second = [{"role": "system", "content": "Be brief."}, *first]
+    lines = json.dumps(first) + "\n\n" + json.dumps(second) + "\n"
+    args = ("-c", str(chat_trained), "--temperature", "0", "--dtype", "fp32")
+    proc = gptcli("chat", *args, input=lines, cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(replies) == 2 and all(r["role"] == "assistant" for r in replies)
+    sample = gptcli("sample", *args, "--prompt", "Count to 3.", "--json", cwd=trained)
+    assert replies[0]["content"] == json.loads(sample.stdout)["text"]
+
+    # a base model continues the text (its notice is covered on the terminal); a bad line
+    # after good ones: those were answered
+    base = ("-c", "runs/mini", "--max-new-tokens", "3", "--quiet")
+    proc = gptcli("chat", *base, input=lines + "{}\n", cwd=trained)
+    assert_one_line_error(proc, "stdin line 4", "role")
+    assert len(proc.stdout.splitlines()) == 2
+
+
+def test_chat_on_a_terminal(trained, chat_trained):
+    chat = spawn(trained, "-c", str(chat_trained), "--max-new-tokens", "8", "--seed", "1")
+    chat.expect("/reset clears")
+    chat.expect("> ")
+    chat.sendline("Count to 3.")
+    chat.expect("> ")
+    chat.sendline("Count to 4. Count to 5. Count to 6. Count to 7.")
+    chat.expect("dropped the oldest")  # the history outgrew the 32-token context
+    chat.expect("> ")
+    chat.sendline("/reset")
+    chat.expect("conversation cleared")
+    chat.expect("> ")
+    chat.sendeof()
+    chat.expect(pexpect.EOF)
+    chat.wait()
+    assert chat.exitstatus == 0
+
+    # a base model replies forever to this: Ctrl-C cancels the reply, not the session
+    endless = spawn(trained, "-c", "runs/mini", "--max-new-tokens", "1000000", "--temperature", "0")
+    endless.expect("no chat template")
+    endless.expect("> ")
+    endless.sendline("Once upon a time")
+    endless.expect("Once upon a time\r\n")
+    endless.expect(r"\S")  # the reply is streaming
+    endless.sendintr()
+    endless.expect("reply cancelled")
+    endless.expect("> ")
+    endless.sendline("/system Be brief.")
+    endless.expect("system message set")
+    endless.expect("> ")
+    endless.send("half a line")
+    endless.expect("half a line")
+    endless.sendintr()  # drops the line, as a shell does
+    endless.expect("> ")
+    endless.sendintr()  # at an empty prompt: quit
+    endless.expect(pexpect.EOF)
+    endless.wait()
+    assert endless.exitstatus == 130
+
+
+def test_chat_refuses_a_classifier(trained, tmp_path):
+    proc = gptcli("chat", "-c", str(fake_classifier(trained, tmp_path)), input="", cwd=trained)
+    assert_one_line_error(proc, "classifier", "-c")
+
+
+def test_chat_and_serve_help_show_examples():
+    for command in ("chat", "serve"):
+        proc = gptcli(command, "--help")
+        assert proc.returncode == 0 and "Examples" in proc.stdout, command

@@ -1,0 +1,283 @@
+"""`gptcli serve` against the official `openai` client and raw HTTP, on a free local port."""
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+from conftest import assert_one_line_error, gptcli, run_env
+
+PROMPT = "Once upon a time"
+
+
+class Served:
+    """A `gptcli serve --port 0` subprocess; its URL is read from the line it logs."""
+
+    def __init__(self, cwd, *args: str) -> None:
+        command = [sys.executable, "-m", "gptcli", "serve", "--port", "0", *args]
+        self.proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=run_env(),
+        )
+        self.log: list[str] = []
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if "/v1 (" in line:
+                break
+        assert self.proc.poll() is None, "".join(self.log)
+        self.url = line.split(" on ")[1].split()[0]
+        self.host, self.port = urlsplit(self.url).hostname, urlsplit(self.url).port
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
+
+    def request(self, method: str, path: str, body=None, headers=None):
+        """(status, parsed JSON body) of one raw request; body: a dict or raw bytes."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        conn.request(method, path, body=data, headers=headers or {})
+        response = conn.getresponse()
+        status, text = response.status, response.read()
+        conn.close()
+        return status, json.loads(text)
+
+    def open_stream(self, body: dict) -> tuple[http.client.HTTPConnection, int]:
+        """Start a streaming request; returns once the response headers arrived."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        conn.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}))
+        return conn, conn.getresponse()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def base(trained):
+    served = Served(trained, "-c", "runs/mini", "--dtype", "fp32", "--max-queue", "3")
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="module")
+def client(base):
+    return openai.OpenAI(base_url=base.url, api_key="unused", max_retries=0)
+
+
+def test_completions_match_sample_and_stream_the_same_text(trained, client):
+    assert [m.id for m in client.models.list()] == ["mini"]
+    args = ("--temperature", "0", "--max-new-tokens", "12", "--dtype", "fp32", "--json")
+    proc = gptcli("sample", "-c", "runs/mini", "--prompt", PROMPT, *args, cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    expected = json.loads(proc.stdout)
+    kw = {"model": "mini", "prompt": PROMPT, "max_tokens": 12, "temperature": 0}
+    greedy = client.completions.create(**kw)
+    assert greedy.choices[0].text == expected["text"]
+    assert greedy.usage.completion_tokens == expected["tokens"]
+    chunks = list(client.completions.create(**kw, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == expected["text"]
+    assert chunks[-1].choices[0].finish_reason == greedy.choices[0].finish_reason
+    # a base model has no template: a chat continues the conversation's text
+    messages = [{"role": "user", "content": PROMPT}]
+    greedy_chat = {"model": "mini", "messages": messages, "max_tokens": 12, "temperature": 0}
+    reply = client.chat.completions.create(**greedy_chat)
+    assert reply.choices[0].message.content == expected["text"]
+    deltas = client.chat.completions.create(**greedy_chat, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in deltas) == expected["text"]
+
+
+def test_seed_n_stop_and_logprobs(client):
+    kw = {"model": "mini", "prompt": PROMPT, "max_tokens": 16, "temperature": 1.0, "seed": 7}
+    two = client.completions.create(**kw, n=2)
+    again = client.completions.create(**kw, n=2)
+    texts = [c.text for c in two.choices]
+    assert texts == [c.text for c in again.choices] and len(texts) == 2
+    assert texts[0] != texts[1]
+    full = client.completions.create(**kw).choices[0].text
+    assert len(full) >= 6, full
+    stop = full[4:6]
+    cut = full[: full.find(stop)]
+    stopped = client.completions.create(**kw, stop=[stop, "never there"])
+    assert stopped.choices[0].text == cut and stopped.choices[0].finish_reason == "stop"
+    chunks = [c.choices[0].text for c in client.completions.create(**kw, stop=stop, stream=True)]
+    assert "".join(chunks) == cut and not any(stop in c for c in chunks)
+
+    scored = client.completions.create(
+        model="mini", prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2
+    )
+    lp = scored.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == scored.usage.completion_tokens
+    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert chosen <= 0 and len(top) == 2 and chosen == max(top.values())  # greedy: the top
+
+
+def test_four_concurrent_streaming_clients(client):
+    def ask(seed: int) -> dict:
+        return {"model": "mini", "prompt": PROMPT, "max_tokens": 8, "seed": seed}
+
+    results = {}
+
+    def stream(seed: int) -> None:
+        chunks = list(client.completions.create(**ask(seed), stream=True))
+        results[seed] = ("".join(c.choices[0].text for c in chunks), chunks[-1])
+
+    threads = [threading.Thread(target=stream, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seed in range(4):
+        text, last = results[seed]
+        assert text == client.completions.create(**ask(seed)).choices[0].text
+        assert last.choices[0].finish_reason in ("stop", "length")
+
+
+def test_full_queue_answers_429_and_a_client_that_leaves_frees_its_place(base):
+    endless = {"model": "mini", "prompt": PROMPT, "max_tokens": 10**6, "temperature": 0}
+    streams = [base.open_stream(endless) for _ in range(4)]  # one generating, three waiting
+    assert [response.status for _, response in streams] == [200] * 4
+    assert streams[0][1].readline().startswith(b"data: ")  # the first one is generating
+    status, body = base.request("POST", "/v1/completions", {**endless, "max_tokens": 1})
+    assert status == 429 and body["error"]["code"] == "queue_full"
+    for conn, _ in streams:
+        conn.close()
+    deadline = time.monotonic() + 60
+    while (
+        status := base.request("POST", "/v1/completions", {**endless, "max_tokens": 1})[0]
+    ) != 200:
+        assert status == 429 and time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+BAD = [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "JSON object"),
+    ({"prompt": PROMPT}, "'model' is required"),
+    ({"model": "mini"}, "'prompt' is required"),
+    ({"model": "mini", "prompt": 5}, "'prompt'"),
+    ({"model": "mini", "prompt": PROMPT, "max_tokens": "5"}, "'max_tokens' must be an int"),
+    ({"model": "mini", "prompt": PROMPT, "max_tokens": 0}, "max_tokens must be a positive"),
+    ({"model": "mini", "prompt": PROMPT, "temperature": -1}, "temperature must be >= 0"),
+    ({"model": "mini", "prompt": PROMPT, "top_p": 0}, "top_p must be in (0, 1]"),
+    ({"model": "mini", "prompt": PROMPT, "top_k": -1}, "top_k"),
+    ({"model": "mini", "prompt": PROMPT, "min_p": 2}, "min_p"),
+    ({"model": "mini", "prompt": PROMPT, "repetition_penalty": 0}, "repetition_penalty"),
+    ({"model": "mini", "prompt": PROMPT, "n": 0}, "'n' must be between"),
+    ({"model": "mini", "prompt": PROMPT, "stream": "yes"}, "'stream' must be a bool"),
+    ({"model": "mini", "prompt": PROMPT, "stop": [1]}, "'stop'"),
+    ({"model": "mini", "prompt": PROMPT, "seed": -1}, "'seed'"),
+    ({"model": "mini", "prompt": PROMPT, "logprobs": 9}, "'logprobs'"),
+    (b'{"model": "mini", "prompt": "a", "temperature": NaN}', "finite"),
+]
+BAD_CHAT = [
+    ({"model": "mini", "messages": "hi"}, "'messages'"),
+    ({"model": "mini", "messages": [{"role": "tool", "content": "x"}]}, "'role'"),
+    ({"model": "mini", "messages": [{"role": "user", "content": 5}]}, "'content'"),
+]
+
+
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(base, client):
+    cases = [("/v1/completions", *c) for c in BAD] + [
+        ("/v1/chat/completions", *c) for c in BAD_CHAT
+    ]
+    for path, body, needle in cases:
+        status, answer = base.request("POST", path, body)
+        assert status == 400 and needle in answer["error"]["message"], (body, answer)
+    status, answer = base.request("POST", "/v1/completions", {"model": "gpt-4", "prompt": "a"})
+    assert status == 404 and answer["error"]["code"] == "model_not_found"
+    status, answer = base.request("POST", "/v1/completions", b"{" + b" " * (2 << 20) + b"}")
+    assert status == 413 and "error" in answer
+    assert base.request("GET", "/v1/nowhere")[0] == 404
+    # extreme but valid settings still give a distribution to sample from
+    for extreme in (
+        {"temperature": 1e-300},
+        {"temperature": 1e-40},
+        {"repetition_penalty": 1e-300},
+    ):
+        body = {"model": "mini", "prompt": PROMPT, "max_tokens": 2, **extreme}
+        status, answer = base.request("POST", "/v1/completions", body)
+        assert status == 200, (extreme, answer)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="mini", prompt=PROMPT, max_tokens=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
+    assert base.request("GET", "/v1/models")[0] == 200 and base.proc.poll() is None
+
+
+def test_sigterm_drains_the_request_in_flight_then_exits_0(base):
+    conn, response = base.open_stream(
+        {"model": "mini", "prompt": PROMPT, "max_tokens": 30, "temperature": 0}
+    )
+    assert response.readline().startswith(b"data: ")  # generating
+    base.proc.send_signal(signal.SIGTERM)
+    lines = [line.strip() for line in response.read().decode().splitlines() if line.strip()]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop", "length")
+    assert base.proc.wait(timeout=60) == 0, "".join(base.log)
+
+
+def test_api_key_chat_template_and_second_signal(trained, chat_trained):
+    served = Served(trained, "-c", str(chat_trained), "--api-key", "s3cret", "--dtype", "fp32")
+    try:
+        assert served.request("GET", "/v1/models")[0] == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert served.request("GET", "/v1/models", headers=wrong)[0] == 401
+        status, body = served.request("POST", "/v1/completions", {"model": "chat-sft"}, wrong)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=served.url, api_key="nope", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=served.url, api_key="s3cret", max_retries=0)
+        auth = {"Authorization": "Bearer s3cret"}
+        args = ("--prompt", "Count to 3.", "--temperature", "0", "--dtype", "fp32", "--json")
+        proc = gptcli("sample", "-c", str(chat_trained), *args, cwd=trained)
+        expected = json.loads(proc.stdout)["text"]  # sample applies an SFT run's template
+        reply = client.chat.completions.create(
+            model="chat-sft",
+            messages=[{"role": "user", "content": "Count to 3."}],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert reply.choices[0].message.content == expected
+        # a second signal while draining exits at once: a request whose body is still coming
+        slow = http.client.HTTPConnection(served.host, served.port, timeout=60)
+        slow.putrequest("POST", "/v1/completions")
+        slow.putheader("Content-Length", "100")
+        slow.endheaders(b'{"model": ')
+        assert served.request("GET", "/v1/models", headers=auth)[0] == 200  # after slow's start
+        served.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while not any("stopping" in line for line in served.log):
+            assert time.monotonic() < deadline, "".join(served.log)
+            time.sleep(0.1)
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=60) == 128 + signal.SIGTERM
+        log = "".join(served.log)
+        assert "second signal" in log and "serve: stopped" not in log  # it did not wait
+    finally:
+        served.stop()
+
+
+def test_serve_refuses_a_classifier_and_needs_its_extra(trained, tmp_path):
+    from test_chat import fake_classifier
+
+    proc = gptcli("serve", "-c", str(fake_classifier(trained, tmp_path)), cwd=trained)
+    assert_one_line_error(proc, "classifier")
+    code = (
+        "import sys, runpy\n"
+        "sys.modules['fastapi'] = None\n"
+        "sys.argv = ['gptcli', 'serve', '-c', 'runs/mini']\n"
+        "runpy.run_module('gptcli', run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=trained, capture_output=True, text=True, env=run_env()
+    )
+    assert_one_line_error(proc, "pip install 'gptcli[serve]'")
