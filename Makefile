@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-# the test extras: pytest, ruff, hypothesis, transformers (parity tests), gguf, matplotlib
+# the test extras: pytest, ruff, hypothesis, transformers (parity tests), gguf, matplotlib,
+# and the trackers (tensorboard, wandb, mlflow-skinny with its sqlite store)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,plot]'
+	$(BIN)/pip install -q -e '.[dev,export,plot,tensorboard,wandb,mlflow]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)
