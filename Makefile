@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # the test extras: pytest, ruff, hypothesis, transformers (parity tests), openai and pexpect (serve
-# and chat tests), gguf, matplotlib, fastapi and uvicorn (serve)
+# and chat tests), gguf, matplotlib, fastapi and uvicorn (serve), and the trackers (tensorboard,
+# wandb, mlflow-skinny with its sqlite store)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,plot,serve]'
+	$(BIN)/pip install -q -e '.[dev,export,plot,serve,tensorboard,wandb,mlflow]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)

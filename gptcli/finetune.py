@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, lora, parallel, run, tokenizer
+from gptcli import checkpoint, console, data, interop, loggers, lora, parallel, run, tokenizer
 from gptcli.checkpoint import Loaded
 from gptcli.console import UserError
 from gptcli.device import Dist, init_distributed
@@ -141,6 +141,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
             "finetune needs `init:` in the recipe: the checkpoint or run folder to start from "
             "(e.g. --set init=runs/tiny)"
         )
+    loggers.check_installed(recipe)
     dist = init_distributed(recipe.train.device)
     if not dist.main:
         console.set_quiet(True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, data, parallel, run
+from gptcli import checkpoint, console, data, loggers, parallel, run
 from gptcli.console import UserError
 from gptcli.device import init_distributed
 from gptcli.model import GPT
@@ -37,6 +37,7 @@ def tokenize(recipe: Recipe) -> tuple[Path, dict]:
 
 def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     """Tokenize if needed, then train from scratch or resume the run's newest checkpoint."""
+    loggers.check_installed(recipe)
     dist = init_distributed(recipe.train.device)
     if not dist.main:
         console.set_quiet(True)

@@ -113,6 +113,38 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
+    # where metrics go: jsonl (metrics.jsonl, always) plus any of tensorboard, wandb, mlflow
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+
+
+LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class TensorBoardConfig:
+    log_dir: str = ""  # "" = <run folder>/tensorboard
+
+
+@dataclass
+class WandbConfig:
+    project: str = ""  # "" = $WANDB_PROJECT, else gptcli
+    entity: str = ""  # "" = $WANDB_ENTITY, else the account's default
+    mode: Literal["", "online", "offline", "disabled"] = ""  # "" = $WANDB_MODE, else online
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<run folder>/mlflow.db
+    experiment: str = ""  # "" = $MLFLOW_EXPERIMENT_NAME, else gptcli
+
+
+@dataclass
+class TrackersConfig:
+    """Settings of the trackers train.loggers names; each honours its own environment."""
+
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -188,6 +220,7 @@ class Recipe:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    trackers: TrackersConfig = field(default_factory=TrackersConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     # Not a recipe key: the dotted keys the file and --set gave, so a finetune can tell a
     # model key the user asked for from one left at its default.
@@ -480,6 +513,12 @@ def validate(r: Recipe) -> None:
     check("train.beta1", t.beta1, 0.0 <= t.beta1 < 1.0, "in [0, 1)")
     check("train.beta2", t.beta2, 0.0 <= t.beta2 < 1.0, "in [0, 1)")
     check("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 = off)")
+    check(
+        "train.loggers",
+        t.loggers,
+        "jsonl" in t.loggers and set(t.loggers) <= set(LOGGERS),
+        f"a list that contains 'jsonl' (metrics.jsonl), with any of {', '.join(LOGGERS[1:])}",
+    )
     check_sample(r.sample, lambda key: f"recipe key 'sample.{key}'")
 
 
@@ -543,6 +582,11 @@ def to_dict(recipe: Recipe) -> dict:
     for name in NOT_KEYS:
         tree.pop(name)
     return tree
+
+
+def flat(recipe: Recipe) -> dict[str, Any]:
+    """Every dotted key with its value (a tracker's flat parameters)."""
+    return _flatten(to_dict(recipe))
 
 
 def non_defaults(recipe: Recipe) -> dict[str, Any]:

@@ -168,12 +168,12 @@ class Trainer:
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
         self.announce(peak_source)
-        self.loggers: list = [loggers.ConsoleLogger(self.t.max_steps)]
-        if self.dist.main:
-            self.loggers.append(loggers.JsonlLogger(run_dir))
         self.versions = run.versions(torch.__version__)
         self.last: dict = {}
         self.eval_failure: Exception | None = None
+        self.loggers: list = [loggers.ConsoleLogger(self.t.max_steps)]
+        if self.dist.main:  # opened last: fit closes them
+            self.loggers += loggers.open_loggers(recipe, run_dir, self.start_step)
 
     def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         t, device = self.t, self.device
@@ -304,6 +304,7 @@ class Trainer:
         window_start, window_tokens = self.started, 0
         final: Path | None = None
         self.model.train()
+        exit_code = 1  # what the trackers record: finished, killed (130, 143) or failed
         try:
             with SignalFlag() as flag, console.progress("loss", "lr", "rate") as bar:
                 row = bar.add_task(
@@ -335,9 +336,12 @@ class Trainer:
                         self.save()
                 if self.step == self.start_step:
                     final = self.already_done()
+            exit_code = 0 if self.eval_failure is None else 1
+        except Interrupted as e:
+            exit_code = e.code
+            raise
         finally:
-            for logger in self.loggers:
-                logger.close()
+            loggers.close_all(self.loggers, exit_code)
         if self.eval_failure is not None:
             raise self.eval_failure
         return self.summary(final)
