@@ -18,7 +18,7 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import bundled, checkpoint, console, interop, optim, run, tokenizer
+from gptcli import bundled, checkpoint, console, interop, memory, optim, run, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
 from gptcli.device import autocast, autocast_dtype, pick_device
@@ -148,6 +148,9 @@ def describe_run(path: Path) -> dict[str, Any]:
         last["mean_tokens_per_s"] = round(sum(rates) / len(rates), 1)
     out["last_metrics"] = last
     out["curve"] = loss_curve(records)
+    report = memory.load(path)
+    if report is not None:
+        out["memory"] = report
     return out
 
 
@@ -195,7 +198,7 @@ def describe_recipe(path: Path) -> dict[str, Any]:
     if cfg.tie_embeddings:
         shapes.pop("lm_head.weight")
     t = recipe.train
-    n_params = param_counts(shapes, cfg.tie_embeddings)["total"]
+    amp = autocast_dtype(pick_device(t.device), t.dtype)
     return {
         "kind": "recipe",
         "path": str(path),
@@ -204,23 +207,10 @@ def describe_recipe(path: Path) -> dict[str, Any]:
         "params": param_counts(shapes, cfg.tie_embeddings),
         "flops_per_token": model.flops_per_token(),
         "tokens_per_step": t.batch_size * t.grad_accum * cfg.block_size,
-        "train_memory_bytes": train_memory(cfg, t.batch_size, n_params),
+        "memory": memory.estimate(model, t, amp),
         "run_dir": str(run.folder(recipe)),
         **probe(recipe, cfg),
     }
-
-
-def train_memory(cfg, batch_size: int, n_params: int) -> dict[str, int]:
-    """fp32 training memory: weights + grads + AdamW moments (16 B/param) + activations.
-
-    Activations per layer follow Korthikanti et al. 2022 (34·C + 5·heads·T per token, in 16-bit
-    units, doubled for fp32); the logits add three fp32 (B, T, vocab) tensors. An estimate.
-    """
-    tokens = batch_size * cfg.block_size
-    per_layer = tokens * (34 * cfg.n_embd + 5 * cfg.n_head * cfg.block_size) * 2
-    acts = cfg.n_layer * per_layer + 3 * tokens * cfg.vocab_size * 4
-    states = 16 * n_params
-    return {"weights_grads_adamw": states, "activations": acts, "total": states + acts}
 
 
 def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
@@ -500,6 +490,8 @@ def render_run(info: dict[str, Any]) -> None:
             },
         )
     table("last metrics", info["last_metrics"])
+    if "memory" in info:
+        render_memory(info["memory"])
     lines = ascii_curve(info.get("curve", {"train": [], "val": []}))
     if lines:
         out.print("[bold]loss[/bold] ([cyan]· train[/cyan], [magenta]o val[/magenta])")
@@ -509,6 +501,24 @@ def render_run(info: dict[str, Any]) -> None:
     out.print(f"checkpoints: {', '.join(info['checkpoints']) or 'none'}")
     if "newest_checkpoint" in info:
         render(info["newest_checkpoint"])
+
+
+def render_memory(report: dict[str, Any]) -> None:
+    """The memory report the run recorded before its first step (and the measured peak)."""
+    per_rank = " per rank" if report.get("ranks", 1) > 1 else ""
+    rows = {k: memory.mib(report[k]) for k in ("parameters", "gradients", "optimizer")}
+    if "ddp_buckets" in report:
+        rows["DDP buckets"] = memory.mib(report["ddp_buckets"])
+    batch, length = report["micro_batch"]
+    for mode, n in report["activations"].items():
+        using = " (this run)" if mode == report["activation_checkpointing"] else ""
+        rows[f"activations, checkpointing {mode.replace('_', ' ')}{using}"] = memory.mib(n)
+    if report.get("recompute"):
+        rows["one block recomputed in backward"] = memory.mib(report["recompute"])
+    rows["total (estimate)"] = memory.mib(report["total"])
+    if "peak_allocated" in report:
+        rows["peak allocated, first step (measured)"] = memory.mib(report["peak_allocated"])
+    table(f"memory{per_rank}, micro-batch {batch}x{length}", rows)
 
 
 def render_checkpoint(info: dict[str, Any]) -> None:
@@ -556,7 +566,7 @@ def render_recipe(info: dict[str, Any]) -> None:
         {
             "FLOPs per token (train)": info["flops_per_token"],
             "tokens per step": info["tokens_per_step"],
-            "train memory (estimate)": f"{info['train_memory_bytes']['total'] / 2**20:,.0f} MiB",
+            "train memory (estimate)": memory.mib(info["memory"]["total"]),
             f"probe on {info['probe_device']}": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
             "estimated train time": f"{info['estimated_train_s'] / 60:,.1f} min",
             "run folder": info["run_dir"],

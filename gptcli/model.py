@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptcli.kernels import Linear, linear_cross_entropy, rms_norm
 from gptcli.recipe import ModelConfig
@@ -171,6 +172,8 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight
         # finetune task: classify reads the final state of the last (extract) token
         self.cls_head = nn.Linear(cfg.n_embd, cfg.n_classes) if cfg.n_classes else None
+        # training only: False, True (every block) or "selective" (every other block)
+        self.activation_checkpointing: bool | str = False
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -234,9 +237,20 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rope, cache, pos)
+        for i, block in enumerate(self.blocks):
+            if cache is None and self.recomputes(i):
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope, cache, pos)
         return self.norm_f(x)
+
+    def recomputes(self, layer: int) -> bool:
+        """Whether block layer keeps only its input for backward and recomputes the rest,
+        trading a second forward of the block for its activations."""
+        mode = self.activation_checkpointing
+        if not mode or not self.training or not torch.is_grad_enabled():
+            return False
+        return mode is True or layer % 2 == 0
 
     def prepack(self) -> GPT:
         """Prepack every linear's weight for fast CPU inference (see Linear); a no-op

@@ -113,6 +113,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
+    # recompute blocks in backward instead of keeping their activations: every block (true),
+    # every other block (selective) or none (false)
+    activation_checkpointing: Literal[False, True, "selective"] = False
     # where metrics go: jsonl (metrics.jsonl, always) plus any of tensorboard, wandb, mlflow
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
@@ -280,7 +283,8 @@ def _closest(key: str) -> str:
 
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+        names = (str(a).lower() if isinstance(a, bool) else repr(a) for a in typing.get_args(hint))
+        return "one of " + ", ".join(names)
     if typing.get_origin(hint) is list:
         return f"a list of {typing.get_args(hint)[0].__name__}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
@@ -295,7 +299,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         if isinstance(value, bool) and "on" in typing.get_args(hint):
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
-        ok = value in typing.get_args(hint)
+        # by type too: 0 and 1 are not false and true
+        ok = any(type(value) is type(a) and value == a for a in typing.get_args(hint))
     elif origin is list:
         (item,) = typing.get_args(hint)
         ok = isinstance(value, list) and all(isinstance(v, item) for v in value)

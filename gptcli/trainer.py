@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, loggers, optim, parallel, run
+from gptcli import checkpoint, console, data, interop, loggers, memory, optim, parallel, run
 from gptcli.console import Interrupted, UserError
 from gptcli.device import (
     Dist,
@@ -158,6 +158,7 @@ class Trainer:
         if self.dist.main:
             checkpoint.clean_stale_temps(run_dir)
         model.to(self.device)
+        model.activation_checkpointing = self.t.activation_checkpointing
         self.optimizers = optim.build_optimizers(model, self.t, self.device)
         self.step, self.tokens_seen, self.elapsed_before = resume(
             run_dir, model, self.optimizers, self.t
@@ -168,6 +169,10 @@ class Trainer:
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
         self.announce(peak_source)
+        self.memory = memory.estimate(model, self.t, self.amp, self.dist.world)
+        console.info(f"train: {memory.summary(self.memory)}")
+        if self.dist.main:
+            memory.save(run_dir, self.memory)
         self.versions = run.versions(torch.__version__)
         self.last: dict = {}
         self.eval_failure: Exception | None = None
@@ -312,6 +317,8 @@ class Trainer:
                 )
                 while self.step < t.max_steps:
                     loss_sum, tokens = self.train_step()
+                    if self.step == self.start_step + 1:
+                        self.record_peak_memory()
                     window_tokens += tokens
                     is_last = self.step == t.max_steps
                     do_eval = is_last or (t.eval_every and self.step % t.eval_every == 0)
@@ -345,6 +352,16 @@ class Trainer:
         if self.eval_failure is not None:
             raise self.eval_failure
         return self.summary(final)
+
+    def record_peak_memory(self) -> None:
+        """On CUDA, the measured peak of the first step beside the estimate (rank 0's)."""
+        if self.device.type != "cuda":
+            return
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self.memory["peak_allocated"] = peak
+        console.info(f"train: peak memory allocated in the first step: {memory.mib(peak)}")
+        if self.dist.main:
+            memory.save(self.run_dir, self.memory)
 
     def evaluate_or_report(self, is_last: bool) -> dict:
         """The evaluation; the final one may fail without losing the run: the checkpoint is

@@ -27,8 +27,12 @@ def test_inspect_run(trained):
     assert params["total"] == sum(v for k, v in params.items() if k != "total")
     assert params["wte"] == 32 * ckpt["config"]["vocab_size"]
     assert ckpt["versions"]["torch"]
+    memory = info["memory"]  # recorded before step 1
+    assert memory["activation_checkpointing"] == "off" and memory["micro_batch"] == [4, 32]
+    assert memory["total"] > memory["activations"]["off"] > memory["activations"]["every_block"]
     text = gptcli("inspect", "runs/mini", cwd=trained)
     assert "parameters" in text.stdout and "val_loss" in text.stdout
+    assert "activations, checkpointing off (this run)" in text.stdout
 
 
 def test_inspect_checkpoint_tokenizer_recipe_shards(trained):
@@ -40,9 +44,9 @@ def test_inspect_checkpoint_tokenizer_recipe_shards(trained):
     assert shards["kind"] == "shards" and shards["train"]["tokens"] > 0
     recipe = inspect_json(REPO / "recipes" / "tiny.yaml", trained)
     assert recipe["kind"] == "recipe" and recipe["params"]["total"] > 100_000
-    mem = recipe["train_memory_bytes"]
-    assert mem["weights_grads_adamw"] == 16 * recipe["params"]["total"]
-    assert mem["total"] > mem["weights_grads_adamw"]
+    mem, n = recipe["memory"], recipe["params"]["total"]
+    assert mem["parameters"] + mem["gradients"] + mem["optimizer"] == 16 * n  # fp32 AdamW
+    assert mem["total"] > 16 * n and mem["activation_checkpointing"] == "off"
     assert recipe["probe_tokens_per_s"] > 0 and recipe["estimated_train_s"] > 0
 
 

@@ -1,0 +1,145 @@
+"""Activation checkpointing and the memory report: same losses, fewer saved bytes, and an
+estimate that matches what the model really saves for backward."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+from conftest import TORCHRUN_ENV, gptcli, run_env, torchrun_command, write_recipe
+
+from gptcli import kernels, memory, recipe
+from gptcli.console import UserError
+from gptcli.model import GPT
+from gptcli.optim import build_optimizers
+from gptcli.recipe import ModelConfig, TrainConfig
+
+VARIANTS = {
+    "gpt2": {},
+    "llama": {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
+    "relu2-qk-norm": {"positions": "rope", "mlp": "relu2", "qk_norm": True},
+    "dropout": {"dropout": 0.1},
+}
+MODES = [False, "selective", True]
+B, T = 4, 128
+
+
+def make(width: int = 128, **kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=4, n_head=4, n_embd=width, block_size=T, vocab_size=512, **kw)
+    return GPT(cfg).train()
+
+
+def saved_bytes(model: GPT, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Bytes of the distinct storages saved for backward that are not the model's own."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x, y)[1]
+    loss.backward()
+    return sum(saved.values())
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 512, (B, T + 1), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "dropout"])
+def test_checkpointing_keeps_the_losses(variant):
+    t = TrainConfig(lr=1e-3)
+    runs = {}
+    for mode in MODES:
+        model = make(width=64, **VARIANTS[variant])
+        model.activation_checkpointing = mode
+        (opt,) = build_optimizers(model, t, torch.device("cpu"))
+        torch.manual_seed(1)  # the same dropout masks in every mode
+        losses = []
+        for step in range(3):
+            _, loss = model(*batch(step))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        runs[mode] = losses
+    for mode in MODES[1:]:
+        assert runs[mode] == pytest.approx(runs[False], rel=1e-6), mode
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["plain-loss", "chunked-loss"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_activation_estimate_matches_the_saved_tensors(variant, chunked, monkeypatch):
+    if chunked:
+        monkeypatch.setattr(kernels, "CHUNKED_LOSS_MIN", 1)  # the chunked kernel's savings
+    model = make(**VARIANTS[variant])
+    counted = {}
+    for mode in MODES:
+        model.activation_checkpointing = mode
+        counted[mode] = saved_bytes(model, *batch())
+        estimate = memory.activation_bytes(model.cfg, B, mode)
+        assert estimate == pytest.approx(counted[mode], rel=0.25), mode
+    # every other block, then every block, keeps only its input
+    assert counted[False] > 1.5 * counted["selective"] > 2 * counted[True]
+    model.eval()  # evaluation never recomputes
+    evaluated = saved_bytes(model, *batch())
+    model.activation_checkpointing = False
+    assert evaluated == saved_bytes(model, *batch())
+
+
+def test_state_bytes_follow_the_optimizer():
+    model = make()
+    n = model.num_params()
+    adamw = memory.estimate(model, TrainConfig(batch_size=B))
+    assert adamw["parameters"] == adamw["gradients"] == 4 * n
+    assert adamw["optimizer"] == 8 * n  # two fp32 moments per parameter
+    muon = memory.estimate(model, TrainConfig(batch_size=B, optimizer="muon"))
+    hidden = sum(
+        p.numel() for name, p in model.named_parameters() if "blocks" in name and p.dim() == 2
+    )
+    assert muon["optimizer"] == 4 * hidden + 8 * (n - hidden)  # one momentum per matrix
+    ddp = memory.estimate(model, TrainConfig(batch_size=B, activation_checkpointing=True), world=2)
+    assert ddp["ddp_buckets"] == 4 * n and ddp["activation_checkpointing"] == "every_block"
+    assert ddp["total"] == 20 * n + ddp["activations"]["every_block"] + ddp["recompute"]
+
+
+def test_recipe_reads_true_false_and_selective():
+    for value in (True, False, "selective"):
+        r = recipe.from_dict({"train": {"activation_checkpointing": value}})
+        assert r.train.activation_checkpointing == value
+    r = recipe.from_dict({}, ["train.activation_checkpointing=true"])
+    assert r.train.activation_checkpointing is True
+    for bad in (1, 0, "yes", "every"):
+        with pytest.raises(UserError, match="one of false, true, 'selective'"):
+            recipe.from_dict({"train": {"activation_checkpointing": bad}})
+
+
+def test_ddp_run_with_checkpointing_reports_memory_per_rank(tmp_path):
+    """torchrun with every block checkpointed trains, logs the report before step 1 and
+    records it where `inspect RUN` shows it."""
+    recipe_path = write_recipe(tmp_path)
+    sets = ["train.activation_checkpointing=true", "train.max_steps=2", "train.eval_every=0"]
+    proc = subprocess.run(
+        [*torchrun_command(2), "pretrain", str(recipe_path)]
+        + [arg for s in sets for arg in ("--set", s)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=run_env(**TORCHRUN_ENV),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if "memory per rank (estimate)" in ln]
+    assert len(lines) == 1 and "with checkpointing every block" in lines[0], proc.stderr
+    report = json.loads((tmp_path / "runs" / "mini" / memory.MEMORY_FILE).read_text())
+    assert report["ranks"] == 2 and report["activation_checkpointing"] == "every_block"
+    assert report["ddp_buckets"] == report["gradients"]
+    shown = gptcli("inspect", "runs/mini", cwd=tmp_path)
+    assert "activations, checkpointing every block (this run)" in shown.stdout, shown.stdout
