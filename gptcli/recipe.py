@@ -111,6 +111,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "fp32", "bf16"] = "auto"
     compile: Literal["auto", "on", "off"] = "auto"
+    # under torchrun: ddp copies the model to every rank, fsdp shards it; auto picks fsdp when
+    # the training state (16 bytes a parameter) passes 60% of one device's free memory
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
 @dataclass
