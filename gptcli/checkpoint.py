@@ -508,10 +508,12 @@ def save_sharded(
     info: dict | None,
     rank: int,
     world: int,
+    device: torch.device,
 ) -> Path:
     """Every rank calls it: each writes its optimizer shard into one temp folder, rank 0 the
     whole weights (weights: given on rank 0 only) and the rest; rank 0 renames it into place
-    once every rank has written, so the folder is complete or absent."""
+    once every rank has written, so the folder is complete or absent. device: where the
+    collectives' tensors live (the GPU under NCCL)."""
     import torch
     import torch.distributed as tdist
     from safetensors.torch import save_file
@@ -519,7 +521,7 @@ def save_sharded(
     final = checkpoint_folder(run_dir, step)
     if final.exists():
         return final
-    token = torch.tensor([os.getpid() if rank == 0 else 0], dtype=torch.int64)
+    token = torch.tensor([os.getpid() if rank == 0 else 0], dtype=torch.int64, device=device)
     tdist.all_reduce(token, op=tdist.ReduceOp.MAX)  # one temp folder for all ranks
     tmp = final.parent / f".tmp-{final.name}-{int(token.item())}"
     if rank == 0:
@@ -542,7 +544,7 @@ def save_sharded(
             )  # fmt: skip
     except BaseException as e:  # noqa: BLE001 - every rank must learn of it first
         error = e
-    ok = torch.tensor([0 if error else 1], dtype=torch.int64)
+    ok = torch.tensor([0 if error else 1], dtype=torch.int64, device=device)
     tdist.all_reduce(ok, op=tdist.ReduceOp.MIN)
     if ok.item() and rank == 0:
         try:

@@ -171,11 +171,18 @@ def all_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
     return value
 
 
+def collective_device() -> torch.device:
+    """Where a tensor sent between ranks must live: NCCL moves GPU tensors only."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def agree_on_signal(signum: int | None, dist: Dist) -> int | None:
     """The signal any rank received: every rank stops at the same step, or DDP hangs."""
     if dist.world <= 1:
         return signum
-    seen = torch.tensor([signum or 0], dtype=torch.int64)
+    seen = torch.tensor([signum or 0], dtype=torch.int64, device=collective_device())
     tdist.all_reduce(seen, op=tdist.ReduceOp.MAX)
     return int(seen.item()) or None
 

@@ -332,6 +332,7 @@ class Trainer:
                 self.task.checkpoint_info,
                 self.dist.rank,
                 self.dist.world,
+                self.device,
             )
             if self.t.keep_last and self.dist.main:
                 checkpoint.prune(self.run_dir, self.t.keep_last)
@@ -418,7 +419,8 @@ class Trainer:
             return
         path = self.save() if self.saves_here else None
         code = 130 if stop == signal.SIGINT else 143
-        saved = f"saved {path}" if self.dist.main else f"rank {self.dist.rank}: rank 0 saves"
+        saver = "saved its shards" if self.parallel.shards else "rank 0 saves"
+        saved = f"saved {path}" if self.dist.main else f"rank {self.dist.rank}: {saver}"
         raise Interrupted(code, f"interrupted at step {self.step}; {saved}")
 
     def already_done(self) -> Path | None:
