@@ -91,9 +91,15 @@ def runs(tmp_path_factory):
     end = [*sets(f"train.max_steps={stop + 3}")]
     resumed = gptcli("pretrain", "mini.yaml", *end, cwd=folders["resumed"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fsdp = torchrun(
-        "pretrain", "mini.yaml", *end, "--set", "train.parallel=fsdp", cwd=folders["fsdp"]
-    )
+    keep = [
+        "--set",
+        "train.parallel=fsdp",
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "train.keep_last=1",
+    ]
+    fsdp = torchrun("pretrain", "mini.yaml", *end, *keep, cwd=folders["fsdp"])
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     single = gptcli(
         "pretrain", "mini.yaml", *end, "--set", "train.grad_accum=2", cwd=folders["single"]
@@ -112,6 +118,9 @@ def test_fsdp_on_two_ranks_trains_as_one_process_with_twice_the_grad_accum(runs)
     assert sorted(sharded) == sorted(single) == list(range(1, stop + 4))
     for step, loss in single.items():
         assert sharded[step] == pytest.approx(loss, rel=1e-4), (step, sharded, single)
+    # keep_last=1: each sharded save pruned the one before; no temp folder is left
+    kept = sorted(p.name for p in (run["fsdp"] / "checkpoints").iterdir())
+    assert kept == [f"step-{stop + 3:07d}"], kept
     a = load_file(checkpoint.newest_in_run(run["fsdp"]) / "model.safetensors")
     b = load_file(checkpoint.newest_in_run(run["single"]) / "model.safetensors")
     assert a.keys() == b.keys()
