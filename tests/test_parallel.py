@@ -178,3 +178,29 @@ def test_resuming_on_ranks_that_do_not_divide_the_global_batch_exits_2(tmp_path)
     assert trainer.for_world(t, tmp_path, Dist(world=2)).grad_accum == 1
     with pytest.raises(UserError, match="global batch of 8 sequences"):
         trainer.for_world(t, tmp_path, Dist(world=3))
+
+
+def test_optimizer_shards_saved_by_two_ranks_read_back_for_three(tmp_path):
+    """Any rank count reads its rows out of any other's shards (here 7 rows: 4+3 -> 3+3+1)."""
+    from safetensors.torch import save_file
+
+    whole = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)
+    for rank in range(2):
+        start, stop = checkpoint.shard_rows(7, 2, rank)
+        tensors = {
+            "optim0.0.exp_avg": whole[start:stop].contiguous(),
+            "optim0.0.step": torch.ones(()),
+        }
+        save_file(tensors, str(tmp_path / checkpoint.shard_file(rank, 2)))
+    entries = {
+        "optim0.0.exp_avg": {"shape": [7, 2], "sharded": True},
+        "optim0.0.step": {"shape": [], "sharded": False},
+    }
+    index = {"format_version": 1, "world": 2, "tensors": entries}
+    (tmp_path / checkpoint.OPTIM_INDEX).write_text(json.dumps(index))
+    saved = checkpoint.OptimizerState(tmp_path)
+    rows = [checkpoint.shard_rows(7, 3, rank) for rank in range(3)]
+    assert rows == [(0, 3), (3, 6), (6, 7)]
+    parts = [saved.read("optim0.0.exp_avg", start, stop) for start, stop in rows]
+    assert torch.equal(torch.cat(parts), whole)
+    assert saved.read("optim0.0.step").item() == 1.0
