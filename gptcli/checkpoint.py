@@ -41,6 +41,7 @@ STATE_KEYS = {
     "train",
     "versions",
     "optimizer_param_groups",
+    "global_batch",
 }
 
 
@@ -271,10 +272,15 @@ def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
 # --------------------------------------------------------------------------- saving
 
 
-def weights_for_save(model: torch.nn.Module, info: dict | None) -> dict[str, torch.Tensor]:
-    """The tensors model.safetensors stores: tied weights once; for LoRA only what trained."""
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings:
+def weights_for_save(
+    model: torch.nn.Module | None, info: dict | None, whole: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors model.safetensors stores: tied weights once; for LoRA only what trained.
+    whole: the model's state dict already gathered (FSDP), else model's is taken."""
+    source = whole if whole is not None else model.state_dict()
+    sd = {k: v.detach().cpu().contiguous() for k, v in source.items()}
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and cfg.tie_embeddings:
         sd.pop("lm_head.weight", None)  # tied to wte.weight: stored once
     if info and "lora" in info:  # adapters, task head and added token rows; the rest is the base
         from gptcli import lora
@@ -306,24 +312,49 @@ def optimizer_tensors(
 
 
 def restore_optimizers(
-    optimizers: list[torch.optim.Optimizer], tensors: dict, groups: list[list[dict]]
+    optimizers: list[torch.optim.Optimizer], saved: OptimizerState, groups: list[list[dict]]
 ) -> None:
+    """Load the saved state into optimizers, each rank taking the rows of its own shards:
+    the state resharded to however many ranks train now."""
     if len(groups) != len(optimizers):
         raise UserError(
             "the checkpoint's optimizer state does not match train.optimizer (use --fresh)"
         )
     for k, opt in enumerate(optimizers):
+        params = [p for group in opt.param_groups for p in group["params"]]
         state: dict[int, dict] = {}
-        for name, value in tensors.items():
+        for name in saved.names():
             if name.startswith(f"optim{k}."):
                 _, idx, key = name.split(".", 2)
-                state.setdefault(int(idx), {})[key] = value
+                if int(idx) >= len(params):
+                    raise UserError(
+                        f"{saved.ckpt}: its optimizer state does not match the model (use --fresh)"
+                    )
+                state.setdefault(int(idx), {})[key] = like_param(saved, name, params[int(idx)])
         # The optimizers were built from the recipe as it is now: its settings (lr, betas,
         # weight decay) win over the saved ones, so a changed setting applies from here on.
         current = [{key: v for key, v in g.items() if key != "params"} for g in opt.param_groups]
         opt.load_state_dict({"state": state, "param_groups": groups[k]})
         for group, settings in zip(opt.param_groups, current, strict=True):
             group.update(settings)
+
+
+def like_param(saved: OptimizerState, name: str, param: torch.Tensor) -> torch.Tensor:
+    """A saved state tensor as this rank holds it: whole, or, for a parameter sharded on dim 0
+    (FSDP), this rank's rows as a DTensor shaped like the parameter."""
+    from torch.distributed.tensor import DTensor
+
+    shape = saved.shape(name)
+    if shape != list(param.shape) or not isinstance(param, DTensor):
+        return saved.read(name)
+    mesh = param.device_mesh
+    start, stop = shard_rows(shape[0], mesh.size(), mesh.get_local_rank())
+    local = saved.read(name, start, stop).to(param.device)
+    if local.shape != param.to_local().shape:
+        raise Failure(f"{saved.ckpt}: {name} has {local.shape[0]} rows for this rank's shard")
+    return DTensor.from_local(
+        local, mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -358,45 +389,233 @@ def save(
     """Write checkpoints/step-NNNNNNN atomically; an existing one is never touched.
 
     info (config.json's task and lora entries) says what the model was trained for."""
-    from safetensors.torch import save_file
-
-    folder = run_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{CKPT_PREFIX}{step:07d}"
+    final = checkpoint_folder(run_dir, step)
     if final.exists():
         return final  # same step, same state: never overwrite a checkpoint in place
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
-        save_file(weights_for_save(model, info), str(tmp / "model.safetensors"), metadata=meta)
-        (tmp / "config.json").write_text(json.dumps(config_json(model.cfg, info), indent=2))
-        shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
         trainer_tensors = rng_tensors()
-        state = {"format_version": FORMAT_VERSION, **state, "step": step}
+        state = {**state}
         if optimizers:
             opt_tensors, groups = optimizer_tensors(optimizers)
             trainer_tensors.update(opt_tensors)
             state["optimizer_param_groups"] = groups
-        save_file(trainer_tensors, str(tmp / "trainer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        tmp.rename(final)
-        fsync_dir(folder)
+        write_main_files(
+            tmp, step, model.cfg, weights_for_save(model, info), trainer_tensors, state,
+            tokenizer_path, info,
+        )  # fmt: skip
+        publish(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_disk_full(e):
-            previous = newest_in_run(run_dir)
-            kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
-            raise Failure(
-                f"disk full while saving {final.name}; {kept}; free space and resume"
-            ) from None
+        raise_disk_full(e, run_dir, final)
         raise
     return final
+
+
+def checkpoint_folder(run_dir: Path, step: int) -> Path:
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{CKPT_PREFIX}{step:07d}"
+
+
+def write_main_files(
+    tmp: Path,
+    step: int,
+    cfg: ModelConfig,
+    weights: dict[str, torch.Tensor],
+    trainer_tensors: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    tokenizer_path: Path,
+    info: dict | None,
+) -> None:
+    """What every checkpoint holds: whole weights, config, tokenizer, RNG and state."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
+    save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
+    (tmp / "config.json").write_text(json.dumps(config_json(cfg, info), indent=2))
+    shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
+    save_file(trainer_tensors, str(tmp / "trainer.safetensors"))
+    state = {"format_version": FORMAT_VERSION, **state, "step": step}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the complete temp folder durable, then rename it into place in one step."""
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    tmp.rename(final)
+    fsync_dir(final.parent)
+
+
+def raise_disk_full(e: BaseException, run_dir: Path, final: Path) -> None:
+    if _is_disk_full(e):
+        previous = newest_in_run(run_dir)
+        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        raise Failure(
+            f"disk full while saving {final.name}; {kept}; free space and resume"
+        ) from None
+
+
+# --------------------------------------------------------------------------- sharded (FSDP)
+
+
+def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
+    """The rows [start, stop) of dim 0 that rank holds when sharded over world ranks, as
+    torch.chunk splits them (FSDP2's Shard(0)): the last ranks may hold fewer, or none."""
+    size = -(-rows // world)
+    start = min(rank * size, rows)
+    return start, min(start + size, rows)
+
+
+def shard_file(rank: int, world: int) -> str:
+    return f"optim-{rank:05d}-of-{world:05d}.safetensors"
+
+
+def local_optimizer_tensors(
+    optimizers: list[torch.optim.Optimizer],
+) -> tuple[dict[str, torch.Tensor], dict[str, dict], list[list[dict]]]:
+    """This rank's shard of every optimizer state tensor, and the index entry of each (its
+    whole shape; sharded says whether it is split over the ranks on dim 0)."""
+    from torch.distributed.tensor import DTensor
+
+    tensors, entries, groups = {}, {}, []
+    for k, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        for idx, per_param in sd["state"].items():
+            for key, value in per_param.items():
+                name = f"optim{k}.{idx}.{key}"
+                sharded = isinstance(value, DTensor)
+                local = value.to_local() if sharded else value
+                tensors[name] = local.detach().cpu().contiguous()
+                entries[name] = {"shape": list(value.shape), "sharded": sharded}
+        groups.append(sd["param_groups"])
+    return tensors, entries, groups
+
+
+def save_sharded(
+    run_dir: Path,
+    step: int,
+    cfg: ModelConfig,
+    weights: dict[str, torch.Tensor] | None,
+    optimizers: list[torch.optim.Optimizer],
+    state: dict[str, Any],
+    tokenizer_path: Path,
+    info: dict | None,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> Path:
+    """Every rank calls it: each writes its optimizer shard into one temp folder, rank 0 the
+    whole weights (weights: given on rank 0 only) and the rest; rank 0 renames it into place
+    once every rank has written, so the folder is complete or absent. device: where the
+    collectives' tensors live (the GPU under NCCL)."""
+    import torch
+    import torch.distributed as tdist
+    from safetensors.torch import save_file
+
+    final = checkpoint_folder(run_dir, step)
+    if final.exists():
+        return final
+    token = torch.tensor([os.getpid() if rank == 0 else 0], dtype=torch.int64, device=device)
+    tdist.all_reduce(token, op=tdist.ReduceOp.MAX)  # one temp folder for all ranks
+    tmp = final.parent / f".tmp-{final.name}-{int(token.item())}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    tdist.barrier()
+    error: BaseException | None = None
+    try:
+        tensors, entries, groups = local_optimizer_tensors(optimizers)
+        save_file(tensors, str(tmp / shard_file(rank, world)))
+        if rank == 0:
+            index = {"format_version": FORMAT_VERSION, "world": world, "tensors": entries}
+            (tmp / OPTIM_INDEX).write_text(json.dumps(index, indent=2))
+            state = {**state, "optimizer_param_groups": groups}
+            if cfg.tie_embeddings:
+                weights.pop("lm_head.weight", None)  # tied to wte.weight: stored once
+            write_main_files(
+                tmp, step, cfg, weights_for_save(None, info, weights), rng_tensors(), state,
+                tokenizer_path, info,
+            )  # fmt: skip
+    except BaseException as e:  # noqa: BLE001 - every rank must learn of it first
+        error = e
+    ok = torch.tensor([0 if error else 1], dtype=torch.int64, device=device)
+    tdist.all_reduce(ok, op=tdist.ReduceOp.MIN)
+    if ok.item() and rank == 0:
+        try:
+            publish(tmp, final)
+        except BaseException as e:  # noqa: BLE001 - raised below, after the cleanup
+            error = e
+    if error is not None or not ok.item():
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if error is None:
+            raise Failure(f"saving {final.name} failed on another rank; see its message")
+        raise_disk_full(error, run_dir, final)
+        raise error
+    tdist.barrier()
+    return final
+
+
+OPTIM_INDEX = "optim-index.json"
+
+
+class OptimizerState:
+    """A checkpoint's optimizer tensors, read a range of dim-0 rows at a time, whether rank
+    0 saved them whole (trainer.safetensors) or each rank its shard (optim-*.safetensors)."""
+
+    def __init__(self, ckpt: Path) -> None:
+        self.ckpt = ckpt
+        index_path = ckpt / OPTIM_INDEX
+        if index_path.is_file():
+            index = read_versioned_json(index_path)
+            self.world = int(index["world"])
+            self.entries = index["tensors"]
+            self.files = [ckpt / shard_file(r, self.world) for r in range(self.world)]
+        else:
+            self.world = 1
+            self.files = [ckpt / "trainer.safetensors"]
+            shapes = tensor_shapes(self.files[0]) if self.files[0].is_file() else {}
+            self.entries = {
+                name: {"shape": shape, "sharded": False}
+                for name, (shape, _) in shapes.items()
+                if name.startswith("optim")
+            }
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> list[int]:
+        return self.entries[name]["shape"]
+
+    def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) of the whole tensor (all of it when start is None)."""
+        import torch
+
+        try:
+            if not self.entries[name]["sharded"]:
+                with safe_open(str(self.files[0]), framework="pt") as f:
+                    whole = f.get_tensor(name)
+                return whole if start is None else whole[start:stop]
+            rows = self.shape(name)[0]
+            start, stop = (0, rows) if start is None else (start, stop)
+            parts = []
+            for rank, path in enumerate(self.files):
+                lo, hi = shard_rows(rows, self.world, rank)
+                a, b = max(lo, start), min(hi, stop)
+                if a < b:
+                    with safe_open(str(path), framework="pt") as f:
+                        parts.append(f.get_slice(name)[a - lo : b - lo])
+            if not parts:
+                return torch.empty([0, *self.shape(name)[1:]])
+            return torch.cat(parts)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{self.ckpt}: unreadable optimizer state ({e})") from None
 
 
 def _is_disk_full(e: BaseException) -> bool:

@@ -95,6 +95,21 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         "metrics": state.get("metrics", {}),
         "versions": state.get("versions", {}),
         "tokenizer": {"vocab_size": tok.get_vocab_size()},
+        "layout": checkpoint_layout(path, state),
+    }
+
+
+def checkpoint_layout(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Where the weights and the optimizer state live: whole, or sharded over the ranks."""
+    saved = checkpoint.OptimizerState(path)
+    files = [f.name for f in saved.files if f.is_file()] if saved.names() else []
+    sharding = f"sharded over {saved.world} ranks" if saved.world > 1 else "whole"
+    return {
+        "weights": "model.safetensors (whole: read without torchrun)",
+        "optimizer": sharding if files else "none",
+        "optimizer files": files,
+        "optimizer MB": round(sum((path / f).stat().st_size for f in files) / 1e6, 3),
+        "global batch": state.get("global_batch"),
     }
 
 
@@ -540,6 +555,11 @@ def render_checkpoint(info: dict[str, Any]) -> None:
             },
         )
     table("parameters", info["params"])
+    layout = info["layout"]
+    table(
+        "layout (resumes on any number of ranks that divides the global batch)",
+        {**layout, "optimizer files": ", ".join(layout["optimizer files"]) or "-"},
+    )
     table(
         "state",
         {

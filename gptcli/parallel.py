@@ -1,23 +1,76 @@
-"""Data parallelism under torchrun: the wrapper and the few collective calls the trainer needs.
+"""Parallelism under torchrun: the wrappers (DDP, FSDP2) and the few collectives the trainer needs.
 
 Run alone (world 1) every function here is a no-op, so the trainer reads the same either way.
-A new parallelism (FSDP) plugs in as another wrapper here.
+DDP keeps a whole copy of the model on every rank; FSDP2 shards parameters, gradients and
+optimizer state over the ranks, for models whose training state does not fit one device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
+from gptcli import console
+from gptcli.console import UserError
 from gptcli.device import Dist
+
+# parameters + gradients + AdamW's two moments, all fp32
+TRAIN_BYTES_PER_PARAM = 16
+# auto shards once that training state passes this share of one device's free memory
+FSDP_SHARE = 0.6
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory this rank may use: the GPU's free memory, or free RAM split over the local
+    ranks (torchrun starts LOCAL_WORLD_SIZE processes on this machine)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    available = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if not available:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def choose(setting: str, n_params: int, optimizer: str, dist: Dist, device: torch.device) -> str:
+    """ "none" alone, else "ddp" or "fsdp" as train.parallel says; auto logs which and why."""
+    if dist.world <= 1:
+        if setting == "fsdp":
+            console.info("train: parallel fsdp: one process, nothing to shard")
+        return "none"
+    kind = setting
+    if setting == "auto":
+        need, free = n_params * TRAIN_BYTES_PER_PARAM, free_bytes(device)
+        kind = "fsdp" if need > FSDP_SHARE * free else "ddp"
+        relation = "over" if kind == "fsdp" else "within"
+        console.info(
+            f"train: parallel auto -> {kind}: parameters, gradients and AdamW state "
+            f"({need / 2**30:.2f} GiB) are {relation} {FSDP_SHARE:.0%} of the "
+            f"{free / 2**30:.2f} GiB free per rank"
+        )
+    if kind == "fsdp" and optimizer == "muon":
+        raise UserError(
+            "train.optimizer muon does not run sharded (train.parallel fsdp): use adamw with "
+            "fsdp (set train.optimizer: adamw), or train.parallel: ddp if the model fits"
+        )
+    return kind
 
 
 class DataParallel:
     """DDP over the task's whole loss, or the module itself when run alone."""
+
+    shards = False
 
     def __init__(self, module: torch.nn.Module, dist: Dist, device: torch.device) -> None:
         self.ddp: DistributedDataParallel | None = None
@@ -33,6 +86,82 @@ class DataParallel:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
 
+    def evaluating(self) -> Any:
+        return contextlib.nullcontext()
+
+    def load_weights(self, model: torch.nn.Module, weights: dict, strict: bool) -> None:
+        model.load_state_dict(weights, strict=strict)
+
+
+class ShardedDataParallel:
+    """FSDP2: each block, then the whole task step, sharded over a 1-D mesh of all ranks.
+
+    Parameters are stored sharded in fp32; with mixed precision they are gathered in the
+    compute dtype and gradients are reduced in fp32."""
+
+    shards = True
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        blocks: list[torch.nn.Module],
+        dist: Dist,
+        device: torch.device,
+        dtype: torch.dtype | None,
+    ) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(device.type, (dist.world,))
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        for block in blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        self.module = fully_shard(module, mesh=mesh, mp_policy=policy)
+
+    def no_sync(self, syncing: bool) -> Any:
+        """Reduce-scatter gradients only on the last micro-batch of a step."""
+        self.module.set_requires_gradient_sync(syncing)
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Any:
+        """Evaluation calls the model, not the task step: gather the parameters the root
+        holds (embeddings, head); each block gathers its own."""
+        self.module.unshard()
+        try:
+            yield
+        finally:
+            self.module.reshard()
+
+    def full_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """Every parameter whole, on the CPU of rank 0 (None elsewhere); all ranks call it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        return weights if tdist.get_rank() == 0 else None
+
+    def load_weights(self, model: torch.nn.Module, weights: dict, strict: bool) -> None:
+        """Every rank holds the whole checkpoint and keeps its own shard of each tensor."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, strict=strict)
+        set_model_state_dict(model, weights, options=options)
+
+
+def wrap(
+    kind: str,
+    module: torch.nn.Module,
+    blocks: list[torch.nn.Module],
+    dist: Dist,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> DataParallel | ShardedDataParallel:
+    """The wrapper choose() picked, around the task step (FSDP shards the model in place)."""
+    if kind == "fsdp":
+        return ShardedDataParallel(module, blocks, dist, device, dtype)
+    return DataParallel(module, dist, device)
+
 
 def all_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
     """The mean of a scalar over every rank."""
@@ -42,11 +171,18 @@ def all_mean(value: torch.Tensor, dist: Dist) -> torch.Tensor:
     return value
 
 
+def collective_device() -> torch.device:
+    """Where a tensor sent between ranks must live: NCCL moves GPU tensors only."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def agree_on_signal(signum: int | None, dist: Dist) -> int | None:
     """The signal any rank received: every rank stops at the same step, or DDP hangs."""
     if dist.world <= 1:
         return signum
-    seen = torch.tensor([signum or 0], dtype=torch.int64)
+    seen = torch.tensor([signum or 0], dtype=torch.int64, device=collective_device())
     tdist.all_reduce(seen, op=tdist.ReduceOp.MAX)
     return int(seen.item()) or None
 

@@ -118,6 +118,9 @@ class TrainConfig:
     activation_checkpointing: Literal[False, True, "selective"] = False
     # where metrics go: jsonl (metrics.jsonl, always) plus any of tensorboard, wandb, mlflow
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # under torchrun: ddp copies the model to every rank, fsdp shards it; auto picks fsdp when
+    # the training state (16 bytes a parameter) passes 60% of one device's free memory
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
 LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")

@@ -107,8 +107,34 @@ def training_device(t: TrainConfig, dist: Dist) -> torch.device:
     return device
 
 
-def resume(run_dir: Path, model: GPT, optimizers: list, t: TrainConfig) -> tuple[int, int, float]:
-    """Load the run's newest checkpoint into model and optimizers; (step, tokens, elapsed)."""
+def for_world(t: TrainConfig, run_dir: Path, dist: Dist) -> TrainConfig:
+    """The train settings on this many ranks: a run keeps the global batch it started with
+    (batch_size x grad_accum x ranks), so resuming on other ranks rescales grad_accum."""
+    ckpt = checkpoint.newest_in_run(run_dir)
+    global_batch = checkpoint.read_state(ckpt).get("global_batch") if ckpt else None
+    if global_batch is None:
+        return t
+    per_micro = t.batch_size * dist.world
+    if global_batch % per_micro:
+        raise UserError(
+            f"cannot resume {run_dir} on {dist.world} rank(s): its global batch of "
+            f"{global_batch} sequences is not train.batch_size {t.batch_size} x "
+            f"{dist.world} rank(s) x a whole grad_accum; use a number of ranks that divides it"
+        )
+    grad_accum = global_batch // per_micro
+    if grad_accum != t.grad_accum:
+        console.info(
+            f"train: {dist.world} rank(s) keep the run's global batch of {global_batch} "
+            f"sequences: grad_accum {t.grad_accum} -> {grad_accum}"
+        )
+    return dataclasses.replace(t, grad_accum=grad_accum)
+
+
+def resume(
+    run_dir: Path, model: GPT, optimizers: list, t: TrainConfig, wrapper: Any
+) -> tuple[int, int, float]:
+    """Load the run's newest checkpoint into model and optimizers (through the parallel
+    wrapper, which keeps each rank's shards); (step, tokens, elapsed)."""
     resume_from = checkpoint.newest_in_run(run_dir)
     if resume_from is None:
         return 0, 0, 0.0
@@ -119,17 +145,19 @@ def resume(run_dir: Path, model: GPT, optimizers: list, t: TrainConfig) -> tuple
     if change or not same_tokenizer:
         raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
     loaded = interop.load(resume_from, merge_lora=False)
-    model.load_state_dict(loaded.weights, strict=not model.cfg.tie_embeddings)
-    extra = checkpoint.load_trainer_tensors(resume_from)
+    wrapper.load_weights(model, loaded.weights, strict=not model.cfg.tie_embeddings)
     groups = loaded.state.get("optimizer_param_groups")
     if groups:
-        checkpoint.restore_optimizers(optimizers, extra, groups)
-    checkpoint.restore_rng(extra)
+        saved = checkpoint.OptimizerState(resume_from)
+        checkpoint.restore_optimizers(optimizers, saved, groups)
+    checkpoint.restore_rng(checkpoint.load_trainer_tensors(resume_from))
     old_train = loaded.state.get("train", {})
+    # ranks and their parallelism are not part of a run: grad_accum follows the ranks
+    same_run = {"parallel", "grad_accum"} if "global_batch" in loaded.state else {"parallel"}
     changed = [
         f"{k} {old_train[k]!r} -> {v!r}"
         for k, v in dataclasses.asdict(t).items()
-        if k in old_train and old_train[k] != v
+        if k in old_train and old_train[k] != v and k not in same_run
     ]
     step = loaded.state["step"]
     if changed:
@@ -151,20 +179,26 @@ class Trainer:
     def __init__(
         self, recipe: Recipe, run_dir: Path, model: GPT, task: Any, dist: Dist | None = None
     ) -> None:
-        self.t, self.run_dir, self.model, self.task = recipe.train, run_dir, model, task
+        self.run_dir, self.model, self.task = run_dir, model, task
         self.dist = dist or Dist()
+        self.t = for_world(recipe.train, run_dir, self.dist)
         self.device = training_device(self.t, self.dist)
         self.amp = autocast_dtype(self.device, self.t.dtype)
         if self.dist.main:
             checkpoint.clean_stale_temps(run_dir)
         model.to(self.device)
         model.activation_checkpointing = self.t.activation_checkpointing
+        kind = parallel.choose(
+            self.t.parallel, model.num_params(), self.t.optimizer, self.dist, self.device
+        )
+        self.parallel = parallel.wrap(
+            kind, TaskStep(model, task), list(model.blocks), self.dist, self.device, self.amp
+        )
         self.optimizers = optim.build_optimizers(model, self.t, self.device)
         self.step, self.tokens_seen, self.elapsed_before = resume(
-            run_dir, model, self.optimizers, self.t
+            run_dir, model, self.optimizers, self.t, self.parallel
         )
         self.start_step = self.step
-        self.parallel = parallel.DataParallel(TaskStep(model, task), self.dist, self.device)
         self.step_model = self.compiled(self.parallel.module)
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
@@ -220,6 +254,8 @@ class Trainer:
         tokens = 0
         try:
             for micro in range(t.grad_accum):
+                # step s trains on micro-batches s*M .. s*M+M-1 (M = grad_accum x ranks, fixed
+                # by the global batch): the same batches whatever the number of ranks
                 index = (self.step * t.grad_accum + micro) * dist.world + dist.rank
                 batch = self.task.batch(index)
                 tokens += batch[0].numel() * dist.world
@@ -264,7 +300,8 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict:
-        return self.task.evaluate(self.model, self.device, self.amp)
+        with self.parallel.evaluating():
+            return self.task.evaluate(self.model, self.device, self.amp)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -276,12 +313,35 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "elapsed_s": round(self.elapsed(), 3),
             "data_position": self.step * self.t.grad_accum * self.dist.world,
+            "global_batch": self.t.batch_size * self.t.grad_accum * self.dist.world,
             "metrics": self.last,
             "train": dataclasses.asdict(self.t),
             "versions": self.versions,
         }
 
+    @property
+    def saves_here(self) -> bool:
+        """Rank 0 saves a whole model; sharded, every rank saves its own shards."""
+        return self.dist.main or self.parallel.shards
+
     def save(self) -> Path:
+        if self.parallel.shards:
+            path = checkpoint.save_sharded(
+                self.run_dir,
+                self.step,
+                self.model.cfg,
+                self.parallel.full_weights(self.model),
+                self.optimizers,
+                self.state(),
+                self.run_dir / TOKENIZER_FILE,
+                self.task.checkpoint_info,
+                self.dist.rank,
+                self.dist.world,
+                self.device,
+            )
+            if self.t.keep_last and self.dist.main:
+                checkpoint.prune(self.run_dir, self.t.keep_last)
+            return path
         path = checkpoint.save(
             self.run_dir,
             self.step,
@@ -338,8 +398,8 @@ class Trainer:
                     bar.update(row, completed=self.step)
                     self.stop_on_signal(flag.signum)
                     if is_last:
-                        final = self.save() if self.dist.main else None
-                    elif t.save_every and self.step % t.save_every == 0 and self.dist.main:
+                        final = self.save() if self.saves_here else None
+                    elif t.save_every and self.step % t.save_every == 0 and self.saves_here:
                         self.save()
                 if self.step == self.start_step:
                     final = self.already_done()
@@ -378,9 +438,10 @@ class Trainer:
         stop = parallel.agree_on_signal(signum, self.dist)
         if stop is None:
             return
-        path = self.save() if self.dist.main else None
+        path = self.save() if self.saves_here else None
         code = 130 if stop == signal.SIGINT else 143
-        saved = f"saved {path}" if self.dist.main else f"rank {self.dist.rank}: rank 0 saves"
+        saver = "saved its shards" if self.parallel.shards else "rank 0 saves"
+        saved = f"saved {path}" if self.dist.main else f"rank {self.dist.rank}: {saver}"
         raise Interrupted(code, f"interrupted at step {self.step}; {saved}")
 
     def already_done(self) -> Path | None:

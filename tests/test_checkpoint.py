@@ -42,7 +42,8 @@ def test_round_trip_weights_optimizer_rng(run):
     assert again.lm_head.weight is again.wte.weight
     opt2 = torch.optim.AdamW(again.parameters(), lr=1e-3)
     extra = checkpoint.load_trainer_tensors(path)
-    checkpoint.restore_optimizers([opt2], extra, loaded.state["optimizer_param_groups"])
+    saved = checkpoint.OptimizerState(path)
+    checkpoint.restore_optimizers([opt2], saved, loaded.state["optimizer_param_groups"])
     for p1, p2 in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(opt.state[p1]["exp_avg"], opt2.state[p2]["exp_avg"])
         assert torch.equal(opt.state[p1]["exp_avg_sq"], opt2.state[p2]["exp_avg_sq"])

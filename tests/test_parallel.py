@@ -1,0 +1,206 @@
+"""FSDP under torchrun (2 CPU ranks, gloo): same training as one process, checkpoints that
+reshard to another number of ranks, and readers that need no torchrun."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import (
+    TINY_RECIPE,
+    TORCHRUN_ENV,
+    gptcli,
+    run_env,
+    torchrun,
+    torchrun_command,
+    write_recipe,
+)
+from safetensors.torch import load_file
+
+from gptcli import checkpoint, parallel, trainer
+from gptcli.console import UserError
+from gptcli.device import Dist
+from gptcli.recipe import TrainConfig
+
+# fp32, a flat lr after warmup (the schedule then does not depend on max_steps), one loss per
+# step, no evaluation before the last step
+EXACT = [
+    "train.dtype=fp32",
+    "train.lr_schedule=constant",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.save_every=1000",
+]
+
+
+def sets(*settings: str) -> list[str]:
+    return [a for s in (*EXACT, *settings) for a in ("--set", s)]
+
+
+def losses(run):
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records}
+
+
+def logged_steps(metrics) -> int:
+    """The last step metrics.jsonl has a whole line for (0 before the first)."""
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    whole = [json.loads(x) for x in lines if x.endswith("}")]
+    return whole[-1]["step"] if whole else 0
+
+
+def stop_with_sigterm(folder, after_step: int) -> int:
+    """A long 2-rank FSDP run, stopped by SIGTERM once it has logged after_step; its step."""
+    cmd = [*torchrun_command(2), "pretrain", "mini.yaml", *sets("train.parallel=fsdp")]
+    cmd += ["--set", "train.max_steps=100000"]
+    proc = subprocess.Popen(
+        cmd, cwd=folder, env=run_env(**TORCHRUN_ENV), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = folder / "runs" / "mini" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and logged_steps(metrics) < after_step:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    stops = re.findall(r"interrupted at step (\d+)", err)  # torchrun itself exits 1
+    assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]
+    newest = checkpoint.newest_in_run(metrics.parent)
+    assert checkpoint.step_of(newest) == int(stops[0])
+    return int(stops[0])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three runs of the same recipe and seed: 2 FSDP ranks stopped by SIGTERM then resumed
+    in one process, 2 FSDP ranks uninterrupted, one process with grad_accum x 2."""
+    root = tmp_path_factory.mktemp("fsdp")
+    folders = {name: root / name for name in ("resumed", "fsdp", "single")}
+    for folder in folders.values():
+        folder.mkdir()
+        write_recipe(folder, TINY_RECIPE)
+    tokenized = gptcli("tokenize", "mini.yaml", cwd=folders["fsdp"])  # once, copied to all
+    assert tokenized.returncode == 0, tokenized.stderr
+    for name in ("resumed", "single"):
+        shutil.copytree(folders["fsdp"] / "runs", folders[name] / "runs")
+    stop = stop_with_sigterm(folders["resumed"], after_step=2)
+    end = [*sets(f"train.max_steps={stop + 3}")]
+    resumed = gptcli("pretrain", "mini.yaml", *end, cwd=folders["resumed"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    keep = [
+        "--set",
+        "train.parallel=fsdp",
+        "--set",
+        "train.save_every=2",
+        "--set",
+        "train.keep_last=1",
+    ]
+    fsdp = torchrun("pretrain", "mini.yaml", *end, *keep, cwd=folders["fsdp"])
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    single = gptcli(
+        "pretrain", "mini.yaml", *end, "--set", "train.grad_accum=2", cwd=folders["single"]
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    return (
+        {name: folder / "runs" / "mini" for name, folder in folders.items()},
+        stop,
+        resumed.stderr,
+    )
+
+
+def test_fsdp_on_two_ranks_trains_as_one_process_with_twice_the_grad_accum(runs):
+    run, stop, _ = runs
+    sharded, single = losses(run["fsdp"]), losses(run["single"])
+    assert sorted(sharded) == sorted(single) == list(range(1, stop + 4))
+    for step, loss in single.items():
+        assert sharded[step] == pytest.approx(loss, rel=1e-4), (step, sharded, single)
+    # keep_last=1: each sharded save pruned the one before; no temp folder is left
+    kept = sorted(p.name for p in (run["fsdp"] / "checkpoints").iterdir())
+    assert kept == [f"step-{stop + 3:07d}"], kept
+    a = load_file(checkpoint.newest_in_run(run["fsdp"]) / "model.safetensors")
+    b = load_file(checkpoint.newest_in_run(run["single"]) / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_sigterm_on_two_fsdp_ranks_resumes_on_one_with_the_same_losses(runs):
+    run, stop, resumed_log = runs
+    stopped = checkpoint.run_checkpoints(run["resumed"])[0]
+    index = json.loads((stopped / "optim-index.json").read_text())
+    assert index["world"] == 2 and (stopped / "optim-00001-of-00002.safetensors").is_file()
+    assert json.loads((stopped / "state.json").read_text())["global_batch"] == 2 * 4
+    assert "grad_accum 1 -> 2" in resumed_log, resumed_log
+    resumed, uninterrupted = losses(run["resumed"]), losses(run["fsdp"])
+    assert sorted(resumed) == sorted(uninterrupted)
+    for step in range(stop + 1, stop + 4):
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
+
+
+def test_an_fsdp_checkpoint_samples_exports_and_inspects_without_torchrun(runs, tmp_path):
+    run, _, _ = runs
+    ckpt = checkpoint.newest_in_run(run["fsdp"])
+    sample = gptcli(
+        "sample", "-c", str(ckpt), "--prompt", "Once", "--max-new-tokens", "5", "--seed", "1"
+    )
+    assert sample.returncode == 0 and sample.stdout.startswith("Once"), sample.stderr
+    out = tmp_path / "hf"
+    export = gptcli("export", str(ckpt), "--format", "hf", "--out", str(out))
+    assert export.returncode == 0, export.stderr
+    assert (out / "config.json").is_file()
+    shown = gptcli("inspect", str(ckpt))
+    assert shown.returncode == 0, shown.stderr
+    assert "sharded over 2 ranks" in shown.stdout, shown.stdout
+
+
+def test_auto_shards_only_when_the_training_state_outgrows_free_memory(capsys):
+    two = Dist(rank=0, world=2)
+    cpu = torch.device("cpu")
+    free = parallel.free_bytes(cpu)
+    assert parallel.choose("auto", 1000, "adamw", two, cpu) == "ddp"
+    assert parallel.choose("auto", free // 16, "adamw", two, cpu) == "fsdp"
+    assert "parallel auto -> fsdp" in capsys.readouterr().err
+    assert parallel.choose("fsdp", 1000, "adamw", Dist(), cpu) == "none"
+    with pytest.raises(UserError, match="use adamw with fsdp"):
+        parallel.choose("fsdp", 1000, "muon", two, cpu)
+
+
+def test_resuming_on_ranks_that_do_not_divide_the_global_batch_exits_2(tmp_path):
+    ckpt = tmp_path / "checkpoints" / "step-0000001"
+    ckpt.mkdir(parents=True)
+    for name in checkpoint.REQUIRED_FILES:
+        (ckpt / name).write_text("{}")
+    (ckpt / "state.json").write_text(json.dumps({"step": 1, "global_batch": 8}))
+    t = TrainConfig(batch_size=4, grad_accum=2)
+    assert trainer.for_world(t, tmp_path, Dist(world=2)).grad_accum == 1
+    with pytest.raises(UserError, match="global batch of 8 sequences"):
+        trainer.for_world(t, tmp_path, Dist(world=3))
+
+
+def test_optimizer_shards_saved_by_two_ranks_read_back_for_three(tmp_path):
+    """Any rank count reads its rows out of any other's shards (here 7 rows: 4+3 -> 3+3+1)."""
+    from safetensors.torch import save_file
+
+    whole = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)
+    for rank in range(2):
+        start, stop = checkpoint.shard_rows(7, 2, rank)
+        tensors = {
+            "optim0.0.exp_avg": whole[start:stop].contiguous(),
+            "optim0.0.step": torch.ones(()),
+        }
+        save_file(tensors, str(tmp_path / checkpoint.shard_file(rank, 2)))
+    entries = {
+        "optim0.0.exp_avg": {"shape": [7, 2], "sharded": True},
+        "optim0.0.step": {"shape": [], "sharded": False},
+    }
+    index = {"format_version": 1, "world": 2, "tensors": entries}
+    (tmp_path / checkpoint.OPTIM_INDEX).write_text(json.dumps(index))
+    saved = checkpoint.OptimizerState(tmp_path)
+    rows = [checkpoint.shard_rows(7, 3, rank) for rank in range(3)]
+    assert rows == [(0, 3), (3, 6), (6, 7)]
+    parts = [saved.read("optim0.0.exp_avg", start, stop) for start, stop in rows]
+    assert torch.equal(torch.cat(parts), whole)
+    assert saved.read("optim0.0.step").item() == 1.0
