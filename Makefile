@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-# the test extras: pytest, ruff, hypothesis, transformers (parity tests), gguf, matplotlib
+# the test extras: pytest, ruff, hypothesis, transformers and lm-eval[hf] (parity tests), gguf,
+# matplotlib, lm-eval (gptcli eval)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,plot]'
+	$(BIN)/pip install -q -e '.[dev,export,plot,eval]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)
@@ -41,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/export_parity.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
