@@ -88,11 +88,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--sst2-docs", type=int, default=400)
+    parser.add_argument("--shakespeare-docs", type=int, default=60)
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     limits = {
-        "gptcli_sst2": 16 if args.quick else 400,
-        "gptcli_shakespeare": 4 if args.quick else 60,
+        "gptcli_sst2": 16 if args.quick else args.sst2_docs,
+        "gptcli_shakespeare": 4 if args.quick else args.shakespeare_docs,
     }
     manager = ev.task_manager(list(limits), [])
     with tempfile.TemporaryDirectory() as tmp:
