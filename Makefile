@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $(STAMP)
 
-# the test extras: pytest, ruff, hypothesis, transformers (parity tests), openai and pexpect (serve
-# and chat tests), gguf, matplotlib, fastapi and uvicorn (serve), and the trackers (tensorboard,
-# wandb, mlflow-skinny with its sqlite store)
+# the test extras: pytest, ruff, hypothesis, transformers and lm-eval[hf] (parity tests), openai
+# and pexpect (serve and chat tests), gguf, matplotlib, fastapi and uvicorn (serve), the trackers
+# (tensorboard, wandb, mlflow-skinny with its sqlite store), lm-eval (gptcli eval)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,plot,serve,tensorboard,wandb,mlflow]'
+	$(BIN)/pip install -q -e '.[dev,export,plot,serve,tensorboard,wandb,mlflow,eval]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/export_parity.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

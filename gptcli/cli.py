@@ -417,6 +417,94 @@ def _show(info: dict, as_json: bool) -> None:
         inspect_mod.render(info)
 
 
+# --------------------------------------------------------------------------- eval
+
+
+@app.command(
+    name="eval",
+    epilog="Examples:\n\n"
+    "  gptcli eval runs/tiny --tasks gptcli_sst2 --limit 200\n\n"
+    "  gptcli eval runs/tiny --tasks hellaswag,arc_easy --num-fewshot 0 --json\n\n"
+    "  gptcli eval exported/tiny-hf --tasks gptcli_shakespeare --out scores.json\n\n"
+    "  gptcli eval runs/tiny --tasks my_task --include-path my_tasks/",
+)
+def eval_cmd(
+    path: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help="Checkpoint, run folder (its newest) or HF folder (default: newest in ./runs).",
+        ),
+    ] = None,
+    tasks: Annotated[
+        str,
+        typer.Option(
+            "--tasks",
+            "-t",
+            help="Comma-separated lm-evaluation-harness tasks (gptcli's own: gptcli_sst2, "
+            "gptcli_shakespeare, gptcli_story_cloze).",
+        ),
+    ] = "",
+    limit: Annotated[
+        Optional[float],
+        typer.Option(help="Examples per task (a fraction < 1: that share); for quick checks."),
+    ] = None,
+    num_fewshot: Annotated[
+        Optional[int], typer.Option(help="Examples in the prompt (default: the task's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16."),
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of few-shot choice and sampling.")] = 0,
+    include_path: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--include-path", help="A folder of task YAML files (repeatable); local data."
+        ),
+    ] = None,
+    log_samples: Annotated[
+        bool, typer.Option("--log-samples", help="Keep every request and answer in the JSON.")
+    ] = False,
+    apply_chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--apply-chat-template", help="Wrap prompts in the chat template (SFT checkpoints)."
+        ),
+    ] = False,
+    out: Annotated[
+        Optional[str], typer.Option("--out", "-o", help="Also write the JSON result here.")
+    ] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a model on lm-evaluation-harness tasks (HellaSwag, ARC, ... or local ones): a table
+    of task, metric, value and stderr; a run folder keeps each result in eval/."""
+    console.set_quiet(quiet)
+    from gptcli import eval as eval_mod
+
+    result = eval_mod.evaluate(
+        path,
+        tasks,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        include_path=include_path,
+        log_samples=log_samples,
+        chat=apply_chat_template,
+        out=out,
+    )
+    if as_json:
+        _print_json(result)
+    else:
+        eval_mod.render(result)
+
+
 # --------------------------------------------------------------------------- export
 
 

@@ -166,7 +166,25 @@ def describe_run(path: Path) -> dict[str, Any]:
     report = memory.load(path)
     if report is not None:
         out["memory"] = report
+    out["evals"] = eval_results(path / "eval")
     return out
+
+
+def eval_results(folder: Path) -> list[dict[str, Any]]:
+    """The results `gptcli eval` kept in a run's eval/ folder, oldest first: file, metrics."""
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            result = json.loads(path.read_text())
+            rows = [
+                {k: r.get(k) for k in ("task", "metric", "value", "stderr")}
+                for r in result["results"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            console.warn(f"inspect: {path} is not a gptcli eval result; skipped")
+            continue
+        found.append({"file": path.name, "model": result.get("model"), "results": rows})
+    return found
 
 
 def _val_sample(tok_path: Path, n_tokens: int = 20_000) -> tuple[str, str] | None:
@@ -513,6 +531,12 @@ def render_run(info: dict[str, Any]) -> None:
         for line in lines:
             styled = line.replace("·", "[cyan]·[/cyan]").replace("o", "[magenta]o[/magenta]")
             out.print(styled, highlight=False)
+    for ev in info.get("evals", []):
+        scores = {
+            f"{r['task']} {r['metric']}": "-" if r["value"] is None else f"{r['value']:.4f}"
+            for r in ev["results"]
+        }
+        table(f"eval {ev['file']} ({Path(ev['model'] or '').name})", scores)
     out.print(f"checkpoints: {', '.join(info['checkpoints']) or 'none'}")
     if "newest_checkpoint" in info:
         render(info["newest_checkpoint"])

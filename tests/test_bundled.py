@@ -10,9 +10,11 @@ from gptcli import bundled
 from gptcli import inspect as inspect_mod
 from gptcli.console import UserError
 
+# recipes/eval/ holds lm-eval task definitions, not recipes
 NAMES = sorted(
     p.relative_to(REPO / "recipes").with_suffix("").as_posix()
     for p in (REPO / "recipes").rglob("*.yaml")
+    if p.relative_to(REPO / "recipes").parts[0] != "eval"
 )
 
 

@@ -1,0 +1,455 @@
+"""`gptcli eval`: lm-evaluation-harness tasks on any model gptcli reads, through our own `LM`.
+
+The harness builds the requests (few-shot prompts, choices, metrics); GptcliLM answers them with
+gptcli's model: loglikelihoods in length-sorted batches that run the LM head only where a
+continuation is scored, rolling windows for perplexity, and the sampler (KV cache, stop strings)
+for generation. Every request starts with <|endoftext|>, as every training document did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli import __version__, console, interop, tokenizer
+from gptcli.checkpoint import build_model
+from gptcli.console import UserError
+from gptcli.device import autocast_dtype, pick_device
+from gptcli.files import write_atomic
+from gptcli.generate import TextStream, generate
+from gptcli.model import GPT
+from gptcli.recipe import EOT, SampleConfig
+from gptcli.tasks import sft
+
+try:  # the optional extra: run() names the install line when it is missing
+    import lm_eval
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError:
+    lm_eval = None
+    TemplateLM = object
+
+INSTALL = "pip install 'gptcli[eval]'"
+# gptcli's own task definitions (local files, no download): always on the include path
+BUNDLED_TASKS = Path(__file__).resolve().parent / "recipes" / "eval"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "bf16")
+# resamples behind the stderr of metrics without a closed form (perplexity, bits per byte):
+# the harness's default (100000) takes minutes on a CPU for the same two significant digits
+BOOTSTRAP_ITERS = 1000
+
+
+class GptcliLM(TemplateLM):
+    """The harness's view of a gptcli model: it asks for loglikelihoods and generations."""
+
+    def __init__(
+        self, model: GPT, tok, batch_size: int = 16, chat: bool = False, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.model, self.tok, self.batch_size, self.chat, self.seed = (
+            model,
+            tok,
+            batch_size,
+            chat,
+            seed,
+        )
+        self.eot = tokenizer.eot_id(tok)
+        self.block = model.cfg.block_size
+        self.device_ = model.wte.weight.device
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.eot
+
+    @property
+    def tokenizer_name(self) -> str:
+        return "gptcli-" + (sft.CHAT_TEMPLATE if self.chat else "plain")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return sft.CHAT_TEMPLATE if self.chat else None
+
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt=True) -> str:
+        """The SFT template as text (its special tokens are read back as tokens); a final
+        assistant message without a generation prompt stays open, as the harness prefills it."""
+        ids, _ = sft.chat_ids(self.tok, chat_history, add_generation_prompt)
+        if not add_generation_prompt and chat_history and chat_history[-1]["role"] == "assistant":
+            ids = ids[:-1]
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list:
+        """Ids of string after <|endoftext|> (unless add_special_tokens is False or the string
+        already starts with it)."""
+        ids = self.tok.encode(string, add_special_tokens=False).ids
+        if add_special_tokens is False or string.startswith(EOT):
+            return ids
+        return [self.eot, *ids]
+
+    # ----------------------------------------------------------------- loglikelihoods
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list:
+        """(key, context ids, continuation ids) -> (sum of logprobs, all greedy) each.
+
+        Requests with the same input (choices of one token after the same context) share one
+        sequence; sequences run longest first, so a batch pads little."""
+        shared: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, context, continuation) in enumerate(requests):
+            inputs = (context + continuation)[-(self.block + 1) :][:-1]
+            shared.setdefault(tuple(inputs), []).append(i)
+        sequences = sorted(shared, key=len, reverse=True)
+        results: list[Any] = [None] * len(requests)
+        with torch.inference_mode(), console.progress(enabled=not disable_tqdm) as bar:
+            task = bar.add_task("loglikelihood", total=len(requests))
+            for start in range(0, len(sequences), self.batch_size):
+                chunk = sequences[start : start + self.batch_size]
+                asked = [(r, i, requests[i][2]) for r, seq in enumerate(chunk) for i in shared[seq]]
+                scores = self._score(chunk, [(r, cont) for r, _, cont in asked])
+                for (_, i, _), score in zip(asked, scores, strict=True):
+                    results[i] = score
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
+                bar.advance(task, len(asked))
+        return results
+
+    def _score(
+        self, sequences: list[tuple[int, ...]], asked: list[tuple[int, list[int]]]
+    ) -> list[tuple[float, bool]]:
+        """One right-padded batch (causal attention: padding after a row never reaches it);
+        each (row, continuation) is scored on the row's last positions, and the LM head and
+        softmax run on those positions only."""
+        x = torch.zeros(len(sequences), len(sequences[0]), dtype=torch.long)
+        for r, seq in enumerate(sequences):
+            x[r, : len(seq)] = torch.tensor(seq)
+        row_idx, pos_idx, targets, sizes = [], [], [], []
+        for r, continuation in asked:
+            n = min(len(continuation), len(sequences[r]))
+            row_idx += [r] * n
+            pos_idx += range(len(sequences[r]) - n, len(sequences[r]))
+            targets += continuation[-n:]
+            sizes.append(n)
+        hidden = self.model.hidden(x.to(self.device_))
+        picked = hidden[torch.tensor(row_idx), torch.tensor(pos_idx)]
+        logprobs = self.model.lm_head(picked).float().log_softmax(-1)
+        target = torch.tensor(targets, device=logprobs.device)
+        token_lp = logprobs.gather(1, target[:, None]).squeeze(1).cpu()
+        greedy = (logprobs.argmax(-1) == target).cpu()
+        out, at = [], 0
+        for n in sizes:
+            out.append((token_lp[at : at + n].sum().item(), bool(greedy[at : at + n].all())))
+            at += n
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Perplexity: each text after <|endoftext|>, cut into windows of the context size
+        (every token scored once, with as much preceding text as fits)."""
+        windows, owners = [], []
+        for k, (string,) in enumerate(req.args for req in requests):
+            ids = self.tok.encode(string, add_special_tokens=False).ids
+            for window in get_rolling_token_windows(ids, self.eot, self.block, 1):
+                windows.append((None, *make_disjoint_window(window)))
+                owners.append(k)
+        totals = [0.0] * len(requests)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        for k, (logprob, _) in zip(owners, scores, strict=True):
+            totals[k] += logprob
+        for req, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # ----------------------------------------------------------------- generation
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (unless the task samples) until a stop string, the end token or max_gen_toks."""
+        end = self.tok.token_to_id(sft.END) if self.chat else self.eot
+        out = []
+        with console.progress(enabled=not disable_tqdm) as bar:
+            task = bar.add_task("generate", total=len(requests))
+            for req in requests:
+                context, gen_kwargs = req.args
+                text = self._generate(context, dict(gen_kwargs), end)
+                self.cache_hook.add_partial("generate_until", req.args, text)
+                out.append(text)
+                bar.advance(task)
+        return out
+
+    def _generate(self, context: str, kwargs: dict, end: int) -> str:
+        until = kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        sampled = kwargs.get("do_sample", False)
+        params = SampleConfig(
+            max_new_tokens=int(kwargs.get("max_gen_toks", 256)),
+            temperature=float(kwargs.get("temperature", 1.0)) if sampled else 0.0,
+            top_k=int(kwargs.get("top_k") or 0),
+            top_p=float(kwargs.get("top_p") or 1.0),
+            stop=until,
+        )
+        ids = self.tok_encode(context)
+        stream = TextStream(self.tok, ids[-self.block :], until)
+        finished = [False]
+        for step in generate(self.model, ids, params, self.seed, end, 1, finished):
+            token = step[0]
+            if token is None or token == end:
+                break
+            stream.push(token)
+            finished[0] = stream.stopped
+        stream.finish()
+        return stream.text
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def task_manager(names: list[str], include: list[Path]):
+    """The harness's task index: gptcli's own folder and --include-path first (fast), all of
+    the harness's tasks only when a name is not there (indexing them takes many seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(p) for p in (BUNDLED_TASKS, *include)]
+    local = TaskManager(include_path=paths, include_defaults=False)
+    if all(name in local.all_tasks for name in names):
+        return local
+    console.info("eval: indexing lm-evaluation-harness's tasks")
+    full = TaskManager(include_path=paths)
+    unknown = [name for name in names if name not in full.all_tasks]
+    if unknown:
+        raise UserError(
+            f"--tasks: unknown task {unknown[0]!r} (see `lm-eval ls tasks`, or name a folder of "
+            "task YAML files with --include-path)"
+        )
+    return full
+
+
+def check_data(manager, names: list[str]) -> None:
+    """Load each task's data before any model runs, so a missing download or file is one
+    line naming the task."""
+    for name in names:
+        try:
+            with quiet_harness():
+                manager.load([name])
+        except Exception as e:  # noqa: BLE001 - the harness and datasets raise many kinds
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserError(
+                f"task {name}: its data could not be loaded ({reason}); without network, "
+                "use a task whose data is local (gptcli's own: gptcli_sst2, "
+                "gptcli_shakespeare, gptcli_story_cloze) or --include-path DIR with YAML "
+                "definitions that read local files"
+            ) from None
+
+
+@contextlib.contextmanager
+def quiet_harness():
+    """The harness logs to stdout and prints: keep stdout for our product, its INFO lines out
+    of the user's way (warnings still reach stderr)."""
+    loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "evaluate")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    # the harness runs `git describe` in the working directory for its log; outside a
+    # repository git's "fatal: not a git repository" would reach the terminal
+    from lm_eval import evaluator
+
+    git_probe = getattr(evaluator, "get_git_commit_hash", None)
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if git_probe is not None:
+            evaluator.get_git_commit_hash = git_probe
+
+
+# --------------------------------------------------------------------------- results
+
+
+def rows_of(results: dict) -> list[dict]:
+    """The harness's {task: {"acc,none": v, "acc_stderr,none": s}} as one row per metric."""
+    rows = []
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            if "," not in key or "_stderr," in key:
+                continue
+            metric, filt = key.split(",", 1)
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric if filt == "none" else f"{metric} ({filt})",
+                    "value": _number(value),
+                    "stderr": _number(stderr),
+                    "n": results.get("n-samples", {}).get(task, {}).get("effective"),
+                }
+            )
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    """A JSON-safe float ("N/A" and NaN become None)."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return round(float(value), 6)
+    return None
+
+
+def render(result: dict) -> None:
+    """The table people read: task, metric, value, stderr."""
+    from rich.table import Table
+
+    t = Table(box=None, pad_edge=False)
+    for name, justify in (("task", "left"), ("metric", "left"), ("value", "right")):
+        t.add_column(name, justify=justify)
+    t.add_column("stderr", justify="right")
+    t.add_column("n", justify="right")
+    for row in result["results"]:
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        stderr = "" if row["stderr"] is None else f"± {row['stderr']:.4f}"
+        t.add_row(row["task"], row["metric"], value, stderr, str(row["n"] or ""))
+    console.stdout.print(t)
+
+
+def run_folder(ckpt: Path) -> Path | None:
+    """The run a checkpoint belongs to (RUN/checkpoints/step-N), None for an HF folder."""
+    if interop.is_hf_folder(ckpt) or ckpt.parent.name != "checkpoints":
+        return None
+    return ckpt.parent.parent
+
+
+# --------------------------------------------------------------------------- gptcli eval
+
+
+def check_options(
+    tasks: str, limit: float | None, batch_size: int, device: str, dtype: str
+) -> tuple[list[str], float | None]:
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise UserError("--tasks needs at least one task name, e.g. --tasks gptcli_sst2")
+    if limit is not None and limit <= 0:
+        raise UserError(f"--limit must be > 0 (examples per task, or a fraction < 1), got {limit}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if device not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be auto, fp32 or bf16, got {dtype!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available (use --device auto)")
+    if limit is not None and limit >= 1:
+        limit = int(limit)  # a count of examples, not a fraction
+    return names, limit
+
+
+def load_model(path: str, device_name: str, dtype: str, chat: bool) -> tuple[Path, GPT, Any]:
+    """The model (LoRA merged on load), in its dtype on its device, and its tokenizer."""
+    ckpt = interop.resolve(path)
+    loaded = interop.load(ckpt)
+    kind = loaded.info["task"].get("kind", "lm")
+    if kind == "classify":
+        raise UserError(
+            f"{ckpt} is a classifier (finetune task: classify): eval scores text with a "
+            "language model; evaluate its base checkpoint instead"
+        )
+    if chat and kind != "sft":
+        raise UserError(
+            f"--apply-chat-template: {ckpt} has no chat template (it is not an SFT checkpoint)"
+        )
+    device = pick_device(device_name)
+    weights = autocast_dtype(device, dtype, doing="evaluation") or torch.float32
+    model = build_model(loaded, device).to(weights).eval().prepack()
+    tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
+    return ckpt, model, tok
+
+
+def evaluate(
+    path: str,
+    tasks: str,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    include_path: list[str] | None = None,
+    log_samples: bool = False,
+    chat: bool = False,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """Run the tasks on the model at path; the result is saved in the run folder's eval/ (a
+    gptcli checkpoint) and in out when given."""
+    if lm_eval is None:
+        raise UserError(f"gptcli eval needs lm-evaluation-harness: {INSTALL}")
+    names, limit = check_options(tasks, limit, batch_size, device, dtype)
+    include = [Path(p) for p in include_path or []]
+    for folder in include:
+        if not folder.is_dir():
+            raise UserError(f"--include-path: {folder} is not a folder (of task YAML files)")
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out: {out} is a folder; name a file to write the JSON result to")
+    ckpt, model, tok = load_model(path, device, dtype, chat)
+    with quiet_harness():
+        manager = task_manager(names, include)
+    check_data(manager, names)
+    lm = GptcliLM(model, tok, batch_size, chat, seed)
+    started = time.perf_counter()
+    with quiet_harness():
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            log_samples=log_samples,
+            task_manager=manager,
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            apply_chat_template=chat,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    result = {
+        "model": str(ckpt),
+        "tasks": names,
+        "results": rows_of(results),
+        "settings": {
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+            "batch_size": batch_size,
+            "device": str(model.wte.weight.device),
+            "dtype": "bf16" if model.wte.weight.dtype == torch.bfloat16 else "fp32",
+            "seed": seed,
+            "chat_template": chat,
+        },
+        "n_shot": results.get("n-shot", {}),
+        "versions": {"gptcli": __version__, "lm_eval": lm_eval.__version__},
+        "elapsed_s": round(time.perf_counter() - started, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if log_samples:
+        result["samples"] = results.get("samples", {})
+    save(result, ckpt, out)
+    return result
+
+
+def save(result: dict, ckpt: Path, out: str | None) -> None:
+    """Atomic writes: RUN/eval/<timestamp>.json for a run's checkpoint, and --out."""
+    data = (json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+    run = run_folder(ckpt)
+    if run is not None:
+        folder = run / "eval"
+        folder.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        target = folder / f"{stamp}.json"
+        n = 2
+        while target.exists():  # two evals in the same second keep both
+            target, n = folder / f"{stamp}-{n}.json", n + 1
+        write_atomic(target, data)
+        result["saved"] = str(target)
+        console.info(f"eval: results in {target}")
+    if out is not None:
+        write_atomic(Path(out), data)

@@ -1,0 +1,168 @@
+"""`gptcli eval`: lm-evaluation-harness tasks through gptcli's own LM, checked against the
+harness's hf backend on the exported folder; run folders keep results; offline and missing-extra
+errors are one line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, assert_one_line_error, gptcli, run_env, write_recipe
+
+pytest.importorskip("lm_eval")
+
+BUNDLED = REPO / "gptcli" / "recipes" / "eval"
+SST2_DEV = REPO.parent / "shared" / "data" / "classify" / "sst2_dev.jsonl"
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """No network and an empty HF cache: the tasks must read local files."""
+    home = tmp_path_factory.mktemp("hf-home")
+    return {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(home)}
+
+
+def _eval(*args, env, cwd=REPO):
+    """gptcli eval from the checkout (the bundled tasks read ../shared/data from there)."""
+    return gptcli("eval", *args, "--dtype", "fp32", "--quiet", cwd=cwd, env=env)
+
+
+def _loglikelihoods(samples: list[dict]) -> dict[int, list[float]]:
+    return {s["doc_id"]: [float(r[0]) for r in s["filtered_resps"]] for s in samples}
+
+
+def _hf_backend(folder, task, limit, add_bos_token, monkeypatch, offline):
+    """The harness's own hf backend on an exported folder, fp32, same batch size."""
+    for key, value in offline.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(REPO)
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(
+        pretrained=str(folder),
+        dtype="float32",
+        batch_size=8,
+        device="cpu",
+        add_bos_token=add_bos_token,
+    )
+    # the request tokens: <|endoftext|> first exactly when asked for, whatever the tokenizer
+    # itself would add, so both sides score the same sequences
+    eot = lm.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert (lm.tok_encode("Review: fine")[0] == eot) is add_bos_token
+    assert lm.prefix_token_id == eot
+    manager = TaskManager(include_path=str(BUNDLED), include_defaults=False)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=[task], limit=limit, log_samples=True, task_manager=manager
+    )
+
+
+def test_parity_with_the_harness_hf_backend(trained, tmp_path, monkeypatch, offline):
+    """Same checkpoint in fp32: the same accuracy and loglikelihoods within 1e-4 as lm-eval's
+    hf backend on `gptcli export --format hf` (multiple choice with <|endoftext|> first,
+    perplexity with the backend's own prefix token); an HF folder's result goes to --out only."""
+    run = trained / "runs" / "mini"
+    hf = tmp_path / "hf"
+    proc = gptcli("export", str(run), "--format", "hf", "--out", str(hf), cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+
+    proc = _eval(str(run), "-t", "gptcli_sst2", "--limit", "24", "--batch-size", "8",
+                 "--log-samples", "--json", env=offline)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ours = json.loads(proc.stdout)
+    theirs = _hf_backend(hf, "gptcli_sst2", 24, True, monkeypatch, offline)
+    acc = theirs["results"]["gptcli_sst2"]["acc,none"]
+    assert ours["results"][0]["metric"] == "acc" and ours["results"][0]["value"] == round(acc, 6)
+    a, b = (
+        _loglikelihoods(ours["samples"]["gptcli_sst2"]),
+        _loglikelihoods(theirs["samples"]["gptcli_sst2"]),
+    )
+    assert a.keys() == b.keys() and len(a) == 24
+    assert max(abs(x - y) for k in a for x, y in zip(a[k], b[k], strict=True)) < 1e-4
+
+    out = tmp_path / "shakespeare.json"
+    proc = _eval(str(hf), "-t", "gptcli_shakespeare", "--limit", "3", "--batch-size", "8",
+                 "--log-samples", "--out", str(out), env=offline)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "bits_per_byte" in proc.stdout  # the table
+    assert not (hf / "eval").exists()  # an HF folder is not a run: nothing written into it
+    ours = json.loads(out.read_text())
+    theirs = _hf_backend(hf, "gptcli_shakespeare", 3, False, monkeypatch, offline)
+    a = {s["doc_id"]: float(s["filtered_resps"][0]) for s in ours["samples"]["gptcli_shakespeare"]}
+    b = {
+        s["doc_id"]: float(s["filtered_resps"][0]) for s in theirs["samples"]["gptcli_shakespeare"]
+    }
+    assert a.keys() == b.keys() and len(a) == 3
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-4
+
+
+def test_lora_checkpoint_limit_json_and_the_run_folder(trained, offline):
+    """A LoRA checkpoint (adapters merged on load): --limit caps the examples, --json prints
+    the result the run folder keeps in eval/, and inspect RUN lists it."""
+    lora_recipe = (
+        "name: mini-lora\ninit: runs/mini\ntask: lm\n"
+        "data: {source: 'builtin:stories', builtin_mb: 0.05}\n"
+        "train: {batch_size: 2, max_steps: 2, warmup_steps: 1, eval_every: 2, eval_batches: 1,"
+        " save_every: 2, log_every: 1}\n"
+        "finetune:\n  lora: {rank: 2, alpha: 4, targets: [qkv]}\n"
+    )
+    recipe = write_recipe(trained, lora_recipe, "mini-lora.yaml")
+    proc = gptcli("finetune", str(recipe), "--quiet", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    run = trained / "runs" / "mini-lora"
+    proc = _eval(str(run), "-t", "gptcli_sst2", "--limit", "5", "--json", env=offline)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert "mini-lora" in result["model"]
+    (row,) = result["results"]
+    assert row["task"] == "gptcli_sst2" and row["n"] == 5 and 0 <= row["value"] <= 1
+    (saved,) = (run / "eval").glob("*.json")
+    assert json.loads(saved.read_text())["results"] == result["results"]
+    assert result["saved"] == str(saved)
+    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained).stdout)
+    listed = {k: row[k] for k in ("task", "metric", "value", "stderr")}
+    assert info["evals"] == [{"file": saved.name, "model": result["model"], "results": [listed]}]
+
+
+def test_generation_task_and_the_offline_error(trained, tmp_path, offline):
+    """generate_until runs the sampler (greedy, cut at the stop string); a task whose data is
+    on the Hub, offline with nothing cached, exits 2 naming the task and --include-path."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "gen.yaml").write_text(
+        "task: gen_local\ndataset_path: json\n"
+        f"dataset_kwargs: {{data_files: {{test: {SST2_DEV}}}}}\n"
+        "output_type: generate_until\ntest_split: test\ndoc_to_text: '{{text}}'\n"
+        "doc_to_target: ' positive'\n"
+        "generation_kwargs: {until: ['.'], max_gen_toks: 6}\n"
+        "metric_list: [{metric: exact_match}]\n"
+    )
+    (tasks / "hub.yaml").write_text(
+        "task: hub_only\ndataset_path: someone/not-cached-anywhere\noutput_type: multiple_choice\n"
+        "test_split: test\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n"
+    )
+    run = str(trained / "runs" / "mini")
+    args = ("--include-path", str(tasks), "--limit", "2", "--log-samples", "--json")
+    proc = _eval(run, "-t", "gen_local", *args, env=offline)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert [r["metric"] for r in result["results"]] == ["exact_match"]
+    texts = [s["resps"][0][0] for s in result["samples"]["gen_local"]]
+    assert len(texts) == 2 and all(isinstance(t, str) and "." not in t for t in texts)
+    assert any(texts)  # the model said something before stopping
+    proc = _eval(run, "-t", "hub_only", "--include-path", str(tasks), env=offline)
+    assert_one_line_error(proc, "hub_only", "--include-path")
+
+
+def test_missing_extra_names_the_install_line(trained):
+    code = (
+        "import sys, runpy\n"
+        "sys.modules['lm_eval'] = None\n"
+        f"sys.argv = ['gptcli', 'eval', {str(trained / 'runs' / 'mini')!r}, '-t', 'gptcli_sst2']\n"
+        "runpy.run_module('gptcli', run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), cwd=REPO
+    )
+    assert_one_line_error(proc, "pip install 'gptcli[eval]'")
