@@ -167,9 +167,8 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         parallel.barrier(dist)
         torch.manual_seed(recipe.seed)
         model = GPT(cfg)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if set(missing) - {"lm_head.weight", "cls_head.weight", "cls_head.bias"} or unexpected:
-            raise UserError(f"{loaded.path}: the weights do not match its config.json")
+        head = {"cls_head.weight", "cls_head.bias"}  # a new classifier head starts fresh
+        checkpoint.load_weights(model, weights, checkpoint.weights_file(loaded.path), head)
         if recipe.finetune.lora.rank:
             add_lora(model, recipe, task, loaded, new_ids)
         no_lm_loss = recipe.task.kind == "classify" and recipe.task.lm_weight == 0

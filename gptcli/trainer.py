@@ -119,7 +119,7 @@ def resume(run_dir: Path, model: GPT, optimizers: list, t: TrainConfig) -> tuple
     if change or not same_tokenizer:
         raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
     loaded = interop.load(resume_from, merge_lora=False)
-    model.load_state_dict(loaded.weights, strict=not model.cfg.tie_embeddings)
+    checkpoint.load_weights(model, loaded.weights, resume_from / "model.safetensors")
     extra = checkpoint.load_trainer_tensors(resume_from)
     groups = loaded.state.get("optimizer_param_groups")
     if groups:
