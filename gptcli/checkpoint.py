@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from gptcli import __version__, console, tokenizer
 from gptcli.console import Failure, UserError
-from gptcli.files import fsync_dir, sha256_file
+from gptcli.files import fsync_dir, sha256_file, umask_mode
 from gptcli.recipe import ModelConfig
 
 # torch (and lora, model, which import it) are imported where tensors are touched, so that
@@ -308,6 +308,16 @@ def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
 # --------------------------------------------------------------------------- saving
 
 
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Every .safetensors gptcli writes: readable under the user's umask like any other file."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    umask_mode(path)
+
+
 def weights_for_save(model: torch.nn.Module, info: dict | None) -> dict[str, torch.Tensor]:
     """The tensors model.safetensors stores: tied weights once; for LoRA only what trained."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -395,8 +405,6 @@ def save(
     """Write checkpoints/step-NNNNNNN atomically; an existing one is never touched.
 
     info (config.json's task and lora entries) says what the model was trained for."""
-    from safetensors.torch import save_file
-
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{CKPT_PREFIX}{step:07d}"
@@ -408,7 +416,7 @@ def save(
     tmp.mkdir()
     try:
         meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
-        save_file(weights_for_save(model, info), str(tmp / "model.safetensors"), metadata=meta)
+        save_safetensors(weights_for_save(model, info), tmp / "model.safetensors", meta)
         (tmp / "config.json").write_text(json.dumps(config_json(model.cfg, info), indent=2))
         shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
         trainer_tensors = rng_tensors()
@@ -417,7 +425,7 @@ def save(
             opt_tensors, groups = optimizer_tensors(optimizers)
             trainer_tensors.update(opt_tensors)
             state["optimizer_param_groups"] = groups
-        save_file(trainer_tensors, str(tmp / "trainer.safetensors"))
+        save_safetensors(trainer_tensors, tmp / "trainer.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:

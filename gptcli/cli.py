@@ -207,7 +207,11 @@ def sample(
         typer.Option("--prompt", "-p", help="Prompt (else --prompt-file, else stdin)."),
     ] = None,
     prompt_file: Annotated[
-        Optional[str], typer.Option("--prompt-file", help="Read the prompt from this file.")
+        Optional[str],
+        typer.Option(
+            "--prompt-file",
+            help="Read the prompt from this file (its one final newline is not part of it).",
+        ),
     ] = None,
     each_line: Annotated[
         bool,
@@ -316,7 +320,9 @@ def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise UserError(f"--prompt-file: {path} is not UTF-8 text") from None
-        return text.splitlines() if each_line else [text]
+        if each_line:
+            return text.splitlines()
+        return [text.removesuffix("\n")]  # an editor's final newline is not the prompt's
     if sys.stdin is None or sys.stdin.isatty():
         if each_line:
             raise UserError("--each-line reads prompts from stdin or --prompt-file; none given")

@@ -17,7 +17,7 @@ import torch
 from gptcli import checkpoint, console, data, interop, lora, parallel, run, tokenizer
 from gptcli.checkpoint import Loaded
 from gptcli.console import UserError
-from gptcli.device import Dist, init_distributed
+from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import NON_SHAPE_KEYS, ModelConfig, Recipe
@@ -141,6 +141,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
             "finetune needs `init:` in the recipe: the checkpoint or run folder to start from "
             "(e.g. --set init=runs/tiny)"
         )
+    pick_device(recipe.train.device)  # an unavailable device is refused before any work
     dist = init_distributed(recipe.train.device)
     if not dist.main:
         console.set_quiet(True)
@@ -163,7 +164,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         prepare = lm_task if recipe.task.kind == "lm" else token_task
         task, cfg, weights, new_ids = prepare(recipe, run_dir, loaded, cfg, dist)
         if dist.main:
-            run.write_recipe(run_dir, recipe)
+            run.record_recipe(run_dir, recipe, run.trains(run_dir, recipe))
         parallel.barrier(dist)
         torch.manual_seed(recipe.seed)
         model = GPT(cfg)

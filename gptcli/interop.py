@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import processors
 
 from gptcli import __version__, checkpoint, tokenizer
@@ -224,7 +224,7 @@ def export_hf(loaded: checkpoint.Loaded, out: Path) -> Path:
 
     def write(tmp: Path) -> None:
         weights = to_hf_weights(cfg, loaded.weights)
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        checkpoint.save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, eot), indent=2))
         export_tokenizer(tok_path, tmp / tokenizer.TOKENIZER_FILE)
         tok_config = tokenizer_config(tok_path, cfg.block_size)
@@ -537,7 +537,7 @@ def export_gptcli(loaded: checkpoint.Loaded, out: Path) -> Path:
     def write(tmp: Path) -> None:
         weights = checkpoint.weights_for_save(model, info)
         meta = {"format": "pt", "merged_from": str(loaded.path)}
-        save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
+        checkpoint.save_safetensors(weights, tmp / "model.safetensors", meta)
         config = checkpoint.config_json(loaded.config, info)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         shutil.copyfile(loaded.path / tokenizer.TOKENIZER_FILE, tmp / tokenizer.TOKENIZER_FILE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,14 +43,28 @@ def fresh_folder(base: Path) -> Path:
     return base.parent / f"{base.name}-{n}"
 
 
+def holds_nothing(run_dir: Path) -> bool:
+    """Only what starting a run leaves before any work: the lock, empty folders, temp files."""
+    for p in run_dir.rglob("*"):
+        temp = p.name.startswith(".tmp-") or (p.name.startswith(".") and p.name.endswith(".tmp"))
+        if not (p.is_dir() or temp or p == run_dir / ".lock"):
+            return False
+    return True
+
+
 class RunLock:
-    """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9."""
+    """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9.
+
+    A run folder that this command created and that holds nothing when the command fails is
+    removed on the way out, so a failed start leaves no half-made run behind."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ".lock"
         self.fd: int | None = None
+        self.created = False
 
     def __enter__(self) -> RunLock:
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -65,8 +80,11 @@ class RunLock:
         os.write(self.fd, str(os.getpid()).encode())
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        run_dir = self.path.parent
         if self.fd is not None:
+            if exc_type is not None and self.created and holds_nothing(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # still locked: no one else is in it
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -93,6 +111,19 @@ def open_run(recipe: Recipe, fresh: bool, dist: Dist) -> tuple[Path, Any]:
 def write_recipe(run_dir: Path, recipe: Recipe) -> None:
     """recipe.yaml: the resolved recipe (after --set) the run was produced with."""
     write_atomic(run_dir / RECIPE_FILE, recipe_mod.dump(recipe).encode())
+
+
+def trains(run_dir: Path, recipe: Recipe) -> bool:
+    """Whether training the recipe in run_dir takes any step (a finished run takes none)."""
+    newest = checkpoint.newest_in_run(run_dir)
+    return newest is None or checkpoint.step_of(newest) < recipe.train.max_steps
+
+
+def record_recipe(run_dir: Path, recipe: Recipe, working: bool) -> None:
+    """recipe.yaml describes what produced the run's contents: written when new, rewritten only
+    when this command works (tokenizes or trains), never by a command that changes nothing."""
+    if working or not (run_dir / RECIPE_FILE).is_file():
+        write_recipe(run_dir, recipe)
 
 
 def recipe_of(ckpt: Path) -> Recipe | None:

@@ -137,3 +137,21 @@ def test_config_that_disagrees_with_weights_names_the_tensor_and_shapes(run, tmp
     bigger_vocab = _edited(ckpt, tmp_path, vocab_size=300)
     proc = gptcli("sample", "-c", str(bigger_vocab), "-p", "hi")
     assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[300, 16]")
+
+
+def test_safetensors_files_follow_the_umask(run, tmp_path):
+    from gptcli import interop
+
+    old = os.umask(0o022)
+    try:
+        ckpt = save(run, 2)
+        merged = interop.export_gptcli(interop.load(ckpt), tmp_path / "merged")
+        hf = interop.export_hf(interop.load(ckpt), tmp_path / "hf")
+        os.umask(0o027)
+        group_only = save(run, 3)
+    finally:
+        os.umask(old)
+    for path in (ckpt, merged, hf):
+        for f in path.glob("*.safetensors"):
+            assert f.stat().st_mode & 0o777 == 0o644, f
+    assert (group_only / "model.safetensors").stat().st_mode & 0o777 == 0o640

@@ -432,3 +432,15 @@ def test_sample_refuses_to_pick_or_steer_a_classifier(trained, tmp_path):
     proc = gptcli("sample", "-p", "Once", "--max-new-tokens", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "newest checkpoint under ./runs" in proc.stderr and "runs/lm" in proc.stderr
+
+
+def test_prompt_file_final_newline_is_not_part_of_the_prompt(trained, tmp_path):
+    (tmp_path / "p.txt").write_text("Once upon a time\n")
+    proc = gptcli(
+        *("sample", "-c", str(trained / "runs" / "mini"), "--prompt-file", str(tmp_path / "p.txt")),
+        *("--max-new-tokens", "2", "--json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt"] == "Once upon a time"
+    shown = gptcli("sample", "--help", env={"COLUMNS": "300"}).stdout
+    assert "final newline is not part of it" in shown
