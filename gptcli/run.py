@@ -43,11 +43,11 @@ def fresh_folder(base: Path) -> Path:
     return base.parent / f"{base.name}-{n}"
 
 
-def holds_nothing(run_dir: Path) -> bool:
+def holds_nothing(folder: Path, lock: Path) -> bool:
     """Only what starting a run leaves before any work: the lock, empty folders, temp files."""
-    for p in run_dir.rglob("*"):
+    for p in folder.rglob("*"):
         temp = p.name.startswith(".tmp-") or (p.name.startswith(".") and p.name.endswith(".tmp"))
-        if not (p.is_dir() or temp or p == run_dir / ".lock"):
+        if not (p.is_dir() or temp or p == lock):
             return False
     return True
 
@@ -61,10 +61,13 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ".lock"
         self.fd: int | None = None
-        self.created = False
+        self.created: Path | None = None  # the outermost folder this lock makes (runs/ too)
 
     def __enter__(self) -> RunLock:
-        self.created = not self.path.parent.exists()
+        top = self.path.parent
+        while not top.parent.exists():
+            top = top.parent
+        self.created = None if self.path.parent.exists() else top
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -81,10 +84,10 @@ class RunLock:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        run_dir = self.path.parent
+        made = self.created
         if self.fd is not None:
-            if exc_type is not None and self.created and holds_nothing(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)  # still locked: no one else is in it
+            if exc_type is not None and made is not None and holds_nothing(made, self.path):
+                shutil.rmtree(made, ignore_errors=True)  # still locked: no one else is in it
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -89,8 +89,10 @@ def test_export_hf_logits_and_tokenizer_parity(models, tmp_path, name, cls):
     ours_tok = tokenizer.load(models[name] / "tokenizer.json")
     eot = tokenizer.eot_id(ours_tok)
     sample = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:3000]
+    read_back = tokenizer.load(out)  # gptcli reading the export encodes without the prefix
     for text in [*TEXTS, sample]:  # HF adds <|endoftext|> in front, as training had it
         assert hf_tok(text)["input_ids"] == [eot, *ours_tok.encode(text).ids]
+        assert read_back.encode(text, add_special_tokens=False).ids == ours_tok.encode(text).ids
     assert hf_tok.eos_token == hf_tok.bos_token == "<|endoftext|>"
     assert hf_tok.model_max_length == ours.cfg.block_size
 

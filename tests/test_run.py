@@ -46,7 +46,7 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
     recipe = write_recipe(tmp_path, TINY_RECIPE.replace("builtin:stories", "missing.txt"))
     for command in ("tokenize", "pretrain"):
         assert_one_line_error(gptcli(command, str(recipe), cwd=tmp_path), "missing.txt")
-        assert not (tmp_path / "runs" / "mini").exists()
+        assert not (tmp_path / "runs").exists()  # nor the runs/ folder it made
     kept = tmp_path / "runs" / "mini"  # a folder the command did not create is never removed
     kept.mkdir(parents=True)
     assert_one_line_error(gptcli("pretrain", str(recipe), cwd=tmp_path), "missing.txt")
