@@ -13,5 +13,9 @@ info = json.load(sys.stdin)
 step = info["newest_checkpoint"]["step"]
 assert step == info["recipe"]["train"]["max_steps"], step
 assert info["last_metrics"]["val_loss"] > 0
+# the final checkpoint carries the final evaluation: every reader reports the same figure
+summary = json.load(open("smoke-summary.json"))
+final = info["newest_checkpoint"]["metrics"]["val_loss"]
+assert final == info["last_metrics"]["val_loss"] == summary["val_loss"], final
 print("smoke ok: step %d, val loss %.3f" % (step, info["last_metrics"]["val_loss"]))
 '

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 
 from gptcli import __version__, console, tokenizer
 from gptcli.console import Failure, UserError
-from gptcli.files import fsync_dir, sha256_file
+from gptcli.files import fsync_dir, sha256_file, umask_mode
 from gptcli.recipe import ModelConfig
 
 # torch (and lora, model, which import it) are imported where tensors are touched, so that
@@ -240,20 +241,56 @@ def with_base(
     return weights
 
 
+def check_shapes(
+    expected: dict[str, Any], found: dict[str, torch.Tensor], where: Path, source: str
+) -> None:
+    """A config whose shapes disagree with the weights is bad input (an edited config.json),
+    named by its first mismatching tensor, rather than a state-dict dump."""
+    for name, want in expected.items():  # the model's order: the embedding first
+        tensor = found.get(name)
+        if tensor is not None and tuple(want.shape) != tuple(tensor.shape):
+            raise UserError(
+                f"{where}: tensor {name!r} has shape {list(tensor.shape)} in the file but "
+                f"{source} implies {list(want.shape)}; restore the {source} these weights "
+                "were saved with"
+            )
+
+
+def load_weights(
+    model: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    where: Path,
+    may_lack: Iterable[str] = (),
+) -> None:
+    """Load weights into model after checking names and shapes against its config (the one way
+    weights enter a model); may_lack names tensors the model keeps as initialised or tied."""
+    allowed = set(may_lack)
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and cfg.tie_embeddings:
+        allowed.add("lm_head.weight")
+    expected = model.state_dict()
+    check_shapes(expected, weights, where, "config.json")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    bad = sorted((set(missing) - allowed) | set(unexpected))
+    if bad:
+        which = "lacks" if bad[0] in missing else "has an unexpected"
+        raise UserError(
+            f"{where}: weights do not match config.json (the file {which} tensor {bad[0]!r})"
+        )
+
+
 def build_model(loaded: Loaded, device: str | torch.device = "cpu"):
     """The model a checkpoint describes, with its weights; ties lm_head when the config says so."""
     from gptcli.model import GPT
 
     model = GPT(loaded.config)
-    missing, unexpected = model.load_state_dict(loaded.weights, strict=False)
-    allowed_missing = {"lm_head.weight"} if loaded.config.tie_embeddings else set()
-    bad = (set(missing) - allowed_missing) | set(unexpected)
-    if bad:
-        raise UserError(
-            f"{loaded.path / 'model.safetensors'}: weights do not match config.json "
-            f"(e.g. {sorted(bad)[0]!r})"
-        )
+    load_weights(model, loaded.weights, weights_file(loaded.path))
     return model.to(device)
+
+
+def weights_file(path: Path) -> Path:
+    """What to name when a folder's weights are wrong: its model.safetensors when it has one."""
+    return path / "model.safetensors" if (path / "model.safetensors").is_file() else path
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
@@ -270,6 +307,16 @@ def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:
 
 
 # --------------------------------------------------------------------------- saving
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Every .safetensors gptcli writes: readable under the user's umask like any other file."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    umask_mode(path)
 
 
 def weights_for_save(
@@ -432,13 +479,11 @@ def write_main_files(
     info: dict | None,
 ) -> None:
     """What every checkpoint holds: whole weights, config, tokenizer, RNG and state."""
-    from safetensors.torch import save_file
-
     meta = {"format": "pt", "gptcli_version": __version__, "step": str(step)}
-    save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
+    save_safetensors(weights, tmp / "model.safetensors", meta)
     (tmp / "config.json").write_text(json.dumps(config_json(cfg, info), indent=2))
     shutil.copyfile(tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
-    save_file(trainer_tensors, str(tmp / "trainer.safetensors"))
+    save_safetensors(trainer_tensors, tmp / "trainer.safetensors")
     state = {"format_version": FORMAT_VERSION, **state, "step": step}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
 
@@ -516,7 +561,6 @@ def save_sharded(
     collectives' tensors live (the GPU under NCCL)."""
     import torch
     import torch.distributed as tdist
-    from safetensors.torch import save_file
 
     final = checkpoint_folder(run_dir, step)
     if final.exists():
@@ -531,7 +575,7 @@ def save_sharded(
     error: BaseException | None = None
     try:
         tensors, entries, groups = local_optimizer_tensors(optimizers)
-        save_file(tensors, str(tmp / shard_file(rank, world)))
+        save_safetensors(tensors, tmp / shard_file(rank, world))
         if rank == 0:
             index = {"format_version": FORMAT_VERSION, "world": world, "tensors": entries}
             (tmp / OPTIM_INDEX).write_text(json.dumps(index, indent=2))

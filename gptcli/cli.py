@@ -215,7 +215,11 @@ def sample(
         typer.Option("--prompt", "-p", help="Prompt (else --prompt-file, else stdin)."),
     ] = None,
     prompt_file: Annotated[
-        Optional[str], typer.Option("--prompt-file", help="Read the prompt from this file.")
+        Optional[str],
+        typer.Option(
+            "--prompt-file",
+            help="Read the prompt from this file (its one final newline is not part of it).",
+        ),
     ] = None,
     each_line: Annotated[
         bool,
@@ -326,7 +330,9 @@ def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
         if not path.is_file():
             raise UserError(f"--prompt-file: {path} not found (pass a UTF-8 text file)")
         text = tokenizer.decode_text(path.read_bytes(), f"--prompt-file {path}")
-        return text.splitlines() if each_line else [text]
+        if each_line:
+            return text.splitlines()
+        return [text.removesuffix("\n")]  # an editor's final newline is not the prompt's
     if sys.stdin is None or sys.stdin.isatty():
         if each_line:
             raise UserError("--each-line reads prompts from stdin or --prompt-file; none given")

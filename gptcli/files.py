@@ -49,6 +49,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def umask_mode(path: Path) -> None:
+    """Give a file the mode the user's umask asks for (0666 less the umask), as plain open()
+    would: some writers (safetensors) create files 0600, unreadable to the user's group."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside path durable (the directory entry itself is synced)."""
     fd = os.open(path, os.O_RDONLY)

@@ -17,7 +17,7 @@ import torch
 from gptcli import checkpoint, console, data, interop, loggers, lora, parallel, run, tokenizer
 from gptcli.checkpoint import Loaded
 from gptcli.console import UserError
-from gptcli.device import Dist, init_distributed
+from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import NON_SHAPE_KEYS, ModelConfig, Recipe
@@ -141,6 +141,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
             "finetune needs `init:` in the recipe: the checkpoint or run folder to start from "
             "(e.g. --set init=runs/tiny)"
         )
+    pick_device(recipe.train.device)  # an unavailable device is refused before any work
     loggers.check_installed(recipe)
     dist = init_distributed(recipe.train.device)
     if not dist.main:
@@ -164,13 +165,12 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         prepare = lm_task if recipe.task.kind == "lm" else token_task
         task, cfg, weights, new_ids = prepare(recipe, run_dir, loaded, cfg, dist)
         if dist.main:
-            run.write_recipe(run_dir, recipe)
+            run.record_recipe(run_dir, recipe, run.trains(run_dir, recipe))
         parallel.barrier(dist)
         torch.manual_seed(recipe.seed)
         model = GPT(cfg)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if set(missing) - {"lm_head.weight", "cls_head.weight", "cls_head.bias"} or unexpected:
-            raise UserError(f"{loaded.path}: the weights do not match its config.json")
+        head = {"cls_head.weight", "cls_head.bias"}  # a new classifier head starts fresh
+        checkpoint.load_weights(model, weights, checkpoint.weights_file(loaded.path), head)
         if recipe.finetune.lora.rank:
             add_lora(model, recipe, task, loaded, new_ids)
         no_lm_loss = recipe.task.kind == "classify" and recipe.task.lm_weight == 0

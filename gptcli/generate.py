@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gptcli import console, interop, tokenizer
+from gptcli import checkpoint, console, interop, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
 from gptcli.device import autocast_dtype, pick_device
@@ -321,6 +321,22 @@ def sample_prompt(
     return results
 
 
+def check_classifier_use(ckpt: Path, picked: bool, flags: list[str]) -> None:
+    """A classifier answers with label probabilities: it is never picked for sampling without
+    being named, and sampling flags, which it would ignore, are refused."""
+    if picked:
+        raise UserError(
+            f"the newest checkpoint under ./runs, {ckpt}, is a classifier, not a language "
+            "model: pick a language model with -c PATH, or name the classifier with -c to "
+            "classify text"
+        )
+    if flags:
+        raise UserError(
+            f"{flags[0]} does not apply to {ckpt}: it is a classifier (it prints label "
+            "probabilities); drop the sampling flags, or pick a language model with -c PATH"
+        )
+
+
 def run(
     checkpoint_path: str | None,
     prompts: Iterable[str],
@@ -343,13 +359,17 @@ def run(
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     device = pick_device("auto")
     weights = pick_dtype(dtype, device)
+    kind = checkpoint.read_info(ckpt)["task"].get("kind", "lm")
+    if kind == "classify":
+        given = [f"--{key.replace('_', '-')}" for key, v in overrides.items() if v is not None]
+        given += ["--num-samples"] * (num_samples != 1) + ["--seed"] * (seed is not None)
+        check_classifier_use(ckpt, checkpoint_path is None, given + ["--chat"] * bool(chat))
+    if checkpoint_path is None:
+        console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
     loaded = interop.load(ckpt)
     model = build_model(loaded, device).to(weights).eval()
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
-    if checkpoint_path is None:
-        console.info(f"sample: using {ckpt}")
-    kind = loaded.info["task"].get("kind", "lm")
     if kind == "classify":
         return classify.classify_run(loaded, tok, model, prompts, on_result)
     if chat is None:

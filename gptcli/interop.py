@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from tokenizers import processors
 
 from gptcli import __version__, checkpoint, console, tokenizer
 from gptcli.console import UserError
@@ -163,20 +164,36 @@ def to_hf_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[st
     return {k: v.detach().float().contiguous().clone() for k, v in out.items()}
 
 
-def tokenizer_config(tok_path: Path) -> dict[str, Any]:
+def tokenizer_config(tok_path: Path, block_size: int) -> dict[str, Any]:
+    """HF's tokenizer settings: <|endoftext|> is bos and eos, and encoding adds it in front as
+    in training, within the model's context."""
     tok = tokenizer.load(tok_path)
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
     eot = EOT if EOT in specials else None
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "model_max_length": 1_000_000_000,
+        "model_max_length": block_size,
         "bos_token": eot,
         "eos_token": eot,
         "unk_token": None,
-        "add_bos_token": False,
+        "add_bos_token": eot is not None,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
     }
+
+
+def export_tokenizer(tok_path: Path, out: Path) -> None:
+    """tokenizer.json for HF: encoding adds <|endoftext|> in front, as every training document
+    and gptcli's sampling have it (gptcli itself encodes without the post-processor)."""
+    tok = tokenizer.load(tok_path)
+    eot = tok.token_to_id(EOT)
+    if eot is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{EOT}:0 $A:0",
+            pair=f"{EOT}:0 $A:0 {EOT}:1 $B:1",
+            special_tokens=[(EOT, eot)],
+        )
+    tok.save(str(out))
 
 
 def _write_folder(out: Path, write: Callable[[Path], None]) -> Path:
@@ -208,10 +225,11 @@ def export_hf(loaded: checkpoint.Loaded, out: Path) -> Path:
 
     def write(tmp: Path) -> None:
         weights = to_hf_weights(cfg, loaded.weights)
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        checkpoint.save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, eot), indent=2))
-        shutil.copyfile(tok_path, tmp / tokenizer.TOKENIZER_FILE)
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok_path), indent=2))
+        export_tokenizer(tok_path, tmp / tokenizer.TOKENIZER_FILE)
+        tok_config = tokenizer_config(tok_path, cfg.block_size)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
         gen = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
@@ -398,6 +416,9 @@ def load_hf(path: Path) -> checkpoint.Loaded:
     tok_path = path / tokenizer.TOKENIZER_FILE
     if not tok_path.is_file():
         raise UserError(f"{path}: no tokenizer.json (gptcli needs a fast tokenizer file)")
+    with torch.device("meta"):  # shapes only: no memory for a model that is never run
+        expected = to_hf_weights(cfg, GPT(cfg).state_dict())
+    checkpoint.check_shapes(expected, hf_weights, checkpoint.weights_file(path), "config.json")
     weights = from_hf_weights(cfg, hf_weights, path)
     return checkpoint.Loaded(path, cfg, weights, {"step": 0, "source": "hf"})
 
@@ -496,7 +517,7 @@ def export_gguf(loaded: checkpoint.Loaded, out: Path) -> Path:
         w.add_token_merges(merges)
         w.add_bos_token_id(eot)
         w.add_eos_token_id(eot)
-        w.add_add_bos_token(False)
+        w.add_add_bos_token(True)  # <|endoftext|> in front, as in training
         for tname, t in tensors.items():
             w.add_tensor(tname, t.numpy())
         w.write_header_to_file()
@@ -512,12 +533,12 @@ def export_gptcli(loaded: checkpoint.Loaded, out: Path) -> Path:
     needs no base checkpoint (sample, finetune and inspect read it as any other)."""
     info = {"task": loaded.info["task"]}
     model = GPT(loaded.config)
-    model.load_state_dict(loaded.weights, strict=not loaded.config.tie_embeddings)
+    checkpoint.load_weights(model, loaded.weights, checkpoint.weights_file(loaded.path))
 
     def write(tmp: Path) -> None:
         weights = checkpoint.weights_for_save(model, info)
         meta = {"format": "pt", "merged_from": str(loaded.path)}
-        save_file(weights, str(tmp / "model.safetensors"), metadata=meta)
+        checkpoint.save_safetensors(weights, tmp / "model.safetensors", meta)
         config = checkpoint.config_json(loaded.config, info)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         shutil.copyfile(loaded.path / tokenizer.TOKENIZER_FILE, tmp / tokenizer.TOKENIZER_FILE)

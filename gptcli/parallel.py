@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
-from gptcli import console
+from gptcli import checkpoint, console
 from gptcli.console import UserError
 from gptcli.device import Dist
 
@@ -89,8 +90,8 @@ class DataParallel:
     def evaluating(self) -> Any:
         return contextlib.nullcontext()
 
-    def load_weights(self, model: torch.nn.Module, weights: dict, strict: bool) -> None:
-        model.load_state_dict(weights, strict=strict)
+    def load_weights(self, model: torch.nn.Module, weights: dict, where: Path) -> None:
+        checkpoint.load_weights(model, weights, where)
 
 
 class ShardedDataParallel:
@@ -141,11 +142,12 @@ class ShardedDataParallel:
         weights = get_model_state_dict(model, options=options)
         return weights if tdist.get_rank() == 0 else None
 
-    def load_weights(self, model: torch.nn.Module, weights: dict, strict: bool) -> None:
+    def load_weights(self, model: torch.nn.Module, weights: dict, where: Path) -> None:
         """Every rank holds the whole checkpoint and keeps its own shard of each tensor."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        options = StateDictOptions(full_state_dict=True, strict=strict)
+        checkpoint.check_shapes(model.state_dict(), weights, where, "config.json")
+        options = StateDictOptions(full_state_dict=True, strict=not model.cfg.tie_embeddings)
         set_model_state_dict(model, weights, options=options)
 
 

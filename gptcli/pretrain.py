@@ -13,7 +13,7 @@ import torch
 
 from gptcli import checkpoint, console, data, loggers, parallel, run
 from gptcli.console import UserError
-from gptcli.device import init_distributed
+from gptcli.device import init_distributed, pick_device
 from gptcli.model import GPT
 from gptcli.recipe import Recipe
 from gptcli.tasks.lm import LMTask
@@ -25,18 +25,20 @@ def tokenize(recipe: Recipe) -> tuple[Path, dict]:
     not rebuilt: the checkpoints were trained on them."""
     run_dir = run.folder(recipe)
     with run.RunLock(run_dir):
-        if checkpoint.newest_in_run(run_dir) and not data.is_up_to_date(recipe, run_dir):
+        current = data.is_up_to_date(recipe, run_dir)
+        if checkpoint.newest_in_run(run_dir) and not current:
             raise UserError(
                 f"{run_dir} has checkpoints trained on other data or tokenizer settings; "
                 "set another name: (or run_dir:) for the new data"
             )
         manifest = data.prepare(recipe, run_dir)
-        run.write_recipe(run_dir, recipe)
+        run.record_recipe(run_dir, recipe, working=not current)
     return run_dir, manifest
 
 
 def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     """Tokenize if needed, then train from scratch or resume the run's newest checkpoint."""
+    pick_device(recipe.train.device)  # an unavailable device is refused before any work
     loggers.check_installed(recipe)
     dist = init_distributed(recipe.train.device)
     if not dist.main:
@@ -45,8 +47,9 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     with lock:
         if dist.main:
             check_resumable(recipe, run_dir, None)
+            current = data.is_up_to_date(recipe, run_dir)
             data.prepare(recipe, run_dir)
-            run.write_recipe(run_dir, recipe)
+            run.record_recipe(run_dir, recipe, not current or run.trains(run_dir, recipe))
         parallel.barrier(dist)
         manifest = data.read_manifest(run_dir)
         vocab = manifest["vocab_size"]

@@ -47,17 +47,19 @@ def fresh_folder(base: Path) -> Path:
 class RunLock:
     """An exclusive flock on runs/<name>/.lock: released by the kernel even after kill -9.
 
-    When the command fails or is interrupted, the temp files it left go, and so does a folder
-    it created that holds nothing of value yet (see discard_unfinished)."""
+    When the command fails or is interrupted, the temp files it left go, and so do the folders
+    it created (runs/ too) while they hold nothing of value yet (see discard_unfinished)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ".lock"
         self.fd: int | None = None
-        self.created = False
+        self.created: Path | None = None  # the outermost folder this lock makes (runs/ too)
 
     def __enter__(self) -> RunLock:
-        run_dir = self.path.parent
-        self.created = not run_dir.exists()
+        run_dir = top = self.path.parent
+        while not top.parent.exists():
+            top = top.parent
+        self.created = None if run_dir.exists() else top
         with console.writing(run_dir):
             run_dir.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -90,10 +92,10 @@ def is_temp(path: Path) -> bool:
     return name.startswith(".tmp-") or (name.startswith(".") and name.endswith((".tmp", ".part")))
 
 
-def discard_unfinished(run_dir: Path, created: bool) -> None:
-    """After a failure or an interruption: remove the temp files in run_dir, and the whole
-    folder when this command created it and it holds nothing of value (the lock, empty folders,
-    a copy of stdin, a tokenizer that no shards were made with)."""
+def discard_unfinished(run_dir: Path, created: Path | None) -> None:
+    """After a failure or an interruption: remove the temp files in run_dir, and the folders
+    this command created (created: the outermost of them) when run_dir holds nothing of value
+    (the lock, empty folders, a copy of stdin, a tokenizer that no shards were made with)."""
     for folder in (run_dir, run_dir / "data", run_dir / "checkpoints"):
         for path in folder.glob(".*") if folder.is_dir() else []:
             if is_temp(path) and path.is_dir():
@@ -107,7 +109,7 @@ def discard_unfinished(run_dir: Path, created: bool) -> None:
         disposable.add(Path(TOKENIZER_FILE))
     files = {p.relative_to(run_dir) for p in run_dir.rglob("*") if not p.is_dir()}
     if files <= disposable:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(created, ignore_errors=True)  # still locked: no one else is in it
 
 
 def open_run(recipe: Recipe, fresh: bool, dist: Dist) -> tuple[Path, Any]:
@@ -131,6 +133,19 @@ def open_run(recipe: Recipe, fresh: bool, dist: Dist) -> tuple[Path, Any]:
 def write_recipe(run_dir: Path, recipe: Recipe) -> None:
     """recipe.yaml: the resolved recipe (after --set) the run was produced with."""
     write_atomic(run_dir / RECIPE_FILE, recipe_mod.dump(recipe).encode())
+
+
+def trains(run_dir: Path, recipe: Recipe) -> bool:
+    """Whether training the recipe in run_dir takes any step (a finished run takes none)."""
+    newest = checkpoint.newest_in_run(run_dir)
+    return newest is None or checkpoint.step_of(newest) < recipe.train.max_steps
+
+
+def record_recipe(run_dir: Path, recipe: Recipe, working: bool) -> None:
+    """recipe.yaml describes what produced the run's contents: written when new, rewritten only
+    when this command works (tokenizes or trains), never by a command that changes nothing."""
+    if working or not (run_dir / RECIPE_FILE).is_file():
+        write_recipe(run_dir, recipe)
 
 
 def recipe_of(ckpt: Path) -> Recipe | None:

@@ -145,7 +145,7 @@ def resume(
     if change or not same_tokenizer:
         raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
     loaded = interop.load(resume_from, merge_lora=False)
-    wrapper.load_weights(model, loaded.weights, strict=not model.cfg.tie_embeddings)
+    wrapper.load_weights(model, loaded.weights, resume_from / "model.safetensors")
     groups = loaded.state.get("optimizer_param_groups")
     if groups:
         saved = checkpoint.OptimizerState(resume_from)

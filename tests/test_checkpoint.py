@@ -111,3 +111,48 @@ def test_missing_config_keys_use_defaults_with_warning(run, capsys):
     (path / "config.json").write_text(json.dumps(config))
     assert checkpoint.load(path).config.rope_theta == 10000.0
     assert "rope_theta" in capsys.readouterr().err
+
+
+def _edited(ckpt, tmp_path, **changes):
+    """A copy of ckpt whose config.json disagrees with its weights."""
+    import shutil
+
+    copy = tmp_path / f"edited-{'-'.join(changes)}"
+    shutil.copytree(ckpt, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, **changes}))
+    return copy
+
+
+def test_config_that_disagrees_with_weights_names_the_tensor_and_shapes(run, tmp_path):
+    from conftest import assert_one_line_error, gptcli
+
+    ckpt = save(run, 1)
+    wider = _edited(ckpt, tmp_path, n_embd=32)
+    proc = gptcli("sample", "-c", str(wider), "-p", "hi")
+    assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[280, 32]", "config.json")
+    out = tmp_path / "merged"
+    proc = gptcli("export", str(wider), "--format", "gptcli", "--out", str(out))
+    assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[280, 32]")
+    assert not out.exists()
+    bigger_vocab = _edited(ckpt, tmp_path, vocab_size=300)
+    proc = gptcli("sample", "-c", str(bigger_vocab), "-p", "hi")
+    assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[300, 16]")
+
+
+def test_safetensors_files_follow_the_umask(run, tmp_path):
+    from gptcli import interop
+
+    old = os.umask(0o022)
+    try:
+        ckpt = save(run, 2)
+        merged = interop.export_gptcli(interop.load(ckpt), tmp_path / "merged")
+        hf = interop.export_hf(interop.load(ckpt), tmp_path / "hf")
+        os.umask(0o027)
+        group_only = save(run, 3)
+    finally:
+        os.umask(old)
+    for path in (ckpt, merged, hf):
+        for f in path.glob("*.safetensors"):
+            assert f.stat().st_mode & 0o777 == 0o644, f
+    assert (group_only / "model.safetensors").stat().st_mode & 0o777 == 0o640

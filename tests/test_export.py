@@ -86,11 +86,32 @@ def test_export_hf_logits_and_tokenizer_parity(models, tmp_path, name, cls):
     ours = _ours(models[name])
     _assert_logits_equal(ours, hf.eval(), ours.cfg.vocab_size)
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    ours_tok = tokenizer.load(out / "tokenizer.json")
+    ours_tok = tokenizer.load(models[name] / "tokenizer.json")
+    eot = tokenizer.eot_id(ours_tok)
     sample = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:3000]
-    for text in [*TEXTS, sample]:
-        assert hf_tok(text)["input_ids"] == ours_tok.encode(text, add_special_tokens=False).ids
-    assert hf_tok.eos_token == "<|endoftext|>"
+    read_back = tokenizer.load(out)  # gptcli reading the export encodes without the prefix
+    for text in [*TEXTS, sample]:  # HF adds <|endoftext|> in front, as training had it
+        assert hf_tok(text)["input_ids"] == [eot, *ours_tok.encode(text).ids]
+        assert read_back.encode(text, add_special_tokens=False).ids == ours_tok.encode(text).ids
+    assert hf_tok.eos_token == hf_tok.bos_token == "<|endoftext|>"
+    assert hf_tok.model_max_length == ours.cfg.block_size
+
+    # the same greedy text from HF's tokenizer and generate as from `gptcli sample`
+    prompt = "Once upon a time"
+    inputs = hf_tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        generated = hf.generate(**inputs, max_new_tokens=12, do_sample=False)
+    new_ids = generated[0, inputs["input_ids"].shape[1] :].tolist()
+    new_ids = new_ids[: new_ids.index(eot)] if eot in new_ids else new_ids
+    hf_text = hf_tok.decode(new_ids)
+    readers = [models[name], out] if name == "gpt2" else [models[name]]  # and read back
+    for model_path in readers:
+        proc = gptcli(
+            *("sample", "-c", str(model_path), "-p", prompt, "--temperature", "0"),
+            *("--max-new-tokens", "12", "--json", "--dtype", "fp32"),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["text"] == hf_text, model_path
 
 
 def _hf_made_by_transformers(folder, tok_path, family):
@@ -235,6 +256,7 @@ def test_export_gguf_reads_back_equal(models, tmp_path):
     tokens = fields["tokenizer.ggml.tokens"]
     assert len(tokens.data) == loaded.config.vocab_size
     assert int(fields["llama.block_count"].parts[-1][0]) == 2
+    assert bool(fields["tokenizer.ggml.add_bos_token"].parts[-1][0])  # <|endoftext|> in front
 
 
 def test_gguf_runs_in_llama_cpp(models, tmp_path):
@@ -261,3 +283,12 @@ def test_gguf_runs_in_llama_cpp(models, tmp_path):
             mine.append(nxt)
             x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
     assert theirs == mine
+
+
+def test_hf_folder_whose_config_disagrees_with_its_weights(models, tmp_path):
+    folder = interop.export_hf(interop.load(models["gpt2"]), tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
+    proc = gptcli("sample", "-c", str(folder), "-p", "hi")
+    vocab = config["vocab_size"]
+    assert_one_line_error(proc, "'transformer.wte.weight'", f"[{vocab}, 32]", f"[{vocab}, 48]")

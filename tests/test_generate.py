@@ -1,12 +1,13 @@
 """Samplers and the loop (in process), and every control through the real `gptcli sample`."""
 
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, gptcli
+from conftest import SHARED_DATA, TINY_RECIPE, assert_one_line_error, gptcli, write_recipe
 
 from gptcli import checkpoint, tokenizer
 from gptcli.generate import (
@@ -381,9 +382,65 @@ def test_incomplete_checkpoint(trained, tmp_path):
         (["--stop", ""], "--stop"),
         (["--dtype", "fp16"], "--dtype"),
         (["--num-samples", "0"], "--num-samples"),
+        (["--temperature", "nan"], "--temperature"),
+        (["--temperature", "inf"], "--temperature"),
+        (["--top-p", "nan"], "--top-p"),
         (["--prompt-file", "nope.txt"], "--prompt"),
         (["--each-line"], "--each-line"),
     ],
 )
 def test_sample_bad_controls(trained, args, needle):
-    assert_one_line_error(gptcli("sample", "--prompt", "x", *args, cwd=trained), needle)
+    proc = gptcli("sample", "--prompt", "x", *args, cwd=trained)
+    assert_one_line_error(proc, needle)
+    assert proc.stdout == ""  # refused before the prompt is printed
+
+
+def test_recipe_with_non_finite_sampling_value(tmp_path):
+    text = TINY_RECIPE.replace("sample:\n", "sample:\n  temperature: .nan\n")
+    for command in ("inspect", "pretrain"):
+        proc = gptcli(command, str(write_recipe(tmp_path, text)), cwd=tmp_path)
+        assert_one_line_error(proc, "sample.temperature", "finite")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sample_refuses_to_pick_or_steer_a_classifier(trained, tmp_path):
+    """The newest run is a classifier: sampling without -c names it and says how to pick
+    another; named with -c it classifies, but sampling flags are refused, not ignored."""
+    lines = (SHARED_DATA / "classify" / "sst2_train.jsonl").read_text().splitlines()[:16]
+    (tmp_path / "sst.jsonl").write_text("\n".join(lines) + "\n")
+    recipe = write_recipe(
+        tmp_path,
+        f"name: clf\ninit: {trained / 'runs' / 'mini'}\ntask:\n  kind: classify\n"
+        "  format: single\ndata:\n  source: sst.jsonl\n"
+        "train:\n  batch_size: 4\n  max_steps: 1\n  warmup_steps: 0\n  save_every: 0\n",
+        "clf.yaml",
+    )
+    assert gptcli("finetune", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
+    ckpt = tmp_path / "runs" / "clf" / "checkpoints" / "step-0000001"
+    proc = gptcli("sample", "--prompt", "Once upon a time", cwd=tmp_path)
+    assert_one_line_error(proc, str(ckpt.relative_to(tmp_path)), "classifier", "-c")
+    assert proc.stdout == ""
+    for flag in (["--temperature", "0.5"], ["--stop", "x"], ["--num-samples", "2"]):
+        proc = gptcli("sample", "-c", "runs/clf", "-p", "a fine film", *flag, cwd=tmp_path)
+        assert_one_line_error(proc, flag[0], "classifier", "runs/clf")
+    proc = gptcli("sample", "-c", "runs/clf", "-p", "a fine film", cwd=tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout.split()) == 4  # two labels, two numbers
+
+    lm = tmp_path / "runs" / "lm"  # the newest run a language model: picked, and the log says why
+    shutil.copytree(trained / "runs" / "mini", lm)
+    os.utime(lm / "checkpoints" / "step-0000012")  # written after the classifier
+    proc = gptcli("sample", "-p", "Once", "--max-new-tokens", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "newest checkpoint under ./runs" in proc.stderr and "runs/lm" in proc.stderr
+
+
+def test_prompt_file_final_newline_is_not_part_of_the_prompt(trained, tmp_path):
+    (tmp_path / "p.txt").write_text("Once upon a time\n")
+    proc = gptcli(
+        *("sample", "-c", str(trained / "runs" / "mini"), "--prompt-file", str(tmp_path / "p.txt")),
+        *("--max-new-tokens", "2", "--json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt"] == "Once upon a time"
+    shown = gptcli("sample", "--help", env={"COLUMNS": "300"}).stdout
+    assert "final newline is not part of it" in shown

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    TINY_RECIPE,
     TORCHRUN_ENV,
     assert_one_line_error,
     gptcli,
@@ -364,3 +365,47 @@ def test_batched_muon_steps_like_torch_muon():
     for p, q in zip(reference, ours, strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=2e-3)  # three steps move ~0.02
     assert batched.state_dict()["state"].keys() == torch_muon.state_dict()["state"].keys()
+
+
+def test_final_checkpoint_carries_the_final_evaluation(trained):
+    """The last step's evaluation is in the final checkpoint: its state.json, inspect and a
+    re-run of a finished pretrain all report the val_loss that metrics.jsonl ends with."""
+    run = trained / "runs" / "mini"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r for r in records if "val_loss" in r][-1]
+    assert last_val["step"] == 12
+    final = checkpoint.newest_in_run(run)
+    assert checkpoint.read_state(final)["metrics"]["val_loss"] == last_val["val_loss"]
+    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained).stdout)
+    assert info["newest_checkpoint"]["metrics"]["val_loss"] == last_val["val_loss"]
+    assert info["last_metrics"]["val_loss"] == last_val["val_loss"]
+    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained)
+    assert again.returncode == 0, again.stderr
+    assert "already at step 12" in again.stderr
+    assert json.loads(again.stdout)["val_loss"] == last_val["val_loss"]
+
+
+def test_failing_final_evaluation_still_saves_the_final_checkpoint(tmp_path, monkeypatch):
+    from gptcli import pretrain, recipe
+    from gptcli.tasks.lm import LMTask
+
+    text = TINY_RECIPE.replace("max_steps: 12", "max_steps: 4").replace(
+        "save_every: 6", "save_every: 0"
+    )
+    path = write_recipe(tmp_path, text.replace("eval_every: 6", "eval_every: 2"))
+    calls = []
+    evaluate = LMTask.evaluate
+
+    def fails_at_the_end(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # steps 2 and 4 evaluate: the second is the final one
+            raise RuntimeError("evaluation broke")
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LMTask, "evaluate", fails_at_the_end)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        pretrain.pretrain(recipe.load(path))
+    final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
+    assert final is not None and checkpoint.step_of(final) == 4
+    assert checkpoint.read_state(final)["metrics"]["step"] == 4
