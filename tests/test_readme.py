@@ -44,7 +44,7 @@ SMOKE = {
 }
 SMOKE["tiny"] = SMOKE["recipes/tiny.yaml"]  # the bundled recipe by name
 TRAINS = re.compile(r"gptcli (?:tokenize|pretrain|finetune) ([^\s-]\S*)")  # the RECIPE
-CLASSIFIER_LINE = re.compile(r"sst2|rte")
+CLASSIFIER_LINE = re.compile(r"sst2-pretrain|finetune/(sst2|rte)|runs/(sst2|rte)")
 
 
 def readme_lines() -> list[str]:
