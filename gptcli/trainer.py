@@ -166,7 +166,6 @@ def resume(
             + ", ".join(changed)
         )
     console.info(f"train: resuming from {resume_from} (step {step})")
-    loggers.truncate_metrics(run_dir, step)
     return step, loaded.state.get("tokens_seen", 0), loaded.state.get("elapsed_s", 0.0)
 
 
@@ -199,6 +198,8 @@ class Trainer:
             run_dir, model, self.optimizers, self.t, self.parallel
         )
         self.start_step = self.step
+        if self.dist.main and self.step:  # rank 0 alone: it is the one that appends after
+            loggers.truncate_metrics(run_dir, self.step)
         self.step_model = self.compiled(self.parallel.module)
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
