@@ -45,6 +45,20 @@ from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
 VOCAB, BLOCK, BATCH, ACCUM = 50304, 1024, 16, 4
 # (name, n_layer, n_head, n_embd): GPT-2 small, medium and large
 LADDER = [("124M", 12, 12, 768), ("350M", 24, 16, 1024), ("774M", 36, 20, 1280)]
+SHAPE_124M = (12, 12, 768)
+LADDER_COMPILE = "off"
+# --smoke: the same plumbing on this CPU at toy sizes, so a one-shot GPU session finds no typo
+DEVICE = {"gptcli": [], "nanogpt": {"device": "cuda", "compile": True, "dtype": "bfloat16"}}
+
+
+def use_smoke_sizes() -> None:
+    global VOCAB, BLOCK, BATCH, ACCUM, LADDER, SHAPE_124M
+    VOCAB, BLOCK, BATCH, ACCUM = 512, 64, 4, 2
+    LADDER = [("tiny", 2, 2, 64), ("small", 3, 2, 96)]
+    SHAPE_124M = (2, 2, 64)
+    DEVICE["gptcli"] = ["train.device=cpu", "train.dtype=fp32", "train.compile=off",
+                        "model.n_layer=2", "model.n_head=2", "model.n_embd=64"]  # fmt: skip
+    DEVICE["nanogpt"] = {"device": "cpu", "compile": False, "dtype": "float32"}
 
 
 def gpt2_flops_per_token(n_layer: int, n_head: int, n_embd: int) -> int:
@@ -57,9 +71,10 @@ def gpt2_flops_per_token(n_layer: int, n_head: int, n_embd: int) -> int:
 def gptcli_pretrain(name: str, data: str, steps: int, extra: list[str], timeout: float):
     sets = [
         f"name={name}", f"data.source={data}", "data.val_fraction=0.02", "model.preset=gpt2",
-        f"model.vocab_size={VOCAB}", f"train.max_steps={steps}", f"train.batch_size={BATCH}",
+        f"model.vocab_size={VOCAB}", f"tokenizer.vocab_size={VOCAB}", f"model.block_size={BLOCK}",
+        f"train.max_steps={steps}", f"train.batch_size={BATCH}",
         "train.warmup_steps=20", "train.eval_every=0", "train.save_every=0",
-        "train.eval_batches=2", "train.log_every=5", *extra,
+        "train.eval_batches=2", "train.log_every=5", *DEVICE["gptcli"], *extra,
     ]  # fmt: skip
     args = ["pretrain", "recipes/gpt2-124m.yaml", "--fresh", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
@@ -105,10 +120,11 @@ def nanogpt_data(run_dir: Path, nanogpt: Path) -> None:
 
 def check_nanogpt(run_dir: str, nanogpt: Path, steps: int, out: Path) -> dict:
     nanogpt_data(Path(run_dir), nanogpt)
+    n_layer, n_head, n_embd = SHAPE_124M
     options = {
-        "dataset": "gptcli", "compile": True, "dtype": "bfloat16", "bias": True,
+        "dataset": "gptcli", **DEVICE["nanogpt"], "bias": True,
         "batch_size": BATCH, "block_size": BLOCK, "gradient_accumulation_steps": ACCUM,
-        "n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0, "max_iters": steps,
+        "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "dropout": 0.0, "max_iters": steps,
         "lr_decay_iters": steps, "warmup_iters": 20, "eval_interval": 10**9, "eval_iters": 1,
         "log_interval": 5, "always_save_checkpoint": False, "wandb_log": False,
         "out_dir": str(out / "nanogpt-out"),
@@ -127,10 +143,11 @@ def check_nanogpt(run_dir: str, nanogpt: Path, steps: int, out: Path) -> dict:
         raise AssertionError(f"nanoGPT exited {proc.returncode}: {proc.stderr[-2000:]}")
     ms = statistics.median([t for i, t in times if i > 20] or [t for _, t in times])
     rate = BATCH * BLOCK * ACCUM / (ms / 1000)
-    peak, _ = peak_flops(torch.device("cuda"), torch.bfloat16)
+    device = torch.device(DEVICE["nanogpt"]["device"])
+    peak, _ = peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     return {
         "tokens_per_s": round(rate, 1),
-        "mfu": round(gpt2_flops_per_token(12, 12, 768) * rate / peak, 4),
+        "mfu": round(gpt2_flops_per_token(*SHAPE_124M) * rate / peak, 4),
         "exit": proc.returncode,
     }
 
@@ -139,7 +156,8 @@ def check_ladder(data: str, steps: int) -> dict:
     rows = []
     for name, n_layer, n_head, n_embd in LADDER:
         sets = [f"model.n_layer={n_layer}", f"model.n_head={n_head}", f"model.n_embd={n_embd}",
-                "train.grad_accum=1", "train.activation_checkpointing=true"]  # fmt: skip
+                "train.grad_accum=1", "train.activation_checkpointing=true",
+                f"train.compile={LADDER_COMPILE}"]  # fmt: skip
         start = time.perf_counter()
         proc = gptcli_pretrain(f"ladder-{name}", data, steps, sets, 240)
         row: dict = {"model": name, "fits": proc.returncode == 0}
@@ -171,7 +189,18 @@ def main() -> None:
     parser.add_argument("--ladder-steps", type=int, default=25)
     parser.add_argument("--out", default=".", help="folder for the report and the logs")
     parser.add_argument("--only", nargs="*", help="run only these checks")
+    parser.add_argument(
+        "--ladder-compile",
+        default="off",
+        choices=["on", "off"],
+        help="compile the ladder's runs (each compile costs a minute or more)",
+    )
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU")
     args = parser.parse_args()
+    global LADDER_COMPILE
+    LADDER_COMPILE = args.ladder_compile
+    if args.smoke:
+        use_smoke_sizes()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = str(Path(args.data).resolve())
