@@ -231,8 +231,13 @@ def main() -> None:
         "oom": lambda: check_oom(data),
         "speed": check_speed,
     }
+    run_checks(checks, args.only, results, out / "cuda_check.jsonl")
+
+
+def run_checks(checks: dict, only: list[str] | None, results: dict, report: Path) -> None:
+    """Run each check, print its JSON line and append it to report, whatever one of them does."""
     for name, check in checks.items():
-        if args.only and name not in args.only:
+        if only and name not in only:
             continue
         start = time.perf_counter()
         try:
@@ -243,9 +248,10 @@ def main() -> None:
         results[name] = result
         line = json.dumps({"check": name, **result}, default=str)
         print(line, flush=True)
-        with open(out / "cuda_check.jsonl", "a") as f:
+        with open(report, "a") as f:
             f.write(line + "\n")
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

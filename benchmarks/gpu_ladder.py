@@ -37,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cuda_check import run_checks  # noqa: E402  (benchmarks/ is this script's folder)
+
 from gptcli import data as data_mod  # noqa: E402
 from gptcli.device import peak_flops  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
@@ -217,20 +219,7 @@ def main() -> None:
         },
         "ladder": lambda: check_ladder(data, args.ladder_steps),
     }
-    for name, check in checks.items():
-        if args.only and name not in args.only:
-            continue
-        start = time.perf_counter()
-        try:
-            result = {"ok": True, **check()}
-        except Exception as exc:  # report every check, whatever one of them does
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[-3000:]}
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        results[name] = result
-        line = json.dumps({"check": name, **result}, default=str)
-        print(line, flush=True)
-        with open(out / "gpu_ladder.jsonl", "a") as f:
-            f.write(line + "\n")
+    run_checks(checks, args.only, results, out / "gpu_ladder.jsonl")
 
 
 if __name__ == "__main__":
