@@ -545,9 +545,13 @@ def render_run(info: dict[str, Any]) -> None:
 def render_memory(report: dict[str, Any]) -> None:
     """The memory report the run recorded before its first step (and the measured peak)."""
     per_rank = " per rank" if report.get("ranks", 1) > 1 else ""
+    if report.get("sharded"):
+        per_rank += f" (parameters, gradients, optimizer sharded over {report['ranks']} ranks)"
     rows = {k: memory.mib(report[k]) for k in ("parameters", "gradients", "optimizer")}
     if "ddp_buckets" in report:
         rows["DDP buckets"] = memory.mib(report["ddp_buckets"])
+    if "gathered" in report:
+        rows["gathered whole by FSDP (root, two blocks)"] = memory.mib(report["gathered"])
     batch, length = report["micro_batch"]
     for mode, n in report["activations"].items():
         using = " (this run)" if mode == report["activation_checkpointing"] else ""

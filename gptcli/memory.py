@@ -83,16 +83,18 @@ def activation_bytes(cfg: ModelConfig, batch: int, mode: bool | str, amp: bool =
 
 
 def estimate(
-    model: GPT, t: TrainConfig, amp: torch.dtype | None = None, world: int = 1
+    model: GPT,
+    t: TrainConfig,
+    amp: torch.dtype | None = None,
+    world: int = 1,
+    sharded: bool = False,
 ) -> dict[str, Any]:
-    """The bytes each rank holds while training model with t: every rank keeps the whole model,
-    its gradients and optimizer state (data parallel), and its own micro-batch's activations."""
-    cfg, seen = model.cfg, set()
+    """The bytes each rank holds while training model with t: the whole model, its gradients
+    and optimizer state (data parallel), or 1/world of them (sharded, FSDP), and its own
+    micro-batch's activations."""
+    cfg = model.cfg
     params, trained, muon = 0, 0, 0
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for name, p in unique_parameters(model):
         params += p.numel() * p.element_size()
         if p.requires_grad:
             trained += p.numel()
@@ -107,7 +109,12 @@ def estimate(
         "gradients": FP32 * trained,
         "optimizer": optimizer,
     }
-    if world > 1:
+    if sharded and world > 1:
+        report["sharded"] = True
+        for key in ("parameters", "gradients", "optimizer"):
+            report[key] = -(-report[key] // world)
+        report["gathered"] = gathered_bytes(model, amp)
+    elif world > 1:
         report["ddp_buckets"] = FP32 * trained  # DDP all-reduces through its own copy
     report["activations"] = {
         name: activation_bytes(cfg, t.batch_size, mode, amp is not None)
@@ -119,11 +126,31 @@ def estimate(
     act = 2 if amp is not None else FP32
     one_block = t.batch_size * cfg.block_size * block_bytes_per_token(cfg, act)
     report["recompute"] = one_block if mode else 0
-    fixed = sum(
-        report[k] for k in ("parameters", "gradients", "optimizer", "ddp_buckets") if k in report
-    )
+    state = ("parameters", "gradients", "optimizer", "ddp_buckets", "gathered")
+    fixed = sum(report[k] for k in state if k in report)
     report["total"] = fixed + report["activations"][MODES[mode]] + report["recompute"]
     return report
+
+
+def gathered_bytes(model: GPT, amp: torch.dtype | None) -> int:
+    """What FSDP gathers whole on each rank, in the compute dtype: the root's parameters
+    (embeddings, head, final norm) for the whole step, and two blocks at a time (the one
+    running and the next, prefetched)."""
+    size = 2 if amp is not None else FP32
+    root = sum(p.numel() for name, p in unique_parameters(model) if not name.startswith("blocks."))
+    block = max(sum(p.numel() for p in b.parameters()) for b in model.blocks)
+    return size * (root + min(2, len(model.blocks)) * block)
+
+
+def unique_parameters(model: GPT) -> list[tuple[str, torch.nn.Parameter]]:
+    """Named parameters with tied ones once."""
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, p))
+    return out
 
 
 def mib(n: int) -> str:
@@ -136,9 +163,12 @@ def summary(report: dict[str, Any]) -> str:
     options = ", ".join(f"{name.replace('_', ' ')} {mib(n)}" for name, n in acts.items())
     batch, length = report["micro_batch"]
     rank = " per rank" if report["ranks"] > 1 else ""
+    if report.get("sharded"):
+        rank += f" (sharded over {report['ranks']} ranks)"
+    gathered = f", gathered {mib(report['gathered'])}" if "gathered" in report else ""
     return (
         f"memory{rank} (estimate): parameters {mib(report['parameters'])}, "
-        f"gradients {mib(report['gradients'])}, optimizer {mib(report['optimizer'])}, "
+        f"gradients {mib(report['gradients'])}, optimizer {mib(report['optimizer'])}{gathered}, "
         f"activations {mib(acts[mode])} per {batch}x{length} micro-batch with checkpointing "
         f"{mode.replace('_', ' ')} ({options}); total {mib(report['total'])}"
     )

@@ -204,7 +204,9 @@ class Trainer:
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
         self.announce(peak_source)
-        self.memory = memory.estimate(model, self.t, self.amp, self.dist.world)
+        self.memory = memory.estimate(
+            model, self.t, self.amp, self.dist.world, self.parallel.shards
+        )
         console.info(f"train: {memory.summary(self.memory)}")
         if self.dist.main:
             memory.save(run_dir, self.memory)

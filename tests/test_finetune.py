@@ -653,3 +653,42 @@ def test_classifier_without_lm_loss_under_torchrun_freezes_an_untied_unembedding
     assert torch.equal(after["lm_head.weight"][: before["lm_head.weight"].shape[0]],
                        before["lm_head.weight"])  # fmt: skip
     assert not torch.equal(after["blocks.0.mlp.up.weight"], before["blocks.0.mlp.up.weight"])
+
+
+@pytest.mark.parametrize("task", ["classify-lora", "sft"])
+def test_finetune_under_fsdp_trains_as_one_process(trained, task):
+    """FSDP on 2 ranks takes the batches one process takes with twice the grad_accum, so both
+    end with the same weights. A classifier reads model.hidden and its head outside
+    model.forward; LoRA trains adapters beside frozen base weights in the same sharded block."""
+    from safetensors.torch import load_file
+
+    if task == "sft":
+        records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
+        source = _write_jsonl(trained / "sft-fsdp.jsonl", records)
+        text = SFT.format(name="{name}", source=source)
+    else:
+        train_file, dev_file = _sst(trained, 48, 8)
+        lora = "finetune:\n  lora: {{rank: 2, targets: [qkv, proj]}}\n"
+        text = CLASSIFY.format(
+            name="{name}", format="single", source=train_file, dev=dev_file, steps=3,
+            task_extra=SST_LABELS, extra=lora,
+        )  # fmt: skip
+    fp32 = ("--json", "--quiet", "--set", "train.dtype=fp32")
+    weights = {}
+    for name, accum in (("fsdp", 1), ("single", 2)):
+        recipe = write_recipe(trained, text.format(name=f"{task}-{name}"), f"{task}-{name}.yaml")
+        args = ("finetune", str(recipe), *fp32, "--set", f"train.grad_accum={accum}")
+        if name == "fsdp":
+            proc = torchrun(*args, "--set", "train.parallel=fsdp", cwd=trained)
+        else:
+            proc = gptcli(*args, cwd=trained)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ckpt = trained / json.loads(proc.stdout)["checkpoint"]
+        assert (ckpt / "optim-index.json").is_file() == (name == "fsdp")  # sharded optimizer
+        weights[name] = load_file(ckpt / "model.safetensors")
+    sharded, single = weights["fsdp"], weights["single"]
+    assert sharded.keys() == single.keys()
+    if task == "classify-lora":
+        assert "cls_head.weight" in sharded and "blocks.0.attn.qkv.lora_A" in sharded
+    for key in sharded:
+        assert torch.allclose(sharded[key], single[key], atol=1e-5), key

@@ -24,6 +24,11 @@ MODES = [False, "selective", True]
 B, T = 4, 128
 
 
+def losses(run) -> dict[int, float]:
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records}
+
+
 def make(width: int = 128, **kw) -> GPT:
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=4, n_head=4, n_embd=width, block_size=T, vocab_size=512, **kw)
@@ -110,6 +115,27 @@ def test_state_bytes_follow_the_optimizer():
     assert ddp["total"] == 20 * n + ddp["activations"]["every_block"] + ddp["recompute"]
 
 
+def test_fsdp_divides_the_training_state_by_the_ranks():
+    """Sharded, each rank holds half of the parameters, gradients and AdamW moments; it
+    gathers the embeddings and two blocks whole; activations stay per rank."""
+    model = make()
+    n, t = model.num_params(), TrainConfig(batch_size=B)
+    whole = memory.estimate(model, t)
+    sharded = memory.estimate(model, t, world=2, sharded=True)
+    assert n % 2 == 0 and "ddp_buckets" not in sharded
+    assert (sharded["parameters"], sharded["gradients"], sharded["optimizer"]) == (
+        2 * n,
+        2 * n,
+        4 * n,
+    )
+    assert sharded["activations"] == whole["activations"]
+    root = model.wte.weight.numel() + model.wpe.weight.numel() + 2 * model.cfg.n_embd  # ln_f
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    assert sharded["gathered"] == 4 * (root + 2 * block)
+    assert sharded["total"] == 8 * n + sharded["gathered"] + sharded["activations"]["off"]
+    assert "per rank (sharded over 2 ranks)" in memory.summary(sharded)
+
+
 def test_recipe_reads_true_false_and_selective():
     for value in (True, False, "selective"):
         r = recipe.from_dict({"train": {"activation_checkpointing": value}})
@@ -122,10 +148,12 @@ def test_recipe_reads_true_false_and_selective():
 
 
 def test_ddp_run_with_checkpointing_reports_memory_per_rank(tmp_path):
-    """torchrun with every block checkpointed trains, logs the report before step 1 and
-    records it where `inspect RUN` shows it."""
+    """torchrun with every block checkpointed trains with the losses of one process without
+    checkpointing (and twice the grad_accum), logs the report before step 1 and records it
+    where `inspect RUN` shows it."""
     recipe_path = write_recipe(tmp_path)
-    sets = ["train.activation_checkpointing=true", "train.max_steps=2", "train.eval_every=0"]
+    exact = ["train.dtype=fp32", "train.max_steps=3", "train.eval_every=0", "train.log_every=1"]
+    sets = ["train.activation_checkpointing=true", *exact]
     proc = subprocess.run(
         [*torchrun_command(2), "pretrain", str(recipe_path)]
         + [arg for s in sets for arg in ("--set", s)],
@@ -143,3 +171,14 @@ def test_ddp_run_with_checkpointing_reports_memory_per_rank(tmp_path):
     assert report["ddp_buckets"] == report["gradients"]
     shown = gptcli("inspect", "runs/mini", cwd=tmp_path)
     assert "activations, checkpointing every block (this run)" in shown.stdout, shown.stdout
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    single = gptcli(
+        "pretrain", str(recipe_path), "--set", "train.grad_accum=2",
+        *[arg for s in exact for arg in ("--set", s)], cwd=alone,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp, plain = (losses(folder / "runs" / "mini") for folder in (tmp_path, alone))
+    assert sorted(ddp) == sorted(plain) == [1, 2, 3]
+    for step, loss in plain.items():
+        assert ddp[step] == pytest.approx(loss, rel=1e-5), step

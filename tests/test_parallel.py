@@ -2,10 +2,12 @@
 reshard to another number of ranks, and readers that need no torchrun."""
 
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -27,9 +29,11 @@ from gptcli.device import Dist
 from gptcli.recipe import TrainConfig
 
 # fp32, a flat lr after warmup (the schedule then does not depend on max_steps), one loss per
-# step, no evaluation before the last step
+# step, no evaluation before the last step; a global batch of 4 sequences x 2 micro-batches x 2
+# ranks, which 1 and 4 ranks keep too
 EXACT = [
     "train.dtype=fp32",
+    "train.grad_accum=2",
     "train.lr_schedule=constant",
     "train.log_every=1",
     "train.eval_every=0",
@@ -75,18 +79,26 @@ def stop_with_sigterm(folder, after_step: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def tokenized(tmp_path_factory):
+    """A folder with the recipe and its tokenized run (no checkpoints), to copy from."""
+    root = tmp_path_factory.mktemp("tokenized")
+    write_recipe(root, TINY_RECIPE)
+    proc = gptcli("tokenize", "mini.yaml", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def copy_of(tokenized, folder):
+    shutil.copytree(tokenized, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tokenized):
     """Three runs of the same recipe and seed: 2 FSDP ranks stopped by SIGTERM then resumed
     in one process, 2 FSDP ranks uninterrupted, one process with grad_accum x 2."""
     root = tmp_path_factory.mktemp("fsdp")
-    folders = {name: root / name for name in ("resumed", "fsdp", "single")}
-    for folder in folders.values():
-        folder.mkdir()
-        write_recipe(folder, TINY_RECIPE)
-    tokenized = gptcli("tokenize", "mini.yaml", cwd=folders["fsdp"])  # once, copied to all
-    assert tokenized.returncode == 0, tokenized.stderr
-    for name in ("resumed", "single"):
-        shutil.copytree(folders["fsdp"] / "runs", folders[name] / "runs")
+    folders = {name: copy_of(tokenized, root / name) for name in ("resumed", "fsdp", "single")}
     stop = stop_with_sigterm(folders["resumed"], after_step=2)
     end = [*sets(f"train.max_steps={stop + 3}")]
     resumed = gptcli("pretrain", "mini.yaml", *end, cwd=folders["resumed"])
@@ -102,7 +114,7 @@ def runs(tmp_path_factory):
     fsdp = torchrun("pretrain", "mini.yaml", *end, *keep, cwd=folders["fsdp"])
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     single = gptcli(
-        "pretrain", "mini.yaml", *end, "--set", "train.grad_accum=2", cwd=folders["single"]
+        "pretrain", "mini.yaml", *end, "--set", "train.grad_accum=4", cwd=folders["single"]
     )
     assert single.returncode == 0, single.stderr[-3000:]
     return (
@@ -132,8 +144,8 @@ def test_sigterm_on_two_fsdp_ranks_resumes_on_one_with_the_same_losses(runs):
     stopped = checkpoint.run_checkpoints(run["resumed"])[0]
     index = json.loads((stopped / "optim-index.json").read_text())
     assert index["world"] == 2 and (stopped / "optim-00001-of-00002.safetensors").is_file()
-    assert json.loads((stopped / "state.json").read_text())["global_batch"] == 2 * 4
-    assert "grad_accum 1 -> 2" in resumed_log, resumed_log
+    assert json.loads((stopped / "state.json").read_text())["global_batch"] == 4 * 2 * 2
+    assert "grad_accum 2 -> 4" in resumed_log, resumed_log
     resumed, uninterrupted = losses(run["resumed"]), losses(run["fsdp"])
     assert sorted(resumed) == sorted(uninterrupted)
     for step in range(stop + 1, stop + 4):
@@ -154,6 +166,112 @@ def test_an_fsdp_checkpoint_samples_exports_and_inspects_without_torchrun(runs, 
     shown = gptcli("inspect", str(ckpt))
     assert shown.returncode == 0, shown.stderr
     assert "sharded over 2 ranks" in shown.stdout, shown.stdout
+
+
+def test_the_memory_report_of_an_fsdp_run_counts_half_the_state_per_rank(runs):
+    run, _, _ = runs
+    report = json.loads((run["fsdp"] / "memory.json").read_text())
+    weights = load_file(checkpoint.newest_in_run(run["fsdp"]) / "model.safetensors")
+    n = sum(w.numel() for w in weights.values())  # the tied embedding stored once
+    assert report["sharded"] and "ddp_buckets" not in report
+    assert (report["parameters"], report["gradients"], report["optimizer"]) == (2 * n, 2 * n, 4 * n)
+    shown = gptcli("inspect", str(run["fsdp"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "optimizer sharded over 2 ranks" in shown.stdout, shown.stdout
+
+
+def test_resuming_on_four_ranks_keeps_the_global_batch_and_the_batches(runs, tmp_path):
+    """The checkpoint 2 ranks saved at the SIGTERM continues on 4 (grad_accum 2 -> 1) with the
+    uninterrupted 2-rank run's losses: the same sequences make up each step."""
+    run, stop, _ = runs
+    shutil.copytree(run["resumed"].parent.parent, tmp_path / "w")
+    ckpts = tmp_path / "w" / "runs" / "mini" / "checkpoints"
+    for later in checkpoint.run_checkpoints(ckpts.parent)[1:]:
+        shutil.rmtree(later)
+    end = sets("train.parallel=fsdp", f"train.max_steps={stop + 2}")
+    four = torchrun("pretrain", "mini.yaml", *end, cwd=tmp_path / "w", nproc=4)
+    assert four.returncode == 0, four.stderr[-3000:]
+    assert "grad_accum 2 -> 1" in four.stderr, four.stderr[-3000:]
+    resumed, uninterrupted = losses(ckpts.parent), losses(run["fsdp"])
+    for step in (stop + 1, stop + 2):
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
+
+
+# gptcli under torchrun, rank 0 held inside the save of one step (after the optimizer shards,
+# before the weights), so that a test can kill -9 every process in the middle of a save
+HOLD_IN_SAVE = textwrap.dedent(
+    """\
+    import os, runpy, sys, time
+    from pathlib import Path
+    from gptcli import checkpoint
+
+    marker, hold_step = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
+    Path(f"{marker}.pid{os.environ['RANK']}").write_text(str(os.getpid()))
+    write_main_files = checkpoint.write_main_files
+
+    def held(tmp, step, *args, **kwargs):
+        if step == hold_step:
+            marker.write_text(str(tmp))
+            time.sleep(300)
+        return write_main_files(tmp, step, *args, **kwargs)
+
+    checkpoint.write_main_files = held
+    runpy.run_module("gptcli", run_name="__main__")
+    """
+)
+
+
+def test_kill_9_during_an_fsdp_save_keeps_the_previous_checkpoint(runs, tokenized, tmp_path):
+    """Every process killed while the step-4 save is half written: step 2 stays the newest
+    checkpoint, and a resumed 2-rank run continues from it as if never stopped."""
+    run, _, _ = runs
+    folder = copy_of(tokenized, tmp_path / "w")
+    hook, marker = tmp_path / "hold.py", tmp_path / "held"
+    hook.write_text(HOLD_IN_SAVE)
+    launch = torchrun_command(2)[:-2]  # the hook script in place of -m gptcli
+    cmd = [*launch, str(hook), str(marker), "4", "pretrain", "mini.yaml"]
+    cmd += sets("train.parallel=fsdp", "train.save_every=2", "train.max_steps=6")
+    proc = subprocess.Popen(
+        cmd, cwd=folder, env=run_env(**TORCHRUN_ENV), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no save"
+    finally:
+        for rank in range(2):  # the ranks run in sessions of their own: each by its pid
+            pid = tmp_path / f"held.pid{rank}"
+            if pid.exists():
+                os.kill(int(pid.read_text()), signal.SIGKILL)
+        proc.kill()
+        proc.communicate(timeout=60)
+    ckpts = folder / "runs" / "mini" / "checkpoints"
+    half = folder / marker.read_text()  # relative to the run's working folder
+    assert half.parent == ckpts and half.is_dir() and not (half / "state.json").exists()
+    assert [p.name for p in checkpoint.run_checkpoints(ckpts.parent)] == ["step-0000002"]
+    again = torchrun(
+        "pretrain", "mini.yaml", *sets("train.parallel=fsdp", "train.max_steps=5"), cwd=folder
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from runs/mini/checkpoints/step-0000002" in again.stderr.replace("\n", "")
+    assert not list(ckpts.glob(".tmp-*"))
+    resumed, uninterrupted = losses(ckpts.parent), losses(run["fsdp"])
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    for step in (3, 4, 5):
+        assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
+
+
+def test_activation_checkpointing_under_fsdp_keeps_the_losses(runs, tokenized, tmp_path):
+    run, _, _ = runs
+    folder = copy_of(tokenized, tmp_path / "w")
+    settings = ["train.parallel=fsdp", "train.activation_checkpointing=true", "train.max_steps=3"]
+    proc = torchrun("pretrain", "mini.yaml", *sets(*settings), cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpointed, plain = losses(folder / "runs" / "mini"), losses(run["fsdp"])
+    for step in (1, 2, 3):
+        assert checkpointed[step] == pytest.approx(plain[step], rel=1e-6), step
 
 
 def test_auto_shards_only_when_the_training_state_outgrows_free_memory(capsys):
