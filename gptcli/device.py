@@ -68,6 +68,18 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+def return_large_buffers() -> bool:
+    """Serve large allocations with mmaps that go back to the OS when freed: under FSDP each
+    block's gathered weights are freed after use, and memory kept for reuse would end up holding
+    every block's copy at once, as much as an unsharded rank. Returns whether glibc took it."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h; a fixed value also ends the sliding threshold
+    return bool(mallopt(m_mmap_threshold, 128 * 1024))
+
+
 def why_no_compile(device: torch.device) -> str | None:
     """Why torch.compile cannot run on this device, or None: inductor builds CPU kernels with
     a C++ compiler, and a machine without one would fail at the first step."""

@@ -25,6 +25,7 @@ from gptcli.device import (
     keep_freed_memory,
     peak_flops,
     pick_device,
+    return_large_buffers,
     why_no_compile,
 )
 from gptcli.files import sha256_file
@@ -102,8 +103,6 @@ def training_device(t: TrainConfig, dist: Dist) -> torch.device:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    elif device.type == "cpu":
-        keep_freed_memory()
     return device
 
 
@@ -185,11 +184,14 @@ class Trainer:
         self.amp = autocast_dtype(self.device, self.t.dtype)
         if self.dist.main:
             checkpoint.clean_stale_temps(run_dir)
-        model.to(self.device)
         model.activation_checkpointing = self.t.activation_checkpointing
         kind = parallel.choose(
             self.t.parallel, model.num_params(), self.t.optimizer, self.dist, self.device
         )
+        if kind != "fsdp":  # fully_shard moves each block's shard itself: no rank holds it all
+            model.to(self.device)
+        if self.device.type == "cpu":
+            return_large_buffers() if kind == "fsdp" else keep_freed_memory()
         self.parallel = parallel.wrap(
             kind, TaskStep(model, task), list(model.blocks), self.dist, self.device, self.amp
         )
