@@ -55,6 +55,21 @@ def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
     assert all(resumed[s] == full[s] for s in full if s > 6), (resumed, full)
 
 
+def test_rerun_after_a_kill_before_the_first_checkpoint_logs_each_step_once(trained, tmp_path):
+    """A run killed before its first checkpoint leaves metrics.jsonl and no checkpoint: the
+    rerun trains from step 0 and its metrics.jsonl holds each step once, as a run never killed."""
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    shutil.copy(trained / "mini.yaml", tmp_path / "mini.yaml")
+    run = tmp_path / "runs" / "mini"
+    full = (run / "metrics.jsonl").read_text().splitlines()
+    shutil.rmtree(run / "checkpoints")
+    proc = gptcli("pretrain", "mini.yaml", cwd=tmp_path)
+    assert proc.returncode == 0 and "resuming from" not in proc.stderr, proc.stderr
+    rerun = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rerun] == [json.loads(x)["step"] for x in full]
+    assert losses(run) == {r["step"]: r["loss"] for r in map(json.loads, full)}
+
+
 def test_changed_optimizer_settings_apply_from_the_resumed_step(trained, tmp_path):
     """--set train.lr=1e-12 on a resumed run trains at 1e-12 (the optimizer used to keep the
     saved lr), and the log, metrics.jsonl and the optimizer agree."""
