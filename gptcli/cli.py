@@ -297,15 +297,9 @@ def sample(
     generate.run(
         checkpoint_path,
         prompts,
-        overrides={
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            "stop": stop,
-        },
+        overrides=_sampling_overrides(
+            max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop
+        ),
         seed=seed,
         num_samples=num_samples,
         dtype=dtype,
@@ -313,6 +307,28 @@ def sample(
         on_result=show,
         chat=chat,
     )
+
+
+def _sampling_overrides(
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+    repetition_penalty: float | None,
+    stop: list[str] | None,
+) -> dict:
+    """The sampling flags `sample` and `chat` share, as overrides of the run's `sample:` section
+    (None: the recipe's value)."""
+    return {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        "stop": stop,
+    }
 
 
 def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
@@ -621,15 +637,9 @@ def chat(
     scripted = sys.stdin is not None and not sys.stdin.isatty()
     chat_mod.run(
         checkpoint_path,
-        overrides={
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            "stop": stop,
-        },
+        overrides=_sampling_overrides(
+            max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop
+        ),
         seed=seed,
         dtype=dtype,
         lines=sys.stdin if scripted else None,
