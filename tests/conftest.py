@@ -128,9 +128,10 @@ def trained(tmp_path_factory) -> Path:
     return root
 
 
-CHAT_SFT = textwrap.dedent(
+# an SFT finetune of runs/mini (chat template): conftest's chat-sft run and test_finetune's
+SFT = textwrap.dedent(
     """\
-    name: chat-sft
+    name: {name}
     init: runs/mini
     task: sft
     data:
@@ -142,8 +143,6 @@ CHAT_SFT = textwrap.dedent(
       warmup_steps: 1
       eval_every: 2
       save_every: 0
-    sample:
-      max_new_tokens: 8
     """
 )
 
@@ -156,7 +155,9 @@ def chat_trained(trained) -> Path:
     source = trained / "chat-sft.jsonl"
     records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    recipe = write_recipe(trained, CHAT_SFT.format(source=source), "chat-sft.yaml")
-    proc = gptcli("finetune", str(recipe), "--quiet", cwd=trained)
+    text = SFT.format(name="chat-sft", source=source) + "sample:\n  max_new_tokens: 8\n"
+    proc = gptcli(
+        "finetune", str(write_recipe(trained, text, "chat-sft.yaml")), "--quiet", cwd=trained
+    )
     assert proc.returncode == 0, proc.stderr
     return trained / "runs" / "chat-sft"

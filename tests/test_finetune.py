@@ -3,7 +3,15 @@ import re
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, assert_one_line_error, gptcli, torchrun, write_recipe
+from conftest import (
+    REPO,
+    SFT,
+    SHARED_DATA,
+    assert_one_line_error,
+    gptcli,
+    torchrun,
+    write_recipe,
+)
 
 FINETUNE = """\
 name: mini-ft
@@ -320,22 +328,6 @@ def test_classify_reads_tsv_and_learns_labels(trained):
         (trained / "runs" / "tsv" / "checkpoints" / "step-0000002" / "config.json").read_text()
     )
     assert config["task"]["label_names"] == ["news", "sport"]  # learned from the training file
-
-
-SFT = """\
-name: {name}
-init: runs/mini
-task: sft
-data:
-  source: {source}
-  val_fraction: 0.2
-train:
-  batch_size: 4
-  max_steps: 4
-  warmup_steps: 1
-  eval_every: 2
-  save_every: 0
-"""
 
 
 def test_sft_masks_prompt_tokens_and_chats(trained):
