@@ -112,9 +112,11 @@ def tokenize(
         if not args or len(args) != 1:
             raise UserError("tokenize takes one RECIPE (or --tokenizer PATH to encode text)")
         from gptcli import bundled
+
+        recipe = bundled.load(args[0], sets or [])  # before torch: a bad recipe fails at once
         from gptcli import pretrain as pretrain_mod
 
-        run_dir, manifest = pretrain_mod.tokenize(bundled.load(args[0], sets or []))
+        run_dir, manifest = pretrain_mod.tokenize(recipe)
         if as_json:
             _print_json({"run_dir": str(run_dir), **manifest})
         return

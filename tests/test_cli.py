@@ -26,16 +26,24 @@ def test_no_command_shows_the_help_and_no_empty_error():
     assert proc.returncode == 2 and "Commands" in proc.stdout and proc.stderr == "", proc.stderr
 
 
-def test_help_does_not_import_torch():
+@pytest.mark.parametrize("command", ["--help", "tokenize", "pretrain", "finetune"])
+def test_help_and_a_bad_recipe_do_not_import_torch(tmp_path, command):
+    """--help and a recipe that cannot run answer at once, before torch loads."""
+    (tmp_path / "bad.yaml").write_text("name: ..\n")
+    args = [command] if command == "--help" else [command, "bad.yaml"]
     code = (
         "import sys, runpy\n"
-        "sys.argv = ['gptcli', '--help']\n"
+        f"sys.argv = ['gptcli', *{args!r}]\n"
         "try:\n    runpy.run_module('gptcli', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert "NO-TORCH" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "NO-TORCH" in proc.stderr, proc.stderr
+    if command != "--help":
+        assert "recipe key 'name'" in proc.stderr, proc.stderr
 
 
 def test_run_folder_layout(trained):
