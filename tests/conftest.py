@@ -147,13 +147,23 @@ SFT = textwrap.dedent(
 )
 
 
+# a record in the messages form, with a system turn
+CHAT_MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is two plus two?"},
+    {"role": "assistant", "content": "Four."},
+]
+
+
 @pytest.fixture(scope="session")
 def chat_trained(trained) -> Path:
-    """runs/chat-sft next to runs/mini: a tiny SFT run (chat template), finetuned once."""
+    """runs/chat-sft next to runs/mini: a tiny SFT run (chat template), finetuned once on
+    prompt/response records and one messages record."""
     import json
 
     source = trained / "chat-sft.jsonl"
     records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
+    records.append({"messages": CHAT_MESSAGES})
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
     text = SFT.format(name="chat-sft", source=source) + "sample:\n  max_new_tokens: 8\n"
     proc = gptcli(
