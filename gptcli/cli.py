@@ -112,9 +112,11 @@ def tokenize(
         if not args or len(args) != 1:
             raise UserError("tokenize takes one RECIPE (or --tokenizer PATH to encode text)")
         from gptcli import bundled
+
+        recipe = bundled.load(args[0], sets or [])  # before torch: a bad recipe fails at once
         from gptcli import pretrain as pretrain_mod
 
-        run_dir, manifest = pretrain_mod.tokenize(bundled.load(args[0], sets or []))
+        run_dir, manifest = pretrain_mod.tokenize(recipe)
         if as_json:
             _print_json({"run_dir": str(run_dir), **manifest})
         return
@@ -297,15 +299,9 @@ def sample(
     generate.run(
         checkpoint_path,
         prompts,
-        overrides={
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            "stop": stop,
-        },
+        overrides=_sampling_overrides(
+            max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop
+        ),
         seed=seed,
         num_samples=num_samples,
         dtype=dtype,
@@ -313,6 +309,28 @@ def sample(
         on_result=show,
         chat=chat,
     )
+
+
+def _sampling_overrides(
+    max_new_tokens: int | None,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    min_p: float | None,
+    repetition_penalty: float | None,
+    stop: list[str] | None,
+) -> dict:
+    """The sampling flags `sample` and `chat` share, as overrides of the run's `sample:` section
+    (None: the recipe's value)."""
+    return {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+        "stop": stop,
+    }
 
 
 def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
@@ -621,15 +639,9 @@ def chat(
     scripted = sys.stdin is not None and not sys.stdin.isatty()
     chat_mod.run(
         checkpoint_path,
-        overrides={
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            "stop": stop,
-        },
+        overrides=_sampling_overrides(
+            max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, stop
+        ),
         seed=seed,
         dtype=dtype,
         lines=sys.stdin if scripted else None,

@@ -861,12 +861,15 @@ def _train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int
     return tok
 
 
-def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) -> dict:
+def prepare(
+    recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None
+) -> tuple[dict, bool]:
     """Train the tokenizer (unless given or already trained on this corpus) and write shards.
 
     Streams the corpus: once to count documents when there may be fewer than 100, once to
     train the BPE, once to encode, never holding more than a few batches. Returns the
-    manifest; skips all work when the manifest says the shards are up to date.
+    manifest and whether shards were written (so callers need not check the corpus again);
+    skips all work when the manifest says the shards are up to date.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data").mkdir(exist_ok=True)
@@ -880,7 +883,7 @@ def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) 
         if manifest["format_version"] < MANIFEST_VERSION:  # upgraded on reading: keep it so
             manifest = {**manifest, "corpus": fp, "format_version": MANIFEST_VERSION}
             write_manifest(run_dir, manifest)
-        return manifest
+        return manifest, False
     settings = _tokenizer_key(recipe, given_tokenizer)
     started = time.perf_counter()
     console.info(f"tokenize: reading {recipe.data.source}")
@@ -938,7 +941,7 @@ def prepare(recipe: Recipe, run_dir: Path, given_tokenizer: Path | None = None) 
         f"{manifest['bytes_per_token']:.2f} bytes per token; {manifest['elapsed_s']:.1f}s "
         f"({n_bytes / 1e6 / max(manifest['elapsed_s'], 1e-9):.1f} MB/s, {encoder.name})"
     )
-    return manifest
+    return manifest, True
 
 
 def load_shard(run_dir: Path, split_name: str, manifest: dict) -> np.ndarray:

@@ -48,13 +48,13 @@ class JsonlLogger:
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop records logged after the checkpoint a run resumes from: they will be redone."""
+    """Drop records logged after the checkpoint a run resumes from: they will be redone. A run
+    that starts from step 0 (killed before its first checkpoint) keeps none of them."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
-    keep = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
-    ]
+    lines = path.read_text().splitlines() if step else []
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
     write_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
 

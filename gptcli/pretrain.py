@@ -25,14 +25,13 @@ def tokenize(recipe: Recipe) -> tuple[Path, dict]:
     not rebuilt: the checkpoints were trained on them."""
     run_dir = run.folder(recipe)
     with run.RunLock(run_dir):
-        current = data.is_up_to_date(recipe, run_dir)
-        if checkpoint.newest_in_run(run_dir) and not current:
+        if checkpoint.newest_in_run(run_dir) and not data.is_up_to_date(recipe, run_dir):
             raise UserError(
                 f"{run_dir} has checkpoints trained on other data or tokenizer settings; "
                 "set another name: (or run_dir:) for the new data"
             )
-        manifest = data.prepare(recipe, run_dir)
-        run.record_recipe(run_dir, recipe, working=not current)
+        manifest, tokenized = data.prepare(recipe, run_dir)
+        run.record_recipe(run_dir, recipe, working=tokenized)
     return run_dir, manifest
 
 
@@ -47,9 +46,8 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     with lock:
         if dist.main:
             check_resumable(recipe, run_dir, None)
-            current = data.is_up_to_date(recipe, run_dir)
-            data.prepare(recipe, run_dir)
-            run.record_recipe(run_dir, recipe, not current or run.trains(run_dir, recipe))
+            _, tokenized = data.prepare(recipe, run_dir)
+            run.record_recipe(run_dir, recipe, tokenized or run.trains(run_dir, recipe))
         parallel.barrier(dist)
         manifest = data.read_manifest(run_dir)
         vocab = manifest["vocab_size"]

@@ -200,7 +200,7 @@ class Trainer:
             run_dir, model, self.optimizers, self.t, self.parallel
         )
         self.start_step = self.step
-        if self.dist.main and self.step:  # rank 0 alone: it is the one that appends after
+        if self.dist.main:  # rank 0 alone: it is the one that appends after
             loggers.truncate_metrics(run_dir, self.step)
         self.step_model = self.compiled(self.parallel.module)
         self.peak, peak_source = peak_flops(self.device, self.amp)

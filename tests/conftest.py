@@ -128,9 +128,10 @@ def trained(tmp_path_factory) -> Path:
     return root
 
 
-CHAT_SFT = textwrap.dedent(
+# an SFT finetune of runs/mini (chat template): conftest's chat-sft run and test_finetune's
+SFT = textwrap.dedent(
     """\
-    name: chat-sft
+    name: {name}
     init: runs/mini
     task: sft
     data:
@@ -142,21 +143,31 @@ CHAT_SFT = textwrap.dedent(
       warmup_steps: 1
       eval_every: 2
       save_every: 0
-    sample:
-      max_new_tokens: 8
     """
 )
 
 
+# a record in the messages form, with a system turn
+CHAT_MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is two plus two?"},
+    {"role": "assistant", "content": "Four."},
+]
+
+
 @pytest.fixture(scope="session")
 def chat_trained(trained) -> Path:
-    """runs/chat-sft next to runs/mini: a tiny SFT run (chat template), finetuned once."""
+    """runs/chat-sft next to runs/mini: a tiny SFT run (chat template), finetuned once on
+    prompt/response records and one messages record."""
     import json
 
     source = trained / "chat-sft.jsonl"
     records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
+    records.append({"messages": CHAT_MESSAGES})
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
-    recipe = write_recipe(trained, CHAT_SFT.format(source=source), "chat-sft.yaml")
-    proc = gptcli("finetune", str(recipe), "--quiet", cwd=trained)
+    text = SFT.format(name="chat-sft", source=source) + "sample:\n  max_new_tokens: 8\n"
+    proc = gptcli(
+        "finetune", str(write_recipe(trained, text, "chat-sft.yaml")), "--quiet", cwd=trained
+    )
     assert proc.returncode == 0, proc.stderr
     return trained / "runs" / "chat-sft"

@@ -3,7 +3,16 @@ import re
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, assert_one_line_error, gptcli, torchrun, write_recipe
+from conftest import (
+    CHAT_MESSAGES,
+    REPO,
+    SFT,
+    SHARED_DATA,
+    assert_one_line_error,
+    gptcli,
+    torchrun,
+    write_recipe,
+)
 
 FINETUNE = """\
 name: mini-ft
@@ -322,54 +331,30 @@ def test_classify_reads_tsv_and_learns_labels(trained):
     assert config["task"]["label_names"] == ["news", "sport"]  # learned from the training file
 
 
-SFT = """\
-name: {name}
-init: runs/mini
-task: sft
-data:
-  source: {source}
-  val_fraction: 0.2
-train:
-  batch_size: 4
-  max_steps: 4
-  warmup_steps: 1
-  eval_every: 2
-  save_every: 0
-"""
-
-
-def test_sft_masks_prompt_tokens_and_chats(trained):
+def test_sft_masks_prompt_tokens_and_chats(trained, chat_trained):
+    """The chat template's masks, then conftest's chat-sft run (prompt/response records and a
+    messages one) samples in its template."""
     from gptcli import tokenizer
     from gptcli.tasks import sft
     from gptcli.tasks.base import add_special_tokens
 
     tok = tokenizer.load(trained / "runs" / "mini" / "tokenizer.json")
     add_special_tokens(tok, sft.CHAT_TOKENS)
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What is two plus two?"},
-        {"role": "assistant", "content": "Four."},
-    ]
-    ids, is_response = sft.chat_ids(tok, messages)
+    ids, is_response = sft.chat_ids(tok, CHAT_MESSAGES)
     answer = tok.encode("Four.", add_special_tokens=False).ids + [tok.token_to_id("<|end|>")]
     assert [
         i for i, r in zip(ids, is_response, strict=True) if r
     ] == answer  # only the reply trains
     assert ids[0] == tokenizer.eot_id(tok) and ids.count(tok.token_to_id("<|end|>")) == 3
 
-    records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(30)]
-    records.append({"messages": messages})
-    source = _write_jsonl(trained / "sft.jsonl", records)
     task = sft.SFTTask.__new__(sft.SFTTask)
     task.tok, task.block_size = tok, 32
-    inputs, targets = task.encode([("x:1", records[0])], "x", ["prompt", "response"])[0]
+    record = {"prompt": "Count to 0.", "response": "0 1"}
+    inputs, targets = task.encode([("x:1", record)], "x", ["prompt", "response"])[0]
     reply = tok.encode("0 1", add_special_tokens=False).ids + [tok.token_to_id("<|end|>")]
     assert [t for t in targets if t != -1] == reply
 
-    recipe = write_recipe(trained, SFT.format(name="sft", source=source), "sft.yaml")
-    proc = gptcli("finetune", str(recipe), "--json", cwd=trained)
-    assert proc.returncode == 0, proc.stderr
-    run = trained / "runs" / "sft"
+    run = chat_trained
     config = json.loads((run / "checkpoints" / "step-0000004" / "config.json").read_text())
     assert config["task"] == {"kind": "sft", "template": "gptcli-chat-v1"}
     args = ("sample", "-c", str(run), "--prompt", "Count to 3.", "--max-new-tokens", "5")

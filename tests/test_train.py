@@ -55,6 +55,21 @@ def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
     assert all(resumed[s] == full[s] for s in full if s > 6), (resumed, full)
 
 
+def test_rerun_after_a_kill_before_the_first_checkpoint_logs_each_step_once(trained, tmp_path):
+    """A run killed before its first checkpoint leaves metrics.jsonl and no checkpoint: the
+    rerun trains from step 0 and its metrics.jsonl holds each step once, as a run never killed."""
+    shutil.copytree(trained / "runs", tmp_path / "runs")
+    shutil.copy(trained / "mini.yaml", tmp_path / "mini.yaml")
+    run = tmp_path / "runs" / "mini"
+    full = (run / "metrics.jsonl").read_text().splitlines()
+    shutil.rmtree(run / "checkpoints")
+    proc = gptcli("pretrain", "mini.yaml", cwd=tmp_path)
+    assert proc.returncode == 0 and "resuming from" not in proc.stderr, proc.stderr
+    rerun = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rerun] == [json.loads(x)["step"] for x in full]
+    assert losses(run) == {r["step"]: r["loss"] for r in map(json.loads, full)}
+
+
 def test_changed_optimizer_settings_apply_from_the_resumed_step(trained, tmp_path):
     """--set train.lr=1e-12 on a resumed run trains at 1e-12 (the optimizer used to keep the
     saved lr), and the log, metrics.jsonl and the optimizer agree."""
@@ -134,10 +149,15 @@ def test_ctrl_c_again_and_again_exits_130_without_a_traceback(tmp_path):
     assert checkpoint.newest_in_run(run) is not None
 
 
-def test_kill_9_then_resume_from_newest_complete(tmp_path):
+def test_second_process_is_refused_then_kill_9_and_resume_from_newest_complete(tmp_path):
+    """While a run trains, a second process on it is refused; killed with -9, it leaves no lock
+    behind, and the next run resumes from the newest complete checkpoint."""
     proc, run = _start_long_run(tmp_path)
-    time.sleep(0.5)
-    proc.kill()
+    try:
+        second = gptcli("pretrain", "mini.yaml", cwd=tmp_path)
+        assert_one_line_error(second, "in use by another gptcli process")
+    finally:
+        proc.kill()
     proc.wait()
     newest = checkpoint.newest_in_run(run)
     again = gptcli(
@@ -150,16 +170,6 @@ def test_kill_9_then_resume_from_newest_complete(tmp_path):
     assert again.returncode == 0, again.stderr
     assert f"resuming from runs/mini/checkpoints/{newest.name}" in again.stderr.replace("\n", "")
     assert not list((run / "checkpoints").glob(".tmp-*"))
-
-
-def test_second_process_on_a_run_is_refused(tmp_path):
-    proc, run = _start_long_run(tmp_path)
-    try:
-        second = gptcli("pretrain", "mini.yaml", cwd=tmp_path)
-        assert_one_line_error(second, "in use by another gptcli process")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
 
 
 def test_wsd_schedule_is_flat_then_decays_linearly():
@@ -298,31 +308,10 @@ def test_full_disk_during_save_keeps_previous_checkpoint(trained, tmp_path):
         subprocess.run(["umount", str(mnt)])
 
 
-def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
-    recipe = write_recipe(tmp_path)
-    args = ["pretrain", str(recipe), "--quiet", "--json", "--set", "train.save_every=3"]
-    first = torchrun(*args, "--set", "train.max_steps=3", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert len(first.stdout.splitlines()) == 1  # one summary: rank 0 speaks for the job
-    run = tmp_path / "runs" / "mini"
-    state = json.loads((run / "checkpoints" / "step-0000003" / "state.json").read_text())
-    assert state["tokens_seen"] == 3 * 2 * 4 * 32  # steps x ranks x batch x block
-    second = torchrun(*args, "--set", "train.max_steps=5", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert [p.name for p in checkpoint.run_checkpoints(run)] == ["step-0000003", "step-0000005"]
-    assert [r for r in losses(run)] == [1, 3, 5]
-    # --fresh: every rank trains in the folder rank 0 picked (each rank picking its own once
-    # sent a rank that looked after rank 0 had made runs/mini-2 on to runs/mini-3)
-    for fresh in ("mini-2", "mini-3"):
-        proc = torchrun(*args, "--fresh", "--set", "train.max_steps=3", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert [p.name for p in checkpoint.run_checkpoints(run.parent / fresh)] == ["step-0000003"]
-    assert sorted(p.name for p in run.parent.iterdir()) == ["mini", "mini-2", "mini-3"]
-
-
-def test_ddp_signal_stops_every_rank_at_one_step_and_resumes(tmp_path):
+def test_ddp_two_cpu_processes_stop_on_a_signal_resume_and_start_fresh(tmp_path):
     """torchrun passes a SIGTERM on to its ranks: they agree on the step to stop at, rank 0
-    saves it, and the next torchrun resumes from it."""
+    saves it, and the next torchrun resumes from it; rank 0 speaks for the job, and --fresh
+    trains every rank in the folder rank 0 picked."""
     proc, run = _start_long_run(tmp_path, ranks=2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -332,10 +321,23 @@ def test_ddp_signal_stops_every_rank_at_one_step_and_resumes(tmp_path):
     step = int(stops[0][0])
     newest = checkpoint.newest_in_run(run)
     assert checkpoint.step_of(newest) == step
-    again = torchrun("pretrain", "mini.yaml", "--set", f"train.max_steps={step + 2}", cwd=tmp_path)
+    state = json.loads((newest / "state.json").read_text())
+    assert state["tokens_seen"] == step * 2 * 4 * 32  # steps x ranks x batch x block
+    args = ["pretrain", "mini.yaml", "--quiet", "--json"]
+    again = torchrun(*args, "--set", f"train.max_steps={step + 2}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert f"resuming from runs/mini/checkpoints/{newest.name}" in again.stderr.replace("\n", "")
+    assert len(again.stdout.splitlines()) == 1  # one summary: rank 0 speaks for the job
+    assert json.loads(again.stdout)["step"] == step + 2
     assert checkpoint.step_of(checkpoint.newest_in_run(run)) == step + 2
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == step + 2  # each step logged once
+    # --fresh: every rank trains in the folder rank 0 picked (each rank picking its own once
+    # sent a rank that looked after rank 0 had made runs/mini-2 on to runs/mini-3)
+    for fresh in ("mini-2", "mini-3"):
+        proc = torchrun(*args, "--fresh", "--set", "train.max_steps=3", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert [p.name for p in checkpoint.run_checkpoints(run.parent / fresh)] == ["step-0000003"]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["mini", "mini-2", "mini-3"]
 
 
 def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(tmp_path):

@@ -1,13 +1,14 @@
 """gptcli as users install it: an sdist that holds the recipes, a wheel built from that sdist,
-installed into a fresh virtual environment and run from a folder outside the checkout."""
+installed into a fresh virtual environment (which sees this one's torch and other
+dependencies rather than installing them again) and run from a folder outside the checkout."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -58,18 +59,17 @@ def _build(tmp: Path) -> tuple[Path, Path]:
 
 
 def _install(tmp: Path) -> tuple[Path, Path]:
-    """A new virtual environment with this torch build (from pip's cache or find-links), then
-    the wheel (built meanwhile) and the dependencies it declares: (sdist, the env's bin/)."""
+    """A new virtual environment that sees this one's packages (torch and the rest, not
+    installed again) after its own, and the wheel installed into it: (sdist, the env's bin/)."""
     env = tmp / "env"
     _run(sys.executable, "-m", "venv", "--without-pip", env)
-    pip = (sys.executable, "-m", "pip", "--python", env / "bin" / "python", "install", "-q")
-    # torch first, the same CPU build as here rather than a resolver's pick; no .pyc: the
-    # commands below import a small part of it
-    torch = f"torch=={importlib.metadata.version('torch')}"
-    installing = _start(tmp / "torch.log", *pip, "--no-compile", torch)
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    own = Path(_run(env / "bin" / "python", "-c", where).stdout.strip())
+    # a path line, not addsitedir: this checkout's editable install (a .pth here) stays unseen
+    (own / "host.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     sdist, wheel = _build(tmp)
-    _finish(installing, tmp / "torch.log")
-    _run(*pip, "--no-compile", wheel)
+    pip = (sys.executable, "-m", "pip", "--python", env / "bin" / "python", "install", "-q")
+    _run(*pip, "--no-deps", "--force-reinstall", "--no-compile", wheel)
     return sdist, env / "bin"
 
 
@@ -101,7 +101,11 @@ def test_installed_wheel_runs_bundled_recipes_outside_the_checkout(tmp_path):
     expected = {f"gptcli/recipes/{name}.yaml" for name in _bundled_names()}
     assert expected <= packed, expected - packed
 
-    smoke = _outside(bin_dir, tmp_path, "pretrain", "smoke", "--json", log=tmp_path / "smoke")
+    fewer = ("--set", "data.builtin_mb=0.1", "--set", "train.max_steps=4")
+    fewer += ("--set", "train.eval_every=2", "--set", "train.eval_batches=1")
+    smoke = _outside(
+        bin_dir, tmp_path, "pretrain", "smoke", *fewer, "--json", log=tmp_path / "smoke"
+    )
     listing = _outside(bin_dir, tmp_path, "inspect", "--recipes")
     assert listing.returncode == 0, listing.stderr
     assert {line.split()[0] for line in listing.stdout.splitlines()} == _bundled_names()
@@ -109,7 +113,7 @@ def test_installed_wheel_runs_bundled_recipes_outside_the_checkout(tmp_path):
     assert_one_line_error(proc, "--set data.source=PATH", "--set data.dev=PATH", "label")
 
     out, err = _finish(smoke, tmp_path / "smoke")
-    assert '"step": 30' in out
+    assert '"step": 4' in out
     used = next(line for line in err.splitlines() if "is the bundled" in line)
     assert str(tmp_path / "env") in used and used.endswith("smoke.yaml")
     assert (tmp_path / "work" / "runs" / "smoke" / "checkpoints").is_dir()
