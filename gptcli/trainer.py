@@ -81,6 +81,14 @@ def bf16_training_speedup(cfg: ModelConfig, batch_size: int) -> float:
     return cached_probe("cpu_probes.json", shape, measure)
 
 
+def training_amp(
+    device: torch.device, dtype: str, cfg: ModelConfig, batch_size: int
+) -> torch.dtype | None:
+    """train.dtype for this model on device: auto with the bf16 probe of its shape on a CPU."""
+    speedup = lambda: bf16_training_speedup(cfg, batch_size)  # noqa: E731
+    return autocast_dtype(device, dtype, "training", speedup)
+
+
 def recorded_auto(run_dir: Path, device: torch.device) -> dict:
     """What dtype: auto and compile: auto decided for this run, from its newest checkpoint, when
     it was trained on the same kind of device (a resume then takes the same path)."""
@@ -316,11 +324,12 @@ class Trainer:
             amp = torch.bfloat16 if self.auto["dtype"] == "bf16" else None
             console.info(f"train: dtype auto: {self.auto['dtype']}, as this run decided before")
         else:
-            speedup = lambda: bf16_training_speedup(cfg, t.batch_size)  # noqa: E731
-            amp = autocast_dtype(device, t.dtype, "training", speedup)
+            amp = training_amp(device, t.dtype, cfg, t.batch_size)
             if t.dtype == "auto" and device.type == "cpu" and amp is None and cpu_has_native_bf16():
                 console.info("train: dtype auto: fp32 (bf16 measured slower for this model here)")
-        self.auto = {**self.auto, "device": device.type, "dtype": "bf16" if amp else "fp32"}
+        self.auto = {**self.auto, "device": device.type}
+        if t.dtype == "auto":
+            self.auto["dtype"] = "bf16" if amp else "fp32"
         return amp
 
     def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -337,10 +346,11 @@ class Trainer:
             if t.max_steps - self.step > PROBE_STEPS:
                 self.compile_pending = True
             else:
+                # not recorded: a resume with a higher max_steps decides for its own length
                 console.info("train: compile auto: eager (too few steps to repay a compile)")
         else:
             wanted = t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
-        if t.compile == "auto" and not self.compile_pending:
+        if t.compile == "auto" and device.type != "cpu":
             self.auto["compile"] = wanted
         return self.compile(module) if wanted else module
 

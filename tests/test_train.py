@@ -90,6 +90,8 @@ def _start_long_run(tmp_path, extra=(), ranks=1):
         "train.max_steps=100000",
         "--set",
         "train.save_every=5",
+        "--set",
+        "train.compile=off",  # compile: auto would compile a run this long
         *extra,
     ]
     launch = [sys.executable, "-m", "gptcli"] if ranks == 1 else torchrun_command(ranks)
@@ -479,8 +481,5 @@ def test_dtype_auto_trains_in_fp32_where_bf16_measures_slower(tmp_path, monkeypa
     text = TINY_RECIPE.replace("max_steps: 12", "max_steps: 3").replace("save_every: 6", "")
     pretrain.pretrain(recipe.load(write_recipe(tmp_path, text)))
     final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
-    assert checkpoint.read_state(final)["auto"] == {
-        "device": "cpu",
-        "dtype": "fp32",
-        "compile": False,
-    }
+    # 3 steps are too few to time: compile stays undecided, for a longer resume to decide
+    assert checkpoint.read_state(final)["auto"] == {"device": "cpu", "dtype": "fp32"}
