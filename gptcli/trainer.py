@@ -325,6 +325,10 @@ class Trainer:
             console.info(f"train: dtype auto: {self.auto['dtype']}, as this run decided before")
         else:
             amp = training_amp(device, t.dtype, cfg, t.batch_size)
+            if t.dtype == "auto" and device.type == "cpu" and self.dist.world > 1:
+                # each rank timed its own probe: bf16 only where every rank found it faster
+                votes = parallel.all_mean(torch.tensor(float(amp is not None)), self.dist)
+                amp = torch.bfloat16 if votes.item() == 1.0 else None
             if t.dtype == "auto" and device.type == "cpu" and amp is None and cpu_has_native_bf16():
                 console.info("train: dtype auto: fp32 (bf16 measured slower for this model here)")
         self.auto = {**self.auto, "device": device.type}
