@@ -3,6 +3,8 @@
 Same shapes, random weights (speed does not depend on what the weights say), prompt of 16
 tokens, top-k 50, temperature 0.8, batch 1 and 8. Engines run in interleaved windows in one
 process, so a busy machine slows them alike and the ratios stay meaningful; medians are shown.
+gptcli runs in fp32 and in bf16, and a table says per shape and batch which one `--dtype auto`
+picks on this machine (from its cached probe) and its tokens/s against both.
 Also: time to first token, and the whole-process time of `gptcli sample --max-new-tokens 1`
 against `python -c "import torch"`.
 
@@ -105,20 +107,21 @@ def interleaved(runners: dict, rounds: int) -> dict[str, float]:
 
 
 def speed_table(shapes: dict, rounds: int, quick: bool) -> list[dict]:
-    bf16 = gen.pick_dtype("auto", torch.device("cpu"))
+    """tokens/s of HF fp32 and gptcli in fp32 and bf16 per shape and batch, and which of the
+    two gptcli's --dtype auto picks there (its probe, cached as `gptcli sample` caches it)."""
+    cpu = torch.device("cpu")
     rows = []
     for name, (n_layer, n_head, n_embd, vocab, new) in shapes.items():
         ours, hf = build(n_layer, n_head, n_embd, vocab)
-        ours_auto = GPT(ours.cfg).eval()
-        ours_auto.load_state_dict(ours.state_dict())
-        ours_auto.to(bf16)
+        ours_bf16 = GPT(ours.cfg).eval()
+        ours_bf16.load_state_dict(ours.state_dict())
+        ours_bf16.to(torch.bfloat16)
         for batch in (1, 8):
+            auto = gen.pick_dtype("auto", cpu, ours.cfg, batch)
             runners = {
                 "HF fp32": hf_runner(hf, batch, new),
                 "gptcli fp32": ours_runner(ours, batch, new),
-                f"gptcli auto ({'bf16' if bf16 == torch.bfloat16 else 'fp32'})": ours_runner(
-                    ours_auto, batch, new
-                ),
+                "gptcli bf16": ours_runner(ours_bf16, batch, new),
             }
             seconds = interleaved(runners, rounds)
             base = batch * new / seconds["HF fp32"]
@@ -126,18 +129,35 @@ def speed_table(shapes: dict, rounds: int, quick: bool) -> list[dict]:
                 tps = batch * new / s
                 rows.append(dict(shape=name, batch=batch, engine=engine, tps=tps, vs=tps / base))
                 print(f"  ({name}) batch {batch} {engine}: {tps:.0f} tokens/s", file=sys.stderr)
+            picked = "bf16" if auto == torch.bfloat16 else "fp32"
+            tps = {k: batch * new / seconds[f"gptcli {k}"] for k in ("fp32", "bf16")}
+            rows.append(dict(shape=name, batch=batch, auto=picked, tps_by=tps))
         # time to first token: prefill + one sampled token, batch 1
         first = interleaved(
             {
                 "HF fp32": hf_runner(hf, 1, 1),
                 "gptcli fp32": ours_runner(ours, 1, 1),
-                "gptcli auto": ours_runner(ours_auto, 1, 1),
+                "gptcli bf16": ours_runner(ours_bf16, 1, 1),
             },
             max(rounds, 3) if not quick else 1,
         )
         for engine, s in first.items():
             rows.append(dict(shape=name, batch=1, engine=f"TTFT {engine}", ms=s * 1000))
     return rows
+
+
+def auto_table(rows: list[dict]) -> None:
+    """Per shape and batch: the dtype auto picked, and its tokens/s against both dtypes."""
+    print("\n| shape | batch | auto picks | auto tok/s | vs fp32 | vs bf16 |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for r in rows:
+        if "auto" in r:
+            by = r["tps_by"]
+            mine = by[r["auto"]]
+            print(
+                f"| {r['shape']} | {r['batch']} | {r['auto']} | {mine:.0f} | "
+                f"{mine / by['fp32']:.2f}x | {mine / by['bf16']:.2f}x |"
+            )
 
 
 def process_times(rounds: int) -> tuple[float, float]:
@@ -183,6 +203,7 @@ def main() -> None:
             print(
                 f"| {r['shape']} | {r['batch']} | {r['engine']} | {r['tps']:.0f} | {r['vs']:.2f}x |"
             )
+    auto_table(rows)
     print("\n| shape | time to first token (batch 1, prompt 16) | ms |")
     print("| --- | --- | --- |")
     for r in rows:

@@ -1,33 +1,50 @@
-"""Training throughput of gptcli's model against HF transformers' GPT2LMHeadModel.
+"""Training throughput of gptcli's model against nanoGPT's model.py and HF's GPT2LMHeadModel.
 
-Same shapes, same optimizer (fused AdamW, lr 1e-3, weight decay 0.1), same step (forward, backward,
-clip to 1.0, optimizer step); timed windows of the two alternate in one process so machine noise
-hits both alike. Prints tokens/s and the ratio per configuration, then a bf16-vs-fp32 loss-curve
-check (gptcli with bf16 autocast against itself in fp32 on the same batches).
+Same shapes, same batches, same optimizer (fused AdamW, lr 1e-3, weight decay 0.1), same step
+(forward, backward, clip to 1.0, optimizer step), each engine in fp32 and in bf16 autocast;
+timed windows of the engines of one precision alternate in one process, so machine noise hits
+them alike and the ratios (always at equal precision) stay meaningful. A last row per precision
+is gptcli as its trainer runs: compiled when `compile: auto` would compile a run of --run-steps
+steps (then nanoGPT compiled is timed too). Then a bf16-vs-fp32 loss-curve check.
 
-    python benchmarks/bench_train.py            # configs (a) and (b), fp32 and bf16
-    python benchmarks/bench_train.py --quick    # a few steps, to check that it runs
+nanoGPT is read from a local checkout (--nanogpt DIR, else $NANOGPT_DIR); without one its rows
+are skipped with a note. Its code is loaded from there, never copied here.
+
+    python benchmarks/bench_train.py                  # configs (a) and (b), fp32 and bf16
+    python benchmarks/bench_train.py --quick          # a few steps, to check that it runs
+    python benchmarks/bench_train.py --nanogpt ../nanoGPT --configs b --run-steps 5000
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import io
+import os
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gptcli.model import GPT
-from gptcli.optim import param_groups
-from gptcli.recipe import PRESETS, ModelConfig
+import torch  # noqa: E402
+
+from gptcli.device import keep_freed_memory  # noqa: E402
+from gptcli.model import GPT  # noqa: E402
+from gptcli.optim import param_groups  # noqa: E402
+from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
+from gptcli.trainer import bf16_training_speedup, compile_pays  # noqa: E402
 
 CONFIGS = {
     "a": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, vocab=65),
     "b": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=16, vocab=4096),
 }
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_NANOGPT = Path("/work/main/build/nanoGPT")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def gptcli_model(c: dict) -> GPT:
@@ -49,17 +66,48 @@ def hf_model(c: dict) -> torch.nn.Module:
     return GPT2LMHeadModel(cfg)
 
 
-def make_step(model: torch.nn.Module, is_hf: bool, amp: torch.dtype | None):
+def nanogpt_dir(given: str | None) -> Path | None:
+    """The nanoGPT checkout to time: --nanogpt, else $NANOGPT_DIR, else the default if there."""
+    for candidate in (given, os.environ.get("NANOGPT_DIR")):
+        if candidate:
+            return Path(candidate)
+    return DEFAULT_NANOGPT if DEFAULT_NANOGPT.is_dir() else None
+
+
+def nanogpt_factory(folder: Path) -> Callable[[dict], torch.nn.Module]:
+    """A builder of nanoGPT's GPT (its model.py, imported from the checkout) at a config."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", folder / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def build(c: dict) -> torch.nn.Module:
+        cfg = module.GPTConfig(
+            block_size=c["block_size"], vocab_size=c["vocab"], n_layer=c["n_layer"],
+            n_head=c["n_head"], n_embd=c["n_embd"], dropout=0.0, bias=True,
+        )  # fmt: skip
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter count
+            return module.GPT(cfg)
+
+    return build
+
+
+def make_step(model: torch.nn.Module, kind: str, amp: torch.dtype | None, runner=None):
+    """One training step of model (kind: gptcli, nanogpt or hf); runner is what is called
+    (torch.compile(model), or model itself)."""
+    runner = model if runner is None else runner  # a compiled module has no truth value
     # fused: what gptcli's trainer builds, and HF Trainer's default (adamw_torch_fused)
     opt = torch.optim.AdamW(
         param_groups(model.parameters(), 0.1), lr=1e-3, betas=(0.9, 0.95), fused=True
     )
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         device = next(model.parameters()).device.type  # cuda_check.py steps these on a GPU
         ctx = torch.autocast(device, dtype=amp) if amp else contextlib.nullcontext()
         with ctx:
-            loss = model(input_ids=x, labels=x).loss if is_hf else model(x, y)[1]
+            if kind == "hf":
+                loss = runner(input_ids=x, labels=x).loss
+            else:  # gptcli and nanoGPT both return (logits, loss)
+                loss = runner(x, y)[1]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -69,27 +117,94 @@ def make_step(model: torch.nn.Module, is_hf: bool, amp: torch.dtype | None):
     return step
 
 
-def throughput(c: dict, windows: int, steps: int, gptcli_amp: torch.dtype | None) -> tuple:
-    torch.manual_seed(0)
-    x = torch.randint(0, c["vocab"], (c["batch"], c["block_size"] + 1))
-    inputs, targets = x[:, :-1], x[:, 1:]
-    runners = {
-        "gptcli": make_step(gptcli_model(c), False, gptcli_amp),
-        "hf": make_step(hf_model(c), True, None),
-    }
-    for run in runners.values():  # warm up (allocator, oneDNN kernels)
-        for _ in range(2):
-            run(inputs, targets)
+def timed_windows(runners: dict, batch: tuple, tokens: int, windows: int, steps: int) -> dict:
+    """Median tokens/s of each runner, the runners taking turns in every window."""
     rates: dict[str, list[float]] = {name: [] for name in runners}
-    tokens = c["batch"] * c["block_size"] * steps
     for _ in range(windows):
         for name, run in runners.items():
             start = time.perf_counter()
             for _ in range(steps):
-                loss = run(inputs, targets)
+                loss = run(*batch)
             float(loss)
-            rates[name].append(tokens / (time.perf_counter() - start))
-    return statistics.median(rates["gptcli"]), statistics.median(rates["hf"])
+            rates[name].append(tokens * steps / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def build_runners(c: dict, amp: torch.dtype | None, nanogpt) -> dict:
+    """Each engine's step from the same initial seed (the models differ in layout anyway)."""
+    runners = {}
+    for name, build, kind in (
+        ("gptcli", gptcli_model, "gptcli"),
+        ("nanoGPT", nanogpt, "nanogpt"),
+        ("HF", hf_model, "hf"),
+    ):
+        if build is not None:
+            torch.manual_seed(0)
+            runners[name] = make_step(build(c), kind, amp)
+    return runners
+
+
+def as_trained(c: dict, amp, nanogpt, eager_rate: float, run_steps: int) -> tuple[dict, str]:
+    """gptcli compiled as compile: auto would for a run of run_steps steps (and nanoGPT
+    compiled beside it), with each compile's first-step seconds; ({}, why) when it stays eager."""
+    tokens = c["batch"] * c["block_size"]
+    wanted, why = compile_pays(run_steps, tokens / eager_rate)
+    if not wanted:
+        return {}, why
+    runners = {}
+    for name, build, kind in (("gptcli", gptcli_model, "gptcli"), ("nanoGPT", nanogpt, "nanogpt")):
+        if build is not None:
+            torch.manual_seed(0)
+            model = build(c)
+            runners[f"{name} compiled"] = make_step(model, kind, amp, torch.compile(model))
+    return runners, why
+
+
+def throughput(c: dict, amp, nanogpt, windows: int, steps: int, run_steps: int) -> dict:
+    """tokens/s per engine at config c and precision amp; the trainer's row as `trained`."""
+    torch.manual_seed(0)
+    x = torch.randint(0, c["vocab"], (c["batch"], c["block_size"] + 1))
+    batch = (x[:, :-1].contiguous(), x[:, 1:].contiguous())  # nanoGPT views its targets
+    tokens = c["batch"] * c["block_size"]
+    runners = build_runners(c, amp, nanogpt)
+    for run in runners.values():  # warm up (allocator, oneDNN kernels)
+        for _ in range(2):
+            run(*batch)
+    rates = timed_windows(runners, batch, tokens, windows, steps)
+    compiled, why = as_trained(c, amp, nanogpt, rates["gptcli"], run_steps)
+    for name, run in compiled.items():
+        start = time.perf_counter()
+        run(*batch)
+        print(
+            f"  {name}: first step (compile) {time.perf_counter() - start:.1f} s", file=sys.stderr
+        )
+        run(*batch)
+    if compiled:
+        rates.update(timed_windows(compiled, batch, tokens, windows, steps))
+        # the eager engines again, beside the compiled ones, for same-run ratios
+        rates.update(timed_windows(runners, batch, tokens, windows, steps))
+    rates["trained"] = rates.get("gptcli compiled", rates["gptcli"])
+    rates["why"] = ("compiled: " if compiled else "eager: ") + why
+    return rates
+
+
+def report(name: str, label: str, rates: dict) -> None:
+    def ratio(a: str, b: str) -> str:
+        return f"{rates[a] / rates[b]:.2f}x" if a in rates and b in rates else "-"
+
+    cells = [f"{rates[k]:,.0f}" if k in rates else "-" for k in ENGINES]  # not run
+    ratios = [ratio(a, b) for a, b in RATIOS]
+    print(f"| ({name}) | {label} | " + " | ".join(cells + ratios) + " |")
+    print(f"  ({name}) {label} trainer: {rates['why']}", file=sys.stderr)
+
+
+ENGINES = ("gptcli", "nanoGPT", "HF", "trained", "nanoGPT compiled")
+RATIOS = (
+    ("gptcli", "nanoGPT"),
+    ("gptcli", "HF"),
+    ("trained", "nanoGPT"),
+    ("trained", "nanoGPT compiled"),
+)
 
 
 def loss_curve(c: dict, steps: int, amp: torch.dtype | None) -> list[float]:
@@ -109,46 +224,38 @@ def loss_curve(c: dict, steps: int, amp: torch.dtype | None) -> list[float]:
     return losses
 
 
-def compile_vs_eager(c: dict, steps: int) -> None:
-    """Is torch.compile worth it on this CPU? Its one-off compile time against the steps saved."""
-    x = torch.randint(0, c["vocab"], (c["batch"], c["block_size"] + 1))
-    for label in ("eager", "compiled"):
-        torch.manual_seed(0)
-        model = gptcli_model(c)
-        runner = torch.compile(model) if label == "compiled" else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        start = time.perf_counter()
-        for i in range(steps + 1):
-            if i == 1:
-                first, start = time.perf_counter() - start, time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = runner(x[:, :-1], x[:, 1:])[1]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        rate = steps * c["batch"] * c["block_size"] / (time.perf_counter() - start)
-        print(f"(b) bf16 {label:>9}: first step {first:6.1f} s, then {rate:,.0f} tokens/s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps only")
+    parser.add_argument("--nanogpt", help="a nanoGPT checkout (default: $NANOGPT_DIR)")
+    parser.add_argument("--configs", default="ab", help="which of the configs a, b to run")
     parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile against eager at (b)"
+        "--run-steps",
+        type=int,
+        help="the run length compile: auto decides for (default 2000; --quick: 0, eager)",
     )
     args = parser.parse_args()
-    if args.compile:
-        compile_vs_eager(CONFIGS["b"], steps=5 if args.quick else 40)
-        return
     windows, steps = (1, 2) if args.quick else (6, 5)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'config':<8}{'gptcli':>10}{'gptcli tok/s':>15}{'HF fp32 tok/s':>16}{'ratio':>8}")
-    for name, c in CONFIGS.items():
-        for label, amp in (("fp32", None), ("bf16", torch.bfloat16)):
-            if name == "a" and amp is not None:
-                continue
-            ours, hf = throughput(c, windows, steps, amp)
-            print(f"{name:<8}{label:>10}{ours:>15,.0f}{hf:>16,.0f}{ours / hf:>7.2f}x")
+    run_steps = args.run_steps if args.run_steps is not None else (0 if args.quick else 2000)
+    folder = nanogpt_dir(args.nanogpt)
+    nanogpt = None
+    if folder is not None and (folder / "model.py").is_file():
+        nanogpt = nanogpt_factory(folder)
+    else:
+        print(f"note: no nanoGPT checkout ({folder or 'give --nanogpt DIR'}): its rows skipped")
+    keep_freed_memory()  # as the trainer does; process-wide, so every engine gets it
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ", end="")
+    print(f"load average {os.getloadavg()[0]:.1f}; trainer row: a {run_steps}-step run")
+    heads = [f"{e} tok/s" for e in ENGINES] + [f"{a} / {b}" for a, b in RATIOS]
+    print("| config | precision | " + " | ".join(heads) + " |")
+    print("| --- | --- |" + " ---: |" * len(heads))
+    for name in args.configs:
+        c = CONFIGS[name]
+        for label, amp in PRECISIONS.items():
+            report(name, label, throughput(c, amp, nanogpt, windows, steps, run_steps))
+        cfg = gptcli_model(c).cfg
+        pick = "bf16" if bf16_training_speedup(cfg, c["batch"]) > 1.0 else "fp32"
+        print(f"  ({name}) dtype auto on this CPU trains in {pick}", file=sys.stderr)
     curve_steps = 20 if args.quick else 300
     fp32 = loss_curve(CONFIGS["a"], curve_steps, None)
     bf16 = loss_curve(CONFIGS["a"], curve_steps, torch.bfloat16)

@@ -118,7 +118,7 @@ def check_speed(shape: dict = GPT2_124M, windows: int = 3, steps: int = 10) -> d
     hf = hf_model(shape).to(CUDA)  # sdpa attention: transformers' default
     x = torch.randint(0, vocab, (batch, block + 1), device=CUDA)
     inputs, targets = x[:, :-1], x[:, 1:]
-    runners = {"gptcli": make_step(gptcli, False, BF16), "hf": make_step(hf, True, BF16)}
+    runners = {"gptcli": make_step(gptcli, "gptcli", BF16), "hf": make_step(hf, "hf", BF16)}
     for run in runners.values():
         for _ in range(3):
             run(inputs, targets)

@@ -87,7 +87,7 @@ def load(
     ckpt = interop.resolve(checkpoint_path)
     defaults = generate.load_params(ckpt, overrides)
     device = pick_device("auto")
-    weights = generate.pick_dtype(dtype, device)
+    generate.pick_dtype(dtype, device)  # a bad --dtype fails before anything loads
     loaded = interop.load(ckpt)
     task = loaded.info["task"]
     kind = task.get("kind", "lm")
@@ -102,6 +102,7 @@ def load(
             f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
             f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
         )
+    weights = generate.pick_dtype(dtype, device, loaded.config)
     model = build_model(loaded, device).to(weights).eval()
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     if checkpoint_path is None:

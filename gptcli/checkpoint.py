@@ -43,6 +43,7 @@ STATE_KEYS = {
     "versions",
     "optimizer_param_groups",
     "global_batch",
+    "auto",  # what dtype: auto and compile: auto decided, and on which device type
 }
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -110,8 +111,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(device: torch.device, dtype: str, doing: str = "training") -> torch.dtype | None:
-    """None means plain fp32. auto = bf16 where the hardware does it natively, else fp32.
+def autocast_dtype(
+    device: torch.device,
+    dtype: str,
+    doing: str = "training",
+    bf16_speedup: Callable[[], float] | None = None,
+) -> torch.dtype | None:
+    """None means plain fp32. auto = bf16 where the hardware does it natively, unless measured
+    slower: on a CPU, bf16_speedup (fp32 time over bf16 time of the work at hand, usually a
+    cached probe) decides, since native bf16 still loses on small models.
 
     The one place that decides it, for training (autocast) and sampling (weights) alike.
     """
@@ -125,8 +133,44 @@ def autocast_dtype(device: torch.device, dtype: str, doing: str = "training") ->
         console.warn(f"this GPU has no bf16; {doing} in fp32 (fp16 without care gives NaNs)")
         return None
     if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
+        if bf16_speedup is None or bf16_speedup() > 1.0:
+            return torch.bfloat16
     return None
+
+
+def cached_probe(file: str, what: str, measure: Callable[[], float]) -> float:
+    """measure(), run once per `what` on this CPU, thread count and torch, then read from
+    file in the cache dir: a probe costs seconds, and its answer only changes with the machine."""
+    threads = torch.get_num_threads()
+    key = f"{what}|{platform.machine()}|{_cpu_model()}|{threads}|{torch.__version__}"
+    path = cache_dir() / file
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if digest not in cache:
+        cache[digest] = measure()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(cache).encode())
+        except OSError:
+            pass  # a read-only cache dir only costs a re-measure next time
+    return cache[digest]
+
+
+def faster_ratio(slow: Callable[[], None], fast: Callable[[], None], rounds: int = 3) -> float:
+    """Best time of slow over best time of fast, the two taking turns after one warm-up call
+    each: another process on the machine slows a call down, never speeds it up."""
+    best = [float("inf"), float("inf")]
+    slow()
+    fast()
+    for _ in range(rounds):
+        for i, call in enumerate((slow, fast)):
+            start = time.perf_counter()
+            call()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best[0] / best[1]
 
 
 def autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -167,22 +211,8 @@ def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | N
     if device.type != "cpu":
         return None, f"{device.type}: peak unknown"
     dtype = amp or torch.float32
-    threads = torch.get_num_threads()
-    key = f"probe2|{platform.machine()}|{_cpu_model()}|{dtype}|{threads}|{torch.__version__}"
-    path = cache_dir() / "cpu_peak_flops.json"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if digest not in cache:
-        cache[digest] = _probe_matmul(dtype)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(cache).encode())
-        except OSError:
-            pass  # a read-only cache dir only costs a re-measure next time
-    return cache[digest], f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
+    peak = cached_probe("cpu_peak_flops.json", f"probe2|{dtype}", lambda: _probe_matmul(dtype))
+    return peak, f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
 
 
 def _cpu_model() -> str:

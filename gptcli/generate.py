@@ -18,9 +18,9 @@ import torch
 from gptcli import checkpoint, console, interop, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
-from gptcli.device import autocast_dtype, pick_device
+from gptcli.device import autocast_dtype, cached_probe, faster_ratio, pick_device
 from gptcli.model import GPT
-from gptcli.recipe import SampleConfig, check_sample
+from gptcli.recipe import ModelConfig, SampleConfig, check_sample
 from gptcli.run import recipe_of
 from gptcli.tasks import classify, sft
 from gptcli.tokenizer import StreamDecoder
@@ -207,12 +207,36 @@ class TextStream:
 # --------------------------------------------------------------------------- dtype and agreement
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype: auto as in training (bf16 where native), justified for sampling by
-    top1_agreement (tests)."""
+def pick_dtype(
+    name: str, device: torch.device, cfg: ModelConfig | None = None, rows: int = 1
+) -> torch.dtype:
+    """The weights' dtype: auto as in training (bf16 where native, unless sampling rows at a
+    time from a model of cfg's shape measured slower in it), justified by top1_agreement."""
     if name not in ("auto", *DTYPES):
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {name!r}")
-    return autocast_dtype(device, name, doing="sampling") or torch.float32
+    speedup = None if cfg is None else (lambda: bf16_sampling_speedup(cfg, rows))
+    return autocast_dtype(device, name, "sampling", speedup) or torch.float32
+
+
+def bf16_sampling_speedup(cfg: ModelConfig, rows: int) -> float:
+    """fp32 time over bf16 time of sampling a few tokens, rows at a time, from a random model
+    of cfg's shape on this CPU (measured once per shape, then cached)."""
+
+    def measure() -> float:
+        with torch.random.fork_rng(devices=[]):  # the user's seed stays untouched
+            torch.manual_seed(0)
+            fp32 = GPT(cfg).eval()
+        bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+        params = SampleConfig(max_new_tokens=8, temperature=1.0, top_k=50)
+        prompt = list(range(min(16, cfg.block_size - 8)))
+
+        def sampler(model: GPT) -> Callable[[], None]:
+            return lambda: list(generate(model, prompt, params, seed=0, num_samples=rows))
+
+        return faster_ratio(sampler(fp32), sampler(bf16))
+
+    shape = f"bf16 sample|{rows}|{sorted(dataclasses.asdict(cfg).items())}"
+    return cached_probe("cpu_probes.json", shape, measure)
 
 
 @torch.inference_mode()
@@ -358,7 +382,7 @@ def run(
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     device = pick_device("auto")
-    weights = pick_dtype(dtype, device)
+    pick_dtype(dtype, device)  # a bad --dtype fails before anything loads
     kind = checkpoint.read_info(ckpt)["task"].get("kind", "lm")
     if kind == "classify":
         given = [f"--{key.replace('_', '-')}" for key, v in overrides.items() if v is not None]
@@ -367,6 +391,7 @@ def run(
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
     loaded = interop.load(ckpt)
+    weights = pick_dtype(dtype, device, loaded.config, num_samples)
     model = build_model(loaded, device).to(weights).eval()
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"

@@ -21,9 +21,10 @@ from rich.text import Text
 from gptcli import bundled, checkpoint, console, interop, memory, optim, run, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
-from gptcli.device import autocast, autocast_dtype, pick_device
+from gptcli.device import autocast, pick_device
 from gptcli.files import atomic_target
 from gptcli.model import GPT
+from gptcli.trainer import training_amp
 
 _LAYER = re.compile(r"^blocks\.\d+\.")
 
@@ -231,7 +232,7 @@ def describe_recipe(path: Path) -> dict[str, Any]:
     if cfg.tie_embeddings:
         shapes.pop("lm_head.weight")
     t = recipe.train
-    amp = autocast_dtype(pick_device(t.device), t.dtype)
+    amp = training_amp(pick_device(t.device), t.dtype, cfg, t.batch_size)
     return {
         "kind": "recipe",
         "path": str(path),
@@ -249,7 +250,7 @@ def describe_recipe(path: Path) -> dict[str, Any]:
 def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
     """Time a few real training steps on this device to estimate the run's duration."""
     device = pick_device(recipe.train.device)
-    amp = autocast_dtype(device, recipe.train.dtype)
+    amp = training_amp(device, recipe.train.dtype, cfg, recipe.train.batch_size)
     model = GPT(cfg).to(device)
     optimizers = optim.build_optimizers(model, recipe.train, device)
     batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped

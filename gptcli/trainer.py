@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from gptcli.device import (
     Dist,
     autocast,
     autocast_dtype,
+    cached_probe,
+    cpu_has_native_bf16,
+    faster_ratio,
     keep_freed_memory,
     peak_flops,
     pick_device,
@@ -32,6 +36,100 @@ from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, Recipe, TrainConfig, shape_change
 from gptcli.tokenizer import TOKENIZER_FILE
+
+# compile: auto on CPU times this many eager steps (the first warms up) before deciding
+PROBE_STEPS = 3
+# what a first torch.compile of a small GPT costs on a CPU, in seconds (the rule's estimate)
+CPU_COMPILE_S = 30.0
+# compile only when the eager time left is this many times the compile: it then pays back
+# if compiled steps are at least 1/PAYBACK faster
+PAYBACK = 10
+# a window's tokens/s under this share of the run's best means something else took the cores
+SLOWDOWN = 0.25
+
+
+def compile_pays(remaining_steps: int, step_s: float) -> tuple[bool, str]:
+    """Whether compiling repays itself on CPU, and why: the eager time still to run
+    (remaining_steps x step_s) against PAYBACK x the expected compile time."""
+    eager_s = remaining_steps * step_s
+    rule = f"{PAYBACK}x the ~{CPU_COMPILE_S:.0f} s a first compile takes"
+    left = f"{remaining_steps} steps left at {step_s * 1000:.0f} ms take ~{eager_s:.0f} s eager"
+    if eager_s > PAYBACK * CPU_COMPILE_S:
+        return True, f"{left}, over {rule}"
+    return False, f"{left}, under {rule}"
+
+
+def bf16_training_speedup(cfg: ModelConfig, batch_size: int) -> float:
+    """fp32 time over bf16-autocast time of a training step (forward, backward) of a random
+    model of cfg's shape on this CPU (measured once per shape, then cached)."""
+    rows = max(1, min(batch_size, 1024 // cfg.block_size))  # enough rows for full-speed matmuls
+
+    def measure() -> float:
+        with torch.random.fork_rng(devices=[]):  # the run's seed stays untouched
+            torch.manual_seed(0)
+            model = GPT(cfg)
+            x = torch.randint(0, cfg.vocab_size, (rows, cfg.block_size + 1))
+
+        def step(amp: torch.dtype | None) -> None:
+            with autocast(torch.device("cpu"), amp):
+                loss = model(x[:, :-1], x[:, 1:])[1]
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        return faster_ratio(lambda: step(None), lambda: step(torch.bfloat16))
+
+    shape = f"bf16 train|{rows}|{sorted(dataclasses.asdict(cfg).items())}"
+    return cached_probe("cpu_probes.json", shape, measure)
+
+
+def training_amp(
+    device: torch.device, dtype: str, cfg: ModelConfig, batch_size: int
+) -> torch.dtype | None:
+    """train.dtype for this model on device: auto with the bf16 probe of its shape on a CPU."""
+    speedup = lambda: bf16_training_speedup(cfg, batch_size)  # noqa: E731
+    return autocast_dtype(device, dtype, "training", speedup)
+
+
+def recorded_auto(run_dir: Path, device: torch.device) -> dict:
+    """What dtype: auto and compile: auto decided for this run, from its newest checkpoint, when
+    it was trained on the same kind of device (a resume then takes the same path)."""
+    ckpt = checkpoint.newest_in_run(run_dir)
+    auto = checkpoint.read_state(ckpt).get("auto", {}) if ckpt else {}
+    return auto if auto.get("device") == device.type else {}
+
+
+class SlowdownWatch:
+    """Warns once when training's tokens/s falls far below the run's own best: on a CPU, the
+    usual cause is another process taking a core while torch's threads spin-wait for it."""
+
+    def __init__(self, windows: int = 3) -> None:
+        self.windows = windows
+        self.best = 0.0
+        self.recent: list[float] = []
+        self.warned = False
+        self.skip = 1
+
+    def restart(self) -> None:
+        """The next window is slow for a known reason (a compile): leave it out."""
+        self.skip, self.recent = 1, []
+
+    def check(self, rate: float) -> str | None:
+        """The warning to give after a window of rate tokens/s, or None."""
+        if self.skip:  # a run's first window holds its warm-up
+            self.skip -= 1
+            return None
+        self.recent = [*self.recent, rate][-self.windows :]
+        slow = len(self.recent) == self.windows and max(self.recent) < SLOWDOWN * self.best
+        self.best = max(self.best, rate)
+        if not slow or self.warned:
+            return None
+        self.warned = True
+        return (
+            f"train: {rate:,.0f} tokens/s, down from {self.best:,.0f}: another process is "
+            "likely busy on this machine's cores, and torch's threads spin while they wait for "
+            "the one it took; stop it, or start gptcli with OMP_WAIT_POLICY=PASSIVE (or "
+            "OMP_NUM_THREADS set to the cores left free)"
+        )
 
 
 class TaskStep(torch.nn.Module):
@@ -181,7 +279,8 @@ class Trainer:
         self.dist = dist or Dist()
         self.t = for_world(recipe.train, run_dir, self.dist)
         self.device = training_device(self.t, self.dist)
-        self.amp = autocast_dtype(self.device, self.t.dtype)
+        self.auto = recorded_auto(run_dir, self.device)
+        self.amp = self.pick_amp(model.cfg)
         if self.dist.main:
             checkpoint.clean_stale_temps(run_dir)
         model.activation_checkpointing = self.t.activation_checkpointing
@@ -202,7 +301,9 @@ class Trainer:
         self.start_step = self.step
         if self.dist.main:  # rank 0 alone: it is the one that appends after
             loggers.truncate_metrics(run_dir, self.step)
+        self.probe_s: list[float] = []
         self.step_model = self.compiled(self.parallel.module)
+        self.watch = SlowdownWatch()
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
         self.announce(peak_source)
@@ -219,16 +320,71 @@ class Trainer:
         if self.dist.main:  # opened last: fit closes them
             self.loggers += loggers.open_loggers(recipe, run_dir, self.start_step)
 
-    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+    def pick_amp(self, cfg: ModelConfig) -> torch.dtype | None:
+        """dtype as the recipe says; auto as the run decided before, else bf16 where native
+        unless a probe of this model's shape measures it slower here."""
         t, device = self.t, self.device
-        if t.compile == "on" or (t.compile == "auto" and device.type == "cuda"):
-            reason = why_no_compile(device)
-            if reason:
-                console.warn(f"train.compile: {reason}; training without it")
+        if t.dtype == "auto" and "dtype" in self.auto:
+            amp = torch.bfloat16 if self.auto["dtype"] == "bf16" else None
+            console.info(f"train: dtype auto: {self.auto['dtype']}, as this run decided before")
+        else:
+            amp = training_amp(device, t.dtype, cfg, t.batch_size)
+            if t.dtype == "auto" and device.type == "cpu" and self.dist.world > 1:
+                # each rank timed its own probe: bf16 only where every rank found it faster
+                votes = parallel.all_mean(torch.tensor(float(amp is not None)), self.dist)
+                amp = torch.bfloat16 if votes.item() == 1.0 else None
+            if t.dtype == "auto" and device.type == "cpu" and amp is None and cpu_has_native_bf16():
+                console.info("train: dtype auto: fp32 (bf16 measured slower for this model here)")
+        self.auto = {**self.auto, "device": device.type}
+        if t.dtype == "auto":
+            self.auto["dtype"] = "bf16" if amp else "fp32"
+        return amp
+
+    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """module compiled or not, as train.compile says; auto on CPU decides after timing
+        PROBE_STEPS eager steps (see after_probe_step) unless the run decided before."""
+        t, device = self.t, self.device
+        self.compile_pending = False
+        if t.compile == "auto" and "compile" in self.auto:
+            wanted = self.auto["compile"]
+            decided = "compiling" if wanted else "eager"
+            console.info(f"train: compile auto: {decided}, as this run decided before")
+        elif t.compile == "auto" and device.type == "cpu":
+            wanted = False
+            if t.max_steps - self.step > PROBE_STEPS:
+                self.compile_pending = True
             else:
-                console.info("train: torch.compile: the first step compiles (cached for reuse)")
-                return torch.compile(module)
-        return module
+                # not recorded: a resume with a higher max_steps decides for its own length
+                console.info("train: compile auto: eager (too few steps to repay a compile)")
+        else:
+            wanted = t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
+        if t.compile == "auto" and device.type != "cpu":
+            self.auto["compile"] = wanted
+        return self.compile(module) if wanted else module
+
+    def compile(self, module: torch.nn.Module) -> torch.nn.Module:
+        reason = why_no_compile(self.device)
+        if reason:
+            console.warn(f"train.compile: {reason}; training without it")
+            return module
+        console.info("train: torch.compile: the first step compiles (cached for reuse)")
+        return torch.compile(module)
+
+    def after_probe_step(self, seconds: float) -> None:
+        """compile: auto on CPU: after PROBE_STEPS eager steps, compile when the steps left
+        repay it (compile_pays); every rank decides on the same mean step time."""
+        self.probe_s.append(seconds)
+        if len(self.probe_s) < PROBE_STEPS:
+            return
+        self.compile_pending = False
+        step_s = statistics.mean(self.probe_s[1:])  # the first step warms up
+        step_s = parallel.all_mean(torch.tensor(step_s), self.dist).item()
+        wanted, why = compile_pays(self.t.max_steps - self.step, step_s)
+        console.info(f"train: compile auto: {'compiling' if wanted else 'eager'} ({why})")
+        self.auto["compile"] = wanted
+        if wanted:
+            self.step_model = self.compile(self.parallel.module)
+            self.watch.restart()
 
     def announce(self, peak_source: str) -> None:
         t, dist, model = self.t, self.dist, self.model
@@ -321,6 +477,7 @@ class Trainer:
             "global_batch": self.t.batch_size * self.t.grad_accum * self.dist.world,
             "metrics": self.last,
             "train": dataclasses.asdict(self.t),
+            "auto": self.auto,
             "versions": self.versions,
         }
 
@@ -381,7 +538,10 @@ class Trainer:
                     "train", total=t.max_steps, completed=self.step, loss="", lr="", rate=""
                 )
                 while self.step < t.max_steps:
+                    step_start = time.perf_counter()
                     loss_sum, tokens = self.train_step()
+                    if self.compile_pending:
+                        self.after_probe_step(time.perf_counter() - step_start)
                     if self.step == self.start_step + 1:
                         self.record_peak_memory()
                     window_tokens += tokens
@@ -390,6 +550,7 @@ class Trainer:
                     if self.step % t.log_every == 0 or do_eval or self.step == 1:
                         now = time.perf_counter()
                         record = self.record(loss_sum, window_tokens, now - window_start)
+                        self.watch_rate(record["tokens_per_s"])
                         if do_eval:
                             record.update(self.evaluate_or_report(is_last))
                         self.log(record)
@@ -417,6 +578,13 @@ class Trainer:
         if self.eval_failure is not None:
             raise self.eval_failure
         return self.summary(final)
+
+    def watch_rate(self, rate: float) -> None:
+        """On CPU, warn once when tokens/s collapses (see SlowdownWatch)."""
+        if self.device.type == "cpu" and self.dist.main:
+            warning = self.watch.check(rate)
+            if warning:
+                console.warn(warning)
 
     def record_peak_memory(self) -> None:
         """On CUDA, the measured peak of the first step beside the estimate (rank 0's)."""

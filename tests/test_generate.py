@@ -444,3 +444,22 @@ def test_prompt_file_final_newline_is_not_part_of_the_prompt(trained, tmp_path):
     assert json.loads(proc.stdout)["prompt"] == "Once upon a time"
     shown = gptcli("sample", "--help", env={"COLUMNS": "300"}).stdout
     assert "final newline is not part of it" in shown
+
+
+def test_sampling_dtype_auto_follows_the_probe_of_the_models_shape(monkeypatch, tmp_path):
+    from gptcli import device
+    from gptcli import generate as gen
+
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=64)
+    cpu = torch.device("cpu")
+    seen = []
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda c, rows: seen.append(rows) or 0.6)
+    assert gen.pick_dtype("auto", cpu, cfg, rows=8) == torch.float32
+    monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda c, rows: 1.3)
+    assert gen.pick_dtype("auto", cpu, cfg) == torch.bfloat16
+    assert gen.pick_dtype("fp32", cpu, cfg) == torch.float32 and seen == [8]
+    monkeypatch.undo()
+    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))  # the real probe: a ratio, then cached
+    assert gen.bf16_sampling_speedup(cfg, 1) > 0
+    assert (tmp_path / "cpu_probes.json").is_file()

@@ -60,7 +60,7 @@ def logged_steps(metrics) -> int:
 def stop_with_sigterm(folder, after_step: int) -> int:
     """A long 2-rank FSDP run, stopped by SIGTERM once it has logged after_step; its step."""
     cmd = [*torchrun_command(2), "pretrain", "mini.yaml", *sets("train.parallel=fsdp")]
-    cmd += ["--set", "train.max_steps=100000"]
+    cmd += ["--set", "train.max_steps=100000", "--set", "train.compile=off"]  # auto would compile
     proc = subprocess.Popen(
         cmd, cwd=folder, env=run_env(**TORCHRUN_ENV), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,

@@ -105,6 +105,8 @@ def _start_long_run(tmp_path, extra=(), ranks=1):
         "train.max_steps=100000",
         "--set",
         "train.save_every=5",
+        "--set",
+        "train.compile=off",  # compile: auto would compile a run this long
         *extra,
     ]
     launch = [sys.executable, "-m", "gptcli"] if ranks == 1 else torchrun_command(ranks)
@@ -411,3 +413,75 @@ def test_failing_final_evaluation_still_saves_the_final_checkpoint(tmp_path, mon
     final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
     assert final is not None and checkpoint.step_of(final) == 4
     assert checkpoint.read_state(final)["metrics"]["step"] == 4
+
+
+def test_compile_auto_compiles_only_when_the_eager_time_left_repays_it():
+    from gptcli.trainer import CPU_COMPILE_S, PAYBACK, compile_pays
+
+    enough = PAYBACK * CPU_COMPILE_S
+    assert compile_pays(1000, 2 * enough / 1000)[0]
+    wanted, why = compile_pays(1000, enough / 2000)
+    assert not wanted and "1000 steps left" in why and "under" in why
+    assert not compile_pays(0, 10.0)[0]
+
+
+def test_slowdown_watch_warns_once_when_tokens_per_s_collapses():
+    from gptcli.trainer import SlowdownWatch
+
+    watch = SlowdownWatch()
+    # the first window (warm-up) is left out; one slow window (a save) is no collapse
+    rates = [100.0, 16000, 15000, 2000, 16000, 15500, 1000, 900, 800, 700, 600]
+    warnings = [watch.check(r) for r in rates]
+    assert [i for i, w in enumerate(warnings) if w] == [8]
+    assert "OMP_WAIT_POLICY=PASSIVE" in warnings[8] and "16,000" in warnings[8]
+    steady = SlowdownWatch()
+    assert not any(steady.check(r) for r in [100.0] + [16000, 9000, 12000] * 5)
+
+
+def test_auto_decisions_are_recorded_and_reused_on_resume(tmp_path, monkeypatch):
+    """dtype: auto and compile: auto decide once (probes, eager steps timed); state.json keeps
+    what they decided and a resume on the same device type takes it without deciding again."""
+    from gptcli import device, pretrain, recipe, trainer
+
+    compiles = []
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 2.0)
+    monkeypatch.setattr(trainer, "compile_pays", lambda steps, step_s: (True, "repays"))
+    monkeypatch.setattr(trainer, "why_no_compile", lambda d: None)
+    monkeypatch.setattr(torch, "compile", lambda module: compiles.append(1) or module)
+    monkeypatch.chdir(tmp_path)
+    path = write_recipe(tmp_path)
+    pretrain.pretrain(recipe.load(path))
+    run = tmp_path / "runs" / "mini"
+    full = losses(run)
+    decided = {"device": "cpu", "dtype": "bf16", "compile": True}
+    for step in (6, 12):
+        ckpt = run / "checkpoints" / f"step-{step:07d}"
+        assert checkpoint.read_state(ckpt)["auto"] == decided
+    assert compiles == [1]  # after the timed eager steps
+
+    def no_probe(*args):
+        raise AssertionError("a resumed run decided again")
+
+    monkeypatch.setattr(trainer, "bf16_training_speedup", no_probe)
+    monkeypatch.setattr(trainer, "compile_pays", no_probe)
+    shutil.rmtree(run / "checkpoints" / "step-0000012")
+    pretrain.pretrain(recipe.load(path))
+    assert compiles == [1, 1]  # from the resumed step on
+    resumed = losses(run)
+    assert all(resumed[s] == full[s] for s in full if s > 6), (resumed, full)
+    assert trainer.recorded_auto(run, torch.device("cpu")) == decided
+    assert trainer.recorded_auto(run, torch.device("cuda")) == {}  # another device decides anew
+
+
+def test_dtype_auto_trains_in_fp32_where_bf16_measures_slower(tmp_path, monkeypatch):
+    from gptcli import device, pretrain, recipe, trainer
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 0.8)
+    monkeypatch.chdir(tmp_path)
+    text = TINY_RECIPE.replace("max_steps: 12", "max_steps: 3").replace("save_every: 6", "")
+    pretrain.pretrain(recipe.load(write_recipe(tmp_path, text)))
+    final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
+    # 3 steps are too few to time: compile stays undecided, for a longer resume to decide
+    assert checkpoint.read_state(final)["auto"] == {"device": "cpu", "dtype": "fp32"}
