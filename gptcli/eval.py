@@ -424,11 +424,15 @@ def compiled_once():
             compiled[source] = compile_template(source)
         return compiled[source]
 
+    shadowed = vars(env).get("from_string")  # set by an enclosing call, if any
     env.from_string = from_string
     try:
         yield
     finally:
-        del env.from_string  # the class's method again
+        if shadowed is None:
+            del env.from_string  # the class's method again
+        else:
+            env.from_string = shadowed
 
 
 # --------------------------------------------------------------------------- results
