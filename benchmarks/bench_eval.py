@@ -4,8 +4,11 @@ One checkpoint the shape of recipes/tiny.yaml (llama preset, 4 layers, 192 wide,
 context, a 2048-token BPE trained on the SST-2 sentences; random weights: speed does not depend
 on what they say), exported with `gptcli export --format hf` for the hf backend. Both engines
 answer the same lm-eval requests in one process through `lm_eval.simple_evaluate` (task data is
-loaded once beforehand), same dtype and batch size, in interleaved rounds so a busy machine
-slows them alike; medians are shown. Tasks: gptcli_sst2 (two-choice loglikelihood) and
+loaded once beforehand), inside the same harness settings `gptcli eval` uses (eval.quiet_harness:
+templates compiled once, no environment report), same dtype and batch size, in interleaved rounds
+so a busy machine slows them alike; medians are shown. "model part" is the time inside the LM's
+request methods (tokenising and the forward passes: where the two engines differ), the rest is
+the harness's own work, the same for both. Tasks: gptcli_sst2 (two-choice loglikelihood) and
 gptcli_shakespeare (rolling-window perplexity).
 
 Run from the repository root (needs the `bench` extra: pip install -e '.[bench]'):
@@ -68,6 +71,26 @@ def engines(ckpt: Path, hf: Path, dtype: str, batch: int) -> dict:
     return {"gptcli": ours, "hf": theirs}
 
 
+REQUESTS = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+def clocked(lm) -> dict[str, float]:
+    """Time spent inside lm's request methods, summed into the returned dict's "model"."""
+    spent = {"model": 0.0}
+    for name in REQUESTS:
+        method = getattr(lm, name)
+
+        def wrapper(*args, _method=method, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                spent["model"] += time.perf_counter() - started
+
+        setattr(lm, name, wrapper)
+    return spent
+
+
 def timed(lm, task: str, limit: int, manager) -> float:
     import lm_eval
 
@@ -99,23 +122,34 @@ def main() -> None:
     manager = ev.task_manager(list(limits), [])
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, hf = build(Path(tmp))
+        print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
         print(f"torch threads: {torch.get_num_threads()}, batch size {args.batch_size}")
-        print("| task | dtype | gptcli eval | lm-eval hf | speed-up |")
-        print("| --- | --- | ---: | ---: | ---: |")
+        print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print("| task | dtype | gptcli eval | lm-eval hf | speed-up | model part: gptcli | hf "
+              "| speed-up |")  # fmt: skip
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for dtype in ("fp32", "bf16"):
             lms = engines(ckpt, hf, dtype, args.batch_size)
+            spent = {name: clocked(lm) for name, lm in lms.items()}
             for task, limit in limits.items():
-                timed(lms["gptcli"], task, min(limit, 8), manager)  # warm-up: data, kernels
-                timed(lms["hf"], task, min(limit, 8), manager)
-                times: dict[str, list[float]] = {name: [] for name in lms}
+                for lm in lms.values():  # warm-up: data, kernels
+                    timed(lm, task, min(limit, 8), manager)
+                total: dict[str, list[float]] = {name: [] for name in lms}
+                model: dict[str, list[float]] = {name: [] for name in lms}
                 for _ in range(rounds):
                     for name, lm in lms.items():
-                        times[name].append(timed(lm, task, limit, manager))
-                ours, theirs = (statistics.median(times[n]) for n in ("gptcli", "hf"))
-                name = f"{task} ({limit} docs)"
+                        spent[name]["model"] = 0.0
+                        total[name].append(timed(lm, task, limit, manager))
+                        model[name].append(spent[name]["model"])
+                ours, theirs = (statistics.median(total[n]) for n in ("gptcli", "hf"))
+                m_ours, m_theirs = (statistics.median(model[n]) for n in ("gptcli", "hf"))
                 print(
-                    f"| {name} | {dtype} | {ours:.2f} s | {theirs:.2f} s | {theirs / ours:.2f}x |"
+                    f"| {task} ({limit} docs) | {dtype} | {ours:.2f} s | {theirs:.2f} s "
+                    f"| {theirs / ours:.2f}x | {m_ours:.2f} s | {m_theirs:.2f} s "
+                    f"| {m_theirs / m_ours:.2f}x |",
+                    flush=True,
                 )
+        print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -476,7 +476,9 @@ def eval_cmd(
     num_fewshot: Annotated[
         Optional[int], typer.Option(help="Examples in the prompt (default: the task's).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    batch_size: Annotated[
+        int, typer.Option(help="Rows per forward pass (short sequences share a row).")
+    ] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[
         str,

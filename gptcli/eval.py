@@ -1,9 +1,10 @@
 """`gptcli eval`: lm-evaluation-harness tasks on any model gptcli reads, through our own `LM`.
 
 The harness builds the requests (few-shot prompts, choices, metrics); GptcliLM answers them with
-gptcli's model: loglikelihoods in length-sorted batches that run the LM head only where a
-continuation is scored, rolling windows for perplexity, and the sampler (KV cache, stop strings)
-for generation. Every request starts with <|endoftext|>, as every training document did.
+gptcli's model: loglikelihoods with each context run once for all its choices, in length-sorted
+batches of packed rows that run the LM head only where a continuation is scored; rolling windows
+for perplexity; and the sampler (KV cache, stop strings) for generation. Every request starts
+with <|endoftext|>, as every training document did.
 """
 
 from __future__ import annotations
@@ -45,6 +46,101 @@ DTYPES = ("auto", "fp32", "bf16")
 # resamples behind the stderr of metrics without a closed form (perplexity, bits per byte):
 # the harness's default (100000) takes minutes on a CPU for the same two significant digits
 BOOTSTRAP_ITERS = 1000
+
+
+class Tree:
+    """A context and the continuations scored after it, laid out as one sequence: the context
+    once, then each distinct continuation's inputs, which see the context and themselves only."""
+
+    def __init__(self, prefix: tuple[int, ...]) -> None:
+        self.prefix = prefix
+        self.branches: dict[tuple[int, ...], int] = {}  # inputs after the prefix -> their offset
+        self.asked: list[tuple[int, tuple[int, ...], list[int]]] = []  # request, inputs, targets
+        self.length = len(prefix)
+
+    def add(self, request: int, inputs: tuple[int, ...], targets: list[int]) -> None:
+        if inputs and inputs not in self.branches:
+            self.branches[inputs] = self.length
+            self.length += len(inputs)
+        self.asked.append((request, inputs, targets))
+
+
+def pack(queue: list[Tree], batch_size: int) -> tuple[list[list[Tree]], list[Tree]]:
+    """The next batch of trees (queue: longest first): batch_size rows as long as the longest,
+    each tree in the first row with room; and the trees left for later batches."""
+    width = queue[0].length
+    rows: list[list[Tree]] = []
+    room: list[int] = []
+    for k, tree in enumerate(queue):
+        r = next((r for r, free in enumerate(room) if tree.length <= free), None)
+        if r is None:
+            if len(rows) == batch_size:
+                return rows, queue[k:]
+            rows.append([])
+            room.append(width)
+            r = len(rows) - 1
+        rows[r].append(tree)
+        room[r] -= tree.length
+    return rows, []
+
+
+class Batch:
+    """The tensors of one batch of packed trees, and where each request's tokens are scored:
+    (rows_at, cols_at) the distinct positions, and per scored token its position (picked),
+    target and request (owner, counted from 0 in this batch)."""
+
+    def __init__(self, rows: list[list[Tree]]) -> None:
+        width = max(sum(tree.length for tree in row) for row in rows)
+        self.packed = any(len(row) > 1 or len(row[0].branches) > 1 for row in rows)
+        tokens, positions = [[0] * width for _ in rows], [[0] * width for _ in rows]
+        segment, branch = [[-1] * width for _ in rows], [[0] * width for _ in rows]
+        self.rows_at: list[int] = []
+        self.cols_at: list[int] = []
+        self.picked: list[int] = []
+        self.targets: list[int] = []
+        self.owner: list[int] = []
+        self.n_asked = 0
+        distinct: dict[tuple[int, int], int] = {}
+        trees = 0
+        for r, row in enumerate(rows):
+            start = 0
+            for tree in row:
+                p = len(tree.prefix)
+                tokens[r][start : start + p] = tree.prefix
+                positions[r][start : start + p] = range(p)
+                segment[r][start : start + tree.length] = [trees] * tree.length
+                trees += 1
+                for b, (inputs, offset) in enumerate(tree.branches.items(), 1):
+                    at = slice(start + offset, start + offset + len(inputs))
+                    tokens[r][at], branch[r][at] = inputs, [b] * len(inputs)
+                    positions[r][at] = range(p, p + len(inputs))
+                for _, inputs, targets in tree.asked:
+                    cols = [start + p - 1]
+                    if inputs:
+                        at = start + tree.branches[inputs]
+                        cols += range(at, at + len(inputs))
+                    for col, target in zip(cols, targets, strict=True):
+                        at = distinct.setdefault((r, col), len(distinct))
+                        if at == len(self.rows_at):
+                            self.rows_at.append(r)
+                            self.cols_at.append(col)
+                        self.picked.append(at)
+                        self.targets.append(target)
+                        self.owner.append(self.n_asked)
+                    self.n_asked += 1
+                start += tree.length
+        self.tokens, self.positions = torch.tensor(tokens), torch.tensor(positions)
+        self.segment, self.branch = torch.tensor(segment), torch.tensor(branch)
+
+    def mask(self) -> torch.Tensor:
+        """(B, 1, T, T): a token sees the earlier tokens of its own tree, except the inputs of
+        the other continuations."""
+        T = self.tokens.shape[1]
+        earlier = torch.ones(T, T, dtype=torch.bool).tril()
+        same_tree = self.segment[:, :, None] == self.segment[:, None, :]
+        key_branch = self.branch[:, None, :]
+        visible = (key_branch == 0) | (key_branch == self.branch[:, :, None])
+        return (earlier & same_tree & visible)[:, None]
 
 
 class GptcliLM(TemplateLM):
@@ -94,57 +190,69 @@ class GptcliLM(TemplateLM):
 
     # ----------------------------------------------------------------- loglikelihoods
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list:
-        """(key, context ids, continuation ids) -> (sum of logprobs, all greedy) each.
+    def _loglikelihood_tokens(
+        self, requests, disable_tqdm: bool = False, greedy: bool = True, **kwargs
+    ) -> list:
+        """(key, context ids, continuation ids) -> (sum of logprobs, all greedy) each (the
+        second always True when greedy is not asked for: perplexity does not read it).
 
-        Requests with the same input (choices of one token after the same context) share one
-        sequence; sequences run longest first, so a batch pads little."""
-        shared: dict[tuple[int, ...], list[int]] = {}
-        for i, (_, context, continuation) in enumerate(requests):
-            inputs = (context + continuation)[-(self.block + 1) :][:-1]
-            shared.setdefault(tuple(inputs), []).append(i)
-        sequences = sorted(shared, key=len, reverse=True)
+        Requests after the same context (the choices of a question) share one tree: the context
+        runs once. Trees run longest first, packed into rows as long as each batch's longest,
+        so a batch pads little."""
+        trees: list[Tree] = []
+        growing: dict[tuple, Tree] = {}  # the tree that takes the next continuation of a context
         results: list[Any] = [None] * len(requests)
+        for i, (_, context, continuation) in enumerate(requests):
+            # the context is cut from the left so that the inputs fit the block
+            full = (context + continuation)[-(self.block + 1) :]
+            n = min(len(continuation), len(full) - 1)
+            if n == 0:  # nothing to score
+                results[i] = (0.0, True)
+                continue
+            prefix, inputs = tuple(full[: len(full) - n]), tuple(full[-n:-1])
+            # sharing pays when the context is longer than what a continuation adds; a tree
+            # stays within the block, so its attention costs no more than one sequence's
+            key = prefix if len(inputs) <= len(prefix) else (prefix, inputs)
+            tree = growing.get(key)
+            if tree is None or tree.length + len(inputs) > self.block:
+                tree = growing[key] = Tree(prefix)
+                trees.append(tree)
+            tree.add(i, inputs, full[-n:])
+        queue = sorted(trees, key=lambda t: t.length, reverse=True)
         with torch.inference_mode(), console.progress(enabled=not disable_tqdm) as bar:
             task = bar.add_task("loglikelihood", total=len(requests))
-            for start in range(0, len(sequences), self.batch_size):
-                chunk = sequences[start : start + self.batch_size]
-                asked = [(r, i, requests[i][2]) for r, seq in enumerate(chunk) for i in shared[seq]]
-                scores = self._score(chunk, [(r, cont) for r, _, cont in asked])
-                for (_, i, _), score in zip(asked, scores, strict=True):
+            bar.advance(task, sum(r is not None for r in results))
+            while queue:
+                rows, queue = pack(queue, self.batch_size)
+                asked = [i for row in rows for tree in row for i, _, _ in tree.asked]
+                for i, score in zip(asked, self._score(rows, greedy), strict=True):
                     results[i] = score
                     if requests[i][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[i][0], score)
                 bar.advance(task, len(asked))
         return results
 
-    def _score(
-        self, sequences: list[tuple[int, ...]], asked: list[tuple[int, list[int]]]
-    ) -> list[tuple[float, bool]]:
-        """One right-padded batch (causal attention: padding after a row never reaches it);
-        each (row, continuation) is scored on the row's last positions, and the LM head and
-        softmax run on those positions only."""
-        x = torch.zeros(len(sequences), len(sequences[0]), dtype=torch.long)
-        for r, seq in enumerate(sequences):
-            x[r, : len(seq)] = torch.tensor(seq)
-        row_idx, pos_idx, targets, sizes = [], [], [], []
-        for r, continuation in asked:
-            n = min(len(continuation), len(sequences[r]))
-            row_idx += [r] * n
-            pos_idx += range(len(sequences[r]) - n, len(sequences[r]))
-            targets += continuation[-n:]
-            sizes.append(n)
-        hidden = self.model.hidden(x.to(self.device_))
-        picked = hidden[torch.tensor(row_idx), torch.tensor(pos_idx)]
-        logprobs = self.model.lm_head(picked).float().log_softmax(-1)
-        target = torch.tensor(targets, device=logprobs.device)
-        token_lp = logprobs.gather(1, target[:, None]).squeeze(1).cpu()
-        greedy = (logprobs.argmax(-1) == target).cpu()
-        out, at = [], 0
-        for n in sizes:
-            out.append((token_lp[at : at + n].sum().item(), bool(greedy[at : at + n].all())))
-            at += n
-        return out
+    def _score(self, rows: list[list[Tree]], greedy: bool) -> list[tuple[float, bool]]:
+        """One right-padded batch of packed trees; every request's continuation is scored at
+        its own positions, and the LM head and softmax run on those positions only."""
+        batch = Batch(rows)
+        positions, mask = None, None
+        if batch.packed:  # plain rows (one sequence each) keep the causal fast path
+            positions, mask = batch.positions.to(self.device_), batch.mask().to(self.device_)
+        hidden = self.model.hidden(batch.tokens.to(self.device_), positions=positions, mask=mask)
+        rows_at = torch.tensor(batch.rows_at, device=self.device_)
+        cols_at = torch.tensor(batch.cols_at, device=self.device_)
+        logprobs = self.model.lm_head(hidden[rows_at, cols_at]).float().log_softmax(-1)
+        target = torch.tensor(batch.targets, device=logprobs.device)
+        picked = torch.tensor(batch.picked, device=logprobs.device)
+        token_lp = logprobs[picked, target]
+        missed = torch.zeros_like(token_lp)
+        if greedy:
+            missed = (logprobs.argmax(-1)[picked] != target).float()
+        owner = torch.tensor(batch.owner, device=logprobs.device)
+        sums = torch.zeros(batch.n_asked, device=logprobs.device).index_add_(0, owner, token_lp)
+        misses = torch.zeros(batch.n_asked, device=logprobs.device).index_add_(0, owner, missed)
+        return [(lp, miss == 0) for lp, miss in zip(sums.tolist(), misses.tolist(), strict=True)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Perplexity: each text after <|endoftext|>, cut into windows of the context size
@@ -156,7 +264,7 @@ class GptcliLM(TemplateLM):
                 windows.append((None, *make_disjoint_window(window)))
                 owners.append(k)
         totals = [0.0] * len(requests)
-        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm, greedy=False)
         for k, (logprob, _) in zip(owners, scores, strict=True):
             totals[k] += logprob
         for req, total in zip(requests, totals, strict=True):
@@ -246,25 +354,85 @@ def check_data(manager, names: list[str]) -> None:
 @contextlib.contextmanager
 def quiet_harness():
     """The harness logs to stdout and prints: keep stdout for our product, its INFO lines out
-    of the user's way (warnings still reach stderr)."""
+    of the user's way (warnings still reach stderr), and its progress bars off where gptcli's
+    own are (--quiet, or stderr not a terminal); its templates compiled once."""
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "evaluate")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
-    # the harness runs `git describe` in the working directory for its log; outside a
-    # repository git's "fatal: not a git repository" would reach the terminal
     from lm_eval import evaluator
 
-    git_probe = getattr(evaluator, "get_git_commit_hash", None)
-    evaluator.get_git_commit_hash = lambda: None
+    # the harness's environment report runs `git describe` in the working directory (outside
+    # a repository git's "fatal: not a git repository" would reach the terminal) and
+    # `pip list` (a second or so); gptcli's result records its own versions
+    probes = {"get_git_commit_hash": lambda: None, "add_env_info": lambda storage: None}
+    saved = {name: getattr(evaluator, name) for name in probes if hasattr(evaluator, name)}
+    for name in saved:
+        setattr(evaluator, name, probes[name])
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with (
+            contextlib.redirect_stdout(sys.stderr),
+            harness_bars(console.progress_enabled()),
+            compiled_once(),
+        ):
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-        if git_probe is not None:
-            evaluator.get_git_commit_hash = git_probe
+        for name, probe in saved.items():
+            setattr(evaluator, name, probe)
+
+
+@contextlib.contextmanager
+def harness_bars(shown: bool):
+    """tqdm's bars (the harness's and datasets') shown or not, whatever each caller asks."""
+    if shown:
+        yield
+        return
+    from tqdm import std
+
+    init = std.tqdm.__init__
+
+    def silent(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = silent
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init
+
+
+@contextlib.contextmanager
+def compiled_once():
+    """The harness compiles a task's Jinja templates (prompt, target, choices) again for every
+    document; a compiled template renders the same text, so each is compiled once."""
+    from lm_eval import utils
+
+    env = getattr(utils, "env", None)
+    if env is None:
+        yield
+        return
+    compile_template = env.from_string
+    compiled: dict[str, Any] = {}
+
+    def from_string(source, *args, **kwargs):
+        if args or kwargs or not isinstance(source, str):
+            return compile_template(source, *args, **kwargs)
+        if source not in compiled:
+            compiled[source] = compile_template(source)
+        return compiled[source]
+
+    shadowed = vars(env).get("from_string")  # set by an enclosing call, if any
+    env.from_string = from_string
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            del env.from_string  # the class's method again
+        else:
+            env.from_string = shadowed
 
 
 # --------------------------------------------------------------------------- results

@@ -89,7 +89,7 @@ class CausalSelfAttention(nn.Module):
             self.k_norm = RMSNorm(head_dim, cfg.norm_eps)
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x, rope, cache: KVCache | None, pos: int) -> torch.Tensor:
+    def forward(self, x, rope, cache: KVCache | None, pos: int, mask=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -98,7 +98,9 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:
+        if mask is not None:  # which earlier tokens each token sees, chosen by the caller
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif cache is None:
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
             )
@@ -146,8 +148,10 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, rope=None, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, cache, pos)
+    def forward(
+        self, x, rope=None, cache: KVCache | None = None, pos: int = 0, mask=None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, cache, pos, mask)
         return x + self.mlp(self.norm2(x))
 
 
@@ -223,25 +227,40 @@ class GPT(nn.Module):
         x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)
         return linear_cross_entropy(x, self.lm_head, targets)
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pos: int = 0) -> torch.Tensor:
-        """Final (normalised) hidden states (B, T, n_embd): what the LM and task heads read."""
+    def hidden(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        pos: int = 0,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final (normalised) hidden states (B, T, n_embd): what the LM and task heads read.
+
+        positions (B, T) and mask (B, 1, T, T), True where a token may attend, lay several
+        sequences in one row (e.g. the choices of a question after one shared context).
+        """
         B, T = idx.shape
-        if pos + T > self.cfg.block_size:
+        if positions is None and pos + T > self.cfg.block_size:
             raise ValueError(
                 f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}"
             )
         x = self.wte(idx)
         rope = None
         if self.cfg.positions == "learned":
-            x = x + self.wpe(torch.arange(pos, pos + T, device=idx.device))
-        else:
+            if positions is None:
+                positions = torch.arange(pos, pos + T, device=idx.device)
+            x = x + self.wpe(positions)
+        elif positions is None:
             rope = (self.rope_cos[pos : pos + T], self.rope_sin[pos : pos + T])
+        else:  # one table row per token, shared by the heads
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             if cache is None and self.recomputes(i):
-                x = checkpoint(block, x, rope, use_reentrant=False)
+                x = checkpoint(block, x, rope, None, 0, mask, use_reentrant=False)
             else:
-                x = block(x, rope, cache, pos)
+                x = block(x, rope, cache, pos, mask)
         return self.norm_f(x)
 
     def recomputes(self, layer: int) -> bool:

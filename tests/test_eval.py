@@ -97,6 +97,48 @@ def test_parity_with_the_harness_hf_backend(trained, tmp_path, monkeypatch, offl
     assert max(abs(a[k] - b[k]) for k in a) < 1e-4
 
 
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_choices_after_one_context_score_as_if_each_ran_alone(positions):
+    """Requests are grouped (one run of a shared context, rows packed, contexts cut to the
+    block): each one's loglikelihood and greediness are those of its own sequence run alone."""
+    import random
+
+    import torch
+
+    from gptcli.eval import GptcliLM
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    class Tok:  # only the end token's id is read
+        def token_to_id(self, token):
+            return 0
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50,
+                      positions=positions)  # fmt: skip
+    model = GPT(cfg).eval()
+    lm = GptcliLM(model, Tok(), batch_size=3)
+    rng = random.Random(0)
+    requests = []
+    for _ in range(12):
+        context = [rng.randrange(50) for _ in range(rng.randint(1, 20))]
+        for _ in range(rng.randint(1, 4)):  # choices, some longer than a token
+            requests.append((None, context, [rng.randrange(50) for _ in range(rng.randint(1, 4))]))
+    requests.append((None, [1, 2, 3], [4]))  # a greedy one: its token is the likeliest
+    with torch.inference_mode():
+        requests[-1] = (None, [1, 2, 3], [int(model(torch.tensor([[1, 2, 3]]))[0][0, -1].argmax())])
+        scores = lm._loglikelihood_tokens(requests, disable_tqdm=True)
+        for (_, context, continuation), (logprob, greedy) in zip(requests, scores, strict=True):
+            full = (context + continuation)[-(cfg.block_size + 1) :]
+            n = len(continuation)
+            logits, _ = model(torch.tensor([full[:-1]]))
+            alone = logits[0, -n:].log_softmax(-1)
+            target = torch.tensor(full[-n:])
+            assert logprob == pytest.approx(alone[range(n), target].sum().item(), abs=1e-4)
+            assert greedy == bool((alone.argmax(-1) == target).all())
+    assert scores[-1][1]
+
+
 def test_lora_checkpoint_limit_json_and_the_run_folder(trained, offline):
     """A LoRA checkpoint (adapters merged on load): --limit caps the examples, --json prints
     the result the run folder keeps in eval/, and inspect RUN lists it."""
@@ -113,6 +155,7 @@ def test_lora_checkpoint_limit_json_and_the_run_folder(trained, offline):
     run = trained / "runs" / "mini-lora"
     proc = _eval(str(run), "-t", "gptcli_sst2", "--limit", "5", "--json", env=offline)
     assert proc.returncode == 0, proc.stderr
+    assert "it/s]" not in proc.stderr  # --quiet: no progress bars, the harness's included
     result = json.loads(proc.stdout)
     assert "mini-lora" in result["model"]
     (row,) = result["results"]
