@@ -100,8 +100,9 @@ def data_format(recipe: Recipe) -> str:
     task = recipe.task
     if task.kind == "lm":
         return (
-            "text (a .txt file, a folder of .txt/.md files, or .jsonl/.csv/.parquet/.arrow "
-            f"with a '{recipe.data.text_field}' field)"
+            "text (a .txt file, a folder of .txt/.md files, a .jsonl with a "
+            f"'{recipe.data.text_field}' field on each line, or a .csv/.parquet/.arrow file "
+            "with that column)"
         )
 
     fields = task_fields(task)
