@@ -3,6 +3,11 @@
     python benchmarks/bench_tokenize.py            # 20 MB slice of ../shared/data, ~1-2 minutes
     python benchmarks/bench_tokenize.py --gb 1     # + peak RSS of `gptcli tokenize` on 1 GB of
                                                    #   builtin:stories (heavy: several minutes)
+    python benchmarks/bench_tokenize.py --mb 0 --parquet-mb 500
+                                                   # a Parquet corpus of 500 MB of stories
+                                                   #   (zstd row groups, as FineWeb's; made once
+                                                   #   into the cache folder): end to end and
+                                                   #   reading alone (heavy: several minutes)
 
 Rounds are interleaved (ours, peer, ours, peer, ...) and the best of each is kept, so a
 shared, noisy machine affects both sides alike. The tiktoken peer is an Encoding with the
@@ -24,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gptcli import console, data, recipe, tokenizer  # noqa: E402
+from gptcli import console, data, recipe, stories, tokenizer  # noqa: E402
+from gptcli.files import cache_dir  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 EOT = tokenizer.EOT
@@ -61,8 +67,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--gb", type=float, default=0.0, help="also measure RSS on N GB of stories")
+    ap.add_argument("--parquet-mb", type=float, default=0.0, help="the Parquet case, N MB of text")
     args = ap.parse_args()
     console.set_quiet(True)
+    if args.parquet_mb:
+        parquet_case(args)
+    if args.mb:
+        text_case(args)
+
+
+def text_case(args) -> None:
+    """Text files: BPE training and end-to-end encoding against tokenizers and tiktoken."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
@@ -96,7 +111,7 @@ def main() -> None:
         # ---- BPE training: gptcli's streaming pass vs tokenizers on the same files
         def ours_train():
             tail = data.tail_split_chars(r.data, r.seed, run)
-            data._train_tokenizer(r, run, tail, n_bytes)
+            data.train_tokenizer(r, run, tail, n_bytes)
 
         def peer_train():
             tok = Tokenizer(models.BPE())
@@ -160,6 +175,109 @@ def main() -> None:
                 f"| `gptcli tokenize` on {args.gb:g} GB builtin:stories: wall s, peak RSS MB | "
                 f"{big_wall:.0f} s | {big_rss:.0f} MB | |"
             )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+ROW_GROUP = 20_000  # rows per Parquet row group (FineWeb's files hold a few thousand to 100k)
+
+
+def make_parquet(mb: float) -> Path:
+    """mb megabytes of builtin:stories as one Parquet file with zstd row groups, made once in
+    the cache folder (never in the repository)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = cache_dir() / "bench" / f"stories-{mb:g}mb.parquet"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    schema = pa.schema([("id", pa.int64()), ("text", pa.string())])
+    rows, total, n = [], 0, 0
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for story in stories.iter_stories(0):
+            rows.append(story)
+            total += len(story.encode())
+            if len(rows) == ROW_GROUP or total >= mb * 1e6:
+                ids = list(range(n, n + len(rows)))
+                writer.write_table(pa.table({"id": ids, "text": rows}, schema=schema))
+                n, rows = n + len(rows), []
+            if total >= mb * 1e6:
+                break
+    tmp.replace(path)
+    return path
+
+
+def parquet_case(args) -> None:
+    """A Parquet corpus: `gptcli tokenize` end to end (wall, peak RSS, BPE included), its
+    encoding against tiktoken on the same texts, and reading alone against bare pyarrow."""
+    import pyarrow.parquet as pq
+
+    from gptcli.data import columnar
+    from gptcli.data.streams import Reading
+
+    t0 = time.perf_counter()
+    path = make_parquet(args.parquet_mb)
+    made = time.perf_counter() - t0
+    work = Path(tempfile.mkdtemp(prefix="bench-parquet-"))
+    try:
+        recipe_file = work / "pq.yaml"
+        recipe_file.write_text(
+            f"name: pq\ndata:\n  source: {path}\ntokenizer:\n  vocab_size: {args.vocab}\n"
+        )
+        rss, wall = cli_run(recipe_file, work)  # one process: reading, BPE and encoding
+        r = recipe.load(recipe_file)
+        run = work / "runs" / "pq"
+        manifest = data.read_manifest(run)
+        mb = (manifest["train"]["bytes"] + manifest["val"]["bytes"]) / 1e6
+        enc = tokenizer.Encoder(tokenizer.load(run))
+
+        def ours_encode():  # the tokenizer trained above is reused: read, split, encode, write
+            (run / "data" / "train.bin").unlink()
+            data.prepare(r, run)
+
+        def peer_encode():  # the same texts, a row group at a time
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP, columns=["text"]):
+                enc.tiktoken.encode_ordinary_batch(batch.column(0).to_pylist())
+
+        def ours_read():
+            return sum(1 for _ in columnar.documents(path, Reading()))
+
+        def bare_read():
+            n = 0
+            for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+                n += len(batch.column(0).to_pylist())
+            return n
+
+        rows = bare_read()
+        t_ours = t_tt = t_read = t_bare = float("inf")
+        for _ in range(args.rounds):
+            t_ours = min(t_ours, _timed(ours_encode))
+            t_tt = min(t_tt, _timed(peer_encode))
+            t_read = min(t_read, _timed(ours_read))
+            t_bare = min(t_bare, _timed(bare_read))
+        print(
+            f"parquet corpus: {mb:.0f} MB of text in {rows:,} rows, {path.stat().st_size / 1e6:.0f}"
+            f" MB on disk (zstd, {ROW_GROUP:,}-row groups; made in {made:.0f} s or cached), "
+            f"vocab {args.vocab}, {os.cpu_count()} cores, encoder {enc.name}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+        print()
+        print("| measure | gptcli | peer | ratio (peer time / gptcli time) |")
+        print("| --- | ---: | ---: | ---: |")
+        print(
+            f"| encode MB/s, gptcli end to end vs tiktoken encode_ordinary_batch | "
+            f"{mb / t_ours:.1f} | {mb / t_tt:.1f} | {t_tt / t_ours:.2f} |"
+        )
+        print(
+            f"| reading rows/s, gptcli Parquet source vs bare ParquetFile.iter_batches | "
+            f"{rows / t_read:,.0f} | {rows / t_bare:,.0f} | {t_bare / t_read:.2f} |"
+        )
+        print(
+            f"| `gptcli tokenize` process (BPE on its train_bytes sample + encode): wall s, "
+            f"peak RSS MB | {wall:.0f} s | {rss:.0f} MB | |"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from gptcli import console
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
+from gptcli.data import registry
 from gptcli.recipe import Recipe, task_fields
 
 FOLDER = Path(__file__).resolve().parent / "recipes"
@@ -87,17 +88,11 @@ def _sources(recipe: Recipe) -> list[str]:
     return [s["path"] if isinstance(s, dict) else s for s in sources]
 
 
-def _local(source: str) -> bool:
-    """A path on this machine (not builtin:, a URL or stdin), without glob patterns."""
-    remote = source.startswith(("builtin:", "http://", "https://")) or source == "-"
-    return not remote and bool(source) and not any(c in source for c in "*?[")
-
-
 def local_data(recipe: Recipe) -> list[tuple[str, str]]:
     """(key, path) of each local file or folder the recipe reads."""
     paths = [("data.source", source) for source in _sources(recipe)]
     paths.append(("data.dev", recipe.data.dev))
-    return [(key, p) for key, p in paths if _local(p)]
+    return [(key, p) for key, p in paths if registry.is_local(p)]
 
 
 def data_format(recipe: Recipe) -> str:
@@ -105,19 +100,20 @@ def data_format(recipe: Recipe) -> str:
     task = recipe.task
     if task.kind == "lm":
         return (
-            "text (a .txt file, a folder of .txt/.md files, or a .jsonl with a "
-            f"'{recipe.data.text_field}' field on each line)"
+            "text (a .txt file, a folder of .txt/.md files, a .jsonl with a "
+            f"'{recipe.data.text_field}' field on each line, or a .csv/.parquet/.arrow file "
+            "with that column)"
         )
 
     fields = task_fields(task)
     if task.kind == "sft":
         return (
-            f"a .jsonl, .tsv or .csv file of examples with fields {' and '.join(fields)} "
+            f"a .jsonl, .tsv, .csv or .parquet file of examples with fields {' and '.join(fields)} "
             "(or a .jsonl whose 'messages' hold {role, content} turns)"
         )
     labels = f" ({' or '.join(task.label_names)})" if task.label_names else ""
     return (
-        f"a .jsonl, .tsv or .csv file of examples with fields {', '.join(fields)} "
+        f"a .jsonl, .tsv, .csv or .parquet file of examples with fields {', '.join(fields)} "
         f"and {task.label_field}{labels}"
     )
 
@@ -151,9 +147,10 @@ def data_needed(recipe: Recipe) -> str:
     """The data (and starting checkpoint) a recipe reads, in short."""
     parts = []
     for source in _sources(recipe):
-        if source.startswith("builtin:"):
+        kind = registry.spec_kind(source)
+        if kind == "builtin":
             source += " (generated)"
-        elif source.startswith(("http://", "https://")):
+        elif kind == "url":
             source = f"download {source}"
         parts.append(source)
     if recipe.data.dev:

@@ -93,6 +93,15 @@ def lm_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, dis
     return task, cfg, loaded.weights, []
 
 
+def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
+    """The examples of data.source (each of its sources in turn) and of data.dev (None when
+    unset), read through the data layer like a pretraining corpus."""
+    cfg = recipe.data
+    train = [r for src in data.sources(cfg) for r in data.records(src, cfg, run_dir)]
+    dev = data.records(data.Source(cfg.dev), cfg, run_dir) if cfg.dev else None
+    return train, dev
+
+
 def token_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, dist: Dist):
     """task: sft or classify: their special tokens added to init's tokenizer, the embedding
     matrices grown to match, and for classify a head of as many classes as labels."""
@@ -102,11 +111,12 @@ def token_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, 
     new_ids = add_special_tokens(tok, CLASSIFY_TOKENS if classify else CHAT_TOKENS)
     if dist.main:
         check_run_tokenizer(run_dir, tok)
+    train, dev = task_records(recipe, run_dir)
     task: Any
     if classify:
-        task = ClassifyTask.for_training(recipe, tok, cfg.block_size)
+        task = ClassifyTask.for_training(recipe, tok, cfg.block_size, train, dev)
     else:
-        task = SFTTask(recipe, tok, cfg.block_size)
+        task = SFTTask(recipe, tok, cfg.block_size, train, dev)
     vocab = max(cfg.vocab_size, tok.get_vocab_size())
     cfg = dataclasses.replace(cfg, vocab_size=vocab, n_classes=task.n_classes if classify else 0)
     if dist.main:

@@ -18,7 +18,7 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import bundled, checkpoint, console, interop, memory, optim, run, tokenizer
+from gptcli import bundled, checkpoint, console, data, interop, memory, optim, run, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
 from gptcli.device import autocast, pick_device
@@ -523,6 +523,8 @@ def render_run(info: dict[str, Any]) -> None:
                 "unigram bits/byte (val)": d["val_unigram_bpb"],
             },
         )
+        if d.get("sources"):
+            table("sources read", {e["source"]: data.describe_source(e) for e in d["sources"]})
     table("last metrics", info["last_metrics"])
     if "memory" in info:
         render_memory(info["memory"])

@@ -28,9 +28,9 @@ EOT = "<|endoftext|>"
 @dataclass
 class DataConfig:
     # builtin:NAME | a file, directory or glob | an http(s) URL | "-" (stdin), or a list of
-    # these, each a string or {path: ..., weight: 1.0, sha256: ...}
+    # these, each a string or {path: ..., weight: 1.0, sha256: ..., text_field: ...}
     source: str | list = "builtin:stories"
-    text_field: str = "text"  # the field that holds a document in .jsonl
+    text_field: str = "text"  # the field (column) that holds a document in .jsonl/.csv/.parquet
     sha256: str = ""  # expected sha256 of a URL source's download ("" = not checked)
     errors: Literal["strict", "replace"] = "strict"  # bytes that are not UTF-8
     val_fraction: float = 0.05
@@ -565,21 +565,25 @@ def _is_sha256(value: str) -> bool:
 
 
 def _check_sources(source: str | list) -> None:
-    """data.source: a non-empty string, or a list of strings / {path, weight, sha256}."""
+    """data.source: a non-empty string, or a list of strings / {path, weight, sha256,
+    text_field}."""
     items = source if isinstance(source, list) else [source]
-    expected = "a source string or a list of them (each a string or {path, weight, sha256})"
+    keys = "{path, weight, sha256, text_field}"
+    expected = f"a source string or a list of them (each a string or {keys})"
     _check("data.source", source, bool(items), expected)
     for i, item in enumerate(items):
         key = f"data.source[{i}]" if isinstance(source, list) else "data.source"
         if isinstance(item, dict):
-            unknown = sorted(set(item) - {"path", "weight", "sha256"})
-            _check(key, item, not unknown, "a mapping with keys path, weight, sha256")
+            unknown = sorted(set(item) - {"path", "weight", "sha256", "text_field"})
+            _check(key, item, not unknown, "a mapping with keys path, weight, sha256, text_field")
             path, weight = item.get("path"), item.get("weight", 1.0)
             _check(f"{key}.path", path, isinstance(path, str) and bool(path.strip()), "a string")
             ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
             _check(f"{key}.weight", weight, ok, "a number > 0")
             sha = item.get("sha256", "")
             _check(f"{key}.sha256", sha, isinstance(sha, str) and _is_sha256(sha), "64 hex digits")
+            text = item.get("text_field", "text")
+            _check(f"{key}.text_field", text, isinstance(text, str) and bool(text), "a field name")
         else:
             ok = isinstance(item, str) and bool(item.strip())
             _check(key, item, ok, "a non-empty string")

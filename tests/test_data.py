@@ -7,6 +7,7 @@ import torch
 
 from gptcli import data, recipe
 from gptcli.console import UserError
+from gptcli.data import corpus, streams  # noqa: F401  (patched below)
 
 
 def _docs(cfg, seed=0):
@@ -79,7 +80,7 @@ def test_builtin_stream_matches_generate():
 
 
 def test_documents_straddling_read_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "READ_CHUNK", 7)
+    monkeypatch.setattr(data.streams, "READ_CHUNK", 7)
     docs = [f"document {i} with some words" for i in range(30)]
     (tmp_path / "c.txt").write_text("<|endoftext|>".join(docs))
     assert _docs(recipe.DataConfig(source=str(tmp_path / "c.txt"))) == docs
@@ -130,10 +131,10 @@ def test_fingerprint_reuses_hash_only_for_same_size_and_mtime(tmp_path, monkeypa
     cfg = recipe.DataConfig(source=str(f))
     fp = data.fingerprint(cfg, 0)
     calls = []
-    monkeypatch.setattr(data, "sha256_file", lambda p: calls.append(p) or "x")
-    assert data._same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and not calls
+    monkeypatch.setattr(data.corpus, "sha256_file", lambda p: calls.append(p) or "x")
+    assert data.same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and not calls
     f.write_text("hellp")
-    assert not data._same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and calls
+    assert not data.same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and calls
 
 
 def test_unigram_entropy_of_uniform_tokens():

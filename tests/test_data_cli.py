@@ -407,6 +407,8 @@ def test_old_manifest_of_a_builtin_corpus_is_upgraded_not_rebuilt(trained, tmp_p
     assert "older gptcli" in proc.stderr and "already at step 12" in proc.stderr
     assert shard.stat().st_mtime_ns == mtime
     upgraded = json.loads(path.read_text())
-    assert upgraded["format_version"] == 3
+    from gptcli import data
+
+    assert upgraded["format_version"] == data.MANIFEST_VERSION
     assert upgraded["corpus"]["sources"][0]["generator"] == 1
     assert "older gptcli" not in gptcli("pretrain", "mini.yaml", cwd=tmp_path).stderr

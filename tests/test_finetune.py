@@ -331,6 +331,23 @@ def test_classify_reads_tsv_and_learns_labels(trained):
     assert config["task"]["label_names"] == ["news", "sport"]  # learned from the training file
 
 
+def test_classify_reads_parquet_and_a_zstd_dev_file(trained):
+    """Task examples come through the same source layer as a corpus: Parquet, .jsonl.zst."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    train_file, dev_file = _sst(trained)
+    rows = [json.loads(line) for line in train_file.read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), trained / "sst_train.parquet")
+    dev_zst = trained / "sst_dev.jsonl.zst"
+    dev_zst.write_bytes(zstandard.ZstdCompressor().compress(dev_file.read_bytes()))
+    proc = _finetune(trained, "pq", "single", trained / "sst_train.parquet", dev_zst, 2, SST_LABELS)
+    assert proc.returncode == 0, proc.stderr
+    assert 0.0 <= json.loads(proc.stdout)["val_accuracy"] <= 1.0
+    assert f"{len(rows)} training and 24 dev examples" in proc.stderr
+
+
 def test_sft_masks_prompt_tokens_and_chats(trained, chat_trained):
     """The chat template's masks, then conftest's chat-sft run (prompt/response records and a
     messages one) samples in its template."""

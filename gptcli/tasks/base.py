@@ -1,4 +1,4 @@
-"""What the tasks share: reading examples, their order and padding, and a loss evaluation.
+"""What the tasks share: examples' fields, their order and padding, and a loss evaluation.
 
 A task gives the trainer batches by step index, a loss, an evaluation and a summary; the
 trainer knows nothing of what is learned. lm.py trains on token shards (pretrain, finetune
@@ -7,11 +7,7 @@ task: lm), sft.py on chat-formatted conversations, classify.py a GPT-1 classifie
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,36 +17,6 @@ from gptcli.console import UserError
 from gptcli.device import autocast
 from gptcli.files import get_field
 from gptcli.recipe import Recipe
-
-
-def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(where, record) for each example of a .jsonl, .tsv or .csv file (with a header row)."""
-    p = Path(path)
-    if not str(path):
-        raise UserError("data.source is empty: name the task's training file (.jsonl/.tsv/.csv)")
-    if not p.is_file():
-        raise UserError(f"task data not found: {p} (a .jsonl, .tsv or .csv file)")
-    suffix = p.suffix.lower()
-    try:
-        with open(p, encoding="utf-8", newline="") as f:
-            if suffix in (".tsv", ".csv"):
-                delimiter = "\t" if suffix == ".tsv" else ","
-                reader = csv.DictReader(f, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
-                for row in reader:
-                    yield f"{p}:{reader.line_num}", dict(row)
-                return
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise UserError(f"{p}:{n}: expected a JSON object per line")
-                yield f"{p}:{n}", record
-    except UnicodeDecodeError as e:
-        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
 
 
 def required_field(record: dict, field: str, where: str) -> Any:

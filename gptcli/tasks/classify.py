@@ -27,7 +27,6 @@ from gptcli.tasks.base import (
     LengthOrder,
     as_text,
     pad,
-    read_records,
     required_field,
     split_dev,
     text_field,
@@ -65,11 +64,12 @@ class ClassifyTask:
         }
 
     @classmethod
-    def for_training(cls, recipe: Recipe, tok, block_size: int) -> ClassifyTask:
-        """Read and encode the training and dev files; label names come from the recipe or
-        are learned from the training file."""
+    def for_training(
+        cls, recipe: Recipe, tok, block_size: int, records: list[tuple], dev: list[tuple] | None
+    ) -> ClassifyTask:
+        """Encode the training and dev examples ((where, record) each; dev None: held out of
+        train); label names come from the recipe or are learned from the training file."""
         source = str(recipe.data.source)
-        records = list(read_records(source))
         if not records:
             raise UserError(f"{source}: no examples")
         names = recipe.task.label_names
@@ -84,8 +84,8 @@ class ClassifyTask:
         self.batch_size = recipe.train.batch_size
         self.eval_batch_size = recipe.train.batch_size * 2
         self.train_examples = self.encode(records, source)
-        if recipe.data.dev:
-            self.dev_examples = self.encode(list(read_records(recipe.data.dev)), recipe.data.dev)
+        if dev is not None:
+            self.dev_examples = self.encode(dev, recipe.data.dev)
         else:
             self.train_examples, self.dev_examples = split_dev(self.train_examples, recipe)
         lengths = [sum(len(r) for r in ex.rows) for ex in self.train_examples]

@@ -18,7 +18,6 @@ from gptcli.tasks.base import (
     LengthOrder,
     evaluate_loss,
     pad,
-    read_records,
     split_dev,
     text_field,
 )
@@ -76,12 +75,15 @@ class SFTTask:
 
     checkpoint_info = {"task": {"kind": "sft", "template": CHAT_TEMPLATE}}
 
-    def __init__(self, recipe: Recipe, tok, block_size: int) -> None:
+    def __init__(
+        self, recipe: Recipe, tok, block_size: int, train: list[tuple], dev: list[tuple] | None
+    ) -> None:
+        """train and dev: (where, record) of each example (dev None: held out of train)."""
         self.tok, self.block_size = tok, block_size
         fields = task_fields(recipe.task)
-        train_ex = self.encode(read_records(recipe.data.source), str(recipe.data.source), fields)
-        if recipe.data.dev:
-            dev_ex = self.encode(read_records(recipe.data.dev), recipe.data.dev, fields)
+        train_ex = self.encode(train, str(recipe.data.source), fields)
+        if dev is not None:
+            dev_ex = self.encode(dev, recipe.data.dev, fields)
         else:
             train_ex, dev_ex = split_dev(train_ex, recipe)
         self.train_examples, self.dev_examples = train_ex, dev_ex
