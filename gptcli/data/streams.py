@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
+
 from gptcli.console import UserError
 from gptcli.data import registry
 
@@ -34,8 +36,6 @@ class ZstdStream(io.RawIOBase):
     the file is an error (zstandard's own stream reader would end there silently)."""
 
     def __init__(self, raw) -> None:
-        import zstandard
-
         self.raw, self.new = raw, zstandard.ZstdDecompressor().decompressobj
         self.obj = self.new()
         self.out, self.pos = b"", 0
@@ -107,8 +107,6 @@ def read_error(path: Path, e: BaseException) -> UserError:
 
 def errors_while_reading() -> tuple[type[BaseException], ...]:
     """The exceptions a damaged or unreadable file raises from its stream."""
-    import zstandard
-
     return (OSError, EOFError, gzip.BadGzipFile, TruncatedError, zstandard.ZstdError)
 
 
