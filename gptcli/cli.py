@@ -155,15 +155,7 @@ def pretrain(
     as_json: JsonOpt = False,
 ) -> None:
     """Tokenize if needed, then train from scratch (resuming from the newest checkpoint)."""
-    console.set_quiet(quiet)
-    from gptcli import bundled
-
-    recipe = bundled.load(recipe_path, sets or [])  # before torch: a bad recipe fails at once
-    from gptcli import pretrain as pretrain_mod
-
-    summary = pretrain_mod.pretrain(recipe, fresh=fresh)
-    if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
-        _print_json(summary)
+    _train("pretrain", recipe_path, sets, fresh, quiet, as_json)
 
 
 @app.command(
@@ -181,13 +173,22 @@ def finetune(
     as_json: JsonOpt = False,
 ) -> None:
     """Continue training the checkpoint named by the recipe's `init` on task data."""
+    _train("finetune", recipe_path, sets, fresh, quiet, as_json)
+
+
+def _train(
+    command: str, recipe_path: str, sets: list[str] | None, fresh: bool, quiet: bool, as_json: bool
+) -> None:
+    """pretrain and finetune: the recipe is checked before torch loads : bad ones fail fast."""
     console.set_quiet(quiet)
     from gptcli import bundled
 
-    recipe = bundled.load(recipe_path, sets or [])  # before torch: a bad recipe fails at once
-    from gptcli import finetune as finetune_mod
-
-    summary = finetune_mod.finetune(recipe, fresh=fresh)
+    recipe = bundled.load(recipe_path, sets or [])
+    if command == "pretrain":
+        from gptcli.pretrain import pretrain as train
+    else:
+        from gptcli.finetune import finetune as train
+    summary = train(recipe, fresh=fresh)
     if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
 
