@@ -102,8 +102,9 @@ def load(
             f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
             f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
         )
+    model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = generate.pick_dtype(dtype, device, loaded.config)
-    model = build_model(loaded, device).to(weights).eval()
+    model = model.to(weights)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     if checkpoint_path is None:
         console.info(f"{command}: using {ckpt}")

@@ -227,8 +227,9 @@ def bf16_sampling_speedup(cfg: ModelConfig, rows: int) -> float:
             torch.manual_seed(0)
             fp32 = GPT(cfg).eval()
         bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-        params = SampleConfig(max_new_tokens=8, temperature=1.0, top_k=50)
-        prompt = list(range(min(16, cfg.block_size - 8)))
+        n_prompt = max(1, min(16, cfg.block_size // 2))
+        params = SampleConfig(max_new_tokens=min(8, cfg.block_size - n_prompt), top_k=50)
+        prompt = [i % cfg.vocab_size for i in range(n_prompt)]
 
         def sampler(model: GPT) -> Callable[[], None]:
             return lambda: list(generate(model, prompt, params, seed=0, num_samples=rows))
@@ -391,8 +392,9 @@ def run(
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
     loaded = interop.load(ckpt)
+    model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = pick_dtype(dtype, device, loaded.config, num_samples)
-    model = build_model(loaded, device).to(weights).eval()
+    model = model.to(weights)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
     if kind == "classify":

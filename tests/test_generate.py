@@ -463,3 +463,6 @@ def test_sampling_dtype_auto_follows_the_probe_of_the_models_shape(monkeypatch, 
     monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))  # the real probe: a ratio, then cached
     assert gen.bf16_sampling_speedup(cfg, 1) > 0
     assert (tmp_path / "cpu_probes.json").is_file()
+    # a context of 8 tokens and a vocabulary of 5 still leave the probe a prompt to sample after
+    tiny = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=5)
+    assert gen.bf16_sampling_speedup(tiny, 1) > 0
