@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests send Ctrl-C (SIGINT) to gptcli. A shell without job control starts background commands
+# with SIGINT ignored, and children inherit that: the suite run as `make test &` would see every
+# Ctrl-C ignored. A handler (unlike SIG_IGN) is reset to the default in each child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_env(**extra: str) -> dict[str, str]:
