@@ -70,6 +70,20 @@ def gptcli(
     )
 
 
+def gptcli_without(module: str, *args: str, cwd: Path):
+    """Run `gptcli ARGS` with `module` hidden, as if its optional extra were not installed (CI
+    has every extra), and return the CompletedProcess."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.modules[{module!r}] = None\n"
+        f"sys.argv = ['gptcli', *{list(args)!r}]\n"
+        "runpy.run_module('gptcli', run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=run_env()
+    )
+
+
 def torchrun(*args: str, cwd: Path, nproc: int = 2):
     """Run `torchrun ... -m gptcli ARGS` with NPROC ranks and return the CompletedProcess."""
     return subprocess.run(

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import assert_one_line_error, gptcli, run_env
+from conftest import assert_one_line_error, gptcli, gptcli_without
 
 STORIES = [f"Story {i}: the cat number {i} sat on mat {i % 7} and slept.\n" * 3 for i in range(60)]
 TINY = """\
@@ -119,15 +117,7 @@ def test_bad_inputs_exit_2_in_one_line_and_damage_nothing(tmp_path):
 def test_missing_pyarrow_names_the_install_line(tmp_path):
     pq.write_table(pa.table({"text": ["a story"] * 10}), tmp_path / "a.parquet")
     recipe = _recipe(tmp_path, str(tmp_path / "a.parquet"))
-    code = (
-        "import sys, runpy\n"
-        "sys.modules['pyarrow'] = None\n"
-        f"sys.argv = ['gptcli', 'tokenize', {str(recipe)!r}, '--quiet']\n"
-        "runpy.run_module('gptcli', run_name='__main__')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), cwd=tmp_path
-    )
+    proc = gptcli_without("pyarrow", "tokenize", str(recipe), "--quiet", cwd=tmp_path)
     assert_one_line_error(proc, "pip install 'gptcli[parquet]'")
     assert not (tmp_path / "runs/c/data/train.bin").exists()
 

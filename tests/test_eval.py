@@ -3,11 +3,9 @@ harness's hf backend on the exported folder; run folders keep results; offline a
 errors are one line."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, assert_one_line_error, gptcli, run_env, write_recipe
+from conftest import REPO, assert_one_line_error, gptcli, gptcli_without, write_recipe
 
 pytest.importorskip("lm_eval")
 
@@ -199,13 +197,6 @@ def test_generation_task_and_the_offline_error(trained, tmp_path, offline):
 
 
 def test_missing_extra_names_the_install_line(trained):
-    code = (
-        "import sys, runpy\n"
-        "sys.modules['lm_eval'] = None\n"
-        f"sys.argv = ['gptcli', 'eval', {str(trained / 'runs' / 'mini')!r}, '-t', 'gptcli_sst2']\n"
-        "runpy.run_module('gptcli', run_name='__main__')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=run_env(), cwd=REPO
-    )
+    run = str(trained / "runs" / "mini")
+    proc = gptcli_without("lm_eval", "eval", run, "-t", "gptcli_sst2", cwd=REPO)
     assert_one_line_error(proc, "pip install 'gptcli[eval]'")

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from conftest import assert_one_line_error, gptcli, run_env
+from conftest import assert_one_line_error, gptcli, gptcli_without, run_env
 
 PROMPT = "Once upon a time"
 
@@ -271,13 +271,5 @@ def test_serve_refuses_a_classifier_and_needs_its_extra(trained, tmp_path):
 
     proc = gptcli("serve", "-c", str(fake_classifier(trained, tmp_path)), cwd=trained)
     assert_one_line_error(proc, "classifier")
-    code = (
-        "import sys, runpy\n"
-        "sys.modules['fastapi'] = None\n"
-        "sys.argv = ['gptcli', 'serve', '-c', 'runs/mini']\n"
-        "runpy.run_module('gptcli', run_name='__main__')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=trained, capture_output=True, text=True, env=run_env()
-    )
+    proc = gptcli_without("fastapi", "serve", "-c", "runs/mini", cwd=trained)
     assert_one_line_error(proc, "pip install 'gptcli[serve]'")
