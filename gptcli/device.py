@@ -53,6 +53,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt's, from glibc's malloc.h
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the OS.
 
@@ -61,24 +64,24 @@ def keep_freed_memory() -> bool:
     page by page (benchmarks/bench_train.py). The cost is a resident size that stays at its
     peak. Returns whether this C library took the settings (only glibc has mallopt).
     """
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    return _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def return_large_buffers() -> bool:
     """Serve large allocations with mmaps that go back to the OS when freed: under FSDP each
     block's gathered weights are freed after use, and memory kept for reuse would end up holding
     every block's copy at once, as much as an unsharded rank. Returns whether glibc took it."""
+    return _mallopt((M_MMAP_THRESHOLD, 128 * 1024))  # a fixed value ends the sliding threshold
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """Apply (parameter, value) settings in order; False at the first refused, or where this C
+    library has no mallopt (only glibc has it)."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    m_mmap_threshold = -3  # from glibc's malloc.h; a fixed value also ends the sliding threshold
-    return bool(mallopt(m_mmap_threshold, 128 * 1024))
+    return all(mallopt(parameter, value) for parameter, value in settings)
 
 
 def why_no_compile(device: torch.device) -> str | None:
