@@ -5,7 +5,8 @@ Same shapes, same batches, same optimizer (fused AdamW, lr 1e-3, weight decay 0.
 timed windows of the engines of one precision alternate in one process, so machine noise hits
 them alike and the ratios (always at equal precision) stay meaningful. A last row per precision
 is gptcli as its trainer runs: compiled when `compile: auto` would compile a run of --run-steps
-steps (then nanoGPT compiled is timed too). Then a bf16-vs-fp32 loss-curve check.
+steps (then nanoGPT compiled is timed too) and the compiled step times faster than eager, as the
+trainer keeps it only then. Then a bf16-vs-fp32 loss-curve check.
 
 nanoGPT is read from a local checkout (--nanogpt DIR, else $NANOGPT_DIR); without one its rows
 are skipped with a note. Its code is loaded from there, never copied here.
@@ -36,7 +37,11 @@ from gptcli.device import keep_freed_memory  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.optim import param_groups  # noqa: E402
 from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
-from gptcli.trainer import bf16_training_speedup, compile_pays  # noqa: E402
+from gptcli.trainer import (  # noqa: E402
+    bf16_training_speedup,
+    compile_pays,
+    expected_compile_s,
+)
 
 CONFIGS = {
     "a": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, vocab=65),
@@ -47,12 +52,15 @@ DEFAULT_NANOGPT = Path("/work/main/build/nanoGPT")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def gptcli_model(c: dict) -> GPT:
-    cfg = ModelConfig(
+def gptcli_config(c: dict) -> ModelConfig:
+    return ModelConfig(
         n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
         block_size=c["block_size"], vocab_size=c["vocab"], **PRESETS["gpt2"],
     )  # fmt: skip
-    return GPT(cfg)
+
+
+def gptcli_model(c: dict) -> GPT:
+    return GPT(gptcli_config(c))
 
 
 def hf_model(c: dict) -> torch.nn.Module:
@@ -148,7 +156,8 @@ def as_trained(c: dict, amp, nanogpt, eager_rate: float, run_steps: int) -> tupl
     """gptcli compiled as compile: auto would for a run of run_steps steps (and nanoGPT
     compiled beside it), with each compile's first-step seconds; ({}, why) when it stays eager."""
     tokens = c["batch"] * c["block_size"]
-    wanted, why = compile_pays(run_steps, tokens / eager_rate)
+    compile_s = expected_compile_s(gptcli_config(c), c["batch"], amp)
+    wanted, why = compile_pays(run_steps, tokens / eager_rate, *compile_s)
     if not wanted:
         return {}, why
     runners = {}
@@ -183,8 +192,11 @@ def throughput(c: dict, amp, nanogpt, windows: int, steps: int, run_steps: int) 
         rates.update(timed_windows(compiled, batch, tokens, windows, steps))
         # the eager engines again, beside the compiled ones, for same-run ratios
         rates.update(timed_windows(runners, batch, tokens, windows, steps))
-    rates["trained"] = rates.get("gptcli compiled", rates["gptcli"])
-    rates["why"] = ("compiled: " if compiled else "eager: ") + why
+    # the trainer keeps the compiled module only where its steps time faster than eager ones
+    kept = rates.get("gptcli compiled", 0.0) > rates["gptcli"]
+    rates["trained"] = rates["gptcli compiled"] if kept else rates["gptcli"]
+    path = "compiled" if kept else "compiled, slower, back to eager" if compiled else "eager"
+    rates["why"] = f"{path}: {why}"
     return rates
 
 

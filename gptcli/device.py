@@ -144,22 +144,49 @@ def autocast_dtype(
 def cached_probe(file: str, what: str, measure: Callable[[], float]) -> float:
     """measure(), run once per `what` on this CPU, thread count and torch, then read from
     file in the cache dir: a probe costs seconds, and its answer only changes with the machine."""
+    value = read_probe(file, what)
+    if value is None:
+        value = measure()
+        write_probe(file, what, value)
+    return value
+
+
+def read_probe(file: str, what: str) -> float | None:
+    """The value recorded for `what` on this CPU, thread count and torch, or None."""
+    entry = _probe_cache(file).get(_probe_key(what)[0])
+    if isinstance(entry, dict):
+        return entry.get("value")
+    return entry  # a bare number: written before entries carried their key and date
+
+
+def write_probe(file: str, what: str, value: float) -> None:
+    """Record value for `what` (replacing any before), with the full key and today's date, so
+    the file says what each number was measured for and when."""
+    digest, key = _probe_key(what)
+    cache = _probe_cache(file)
+    cache[digest] = {"value": value, "key": key, "measured": time.strftime("%Y-%m-%d")}
+    try:
+        path = cache_dir() / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(cache, indent=1).encode())
+    except OSError:
+        pass  # a read-only cache dir only costs a re-measure next time
+
+
+def _probe_key(what: str) -> tuple[str, str]:
+    """(digest, key): a probe's answer holds for one CPU model, thread count and torch version;
+    any other of these (a torch upgrade included) measures again."""
     threads = torch.get_num_threads()
     key = f"{what}|{platform.machine()}|{_cpu_model()}|{threads}|{torch.__version__}"
-    path = cache_dir() / file
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return hashlib.sha256(key.encode()).hexdigest()[:16], key
+
+
+def _probe_cache(file: str) -> dict:
     try:
-        cache = json.loads(path.read_text())
+        cache = json.loads((cache_dir() / file).read_text())
     except (OSError, ValueError):
-        cache = {}
-    if digest not in cache:
-        cache[digest] = measure()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(cache).encode())
-        except OSError:
-            pass  # a read-only cache dir only costs a re-measure next time
-    return cache[digest]
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def faster_ratio(slow: Callable[[], None], fast: Callable[[], None], rounds: int = 3) -> float:

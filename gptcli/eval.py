@@ -23,9 +23,9 @@ import torch
 from gptcli import __version__, console, interop, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
-from gptcli.device import autocast_dtype, pick_device
+from gptcli.device import pick_device
 from gptcli.files import write_atomic
-from gptcli.generate import TextStream, generate
+from gptcli.generate import TextStream, generate, pick_dtype
 from gptcli.model import GPT
 from gptcli.recipe import EOT, SampleConfig
 from gptcli.tasks import sft
@@ -513,8 +513,12 @@ def check_options(
     return names, limit
 
 
-def load_model(path: str, device_name: str, dtype: str, chat: bool) -> tuple[Path, GPT, Any]:
-    """The model (LoRA merged on load), in its dtype on its device, and its tokenizer."""
+def load_model(
+    path: str, device_name: str, dtype: str, chat: bool, batch_size: int = 16
+) -> tuple[Path, GPT, Any]:
+    """The model (LoRA merged on load), in its dtype on its device, and its tokenizer. dtype auto
+    is sampling's: bf16 where native unless forward passes of batch_size rows of this model's
+    shape measure it slower (the same cached probe)."""
     ckpt = interop.resolve(path)
     loaded = interop.load(ckpt)
     kind = loaded.info["task"].get("kind", "lm")
@@ -528,8 +532,9 @@ def load_model(path: str, device_name: str, dtype: str, chat: bool) -> tuple[Pat
             f"--apply-chat-template: {ckpt} has no chat template (it is not an SFT checkpoint)"
         )
     device = pick_device(device_name)
-    weights = autocast_dtype(device, dtype, doing="evaluation") or torch.float32
-    model = build_model(loaded, device).to(weights).eval().prepack()
+    model = build_model(loaded, device)
+    weights = pick_dtype(dtype, device, loaded.config, batch_size, doing="evaluation")
+    model = model.to(weights).eval().prepack()
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     return ckpt, model, tok
 
@@ -559,7 +564,7 @@ def evaluate(
             raise UserError(f"--include-path: {folder} is not a folder (of task YAML files)")
     if out is not None and Path(out).is_dir():
         raise UserError(f"--out: {out} is a folder; name a file to write the JSON result to")
-    ckpt, model, tok = load_model(path, device, dtype, chat)
+    ckpt, model, tok = load_model(path, device, dtype, chat, batch_size)
     with quiet_harness():
         manager = task_manager(names, include)
     check_data(manager, names)

@@ -208,14 +208,19 @@ class TextStream:
 
 
 def pick_dtype(
-    name: str, device: torch.device, cfg: ModelConfig | None = None, rows: int = 1
+    name: str,
+    device: torch.device,
+    cfg: ModelConfig | None = None,
+    rows: int = 1,
+    doing: str = "sampling",
 ) -> torch.dtype:
-    """The weights' dtype: auto as in training (bf16 where native, unless sampling rows at a
-    time from a model of cfg's shape measured slower in it), justified by top1_agreement."""
+    """The weights' dtype for sampling (or evaluation, forward-only too): auto as in training
+    (bf16 where native, unless sampling rows at a time from a model of cfg's shape measured
+    slower in it), justified by top1_agreement."""
     if name not in ("auto", *DTYPES):
         raise UserError(f"--dtype must be auto, fp32 or bf16, got {name!r}")
     speedup = None if cfg is None else (lambda: bf16_sampling_speedup(cfg, rows))
-    return autocast_dtype(device, name, "sampling", speedup) or torch.float32
+    return autocast_dtype(device, name, doing, speedup) or torch.float32
 
 
 def bf16_sampling_speedup(cfg: ModelConfig, rows: int) -> float:

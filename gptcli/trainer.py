@@ -29,8 +29,10 @@ from gptcli.device import (
     keep_freed_memory,
     peak_flops,
     pick_device,
+    read_probe,
     return_large_buffers,
     why_no_compile,
+    write_probe,
 )
 from gptcli.files import sha256_file
 from gptcli.model import GPT
@@ -39,24 +41,51 @@ from gptcli.tokenizer import TOKENIZER_FILE
 
 # compile: auto on CPU times this many eager steps (the first warms up) before deciding
 PROBE_STEPS = 3
-# what a first torch.compile of a small GPT costs on a CPU, in seconds (the rule's estimate)
-CPU_COMPILE_S = 30.0
+# once compiled, after the first compiled step (which compiles), this many compiled and as many
+# eager steps take turns, timed; the compiled module stays only when its best step is faster
+CHECK_STEPS = 3
+# a first torch.compile on a CPU, in seconds, for a shape never compiled on this machine: a
+# fixed part plus a part per layer (dynamo traces every block); after one run here compiles the
+# shape, the cost it measured replaces this estimate
+COMPILE_S_BASE = 20.0
+COMPILE_S_PER_LAYER = 10.0
 # compile only when the eager time left is this many times the compile: it then pays back
 # if compiled steps are at least 1/PAYBACK faster
 PAYBACK = 10
+# the cache file (in the cache dir) of the CPU probes and of measured compile costs
+PROBES = "cpu_probes.json"
 # a window's tokens/s under this share of the run's best means something else took the cores
 SLOWDOWN = 0.25
 
 
-def compile_pays(remaining_steps: int, step_s: float) -> tuple[bool, str]:
-    """Whether compiling repays itself on CPU, and why: the eager time still to run
-    (remaining_steps x step_s) against PAYBACK x the expected compile time."""
+def compile_pays(
+    remaining_steps: int, step_s: float, compile_s: float, source: str = "estimated"
+) -> tuple[bool, str]:
+    """The compile: auto rule on CPU, and why it decided: compile when the eager time still to
+    run (remaining_steps x step_s) is over PAYBACK x the expected first compile (compile_s, see
+    expected_compile_s). A compiled step then timed slower than eager goes back to eager
+    (Trainer.keep_compiled)."""
     eager_s = remaining_steps * step_s
-    rule = f"{PAYBACK}x the ~{CPU_COMPILE_S:.0f} s a first compile takes"
+    rule = f"{PAYBACK}x the ~{compile_s:.0f} s a first compile takes ({source})"
     left = f"{remaining_steps} steps left at {step_s * 1000:.0f} ms take ~{eager_s:.0f} s eager"
-    if eager_s > PAYBACK * CPU_COMPILE_S:
+    if eager_s > PAYBACK * compile_s:
         return True, f"{left}, over {rule}"
     return False, f"{left}, under {rule}"
+
+
+def compile_cost_key(cfg: ModelConfig, batch_size: int, amp: torch.dtype | None, task: str) -> str:
+    return f"compile s|{task}|{batch_size}|{amp}|{sorted(dataclasses.asdict(cfg).items())}"
+
+
+def expected_compile_s(
+    cfg: ModelConfig, batch_size: int, amp: torch.dtype | None, task: str = "LMTask"
+) -> tuple[float, str]:
+    """Seconds a first compile of this training step takes on this CPU, and where the figure
+    comes from: as the last run here that compiled it measured, else estimated from its layers."""
+    measured = read_probe(PROBES, compile_cost_key(cfg, batch_size, amp, task))
+    if measured is not None:
+        return measured, "as measured here"
+    return COMPILE_S_BASE + COMPILE_S_PER_LAYER * cfg.n_layer, "estimated"
 
 
 def bf16_training_speedup(cfg: ModelConfig, batch_size: int) -> float:
@@ -79,7 +108,7 @@ def bf16_training_speedup(cfg: ModelConfig, batch_size: int) -> float:
         return faster_ratio(lambda: step(None), lambda: step(torch.bfloat16))
 
     shape = f"bf16 train|{rows}|{sorted(dataclasses.asdict(cfg).items())}"
-    return cached_probe("cpu_probes.json", shape, measure)
+    return cached_probe(PROBES, shape, measure)
 
 
 def training_amp(
@@ -88,6 +117,11 @@ def training_amp(
     """train.dtype for this model on device: auto with the bf16 probe of its shape on a CPU."""
     speedup = lambda: bf16_training_speedup(cfg, batch_size)  # noqa: E731
     return autocast_dtype(device, dtype, "training", speedup)
+
+
+def step_clock() -> float:
+    """The clock compile: auto times steps with (its own name, so tests can set the times)."""
+    return time.perf_counter()
 
 
 def recorded_auto(run_dir: Path, device: torch.device) -> dict:
@@ -301,7 +335,11 @@ class Trainer:
         self.start_step = self.step
         if self.dist.main:  # rank 0 alone: it is the one that appends after
             loggers.truncate_metrics(run_dir, self.step)
-        self.probe_s: list[float] = []
+        # compile: auto's timed steps (see after_timed_step)
+        self.timed_s: list[float] = []
+        self.check_s: dict[str, list[float]] = {"compiled": [], "eager": []}
+        self.compile_step_s: float | None = None
+        self.compiled_module: torch.nn.Module | None = None
         self.step_model = self.compiled(self.parallel.module)
         self.watch = SlowdownWatch()
         self.peak, peak_source = peak_flops(self.device, self.amp)
@@ -342,9 +380,9 @@ class Trainer:
 
     def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
         """module compiled or not, as train.compile says; auto on CPU decides after timing
-        PROBE_STEPS eager steps (see after_probe_step) unless the run decided before."""
+        PROBE_STEPS eager steps (see after_timed_step) unless the run decided before."""
         t, device = self.t, self.device
-        self.compile_pending = False
+        self.timing: str | None = None  # "probe" (eager steps), "check" (compiled, eager)
         if t.compile == "auto" and "compile" in self.auto:
             wanted = self.auto["compile"]
             decided = "compiling" if wanted else "eager"
@@ -352,7 +390,7 @@ class Trainer:
         elif t.compile == "auto" and device.type == "cpu":
             wanted = False
             if t.max_steps - self.step > PROBE_STEPS:
-                self.compile_pending = True
+                self.timing = "probe"
             else:
                 # not recorded: a resume with a higher max_steps decides for its own length
                 console.info("train: compile auto: eager (too few steps to repay a compile)")
@@ -370,21 +408,72 @@ class Trainer:
         console.info("train: torch.compile: the first step compiles (cached for reuse)")
         return torch.compile(module)
 
-    def after_probe_step(self, seconds: float) -> None:
-        """compile: auto on CPU: after PROBE_STEPS eager steps, compile when the steps left
-        repay it (compile_pays); every rank decides on the same mean step time."""
-        self.probe_s.append(seconds)
-        if len(self.probe_s) < PROBE_STEPS:
+    def after_timed_step(self, seconds: float) -> None:
+        """compile: auto on CPU: after PROBE_STEPS eager steps, decide_compile; once compiled,
+        the compiling step, then compiled and eager steps in turn until keep_compiled."""
+        if self.timing == "probe":
+            self.timed_s.append(seconds)
+            if len(self.timed_s) == PROBE_STEPS:
+                self.decide_compile()
             return
-        self.compile_pending = False
-        step_s = statistics.mean(self.probe_s[1:])  # the first step warms up
-        step_s = parallel.all_mean(torch.tensor(step_s), self.dist).item()
-        wanted, why = compile_pays(self.t.max_steps - self.step, step_s)
+        ran = "compiled" if self.step_model is self.compiled_module else "eager"
+        if self.compile_step_s is None:
+            self.compile_step_s = seconds
+        else:
+            self.check_s[ran].append(seconds)
+        compiled, eager = (len(self.check_s[k]) for k in ("compiled", "eager"))
+        if eager == CHECK_STEPS:
+            self.keep_compiled()
+        else:
+            self.step_model = self.compiled_module if compiled <= eager else self.parallel.module
+
+    def compile_shape(self) -> tuple[ModelConfig, int, torch.dtype | None, str]:
+        """What a compile's cost depends on: the model, the batch, the dtype and the task."""
+        return self.model.cfg, self.t.batch_size, self.amp, type(self.task).__name__
+
+    def ranks_mean(self, seconds: float) -> float:
+        """Every rank decides on the same step times."""
+        return parallel.all_mean(torch.tensor(seconds, dtype=torch.float64), self.dist).item()
+
+    def decide_compile(self) -> None:
+        """Compile when the steps left repay it (compile_pays, on the probe's mean step time);
+        the decision is recorded once keep_compiled has timed compiled steps, so a resume
+        before then decides again."""
+        step_s = self.ranks_mean(statistics.mean(self.timed_s[1:]))  # the first warms up
+        compile_s = expected_compile_s(*self.compile_shape())
+        wanted, why = compile_pays(self.t.max_steps - self.step, step_s, *compile_s)
         console.info(f"train: compile auto: {'compiling' if wanted else 'eager'} ({why})")
-        self.auto["compile"] = wanted
+        self.timing = "check" if wanted else None
         if wanted:
-            self.step_model = self.compile(self.parallel.module)
+            self.compiled_module = self.step_model = self.compile(self.parallel.module)
             self.watch.restart()
+        if self.step_model is self.parallel.module:  # not compiling, or no C++ compiler
+            self.timing = None
+            self.auto["compile"] = False
+
+    def keep_compiled(self) -> None:
+        """Keep the compiled module only when its best timed step beats the best eager one,
+        else go back to the eager module. The two took turns, so a busy spell on the machine
+        slows both alike, and the best of each leaves out a recompile; both train the same
+        parameters with the same optimizers, so only speed changes. The compiling step less an
+        eager one is this shape's compile cost, kept for the next run's compile_pays."""
+        first = self.ranks_mean(self.compile_step_s or 0.0)
+        compiled_s = self.ranks_mean(min(self.check_s["compiled"]))
+        eager_s = self.ranks_mean(min(self.check_s["eager"]))
+        self.timing = None
+        if self.dist.main:
+            cost = round(max(0.0, first - eager_s), 3)
+            write_probe(PROBES, compile_cost_key(*self.compile_shape()), cost)
+        kept = compiled_s < eager_s
+        self.auto.update(
+            compile=kept,
+            compiled_step_ms=round(compiled_s * 1000, 2),
+            eager_step_ms=round(eager_s * 1000, 2),
+        )
+        timings = f"compiled step {compiled_s * 1000:.0f} ms vs eager {eager_s * 1000:.0f} ms"
+        console.info(f"train: compile auto: {timings}: {'kept' if kept else 'back to eager'}")
+        self.step_model = self.compiled_module if kept else self.parallel.module
+        self.watch.restart()
 
     def announce(self, peak_source: str) -> None:
         t, dist, model = self.t, self.dist, self.model
@@ -538,10 +627,10 @@ class Trainer:
                     "train", total=t.max_steps, completed=self.step, loss="", lr="", rate=""
                 )
                 while self.step < t.max_steps:
-                    step_start = time.perf_counter()
+                    step_start = step_clock()
                     loss_sum, tokens = self.train_step()
-                    if self.compile_pending:
-                        self.after_probe_step(time.perf_counter() - step_start)
+                    if self.timing:
+                        self.after_timed_step(step_clock() - step_start)
                     if self.step == self.start_step + 1:
                         self.record_peak_memory()
                     window_tokens += tokens

@@ -75,6 +75,12 @@ def test_probes_run_once_per_shape_and_are_cached(tmp_path, monkeypatch):
     assert device.cached_probe("p.json", "shape a", lambda: calls.append(1) or 0.5) == 1.5
     assert device.cached_probe("p.json", "shape b", lambda: calls.append(1) or 0.5) == 0.5
     assert calls == [1, 1]
+    # each entry says what it was measured for (torch version, CPU) and when
+    entries = json.loads((tmp_path / "p.json").read_text()).values()
+    assert all(torch.__version__ in e["key"] and e["measured"] for e in entries)
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch measures again
+    assert device.cached_probe("p.json", "shape a", lambda: calls.append(1) or 0.5) == 0.5
+    assert calls == [1, 1, 1]
 
 
 def test_faster_ratio_is_slow_time_over_fast_time():

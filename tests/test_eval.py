@@ -200,3 +200,21 @@ def test_missing_extra_names_the_install_line(trained):
     run = str(trained / "runs" / "mini")
     proc = gptcli_without("lm_eval", "eval", run, "-t", "gptcli_sst2", cwd=REPO)
     assert_one_line_error(proc, "pip install 'gptcli[eval]'")
+
+
+def test_dtype_auto_follows_the_forward_probe_of_the_models_shape(trained, monkeypatch):
+    """auto as in sampling: bf16 where native, unless the cached probe of this model's shape at
+    the batch size measures it slower (then fp32)."""
+    import torch
+
+    from gptcli import device
+    from gptcli import generate as gen
+    from gptcli.eval import load_model
+
+    run, rows = str(trained / "runs" / "mini"), []
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda cfg, n: rows.append(n) or 0.6)
+    assert load_model(run, "cpu", "auto", False, 8)[1].wte.weight.dtype == torch.float32
+    monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda cfg, n: 1.3)
+    assert load_model(run, "cpu", "auto", False, 8)[1].wte.weight.dtype == torch.bfloat16
+    assert rows == [8]
