@@ -82,16 +82,21 @@ def load(arg: str, overrides: list[str]) -> Recipe:
 # --------------------------------------------------------------------------- data a recipe needs
 
 
+def _path(source: str | dict) -> str:
+    """A source's string, from either of its forms (a string or a {path, ...} mapping)."""
+    return source["path"] if isinstance(source, dict) else source
+
+
 def _sources(recipe: Recipe) -> list[str]:
-    """data.source as a list of strings (a list's items may be {path, weight, sha256})."""
+    """data.source as a list of strings (it, or a list's items, may be {path, ...})."""
     sources = recipe.data.source if isinstance(recipe.data.source, list) else [recipe.data.source]
-    return [s["path"] if isinstance(s, dict) else s for s in sources]
+    return [_path(s) for s in sources]
 
 
 def local_data(recipe: Recipe) -> list[tuple[str, str]]:
     """(key, path) of each local file or folder the recipe reads."""
     paths = [("data.source", source) for source in _sources(recipe)]
-    paths.append(("data.dev", recipe.data.dev))
+    paths.append(("data.dev", _path(recipe.data.dev)))
     return [(key, p) for key, p in paths if registry.is_local(p)]
 
 
@@ -152,9 +157,11 @@ def data_needed(recipe: Recipe) -> str:
             source += " (generated)"
         elif kind == "url":
             source = f"download {source}"
+        elif kind == "hf":
+            source = f"stream {source}"
         parts.append(source)
     if recipe.data.dev:
-        parts.append(f"dev {recipe.data.dev}")
+        parts.append(f"dev {_path(recipe.data.dev)}")
     if recipe.init:
         parts.append(f"starts from {recipe.init}")
     return ", ".join(parts)

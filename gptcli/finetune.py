@@ -98,7 +98,8 @@ def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     unset), read through the data layer like a pretraining corpus."""
     cfg = recipe.data
     train = [r for src in data.sources(cfg) for r in data.records(src, cfg, run_dir)]
-    dev = data.records(data.Source(cfg.dev), cfg, run_dir) if cfg.dev else None
+    dev_src = data.dev_source(cfg)
+    dev = data.records(dev_src, cfg, run_dir) if dev_src else None
     return train, dev
 
 

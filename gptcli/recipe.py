@@ -27,15 +27,19 @@ EOT = "<|endoftext|>"
 
 @dataclass
 class DataConfig:
-    # builtin:NAME | a file, directory or glob | an http(s) URL | "-" (stdin), or a list of
-    # these, each a string or {path: ..., weight: 1.0, sha256: ..., text_field: ...}
-    source: str | list = "builtin:stories"
+    # builtin:NAME | hf:OWNER/NAME (a Hub dataset) | a file, directory or glob | an http(s)
+    # URL | "-" (stdin), or a list of these, each a string or {path: ..., weight: 1.0,
+    # sha256: ..., text_field: ...}; an hf: source's mapping also takes config, split (train)
+    # and revision
+    source: str | list | dict = "builtin:stories"
     text_field: str = "text"  # the field (column) that holds a document in .jsonl/.csv/.parquet
     sha256: str = ""  # expected sha256 of a URL source's download ("" = not checked)
     errors: Literal["strict", "replace"] = "strict"  # bytes that are not UTF-8
     val_fraction: float = 0.05
     builtin_mb: float = 8.0  # how much text a builtin: corpus generates
-    dev: str = ""  # finetune: a separate evaluation file (else val_fraction of the source)
+    # a separate evaluation set (else val_fraction of the source): a file, URL or hf: dataset,
+    # as a string or in the source's mapping form, e.g. {path: hf:OWNER/NAME, split: validation}
+    dev: str | dict = ""
     max_download_mb: float = 10240.0  # a URL source larger than this is refused
     allow_html: bool = False  # a URL that serves an HTML page is refused unless this is true
 
@@ -504,6 +508,7 @@ def validate(r: Recipe) -> None:
     )
     check("tokenizer.min_frequency", tok.min_frequency, tok.min_frequency >= 1, ">= 1")
     _check_sources(r.data.source)
+    _check_dev(r.data.dev)
     check("data.sha256", r.data.sha256, _is_sha256(r.data.sha256), "64 hex digits or empty")
     check("tokenizer.train_bytes", tok.train_bytes, tok.train_bytes > 0, "a positive integer")
     check("data.val_fraction", r.data.val_fraction, 0.0 < r.data.val_fraction < 1.0, "in (0, 1)")
@@ -564,29 +569,48 @@ def _is_sha256(value: str) -> bool:
     return value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
 
 
-def _check_sources(source: str | list) -> None:
-    """data.source: a non-empty string, or a list of strings / {path, weight, sha256,
-    text_field}."""
+SOURCE_KEYS = ("path", "weight", "sha256", "text_field")
+HUB_KEYS = ("config", "split", "revision")  # an hf: source's mapping may also name these
+
+
+def _check_sources(source: str | list | dict) -> None:
+    """data.source: a non-empty string or mapping, or a list of them."""
     items = source if isinstance(source, list) else [source]
     keys = "{path, weight, sha256, text_field}"
     expected = f"a source string or a list of them (each a string or {keys})"
     _check("data.source", source, bool(items), expected)
     for i, item in enumerate(items):
-        key = f"data.source[{i}]" if isinstance(source, list) else "data.source"
-        if isinstance(item, dict):
-            unknown = sorted(set(item) - {"path", "weight", "sha256", "text_field"})
-            _check(key, item, not unknown, "a mapping with keys path, weight, sha256, text_field")
-            path, weight = item.get("path"), item.get("weight", 1.0)
-            _check(f"{key}.path", path, isinstance(path, str) and bool(path.strip()), "a string")
-            ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
-            _check(f"{key}.weight", weight, ok, "a number > 0")
-            sha = item.get("sha256", "")
-            _check(f"{key}.sha256", sha, isinstance(sha, str) and _is_sha256(sha), "64 hex digits")
-            text = item.get("text_field", "text")
-            _check(f"{key}.text_field", text, isinstance(text, str) and bool(text), "a field name")
-        else:
-            ok = isinstance(item, str) and bool(item.strip())
-            _check(key, item, ok, "a non-empty string")
+        _check_source(f"data.source[{i}]" if isinstance(source, list) else "data.source", item)
+
+
+def _check_dev(dev: str | dict) -> None:
+    """data.dev: empty (unset), or one source as a string or mapping."""
+    if dev != "":
+        _check_source("data.dev", dev)
+
+
+def _check_source(key: str, item: object) -> None:
+    """One source: a non-empty string, or {path, weight, sha256, text_field} (and config,
+    split, revision for an hf: path)."""
+    if not isinstance(item, dict):
+        _check(key, item, isinstance(item, str) and bool(item.strip()), "a non-empty string")
+        return
+    path, weight = item.get("path"), item.get("weight", 1.0)
+    _check(f"{key}.path", path, isinstance(path, str) and bool(path.strip()), "a string")
+    hub = path.startswith("hf:")
+    allowed = SOURCE_KEYS + HUB_KEYS if hub else SOURCE_KEYS
+    unknown = sorted(set(item) - set(allowed))
+    _check(key, item, not unknown, f"a mapping with keys {', '.join(allowed)}")
+    ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+    _check(f"{key}.weight", weight, ok, "a number > 0")
+    sha = item.get("sha256", "")
+    _check(f"{key}.sha256", sha, isinstance(sha, str) and _is_sha256(sha), "64 hex digits")
+    for name, default in (("text_field", "text"), ("split", "train")):
+        value = item.get(name, default)
+        _check(f"{key}.{name}", value, isinstance(value, str) and bool(value), "a name")
+    for name in ("config", "revision"):
+        value = item.get(name, "")
+        _check(f"{key}.{name}", value, isinstance(value, str), "a string")
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -1,6 +1,6 @@
 """Corpus sources, the train/val split, token shards on disk and training batches.
 
-One module per source kind (text, jsonl, delimited, columnar, url, stdin, builtin), chosen by
+One module per source kind (text, jsonl, delimited, columnar, url, stdin, builtin, hub), chosen by
 registry; corpus reads any source through them, split routes documents, tokenize writes the
 shards, batches serves them. The names below are loaded on first use, so a command that only
 asks the registry what a source is does not pay for numpy and the tokenizer.
@@ -15,6 +15,7 @@ _WHERE = {
     "Source": "corpus",
     "sources": "corpus",
     "source_files": "corpus",
+    "dev_source": "corpus",
     "iter_documents": "corpus",
     "records": "corpus",
     "corpus_bytes": "corpus",

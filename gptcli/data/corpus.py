@@ -2,7 +2,8 @@
 
 Every source goes through one interface whatever its kind: the files it names (a download, the
 spooled stdin, a file, directory or glob), their documents or records by the reader the
-registry picks, their fingerprint and their size. builtin: corpora are generated instead.
+registry picks, their fingerprint and their size. builtin: corpora are generated instead, and
+hf: datasets are streamed from the Hub.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from gptcli import stories
 from gptcli.console import UserError
-from gptcli.data import builtin, registry, stdin, text, url
+from gptcli.data import builtin, hub, registry, stdin, text, url
 from gptcli.data.streams import Reading
 from gptcli.files import sha256_file
 from gptcli.recipe import DataConfig
@@ -25,33 +26,57 @@ from gptcli.recipe import DataConfig
 
 @dataclass
 class Source:
-    """One entry of data.source: where the text is, how often to repeat it, its checksum and
-    the field that holds its text."""
+    """One entry of data.source: where the text is, how often to repeat it, its checksum, the
+    field that holds its text and, for an hf: dataset, its config, split and revision."""
 
     spec: str
     weight: float = 1.0
     sha256: str = ""
     text_field: str = "text"
+    config: str = ""
+    split: str = "train"
+    revision: str = ""
 
     @property
     def kind(self) -> str:
         return registry.spec_kind(self.spec)
 
+    @property
+    def label(self) -> str:
+        """The source in words: its string, and an hf: dataset's split."""
+        return f"{self.spec} ({self.split})" if self.kind == "hf" else self.spec
+
+    @property
+    def dataset(self) -> hub.Dataset:
+        """The Hub dataset an hf: source names."""
+        return hub.Dataset(hub.dataset_name(self.spec), self.config, self.split, self.revision)
+
+
+def source_of(item: str | dict, text_field: str, sha256: str = "") -> Source:
+    """A source from its string or its {path, weight, sha256, text_field, config, split,
+    revision} mapping."""
+    if not isinstance(item, dict):
+        return Source(item, sha256=sha256, text_field=text_field)
+    return Source(
+        item["path"],
+        float(item.get("weight", 1.0)),
+        item.get("sha256", sha256),
+        item.get("text_field", text_field),
+        item.get("config", ""),
+        item.get("split", "train"),
+        item.get("revision", ""),
+    )
+
 
 def sources(cfg: DataConfig) -> list[Source]:
     if isinstance(cfg.source, list):
-        return [
-            Source(
-                i["path"],
-                float(i.get("weight", 1.0)),
-                i.get("sha256", ""),
-                i.get("text_field", cfg.text_field),
-            )
-            if isinstance(i, dict)
-            else Source(i, text_field=cfg.text_field)
-            for i in cfg.source
-        ]
-    return [Source(cfg.source, 1.0, cfg.sha256, cfg.text_field)]
+        return [source_of(i, cfg.text_field) for i in cfg.source]
+    return [source_of(cfg.source, cfg.text_field, cfg.sha256)]
+
+
+def dev_source(cfg: DataConfig) -> Source | None:
+    """data.dev as a source (a file, URL or hf: dataset), or None when unset."""
+    return source_of(cfg.dev, cfg.text_field) if cfg.dev else None
 
 
 def source_files(spec: str) -> list[Path]:
@@ -87,8 +112,8 @@ def files_of(src: Source, run_dir: Path | None, cfg: DataConfig) -> list[Path]:
 
 def kind_name(src: Source, files: list[Path]) -> str:
     """The source's kind in words: builtin, or the formats of its files (and how they came)."""
-    if src.kind == "builtin":
-        return "builtin"
+    if src.kind in ("builtin", "hf"):
+        return src.kind
     formats = sorted({registry.format_of(f).name for f in files})
     zipped = sorted({registry.compression(f) for f in files} - {""})
     words = ", ".join(formats) + (f" ({', '.join(zipped)})" if zipped else "")
@@ -99,7 +124,7 @@ def _tally_entry(tally: dict | None, src: Source) -> dict:
     if tally is None:
         return {"documents": 0, "skipped": Counter()}
     return tally.setdefault(
-        src.spec, {"source": src.spec, "kind": "", "documents": 0, "skipped": Counter()}
+        src.label, {"source": src.label, "kind": "", "documents": 0, "skipped": Counter()}
     )
 
 
@@ -113,7 +138,7 @@ def iter_documents(
     """Every document of every source, in order, one at a time.
 
     With tally, each source's kind, documents read and rows skipped (by reason) are counted
-    into it, keyed by the source string.
+    into it, keyed by the source string (and an hf: dataset's split).
     """
     for src in sources(cfg):
         entry = _tally_entry(tally, src)
@@ -125,9 +150,15 @@ def iter_documents(
                 entry["documents"] += 1
                 yield src, doc
             continue
+        reading = Reading(src.text_field, cfg.errors, on_bytes, entry["skipped"])
+        if src.kind == "hf":
+            entry["kind"] = "hf"
+            for doc in hub.documents(src.dataset, reading):
+                entry["documents"] += 1
+                yield src, doc
+            continue
         files = files_of(src, run_dir, cfg)
         entry["kind"] = kind_name(src, files)
-        reading = Reading(src.text_field, cfg.errors, on_bytes, entry["skipped"])
         for f in files:
             for doc in registry.reader(registry.format_of(f)).documents(f, reading):
                 entry["documents"] += 1
@@ -145,30 +176,43 @@ def records(src: Source, cfg: DataConfig, run_dir: Path | None = None) -> list[t
             f"data.source {src.spec!r}: a task reads its examples from files or URLs "
             "(.jsonl, .csv, .tsv, .parquet, .arrow)"
         )
+    if src.kind == "hf":
+        return list(hub.records(src.dataset))
     out: list[tuple[str, dict]] = []
     for f in files_of(src, run_dir, cfg):
         out.extend(registry.reader(registry.records_format(f)).records(f))
     return out
 
 
-def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int:
-    """Bytes the sources hold on disk (compressed size for .gz/.zst): the progress bars' total."""
+def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
+    """Bytes the sources hold on disk (compressed size for .gz/.zst): the progress bars' total
+    (None when an hf: dataset's info does not state its size)."""
     total = 0
     for src in sources(cfg):
         if src.kind == "builtin":
             total += int(cfg.builtin_mb * 1e6)
+        elif src.kind == "hf":
+            if (n := hub.size(src.dataset)) is None:
+                return None
+            total += n
         else:
             total += sum(f.stat().st_size for f in files_of(src, run_dir, cfg))
     return total
 
 
-def text_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int:
+def text_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     """About how many bytes of text the sources hold: a columnar file's text column before
-    compression, other files' size on disk."""
+    compression, other files' size on disk, an hf: dataset's stated size (None when an hf:
+    dataset's info does not state it)."""
     total = 0
     for src in sources(cfg):
         if src.kind == "builtin":
             total += int(cfg.builtin_mb * 1e6)
+            continue
+        if src.kind == "hf":
+            if (n := hub.size(src.dataset)) is None:
+                return None
+            total += n
             continue
         for f in files_of(src, run_dir, cfg):
             total += registry.reader(registry.format_of(f)).size(f, src.text_field)
@@ -182,7 +226,8 @@ def fingerprint(
 
     Files are identified by path, size and sha256. The hash is recomputed only when size or
     mtime differ from `known` (the previous manifest's corpus), so an unchanged corpus is
-    checked without reading it.
+    checked without reading it. An hf: dataset is identified by its name, config, split and
+    the revision its builder resolved, also without reading it.
     """
     old = {
         (f["path"], f["bytes"], f["mtime_ns"]): f["sha256"]
@@ -191,12 +236,14 @@ def fingerprint(
         if "mtime_ns" in f
     }
     entries = []
-    all_sources = sources(cfg) + ([Source(cfg.dev)] if cfg.dev else [])
-    for src in all_sources:
+    dev = dev_source(cfg)
+    for src in sources(cfg) + ([dev] if dev else []):
         entry: dict = {"source": src.spec, "weight": src.weight}
         if src.kind == "builtin":
             builtin.check_name(src.spec)
             entry.update(mb=cfg.builtin_mb, generator=stories.VERSION)
+        elif src.kind == "hf":
+            entry.update(hub.identity(src.dataset, (known or {}).get("sources", [])))
         else:
             files = []
             for f in files_of(src, run_dir, cfg):
@@ -243,7 +290,7 @@ def has_many_text_documents(cfg: DataConfig, run_dir: Path | None, many: int) ->
     scanning bytes (no decoding). False means: count the slow way."""
     count = 0
     for src in sources(cfg):
-        if src.kind == "builtin":
+        if src.kind in ("builtin", "hf"):
             return False
         for f in files_of(src, run_dir, cfg):
             if registry.format_of(f) is not registry.TEXT:

@@ -1,8 +1,9 @@
 """What kind a data source is, decided in one place: the string's form, then the file's name.
 
-A source string is builtin:NAME, an http(s) URL, - (stdin) or a path (a file, directory or
-glob). The files a source names are read by the format their name gives (after a .gz or .zst
-compression suffix); a new format is one reader module and one line in FORMATS.
+A source string is builtin:NAME, hf:OWNER/NAME (a Hub dataset), an http(s) URL, - (stdin) or a
+path (a file, directory or glob). The files a source names are read by the format their name
+gives (after a .gz or .zst compression suffix); a new format is one reader module and one line
+in FORMATS.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ TEXT = FORMATS[0]
 
 
 def spec_kind(spec: str) -> str:
-    """builtin, url, stdin or path: how a source string is read."""
+    """builtin, hf, url, stdin or path: how a source string is read."""
     if spec.startswith("builtin:"):
         return "builtin"
+    if spec.startswith("hf:"):
+        return "hf"
     if spec.startswith(("http://", "https://")):
         return "url"
     if spec == "-":

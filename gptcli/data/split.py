@@ -109,7 +109,7 @@ def routed(
         raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
     if cfg.dev:
         dev = DataConfig(
-            source=cfg.dev,
+            source=[cfg.dev],
             text_field=cfg.text_field,
             errors=cfg.errors,
             max_download_mb=cfg.max_download_mb,

@@ -65,13 +65,18 @@ def is_up_to_date(
     return True
 
 
-def train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int):
+def train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int | None):
     """BPE on the train split, or on a seeded sample of it when the corpus is big (total: the
-    progress bar's file bytes; the sample's share comes from the text's size)."""
+    progress bar's file bytes; the sample's share comes from the text's size; of a corpus of
+    unknown size, its first train_bytes)."""
     cfg = recipe.tokenizer
-    keep = min(1.0, cfg.train_bytes / max(text_bytes(recipe.data, run_dir), 1))
+    size = text_bytes(recipe.data, run_dir)
+    keep = 1.0 if size is None else min(1.0, cfg.train_bytes / max(size, 1))
+    budget = cfg.train_bytes if size is None else None
     rng = random.Random(recipe.seed + 2)
     note = "" if keep >= 1 else f" on a {keep:.0%} sample (tokenizer.train_bytes)"
+    if budget is not None:
+        note = f" on the first {budget:,} bytes of text (tokenizer.train_bytes)"
     console.info(f"tokenize: training a {cfg.vocab_size}-token byte-level BPE{note}")
     t0 = time.perf_counter()
     with console.progress(unit="bytes") as bar:
@@ -79,13 +84,17 @@ def train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int)
 
         def batches() -> Iterator[list[str]]:
             batch: list[str] = []
+            taken = 0
             advance = lambda n: bar.advance(task, n)  # noqa: E731
             for split_name, text, _ in routed(recipe.data, recipe.seed, run_dir, tail, advance):
                 if split_name == "train" and (keep >= 1 or rng.random() < keep):
                     batch.extend(safe_pieces(text))
+                    taken += len(text)
                     if len(batch) >= 1024:
                         yield batch
                         batch = []
+                    if budget is not None and taken >= budget:
+                        break
             if batch:
                 yield batch
 
