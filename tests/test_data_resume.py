@@ -150,3 +150,16 @@ def test_max_tokens_stops_at_a_document_boundary_and_resumes_alike(
     again = _stopped(cut, 10_000, signal.SIGKILL, f"data.max_tokens={cap}")  # same chunks
     assert again.returncode == 0 and "resuming" in again.stderr, again.stderr[-2000:]
     assert _outputs(cut) == out
+
+
+def test_max_tokens_reads_only_the_start_of_the_corpus(tmp_path):
+    """A small sample of a big corpus neither trains the BPE on nor encodes the rest: a broken
+    line in a later file is never reached."""
+    folder = _folder(tmp_path, "start")
+    (folder / "corpus").mkdir()
+    (folder / "corpus.jsonl").rename(folder / "corpus" / "a.jsonl")
+    (folder / "corpus" / "b.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    (folder / "c.yaml").write_text(RECIPE.replace("corpus.jsonl", "corpus"))
+    proc = _tokenize(folder, "data.max_tokens=50000")
+    assert "stopped at" in proc.stderr
+    assert _outputs(folder)["manifest"]["stopped_early"] is True
