@@ -42,6 +42,7 @@ class DataConfig:
     dev: str | dict = ""
     max_download_mb: float = 10240.0  # a URL source larger than this is refused
     allow_html: bool = False  # a URL that serves an HTML page is refused unless this is true
+    max_tokens: int = 0  # stop after this many tokens, train + val, whole documents (0 = all)
 
 
 @dataclass
@@ -514,6 +515,7 @@ def validate(r: Recipe) -> None:
     check("data.val_fraction", r.data.val_fraction, 0.0 < r.data.val_fraction < 1.0, "in (0, 1)")
     check("data.builtin_mb", r.data.builtin_mb, r.data.builtin_mb > 0, "> 0")
     check("data.max_download_mb", r.data.max_download_mb, r.data.max_download_mb > 0, "> 0")
+    check("data.max_tokens", r.data.max_tokens, r.data.max_tokens >= 0, ">= 0 (0 = all)")
     for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
         check(f"train.{key}", getattr(t, key), getattr(t, key) > 0, "a positive integer")
     check("train.decay_fraction", t.decay_fraction, 0 < t.decay_fraction <= 1, "in (0, 1]")

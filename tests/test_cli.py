@@ -51,7 +51,8 @@ def test_run_folder_layout(trained):
     assert (run / "recipe.yaml").is_file()
     Tokenizer.from_file(str(run / "tokenizer.json"))
     manifest = json.loads((run / "data" / "manifest.json").read_text())
-    assert manifest["format_version"] == 4 and manifest["dtype"] == "uint16"
+    assert manifest["format_version"] == 5 and manifest["dtype"] == "uint16"
+    assert manifest["max_tokens"] == 0 and manifest["stopped_early"] is False
     read = [(s["source"], s["kind"]) for s in manifest["sources"]]
     assert read == [("builtin:stories", "builtin")]
     train = np.fromfile(run / "data" / "train.bin", dtype=np.uint16)

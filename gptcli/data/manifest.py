@@ -9,7 +9,8 @@ from gptcli import console, stories
 from gptcli.console import UserError
 from gptcli.files import write_atomic
 
-MANIFEST_VERSION = 4  # 3: builtin corpora fingerprinted by stories.VERSION; 4: sources read
+MANIFEST_VERSION = 5  # 3: builtin corpora fingerprinted by stories.VERSION; 4: sources read;
+# 5: max_tokens and stopped_early
 MANIFEST_KEYS = {
     "format_version",
     "corpus",
@@ -24,6 +25,8 @@ MANIFEST_KEYS = {
     "val_unigram_bpb",
     "elapsed_s",
     "sources",
+    "max_tokens",
+    "stopped_early",
 }
 
 
