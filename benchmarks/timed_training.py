@@ -4,7 +4,9 @@ A short probe measures this machine's steady-state steps per second for the reci
 logged window, after warm-up) and what its first step costs beyond that, then the real run gets
 max_steps = (budget - first step) x rate, so its learning-rate schedule completes inside the
 budget. With torch.compile a second probe runs first: the real run then compiles from
-inductor's on-disk cache (a few seconds), as every run after the first on a machine does.
+inductor's on-disk cache (a few seconds), as every run after the first on a machine does; with
+cold=True it does not, and the budget pays the first probe's compile (on an empty cache, a
+first-ever run's). train_steps trains a recipe's own max_steps instead, whatever they take.
 """
 
 from __future__ import annotations
@@ -21,17 +23,29 @@ from gptcli import recipe as recipe_mod
 PROBE_STEPS = 30
 
 
-def train_for(recipe_path: str | Path | None, seconds: float, overrides: list[str]) -> dict:
-    """Pretrain in a temporary folder for about `seconds` of training; returns the summary."""
+def _loader(recipe_path: str | Path | None, base: list[str]):
+    """A recipe loader: the recipe (or the defaults) with base's and then extra's overrides."""
+
+    def load(extra: list[str]) -> recipe_mod.Recipe:
+        sets = [*base, *extra]
+        if recipe_path is None:
+            return recipe_mod.from_dict({}, sets)
+        return recipe_mod.load(recipe_path, sets)
+
+    return load
+
+
+def train_for(
+    recipe_path: str | Path | None, seconds: float, overrides: list[str], cold: bool = False
+) -> dict:
+    """Pretrain in a temporary folder for about `seconds` of training; returns the summary.
+
+    cold: the budget pays the first step as the probe found it (a first-ever compile when
+    inductor's cache is empty), not as a second, warm probe finds it."""
     console.set_quiet(True)
     with tempfile.TemporaryDirectory(prefix="gptcli-bench-") as tmp:
         base = [*overrides, "train.eval_every=0", "train.save_every=0", "train.log_every=10"]
-
-        def load(extra: list[str]) -> recipe_mod.Recipe:
-            sets = [*base, *extra]
-            if recipe_path is None:
-                return recipe_mod.from_dict({}, sets)
-            return recipe_mod.load(recipe_path, sets)
+        load = _loader(recipe_path, base)
 
         def probe(name: str) -> tuple[float, float]:
             """Steady steps/s, and what the first step costs beyond a steady one (compiling)."""
@@ -49,8 +63,18 @@ def train_for(recipe_path: str | Path | None, seconds: float, overrides: list[st
         rate, first_step = probe("probe")
         mode = load([]).train.compile
         compiles = mode == "on" or (mode == "auto" and torch.cuda.is_available())
-        if compiles:  # again, so that the real run finds the compiled graphs ready
+        if compiles and not cold:  # again, so that the real run finds the compiled graphs ready
             rate, first_step = probe("probe-warm")
         steps = max(PROBE_STEPS, int((seconds - first_step) * rate))
         summary = pretrain.pretrain(load([f"run_dir={tmp}/run", f"train.max_steps={steps}"]))
     return {**summary, "planned_steps": steps, "first_step_s": round(first_step, 1)}
+
+
+def train_steps(recipe_path: str | Path | None, overrides: list[str]) -> dict:
+    """Pretrain in a temporary folder for the recipe's own max_steps; returns the summary."""
+    console.set_quiet(True)
+    with tempfile.TemporaryDirectory(prefix="gptcli-bench-") as tmp:
+        base = [*overrides, "train.eval_every=0", "train.save_every=0", "train.log_every=10"]
+        recipe = _loader(recipe_path, base)([f"run_dir={tmp}/run"])
+        summary = pretrain.pretrain(recipe)
+    return {**summary, "planned_steps": recipe.train.max_steps}

@@ -1,8 +1,8 @@
 """Fast paths for the model's hot layers, each beside the plain definition it must agree with.
 
-The model (`gptcli.model`) calls these where it needs an RMSNorm, a linear layer or the loss;
-which kernel runs depends on whether gradients are needed and whether torch.compile is
-tracing. tests/test_kernels.py checks every path against the reference.
+The model (`gptcli.model`) calls these where it needs an RMSNorm, causal attention, a linear
+layer or the loss; which kernel runs depends on whether gradients are needed, the dtype and
+whether torch.compile is tracing. tests/test_kernels.py checks every path against the reference.
 """
 
 from __future__ import annotations
@@ -57,6 +57,55 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return RMSNormFunction.apply(x, weight, eps)
     # inference: the fused kernel, with the weight in x's dtype (else a slow path)
     return F.rms_norm(x, (x.size(-1),), weight.to(x.dtype), eps)
+
+
+def causal_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """Causal softmax(q k^T / sqrt(head_dim)) v of (B, heads, T, head_dim) inputs: the
+    definition causal_attention computes."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
+class CausalAttentionFunction(torch.autograd.Function):
+    """torch's CPU flash attention in the inputs' dtype, with its backward in fp32.
+
+    On a CPU, the bf16 flash backward runs slower than the fp32 one on upcast copies, by
+    several times at short sequences and narrow heads (benchmarks/README.md, profile_train.py),
+    while the bf16 forward is the faster one; gradients come back in the inputs' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, True
+        )
+        ctx.save_for_backward(q, k, v, out, logsumexp)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, out, logsumexp = ctx.saved_tensors
+        grads = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out.float(), q.float(), k.float(), v.float(), out.float(), logsumexp, 0.0, True
+        )
+        return tuple(g.to(q.dtype) for g in grads)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """causal_attention_reference through the fastest kernel for the way it is called."""
+    if (
+        q.dtype == torch.bfloat16
+        and q.device.type == "cpu"
+        and dropout_p == 0.0
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+    ):
+        return CausalAttentionFunction.apply(q, k, v)
+    return causal_attention_reference(q, k, v, dropout_p)
 
 
 # fp32 matrices smaller than this run a few rows faster through F.linear than through oneDNN;

@@ -4,7 +4,8 @@ Token (+ learned position) embeddings, n_layer blocks of causal self-attention a
 pre-normalisation and residual connections, a final norm and the unembedding. Switches select
 GPT-2's choices or modern ones (rotary positions, RMSNorm, SwiGLU, no bias). Attention goes
 through torch's scaled_dot_product_attention so the fused kernels (flash on CUDA) are used;
-the fast paths of RMSNorm, the linear layers and the loss live in gptcli.kernels.
+the fast paths of causal attention, RMSNorm, the linear layers and the loss live in
+gptcli.kernels.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gptcli.kernels import Linear, linear_cross_entropy, rms_norm
+from gptcli.kernels import Linear, causal_attention, linear_cross_entropy, rms_norm
 from gptcli.recipe import ModelConfig
 
 
@@ -101,9 +102,7 @@ class CausalSelfAttention(nn.Module):
         if mask is not None:  # which earlier tokens each token sees, chosen by the caller
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             cache.k[self.layer, :B, :, pos : pos + T] = k
             cache.v[self.layer, :B, :, pos : pos + T] = v

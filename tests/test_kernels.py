@@ -7,10 +7,13 @@ from conftest import COMPILE_DEVICES
 
 from gptcli import kernels
 from gptcli.kernels import (
+    CausalAttentionFunction,
     Linear,
     LinearCrossEntropy,
     RMSNormFunction,
     can_prepack,
+    causal_attention,
+    causal_attention_reference,
     cross_entropy_reference,
     linear_cross_entropy,
     rms_norm,
@@ -170,3 +173,46 @@ def test_prepacked_linear_matches_f_linear(dtype, bias, monkeypatch):
         ref = F.linear(x, layer.weight, layer.bias).detach()
         assert out.dtype == dtype
         torch.testing.assert_close(out.detach(), ref, atol=tol, rtol=tol)
+
+
+def attention_inputs(dtype):
+    """q, k, v (2, 3, 17, 16) as the model makes them: strided views of one projection."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 17, 3 * 48, dtype=dtype, requires_grad=True)
+    q, k, v = (t.view(2, 17, 3, 16).transpose(1, 2) for t in qkv.split(48, dim=2))
+    return qkv, q, k, v, torch.randn(2, 3, 17, 16, dtype=dtype)
+
+
+def test_bf16_training_attention_matches_the_reference():
+    """bf16 training on a CPU takes the fp32-backward kernel: the reference's bf16 output
+    exactly, and gradients as close to fp32 attention's as the reference's own."""
+    qkv, q, k, v, grad = attention_inputs(torch.bfloat16)
+    out = causal_attention(q, k, v)
+    assert out.grad_fn.name() == "CausalAttentionFunctionBackward"
+    (ours,) = torch.autograd.grad(out, qkv, grad)
+    ref_out = causal_attention_reference(q, k, v)
+    (ref,) = torch.autograd.grad(ref_out, qkv, grad)
+    exact_out = causal_attention_reference(*(t.float() for t in (q, k, v)))
+    (exact,) = torch.autograd.grad(exact_out, qkv, grad.float())
+    assert torch.equal(out, ref_out)
+    assert ours.dtype == torch.bfloat16
+    ours_err = (ours.float() - exact).abs().max()
+    assert ours_err <= (ref.float() - exact).abs().max() + 1e-6
+    assert ours_err <= 2e-2 * exact.abs().max()
+
+
+@pytest.mark.parametrize(
+    "dtype, grad, dropout",
+    [(torch.float32, True, 0.0), (torch.bfloat16, False, 0.0), (torch.bfloat16, True, 0.1)],
+)
+def test_other_attention_calls_take_the_reference(dtype, grad, dropout, monkeypatch):
+    """fp32, inference and attention dropout run torch's own kernel choice."""
+    calls = counting(monkeypatch, CausalAttentionFunction, "apply")
+    _, q, k, v, _ = attention_inputs(dtype)
+    with torch.set_grad_enabled(grad):
+        torch.manual_seed(1)
+        ours = causal_attention(q, k, v, dropout)
+        torch.manual_seed(1)
+        ref = causal_attention_reference(q, k, v, dropout)
+    assert calls == []
+    assert torch.equal(ours, ref)
