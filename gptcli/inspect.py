@@ -277,6 +277,13 @@ def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
     }
 
 
+def sample_row(manifest: dict) -> dict[str, str]:
+    """A row saying the shards hold only the start of the corpus, when data.max_tokens cut it."""
+    if not manifest.get("stopped_early"):
+        return {}
+    return {"sample": f"first {manifest['max_tokens']:,} tokens (data.max_tokens)"}
+
+
 def describe_shards(path: Path, top: int = 10, sample: int = 5_000_000) -> dict[str, Any]:
     """Token counts and dtype from the manifest; the most frequent ids from the train shard."""
     try:
@@ -521,6 +528,7 @@ def render_run(info: dict[str, Any]) -> None:
                 "vocab size": d["vocab_size"],
                 "dtype": d["dtype"],
                 "unigram bits/byte (val)": d["val_unigram_bpb"],
+                **sample_row(d),
             },
         )
         if d.get("sources"):

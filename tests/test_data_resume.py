@@ -163,3 +163,6 @@ def test_max_tokens_reads_only_the_start_of_the_corpus(tmp_path):
     proc = _tokenize(folder, "data.max_tokens=50000")
     assert "stopped at" in proc.stderr
     assert _outputs(folder)["manifest"]["stopped_early"] is True
+    shown = gptcli("inspect", "runs/c", cwd=folder)
+    assert shown.returncode == 0, shown.stderr
+    assert "first 50,000 tokens (data.max_tokens)" in shown.stdout

@@ -212,10 +212,11 @@ def test_cpu_training_keeps_freed_memory_for_the_next_step():
 
     if not Path("/proc/self/status").exists() or not keep_freed_memory():
         pytest.skip("needs Linux with glibc")
-    before = resident_mb()
     array = np.ones(25_000_000)  # 200 MB, written, so resident
+    with_array = resident_mb()
     del array
-    assert resident_mb() - before > 150
+    # (growth from before the array is no measure: it may reuse memory freed by earlier tests)
+    assert resident_mb() > with_array - 50
 
 
 def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
