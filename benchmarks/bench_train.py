@@ -38,6 +38,7 @@ from gptcli.model import GPT  # noqa: E402
 from gptcli.optim import param_groups  # noqa: E402
 from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
 from gptcli.trainer import (  # noqa: E402
+    CompiledBlocks,
     bf16_training_speedup,
     compile_pays,
     expected_compile_s,
@@ -153,8 +154,8 @@ def build_runners(c: dict, amp: torch.dtype | None, nanogpt) -> dict:
 
 
 def as_trained(c: dict, amp, nanogpt, eager_rate: float, run_steps: int) -> tuple[dict, str]:
-    """gptcli compiled as compile: auto would for a run of run_steps steps (and nanoGPT
-    compiled beside it), with each compile's first-step seconds; ({}, why) when it stays eager."""
+    """gptcli compiled as compile: auto would for a run of run_steps steps (its blocks, as the
+    trainer compiles them; nanoGPT compiled whole beside it); ({}, why) when it stays eager."""
     tokens = c["batch"] * c["block_size"]
     compile_s = expected_compile_s(gptcli_config(c), c["batch"], amp)
     wanted, why = compile_pays(run_steps, tokens / eager_rate, *compile_s)
@@ -165,7 +166,11 @@ def as_trained(c: dict, amp, nanogpt, eager_rate: float, run_steps: int) -> tupl
         if build is not None:
             torch.manual_seed(0)
             model = build(c)
-            runners[f"{name} compiled"] = make_step(model, kind, amp, torch.compile(model))
+            if kind == "gptcli":
+                CompiledBlocks(model).use(True)
+                runners[f"{name} compiled"] = make_step(model, kind, amp)
+            else:
+                runners[f"{name} compiled"] = make_step(model, kind, amp, torch.compile(model))
     return runners, why
 
 

@@ -42,13 +42,12 @@ from gptcli.tokenizer import TOKENIZER_FILE
 # compile: auto on CPU times this many eager steps (the first warms up) before deciding
 PROBE_STEPS = 3
 # once compiled, after the first compiled step (which compiles), this many compiled and as many
-# eager steps take turns, timed; the compiled module stays only when its best step is faster
+# eager steps take turns, timed; the compiled blocks stay only when their best step is faster
 CHECK_STEPS = 3
-# a first torch.compile on a CPU, in seconds, for a shape never compiled on this machine: a
-# fixed part plus a part per layer (dynamo traces every block); after one run here compiles the
+# a first torch.compile on a CPU, in seconds, for a shape never compiled on this machine (one
+# block is traced whatever the depth, see CompiledBlocks); after one run here compiles the
 # shape, the cost it measured replaces this estimate
-COMPILE_S_BASE = 20.0
-COMPILE_S_PER_LAYER = 10.0
+COMPILE_S = 30.0
 # compile only when the eager time left is this many times the compile: it then pays back
 # if compiled steps are at least 1/PAYBACK faster
 PAYBACK = 10
@@ -81,11 +80,34 @@ def expected_compile_s(
     cfg: ModelConfig, batch_size: int, amp: torch.dtype | None, task: str = "LMTask"
 ) -> tuple[float, str]:
     """Seconds a first compile of this training step takes on this CPU, and where the figure
-    comes from: as the last run here that compiled it measured, else estimated from its layers."""
+    comes from: as the last run here that compiled it measured, else the estimate."""
     measured = read_probe(PROBES, compile_cost_key(cfg, batch_size, amp, task))
     if measured is not None:
         return measured, "as measured here"
-    return COMPILE_S_BASE + COMPILE_S_PER_LAYER * cfg.n_layer, "estimated"
+    return COMPILE_S, "estimated"
+
+
+class CompiledBlocks:
+    """The model's transformer blocks, each with its forward compiled (switched on and off).
+
+    Every block runs the same code on same-shaped inputs, so dynamo traces one block and the
+    rest reuse its graph: a first compile costs one block whatever the depth, where compiling
+    the whole step traced each block (benchmarks/README.md). Embedding, loss and module hooks
+    (DDP, FSDP) stay eager around the compiled blocks. Switched off, the blocks run their own
+    forward again, so anything but the training step (evaluation) runs eager."""
+
+    def __init__(self, model: GPT) -> None:
+        self.blocks = list(model.blocks)
+        self.forwards = [torch.compile(block.forward) for block in self.blocks]
+        self.on = False
+
+    def use(self, on: bool) -> None:
+        for block, forward in zip(self.blocks, self.forwards, strict=True):
+            if on:
+                block.forward = forward  # the instance attribute shadows Block.forward
+            else:
+                vars(block).pop("forward", None)
+        self.on = on
 
 
 def bf16_training_speedup(cfg: ModelConfig, batch_size: int) -> float:
@@ -339,8 +361,8 @@ class Trainer:
         self.timed_s: list[float] = []
         self.check_s: dict[str, list[float]] = {"compiled": [], "eager": []}
         self.compile_step_s: float | None = None
-        self.compiled_module: torch.nn.Module | None = None
-        self.step_model = self.compiled(self.parallel.module)
+        self.compiled_blocks: CompiledBlocks | None = None
+        self.compile_as_set()
         self.watch = SlowdownWatch()
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
@@ -378,8 +400,8 @@ class Trainer:
             self.auto["dtype"] = "bf16" if amp else "fp32"
         return amp
 
-    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
-        """module compiled or not, as train.compile says; auto on CPU decides after timing
+    def compile_as_set(self) -> None:
+        """Compile the blocks or not, as train.compile says; auto on CPU decides after timing
         PROBE_STEPS eager steps (see after_timed_step) unless the run decided before."""
         t, device = self.t, self.device
         self.timing: str | None = None  # "probe" (eager steps), "check" (compiled, eager)
@@ -398,15 +420,21 @@ class Trainer:
             wanted = t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
         if t.compile == "auto" and device.type != "cpu":
             self.auto["compile"] = wanted
-        return self.compile(module) if wanted else module
+        if wanted:
+            self.compile()
 
-    def compile(self, module: torch.nn.Module) -> torch.nn.Module:
+    def compile(self) -> None:
         reason = why_no_compile(self.device)
         if reason:
             console.warn(f"train.compile: {reason}; training without it")
-            return module
+            return
         console.info("train: torch.compile: the first step compiles (cached for reuse)")
-        return torch.compile(module)
+        self.compiled_blocks = CompiledBlocks(self.model)
+        self.compiled_blocks.use(True)
+
+    def use_compiled(self, on: bool) -> None:
+        if self.compiled_blocks is not None:
+            self.compiled_blocks.use(on)
 
     def after_timed_step(self, seconds: float) -> None:
         """compile: auto on CPU: after PROBE_STEPS eager steps, decide_compile; once compiled,
@@ -416,7 +444,7 @@ class Trainer:
             if len(self.timed_s) == PROBE_STEPS:
                 self.decide_compile()
             return
-        ran = "compiled" if self.step_model is self.compiled_module else "eager"
+        ran = "compiled" if self.compiled_blocks and self.compiled_blocks.on else "eager"
         if self.compile_step_s is None:
             self.compile_step_s = seconds
         else:
@@ -425,7 +453,7 @@ class Trainer:
         if eager == CHECK_STEPS:
             self.keep_compiled()
         else:
-            self.step_model = self.compiled_module if compiled <= eager else self.parallel.module
+            self.use_compiled(compiled <= eager)
 
     def compile_shape(self) -> tuple[ModelConfig, int, torch.dtype | None, str]:
         """What a compile's cost depends on: the model, the batch, the dtype and the task."""
@@ -445,15 +473,15 @@ class Trainer:
         console.info(f"train: compile auto: {'compiling' if wanted else 'eager'} ({why})")
         self.timing = "check" if wanted else None
         if wanted:
-            self.compiled_module = self.step_model = self.compile(self.parallel.module)
+            self.compile()
             self.watch.restart()
-        if self.step_model is self.parallel.module:  # not compiling, or no C++ compiler
+        if self.compiled_blocks is None:  # not compiling, or no C++ compiler
             self.timing = None
             self.auto["compile"] = False
 
     def keep_compiled(self) -> None:
-        """Keep the compiled module only when its best timed step beats the best eager one,
-        else go back to the eager module. The two took turns, so a busy spell on the machine
+        """Keep the compiled blocks only when their best timed step beats the best eager one,
+        else go back to eager blocks. The two took turns, so a busy spell on the machine
         slows both alike, and the best of each leaves out a recompile; both train the same
         parameters with the same optimizers, so only speed changes. The compiling step less an
         eager one is this shape's compile cost, kept for the next run's compile_pays."""
@@ -472,7 +500,9 @@ class Trainer:
         )
         timings = f"compiled step {compiled_s * 1000:.0f} ms vs eager {eager_s * 1000:.0f} ms"
         console.info(f"train: compile auto: {timings}: {'kept' if kept else 'back to eager'}")
-        self.step_model = self.compiled_module if kept else self.parallel.module
+        self.use_compiled(kept)
+        if not kept:
+            self.compiled_blocks = None
         self.watch.restart()
 
     def announce(self, peak_source: str) -> None:
@@ -514,7 +544,7 @@ class Trainer:
                 batch = tuple(b.to(device, non_blocking=True) for b in batch)
                 with self.parallel.no_sync(micro == t.grad_accum - 1):
                     with autocast(device, self.amp):
-                        loss = self.step_model(*batch)
+                        loss = self.parallel.module(*batch)
                     (loss / t.grad_accum).backward()
                 loss_sum += loss.detach()
         except torch.cuda.OutOfMemoryError:
@@ -550,8 +580,14 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict:
-        with self.parallel.evaluating():
-            return self.task.evaluate(self.model, self.device, self.amp)
+        """Eager: compiled blocks would compile again for a no-grad graph used this seldom."""
+        compiled = self.compiled_blocks is not None and self.compiled_blocks.on
+        self.use_compiled(False)
+        try:
+            with self.parallel.evaluating():
+                return self.task.evaluate(self.model, self.device, self.amp)
+        finally:
+            self.use_compiled(compiled)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -663,6 +699,7 @@ class Trainer:
             exit_code = e.code
             raise
         finally:
+            self.use_compiled(False)  # the model leaves as it came: plain modules
             loggers.close_all(self.loggers, exit_code)
         if self.eval_failure is not None:
             raise self.eval_failure

@@ -7,6 +7,7 @@ from gptcli.kernels import LinearCrossEntropy
 from gptcli.model import GPT, apply_rope, rope_tables
 from gptcli.optim import param_groups
 from gptcli.recipe import ModelConfig
+from gptcli.trainer import CompiledBlocks
 
 VARIANTS = [
     {},
@@ -149,7 +150,7 @@ def test_rope_rotates_each_channel_pair_by_its_position_angle():
 
 @pytest.mark.parametrize("device", COMPILE_DEVICES)
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
-def test_compiled_training_gives_eager_gradients(device, amp, monkeypatch):
+def test_compiled_blocks_train_with_eager_gradients_and_one_graph(device, amp, monkeypatch):
     # a wrong compiled gradient can hide: the model still learns a bigram table through the
     # embeddings when every gradient below the first norm is zero
     monkeypatch.setattr(kernels, "CHUNKED_LOSS_MIN", 1)  # compile the chunked loss too
@@ -161,10 +162,17 @@ def test_compiled_training_gives_eager_gradients(device, amp, monkeypatch):
     model.activation_checkpointing = "selective"  # the first block recomputed, the second not
     x = torch.randint(0, 256, (4, 65), device=device)
     grads = []
-    for runner in (model, torch.compile(model)):
+    torch._dynamo.utils.counters.clear()
+    compiled = CompiledBlocks(model)  # as the trainer compiles: each block's forward
+    for on in (False, True):
+        compiled.use(on)
         with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = runner(x[:, :-1], x[:, 1:])[1]
+            loss = model(x[:, :-1], x[:, 1:])[1]
         grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    compiled.use(False)
+    assert "forward" not in vars(model.blocks[0])  # switched off: the blocks' own forward
+    # one graph serves both blocks (the first recomputed under checkpointing, the second not)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 1
     tol = 1e-2 if amp is None else 5e-2  # TF32 may be on in fp32
     for compiled, eager in zip(grads[1], grads[0], strict=True):
         assert (compiled - eager).float().norm() <= tol * eager.float().norm()
