@@ -38,7 +38,7 @@ from gptcli.model import GPT  # noqa: E402
 from gptcli.optim import param_groups  # noqa: E402
 from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
 from gptcli.trainer import (  # noqa: E402
-    CompiledBlocks,
+    CompiledRegions,
     bf16_training_speedup,
     compile_pays,
     expected_compile_s,
@@ -167,7 +167,7 @@ def as_trained(c: dict, amp, nanogpt, eager_rate: float, run_steps: int) -> tupl
             torch.manual_seed(0)
             model = build(c)
             if kind == "gptcli":
-                CompiledBlocks(model).use(True)
+                CompiledRegions(model).use(True)
                 runners[f"{name} compiled"] = make_step(model, kind, amp)
             else:
                 runners[f"{name} compiled"] = make_step(model, kind, amp, torch.compile(model))

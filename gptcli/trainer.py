@@ -42,10 +42,10 @@ from gptcli.tokenizer import TOKENIZER_FILE
 # compile: auto on CPU times this many eager steps (the first warms up) before deciding
 PROBE_STEPS = 3
 # once compiled, after the first compiled step (which compiles), this many compiled and as many
-# eager steps take turns, timed; the compiled blocks stay only when their best step is faster
+# eager steps take turns, timed; the compiled regions stay only when their best step is faster
 CHECK_STEPS = 3
 # a first torch.compile on a CPU, in seconds, for a shape never compiled on this machine (one
-# block is traced whatever the depth, see CompiledBlocks); after one run here compiles the
+# block is traced whatever the depth, see CompiledRegions); after one run here compiles the
 # shape, the cost it measured replaces this estimate
 COMPILE_S = 30.0
 # compile only when the eager time left is this many times the compile: it then pays back
@@ -87,26 +87,28 @@ def expected_compile_s(
     return COMPILE_S, "estimated"
 
 
-class CompiledBlocks:
-    """The model's transformer blocks, each with its forward compiled (switched on and off).
+class CompiledRegions:
+    """The training step's compiled regions, switched on and off: each transformer block's
+    forward, and the model's loss.
 
     Every block runs the same code on same-shaped inputs, so dynamo traces one block and the
     rest reuse its graph: a first compile costs one block whatever the depth, where compiling
-    the whole step traced each block (benchmarks/README.md). Embedding, loss and module hooks
-    (DDP, FSDP) stay eager around the compiled blocks. Switched off, the blocks run their own
-    forward again, so anything but the training step (evaluation) runs eager."""
+    the whole step traced each block (benchmarks/README.md); the loss, compiled apart, fuses its
+    softmax as the whole step did. The embedding and module hooks (DDP, FSDP) stay eager around
+    them. Switched off, the model runs its own methods again, so anything but the training step
+    (evaluation) runs eager."""
 
     def __init__(self, model: GPT) -> None:
-        self.blocks = list(model.blocks)
-        self.forwards = [torch.compile(block.forward) for block in self.blocks]
+        self.regions = [(block, "forward") for block in model.blocks] + [(model, "loss")]
+        self.compiled = [torch.compile(getattr(owner, name)) for owner, name in self.regions]
         self.on = False
 
     def use(self, on: bool) -> None:
-        for block, forward in zip(self.blocks, self.forwards, strict=True):
+        for (owner, name), compiled in zip(self.regions, self.compiled, strict=True):
             if on:
-                block.forward = forward  # the instance attribute shadows Block.forward
+                setattr(owner, name, compiled)  # the instance attribute shadows the method
             else:
-                vars(block).pop("forward", None)
+                vars(owner).pop(name, None)
         self.on = on
 
 
@@ -361,7 +363,7 @@ class Trainer:
         self.timed_s: list[float] = []
         self.check_s: dict[str, list[float]] = {"compiled": [], "eager": []}
         self.compile_step_s: float | None = None
-        self.compiled_blocks: CompiledBlocks | None = None
+        self.compiled_regions: CompiledRegions | None = None
         self.compile_as_set()
         self.watch = SlowdownWatch()
         self.peak, peak_source = peak_flops(self.device, self.amp)
@@ -429,12 +431,12 @@ class Trainer:
             console.warn(f"train.compile: {reason}; training without it")
             return
         console.info("train: torch.compile: the first step compiles (cached for reuse)")
-        self.compiled_blocks = CompiledBlocks(self.model)
-        self.compiled_blocks.use(True)
+        self.compiled_regions = CompiledRegions(self.model)
+        self.compiled_regions.use(True)
 
     def use_compiled(self, on: bool) -> None:
-        if self.compiled_blocks is not None:
-            self.compiled_blocks.use(on)
+        if self.compiled_regions is not None:
+            self.compiled_regions.use(on)
 
     def after_timed_step(self, seconds: float) -> None:
         """compile: auto on CPU: after PROBE_STEPS eager steps, decide_compile; once compiled,
@@ -444,7 +446,7 @@ class Trainer:
             if len(self.timed_s) == PROBE_STEPS:
                 self.decide_compile()
             return
-        ran = "compiled" if self.compiled_blocks and self.compiled_blocks.on else "eager"
+        ran = "compiled" if self.compiled_regions and self.compiled_regions.on else "eager"
         if self.compile_step_s is None:
             self.compile_step_s = seconds
         else:
@@ -475,13 +477,13 @@ class Trainer:
         if wanted:
             self.compile()
             self.watch.restart()
-        if self.compiled_blocks is None:  # not compiling, or no C++ compiler
+        if self.compiled_regions is None:  # not compiling, or no C++ compiler
             self.timing = None
             self.auto["compile"] = False
 
     def keep_compiled(self) -> None:
-        """Keep the compiled blocks only when their best timed step beats the best eager one,
-        else go back to eager blocks. The two took turns, so a busy spell on the machine
+        """Keep the compiled regions only when their best timed step beats the best eager one,
+        else go back to eager. The two took turns, so a busy spell on the machine
         slows both alike, and the best of each leaves out a recompile; both train the same
         parameters with the same optimizers, so only speed changes. The compiling step less an
         eager one is this shape's compile cost, kept for the next run's compile_pays."""
@@ -502,7 +504,7 @@ class Trainer:
         console.info(f"train: compile auto: {timings}: {'kept' if kept else 'back to eager'}")
         self.use_compiled(kept)
         if not kept:
-            self.compiled_blocks = None
+            self.compiled_regions = None
         self.watch.restart()
 
     def announce(self, peak_source: str) -> None:
@@ -581,7 +583,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Eager: compiled blocks would compile again for a no-grad graph used this seldom."""
-        compiled = self.compiled_blocks is not None and self.compiled_blocks.on
+        compiled = self.compiled_regions is not None and self.compiled_regions.on
         self.use_compiled(False)
         try:
             with self.parallel.evaluating():

@@ -7,7 +7,7 @@ from gptcli.kernels import LinearCrossEntropy
 from gptcli.model import GPT, apply_rope, rope_tables
 from gptcli.optim import param_groups
 from gptcli.recipe import ModelConfig
-from gptcli.trainer import CompiledBlocks
+from gptcli.trainer import CompiledRegions
 
 VARIANTS = [
     {},
@@ -163,16 +163,17 @@ def test_compiled_blocks_train_with_eager_gradients_and_one_graph(device, amp, m
     x = torch.randint(0, 256, (4, 65), device=device)
     grads = []
     torch._dynamo.utils.counters.clear()
-    compiled = CompiledBlocks(model)  # as the trainer compiles: each block's forward
+    compiled = CompiledRegions(model)  # as the trainer compiles: each block's forward, the loss
     for on in (False, True):
         compiled.use(on)
         with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
             loss = model(x[:, :-1], x[:, 1:])[1]
         grads.append(torch.autograd.grad(loss, list(model.parameters())))
     compiled.use(False)
-    assert "forward" not in vars(model.blocks[0])  # switched off: the blocks' own forward
-    # one graph serves both blocks (the first recomputed under checkpointing, the second not)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 1
+    assert "forward" not in vars(model.blocks[0]) and "loss" not in vars(model)  # switched off
+    # one graph serves both blocks (the first recomputed under checkpointing, the second not),
+    # one the loss
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
     tol = 1e-2 if amp is None else 5e-2  # TF32 may be on in fp32
     for compiled, eager in zip(grads[1], grads[0], strict=True):
         assert (compiled - eager).float().norm() <= tol * eager.float().norm()

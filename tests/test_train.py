@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from gptcli import checkpoint
+from gptcli.model import Block
 from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
 
@@ -483,8 +484,9 @@ def fake_compile(monkeypatch, compiled_ms: float) -> list:
     monkeypatch.setattr(trainer, "why_no_compile", lambda d: None)
 
     def wrap(forward):
-        if forward.__self__.attn.layer > 0:  # the first block's forward times the step
-            return forward
+        owner = forward.__self__  # a block (forward) or the model (loss)
+        if not isinstance(owner, Block) or owner.attn.layer > 0:
+            return forward  # the first block's forward times the step
         compiles.append(Compiled(forward))
         return compiles[-1]
 
