@@ -160,7 +160,9 @@ def gptcli(
     output as str (bytes when not text)."""
     full_env = run_env(**(env or {}))
     if SERVER.serves(full_env):
-        return SERVER.run(list(args), Path(cwd or os.getcwd()), input, timeout, full_env, text)
+        words = [os.fsdecode(arg) for arg in args]  # as subprocess takes paths and bytes
+        folder = Path(os.path.abspath(cwd or os.getcwd()))
+        return SERVER.run(words, folder, input, timeout, full_env, text)
     return subprocess.run(
         [sys.executable, "-m", "gptcli", *args],
         cwd=cwd,
