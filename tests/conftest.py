@@ -70,6 +70,9 @@ LOAD_TIME_VARIABLES = (
     "CC",
     "CXX",
 )
+# what torch writes into the test process's own environment once it compiles there (inductor's
+# cache folder, OpenMP's duplicate-library switch): a fresh interpreter would see the same
+SET_BY_TORCH = {"TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "TORCH_WARM_POOL"}
 
 
 class Server:
@@ -90,7 +93,7 @@ class Server:
         if os.environ.get("GPTCLI_TEST_FRESH") == "1":
             return False
         own = self.env or run_env()
-        changed = {k for k in own.keys() | env.keys() if own.get(k) != env.get(k)}
+        changed = {k for k in own.keys() | env.keys() if own.get(k) != env.get(k)} - SET_BY_TORCH
         return not any(k.startswith(LOAD_TIME_VARIABLES) for k in changed)
 
     def start(self, args: list[str], cwd: Path, input: str | bytes | None, env: dict[str, str]):
