@@ -85,7 +85,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
         self.lock = threading.Lock()
-        self.dir = Path(tempfile.mkdtemp(prefix="gptcli-server-"))
+        self.dir = Path()  # a temporary folder once the server starts
         self.count = 0
 
     def serves(self, env: dict[str, str]) -> bool:
@@ -101,6 +101,7 @@ class Server:
         with self.lock:
             if self.proc is None:
                 self.env = run_env()
+                self.dir = Path(tempfile.mkdtemp(prefix="gptcli-server-"))
                 server = Path(__file__).with_name("gptcli_server.py")
                 self.proc = subprocess.Popen(
                     [sys.executable, str(server), str(self.dir)],
