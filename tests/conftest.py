@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,21 +56,124 @@ COMPILE_DEVICES = [
 TORCHRUN_ENV = {"OMP_NUM_THREADS": "1"}
 
 
+# variables torch, OpenMP, Python or inductor read when they load: a run that sets one of these
+# otherwise than the server's own environment starts a fresh interpreter
+LOAD_TIME_VARIABLES = (
+    "OMP_",
+    "MKL_",
+    "KMP_",
+    "TORCH",
+    "PYTORCH",
+    "CUDA",
+    "PYTHON",
+    "LD_",
+    "CC",
+    "CXX",
+)
+# what torch writes into the test process's own environment once it compiles there (inductor's
+# cache folder, OpenMP's duplicate-library switch): a fresh interpreter would see the same
+SET_BY_TORCH = {"TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "TORCH_WARM_POOL"}
+
+
+class Server:
+    """tests/gptcli_server.py, started on first use: it forks each `python -m gptcli` from an
+    interpreter that has torch loaded, which saves seconds of imports per command. Still one
+    process per command, with its own exit status, stdin, stdout and stderr; GPTCLI_TEST_FRESH=1
+    starts a fresh interpreter for each instead."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.dir = Path()  # a temporary folder once the server starts
+        self.count = 0
+
+    def serves(self, env: dict[str, str]) -> bool:
+        """Whether a child of the server runs as a fresh interpreter with env would."""
+        if os.environ.get("GPTCLI_TEST_FRESH") == "1":
+            return False
+        own = self.env or run_env()
+        changed = {k for k in own.keys() | env.keys() if own.get(k) != env.get(k)} - SET_BY_TORCH
+        return not any(k.startswith(LOAD_TIME_VARIABLES) for k in changed)
+
+    def start(self, args: list[str], cwd: Path, input: str | bytes | None, env: dict[str, str]):
+        """Fork `gptcli ARGS`; its pid and the files for its stdout and stderr."""
+        with self.lock:
+            if self.proc is None:
+                self.env = run_env()
+                self.dir = Path(tempfile.mkdtemp(prefix="gptcli-server-"))
+                server = Path(__file__).with_name("gptcli_server.py")
+                self.proc = subprocess.Popen(
+                    [sys.executable, str(server), str(self.dir)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=self.env,
+                )
+                atexit.register(shutil.rmtree, self.dir, True)
+                atexit.register(self.proc.stdin.close)
+            self.count += 1
+            files = {k: self.dir / f"{self.count}.{k}" for k in ("stdin", "stdout", "stderr")}
+            if isinstance(input, bytes):
+                files["stdin"].write_bytes(input)
+            else:
+                files["stdin"].write_text(input or "")
+            request = {"args": args, "cwd": str(cwd), "env": env}
+            request.update({k: str(v) for k, v in files.items()})
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            pid = int(self.proc.stdout.readline())
+        return pid, files
+
+    def run(self, args: list[str], cwd: Path, input, timeout: int, env: dict, text: bool = True):
+        """Run `gptcli ARGS` to its end, as subprocess.run(capture_output=True, text=text)
+        does."""
+        pid, files = self.start(args, cwd, input, env)
+        status = self.dir / str(pid)
+        deadline = time.monotonic() + timeout
+        while not status.exists():
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                while not status.exists():
+                    time.sleep(0.01)
+                out, err = (self.read(files[k], text) for k in ("stdout", "stderr"))
+                raise subprocess.TimeoutExpired(["gptcli", *args], timeout, out, err)
+            time.sleep(0.01)
+        code = int(status.read_text())
+        out, err = (self.read(files[k], text) for k in ("stdout", "stderr"))
+        for path in [status, *files.values()]:
+            path.unlink()
+        return subprocess.CompletedProcess(["gptcli", *args], code, out, err)
+
+    @staticmethod
+    def read(path: Path, text: bool) -> str | bytes:
+        return path.read_text() if text else path.read_bytes()
+
+
+SERVER = Server()
+
+
 def gptcli(
     *args: str,
     cwd: Path | None = None,
-    input: str | None = None,
+    input: str | bytes | None = None,
     timeout: int = 300,
     env: dict[str, str] | None = None,
+    text: bool = True,
 ):
-    """Run `python -m gptcli ARGS` (env: extra variables) and return the CompletedProcess."""
+    """Run `python -m gptcli ARGS` (env: extra variables) and return the CompletedProcess, its
+    output as str (bytes when not text)."""
+    full_env = run_env(**(env or {}))
+    if SERVER.serves(full_env):
+        words = [os.fsdecode(arg) for arg in args]  # as subprocess takes paths and bytes
+        folder = Path(os.path.abspath(cwd or os.getcwd()))
+        return SERVER.run(words, folder, input, timeout, full_env, text)
     return subprocess.run(
         [sys.executable, "-m", "gptcli", *args],
         cwd=cwd,
         input=input,
         capture_output=True,
-        text=True,
-        env=run_env(**(env or {})),
+        text=text,
+        env=full_env,
         timeout=timeout,
     )
 
@@ -180,8 +288,6 @@ CHAT_MESSAGES = [
 def chat_trained(trained) -> Path:
     """runs/chat-sft next to runs/mini: a tiny SFT run (chat template), finetuned once on
     prompt/response records and one messages record."""
-    import json
-
     source = trained / "chat-sft.jsonl"
     records = [{"prompt": f"Count to {i}.", "response": f"{i} {i + 1}"} for i in range(20)]
     records.append({"messages": CHAT_MESSAGES})

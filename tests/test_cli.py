@@ -357,14 +357,7 @@ def test_closed_stdout_ends_quietly(trained, tmp_path):
 def _run_bytes(*args: str, cwd, input: bytes = b""):
     """gptcli with raw bytes on stdin; an argument's bad bytes are given as os.fsdecode gives
     them (surrogates), which subprocess turns back into the bytes themselves."""
-    return subprocess.run(
-        [sys.executable, "-m", "gptcli", *args],
-        cwd=cwd,
-        input=input,
-        capture_output=True,
-        env=run_env(),
-        timeout=300,
-    )
+    return gptcli(*args, cwd=cwd, input=input, text=False)
 
 
 BAD = os.fsdecode(b"b\xffad")

@@ -612,9 +612,11 @@ def test_finetune_under_torchrun_syncs_gradients(trained):
     train_file, dev_file = _sst(trained)
     runs = {}
     for name, accum in (("sst-ddp", 2), ("sst-accum", 4)):
+        # fp32: dtype auto decides by a timed probe, cached per thread count, and the ranks run
+        # one thread each: near a tie the two runs could pick different precisions
         text = CLASSIFY.format(
             name=name, format="single", source=train_file, dev=dev_file, steps=4,
-            task_extra=SST_LABELS, extra=f"  grad_accum: {accum}\n",
+            task_extra=SST_LABELS, extra=f"  grad_accum: {accum}\n  dtype: fp32\n",
         )  # fmt: skip
         recipe = write_recipe(trained, text, f"{name}.yaml")
         if name == "sst-ddp":

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,7 @@ SMOKE = {
 }
 SMOKE["tiny"] = SMOKE["recipes/tiny.yaml"]  # the bundled recipe by name
 TRAINS = re.compile(r"gptcli (?:tokenize|pretrain|finetune) ([^\s-]\S*)")  # the RECIPE
+OUT = re.compile(r"--out\s+(\S+)")  # a folder a line writes
 CLASSIFIER_LINE = re.compile(r"sst2-pretrain|finetune/(sst2|rte)|runs/(sst2|rte)")
 
 
@@ -147,41 +148,89 @@ def test_readme_lines_are_found():
     assert sum(bool(NEEDS.search(line)) for line in lines) >= 1
 
 
-def _run_in_order(lines: list[str], work: Path) -> list[str]:
-    """Run (or for `needs:` lines parse) each line in work, in order; the failures."""
+def _after(lines: list[str]) -> list[set[int]]:
+    """For each line, the earlier lines it waits for. A line that tokenizes or trains changes
+    the runs later lines read (and which run is the newest): it waits for every earlier line and
+    every later line waits for it. A line naming a folder an earlier `--out` wrote waits for that
+    line. The other lines only read, and run side by side."""
+    trains = {i for i, line in enumerate(lines) if TRAINS.search(line)}
+    after = []
+    for i, line in enumerate(lines):
+        if i in trains:
+            after.append(set(range(i)))
+            continue
+        wrote = {j for j in range(i) if set(OUT.findall(lines[j])) & set(line.split())}
+        after.append({j for j in trains if j < i} | wrote)
+    return after
+
+
+def _run(line: str, work: Path) -> str | None:
+    """Run (or for a `needs:` line parse) one line in work; what failed, or None."""
+    if NEEDS.search(line):
+        _parse(line, work)
+        return None
     # the usual cache: no line downloads, and the CPU's peak FLOP/s is there; one thread, as
-    # the two folders' lines run side by side on the machine's cores
+    # two lines run side by side on the machine's cores
     env = run_env(OMP_NUM_THREADS="1")
     env["PATH"] = f"{work.parent / 'bin'}{os.pathsep}{env['PATH']}"
-    failed = []
-    for line in lines:
-        if NEEDS.search(line):
-            _parse(line, work)
-            continue
-        proc = subprocess.run(
-            ["bash", "-c", "set -o pipefail; " + _smoke(line)],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if proc.returncode != 0:
-            failed.append(f"{line}\n  exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    proc = subprocess.run(
+        ["bash", "-c", "set -o pipefail; " + _smoke(line)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        return f"{line}\n  exit {proc.returncode}: {proc.stderr.strip()[-500:]}"
+    return None
+
+
+def _run_all(folders: list[tuple[list[str], Path]], workers: int = 2) -> list[str]:
+    """Run each folder's lines in work as _after orders them, `workers` at a time, the folders'
+    lines taking turns; the failures."""
+    jobs = [(k, i) for k, (lines, _) in enumerate(folders) for i in range(len(lines))]
+    jobs.sort(key=lambda job: (job[1], job[0]))  # the folders take turns
+    after = [_after(lines) for lines, _ in folders]
+    done: set[tuple[int, int]] = set()
+    failed: list[str] = []
+    running: dict = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while jobs or running:
+            ready = [(k, i) for k, i in jobs if all((k, j) in done for j in after[k][i])]
+            for k, i in ready[: workers - len(running)]:
+                jobs.remove((k, i))
+                lines, work = folders[k]
+                running[pool.submit(_run, lines[i], work)] = (k, i)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done.add(running.pop(future))
+                if future.result() is not None:
+                    failed.append(future.result())
     return failed
 
 
 def test_every_readme_command_runs_as_written(tmp_path):
-    """The classifier lines (SST-2, RTE) need none of the others' runs: they run alongside, in a
-    folder of their own, so the test takes about half the time on two cores."""
+    """The classifier lines (SST-2, RTE) need none of the others' runs: they run in a folder of
+    their own. Two lines run at a time, so the test takes about half the time on two cores."""
     lines = readme_lines()
     apart = [line for line in lines if CLASSIFIER_LINE.search(line)]
     rest = [line for line in lines if line not in apart]
-    jobs = [(rest, _workspace(tmp_path / "lm")), (apart, _workspace(tmp_path / "classify"))]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda job: _run_in_order(*job), jobs))
-    failed = [f for found in results for f in found]
+    failed = _run_all([(rest, _workspace(tmp_path / "lm")), (apart, _workspace(tmp_path / "cls"))])
     assert not failed, "\n".join(failed)
+
+
+def test_lines_wait_for_the_lines_that_make_what_they_read():
+    lines = [
+        "gptcli pretrain recipes/tiny.yaml",
+        "gptcli sample -c runs/tiny --prompt x",
+        "gptcli export runs/tiny --format hf --out tiny-hf",
+        "gptcli inspect runs/tiny",
+        "gptcli sample --checkpoint tiny-hf --prompt x",
+        "gptcli finetune recipes/finetune-lm.yaml --set init=runs/tiny",
+        "gptcli sample --prompt x",
+    ]
+    assert _after(lines) == [set(), {0}, {0}, {0}, {0, 2}, {0, 1, 2, 3, 4}, {0, 5}]
 
 
 @pytest.mark.parametrize(
