@@ -150,7 +150,7 @@ def test_rope_rotates_each_channel_pair_by_its_position_angle():
 
 @pytest.mark.parametrize("device", COMPILE_DEVICES)
 @pytest.mark.parametrize("amp", [None, torch.bfloat16])
-def test_compiled_blocks_train_with_eager_gradients_and_one_graph(device, amp, monkeypatch):
+def test_compiled_regions_give_eager_gradients_and_blocks_share_one_graph(device, amp, monkeypatch):
     # a wrong compiled gradient can hide: the model still learns a bigram table through the
     # embeddings when every gradient below the first norm is zero
     monkeypatch.setattr(kernels, "CHUNKED_LOSS_MIN", 1)  # compile the chunked loss too
