@@ -403,8 +403,9 @@ class Trainer:
         return amp
 
     def compile_as_set(self) -> None:
-        """Compile the blocks or not, as train.compile says; auto on CPU decides after timing
-        PROBE_STEPS eager steps (see after_timed_step) unless the run decided before."""
+        """Compile the regions (CompiledRegions) or not, as train.compile says; auto on CPU
+        decides after timing PROBE_STEPS eager steps (see after_timed_step) unless the run
+        decided before."""
         t, device = self.t, self.device
         self.timing: str | None = None  # "probe" (eager steps), "check" (compiled, eager)
         if t.compile == "auto" and "compile" in self.auto:
@@ -438,6 +439,9 @@ class Trainer:
         if self.compiled_regions is not None:
             self.compiled_regions.use(on)
 
+    def compiled_now(self) -> bool:
+        return self.compiled_regions is not None and self.compiled_regions.on
+
     def after_timed_step(self, seconds: float) -> None:
         """compile: auto on CPU: after PROBE_STEPS eager steps, decide_compile; once compiled,
         the compiling step, then compiled and eager steps in turn until keep_compiled."""
@@ -446,7 +450,7 @@ class Trainer:
             if len(self.timed_s) == PROBE_STEPS:
                 self.decide_compile()
             return
-        ran = "compiled" if self.compiled_regions and self.compiled_regions.on else "eager"
+        ran = "compiled" if self.compiled_now() else "eager"
         if self.compile_step_s is None:
             self.compile_step_s = seconds
         else:
@@ -583,7 +587,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Eager: compiled blocks would compile again for a no-grad graph used this seldom."""
-        compiled = self.compiled_regions is not None and self.compiled_regions.on
+        compiled = self.compiled_now()
         self.use_compiled(False)
         try:
             with self.parallel.evaluating():
