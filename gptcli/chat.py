@@ -56,7 +56,7 @@ class Engine:
 
     def text_ids(self, text: str) -> list[int]:
         """A plain prompt: documents in training follow <|endoftext|>, as in `gptcli sample`."""
-        return [self.eot] + self.tok.encode(text, add_special_tokens=False).ids
+        return tokenizer.document_ids(self.tok, text)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """The conversation as the model reads it before its reply."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -21,7 +20,7 @@ from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import NON_SHAPE_KEYS, ModelConfig, Recipe
-from gptcli.tasks.base import add_special_tokens
+from gptcli.tasks.base import Task, add_special_tokens
 from gptcli.tasks.classify import CLASSIFY_TOKENS, ClassifyTask
 from gptcli.tasks.lm import LMTask
 from gptcli.tasks.sft import CHAT_TOKENS, SFTTask
@@ -113,13 +112,14 @@ def token_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, 
     if dist.main:
         check_run_tokenizer(run_dir, tok)
     train, dev = task_records(recipe, run_dir)
-    task: Any
+    task: Task
     if classify:
         task = ClassifyTask.for_training(recipe, tok, cfg.block_size, train, dev)
     else:
         task = SFTTask(recipe, tok, cfg.block_size, train, dev)
     vocab = max(cfg.vocab_size, tok.get_vocab_size())
-    cfg = dataclasses.replace(cfg, vocab_size=vocab, n_classes=task.n_classes if classify else 0)
+    n_classes = task.n_classes if isinstance(task, ClassifyTask) else 0
+    cfg = dataclasses.replace(cfg, vocab_size=vocab, n_classes=n_classes)
     if dist.main:
         check_resumable(recipe, run_dir, cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def token_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, 
     return task, cfg, grow_embeddings(loaded.weights, vocab, new_ids, old_vocab), new_ids
 
 
-def add_lora(model: GPT, recipe: Recipe, task: Any, loaded: Loaded, new_ids: list[int]) -> None:
+def add_lora(model: GPT, recipe: Recipe, task: Task, loaded: Loaded, new_ids: list[int]) -> None:
     """Adapters on the target layers; the checkpoints then store only what trains, with a
     reference (path and sha256) to the base weights."""
     cfg = recipe.finetune.lora

@@ -297,8 +297,7 @@ def sample_prompt(
         prompt_ids, _ = sft.chat_ids(tok, message, add_generation_prompt=True)
         eot = tok.token_to_id(sft.END)
     else:
-        # Documents in training follow <|endoftext|>, so starting with it asks for a new story.
-        prompt_ids = [eot] + tok.encode(prompt, add_special_tokens=False).ids
+        prompt_ids = tokenizer.document_ids(tok, prompt)
     block = model.cfg.block_size
     if len(prompt_ids) > block:
         console.warn(

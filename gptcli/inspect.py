@@ -394,7 +394,7 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
     loaded = interop.load(checkpoint_path)
     model = checkpoint.build_model(loaded).eval()
     tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
-    ids = torch.tensor([tokenizer.eot_id(tok), *tok.encode(text, add_special_tokens=False).ids])
+    ids = torch.tensor(tokenizer.document_ids(tok, text))
     T = model.cfg.block_size
     windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
     full = [w for w in windows if len(w) == T + 1]

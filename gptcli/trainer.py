@@ -37,6 +37,7 @@ from gptcli.device import (
 from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, Recipe, TrainConfig, shape_change
+from gptcli.tasks.base import Task
 from gptcli.tokenizer import TOKENIZER_FILE
 
 # compile: auto on CPU times this many eager steps (the first warms up) before deciding
@@ -194,7 +195,7 @@ class TaskStep(torch.nn.Module):
     """The task's loss as one module call, which DDP and torch.compile then wrap whole: a
     classifier's loss reads model.hidden and its head, which model.forward never runs."""
 
-    def __init__(self, model: GPT, task: Any) -> None:
+    def __init__(self, model: GPT, task: Task) -> None:
         super().__init__()
         self.model = model
         self.task = task
@@ -331,7 +332,7 @@ class Trainer:
     """
 
     def __init__(
-        self, recipe: Recipe, run_dir: Path, model: GPT, task: Any, dist: Dist | None = None
+        self, recipe: Recipe, run_dir: Path, model: GPT, task: Task, dist: Dist | None = None
     ) -> None:
         self.run_dir, self.model, self.task = run_dir, model, task
         self.dist = dist or Dist()
