@@ -95,7 +95,9 @@ def _bad_inputs(d: Path) -> list[tuple[str, tuple[str, ...]]]:
     (d / "cut.txt.zst").write_bytes(full[: len(full) // 2])
     pq.write_table(pa.table({"content": ["x"], "lang": ["en"]}), d / "nocol.parquet")
     pq.write_table(pa.table({"text": [1, 2, 3]}), d / "ints.parquet")
+    (d / "open.csv").write_text('id,text\n1,"a story"\n2,"an open quote\n3,swallowed\n')
     return [
+        (str(d / "open.csv"), ("open.csv:3", "never closed")),
         (str(corrupt), ("corrupt.parquet", "not a readable Parquet file")),
         (str(d / "cut.txt.zst"), ("cut.txt.zst", "truncated")),
         (str(d / "nocol.parquet"), ("no column 'text'", "content, lang", "text_field")),
