@@ -111,8 +111,10 @@ def check_reachable(what: str) -> None:
     """Exit 2 at once, in one line, when the Hugging Face Hub (HF_ENDPOINT, or the proxy that
     leads there) takes no connection: huggingface_hub would retry for half a minute before
     failing. Errors during a transfer stay the library's to retry. With HF_HUB_OFFLINE set
-    nothing is asked of the network: the local cache answers."""
-    if offline():
+    (or the datasets library's HF_DATASETS_OFFLINE) nothing is asked of the network: the
+    local cache answers."""
+    datasets_offline = os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline() or datasets_offline:
         return
     endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
     url = urllib.parse.urlsplit(endpoint)
@@ -121,8 +123,14 @@ def check_reachable(what: str) -> None:
     proxy = proxies.get(url.scheme) or proxies.get("all")
     if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
         target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    host = target.hostname or ""
-    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        host = None
+    if not host:
+        raise UserError(
+            f"{what}: HF_ENDPOINT or the proxy is not a URL like {DEFAULT_ENDPOINT} ({endpoint})"
+        )
     if (host, port) in _reached:
         return
     try:
