@@ -24,6 +24,7 @@ import torch
 from gptcli import __version__, console, interop, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
+from gptcli.data import hub
 from gptcli.device import pick_device
 from gptcli.files import write_atomic
 from gptcli.generate import TextStream, generate, pick_dtype
@@ -324,6 +325,8 @@ def task_manager(names: list[str], include: list[Path]):
     local = TaskManager(include_path=paths, include_defaults=False)
     if all(name in local.all_tasks for name in names):
         return local
+    # the harness's own tasks read their data from the Hub: out of reach, say so before waiting
+    hub.check_reachable("--tasks " + ",".join(n for n in names if n not in local.all_tasks))
     console.info("eval: indexing lm-evaluation-harness's tasks")
     full = TaskManager(include_path=paths)
     unknown = [name for name in names if name not in full.all_tasks]

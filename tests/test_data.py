@@ -105,6 +105,8 @@ def test_safe_pieces_keep_the_ids(tmp_path):
         ("bad2.jsonl", b'{"text": "a"}\n{"text": "\xff"}\n', "bad2.jsonl:2: not UTF-8 at byte"),
         ("nofield.jsonl", b'{"body": "a"}\n', "nofield.jsonl:1: no string field 'text'"),
         ("empty.txt", b"  \n<|endoftext|>\n", "the corpus is empty"),
+        ("open.csv", b'id,text\n1,fine\n\n2,"never closed\n3,x\n', "open.csv:4: a quoted field"),
+        ("openhead.csv", b'id,"text\n1,x\n', "openhead.csv:1: a quoted field"),
     ],
 )
 def test_bad_corpus_names_file_and_place(tmp_path, name, content, needle):
@@ -112,6 +114,13 @@ def test_bad_corpus_names_file_and_place(tmp_path, name, content, needle):
     cfg = recipe.DataConfig(source=str(tmp_path / name))
     with pytest.raises(UserError, match=needle.replace("|", r"\|")):
         list(data.routed(cfg, 0, None, None))
+
+
+def test_csv_quoted_fields_may_span_lines_and_end_the_file(tmp_path):
+    """Only a quote still open at the end of the file is an error (see open.csv above)."""
+    (tmp_path / "ok.csv").write_text('id,text\n1,"two\nlines"\n\n2,"ends ""here"""')
+    docs = _docs(recipe.DataConfig(source=str(tmp_path / "ok.csv")))
+    assert docs == ["two\nlines", 'ends "here"']
 
 
 def test_errors_replace_substitutes(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import textwrap
 import threading
 from pathlib import Path
@@ -171,6 +172,37 @@ def test_gated_and_unknown_hub_datasets_exit_2_naming_the_fix(tmp_path, refusing
     )
     proc = gptcli("tokenize", str(recipe(tmp_path, "hf:owner/unknown")), "--quiet", cwd=tmp_path)
     assert_one_line_error(proc, "hf:owner/unknown", "no such dataset")
+
+
+@pytest.mark.parametrize("reason", ["does not resolve", "refused"])
+def test_an_unreachable_hub_fails_at_once_in_one_line(
+    tmp_path, hub_home, unreachable, monkeypatch, reason
+):
+    """Not a line per retry of huggingface_hub (about 25 s of them): the one line says what
+    could not be reached and the way out."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    endpoint = unreachable[reason]
+    r = recipe(tmp_path, "hf:owner/tales")
+    proc = gptcli("tokenize", str(r), "--quiet", cwd=tmp_path, env={"HF_ENDPOINT": endpoint})
+    assert_one_line_error(proc, "hf:owner/tales", endpoint, reason, "HF_HUB_OFFLINE=1")
+
+
+def test_the_hub_check_asks_nothing_offline_and_goes_through_a_proxy(
+    hub_home, unreachable, monkeypatch
+):
+    from gptcli.console import UserError
+    from gptcli.data import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", unreachable["does not resolve"])
+    hub.check_reachable("hf:owner/tales")  # HF_HUB_OFFLINE: the cache answers
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        hub.check_reachable("hf:owner/tales")
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", unreachable["refused"])
+    with pytest.raises(UserError, match="through the proxy 127.0.0.1.*refused"):
+        hub.check_reachable("hf:owner/tales")
 
 
 def test_missing_datasets_names_the_install_line(tmp_path, hub_home):
