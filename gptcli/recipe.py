@@ -99,10 +99,12 @@ def source_config(key: str, item: object, text_field: str, sha256: str = "") -> 
 
 @dataclass
 class DataConfig:
+    # each source a string or a mapping of SourceConfig's keys (path, weight, sha256,
+    # text_field; an hf: source also config, split, revision)
     source: str | list | dict = doc(
         "builtin:stories",
-        "builtin:NAME | hf:OWNER/NAME (a Hub dataset) | a file, directory or glob | an http(s) "
-        "URL | - (stdin), or a list of these, each a string or a mapping of SourceConfig's keys",
+        "builtin:NAME, hf:OWNER/NAME, a file, directory or glob, an http(s) URL, - (stdin), "
+        "or a list of these",
     )
     text_field: str = doc(
         "text", "the field (column) that holds a document in .jsonl/.csv/.parquet"
@@ -112,9 +114,7 @@ class DataConfig:
     val_fraction: float = doc(0.05, "share of the text held out for validation")
     builtin_mb: float = doc(8.0, "how much text a builtin: corpus generates")
     dev: str | dict = doc(
-        "",
-        "a separate evaluation set (else val_fraction of the source): a file, URL or hf: "
-        "dataset, as a string or in the source's mapping form",
+        "", "a separate evaluation set, one source (else val_fraction of the source is held out)"
     )
     max_download_mb: float = doc(10240.0, "a URL source larger than this is refused")
     allow_html: bool = doc(False, "a URL that serves an HTML page is refused unless this is true")
@@ -270,19 +270,18 @@ class TrainConfig:
     compile: Literal["auto", "on", "off"] = doc(
         "auto", "torch.compile: auto = on CUDA, on CPU when it repays its compile time"
     )
+    # recompute blocks in backward instead of keeping their activations
     activation_checkpointing: Literal[False, True, "selective"] = doc(
-        False,
-        "recompute blocks in backward instead of keeping their activations: every block "
-        "(true), every other block (selective) or none (false)",
+        False, "recompute every block (true), every other block (selective) or none (false)"
     )
     loggers: list[str] = doc(
         ["jsonl"],
         "where metrics go: jsonl (metrics.jsonl, always) plus any of tensorboard, wandb, mlflow",
     )
+    # auto picks fsdp when the training state (16 bytes a parameter) passes 60% of one
+    # device's free memory
     parallel: Literal["auto", "ddp", "fsdp"] = doc(
-        "auto",
-        "under torchrun: ddp copies the model to every rank, fsdp shards it; auto picks fsdp "
-        "when the training state (16 bytes a parameter) passes 60% of one device's free memory",
+        "auto", "under torchrun: ddp copies the model to every rank, fsdp shards it"
     )
 
     def check(self) -> None:
@@ -380,12 +379,10 @@ class TaskConfig:
     format: Literal["single", "pair", "similarity", "choice"] = doc(
         "single", "classify: how the inputs are laid out"
     )
-    fields: list[str] = doc(
-        [],
-        "the fields that hold the texts, in order ([] = the defaults of the format: single "
-        "[text], pair [premise, hypothesis], similarity [sentence1, sentence2], choice [context, "
-        "choices]; sft [prompt, response], or a `messages` list of {role, content})",
-    )
+    # [] = the format's defaults (DEFAULT_FIELDS): single [text], pair [premise, hypothesis],
+    # similarity [sentence1, sentence2], choice [context, choices]; sft [prompt, response], or
+    # a `messages` list of {role, content}
+    fields: list[str] = doc([], "the fields that hold the texts, in order ([] = the defaults)")
     label_field: str = doc("label", "classify: the field that holds the label")
     label_names: list[str] = doc([], "names of labels 0..n-1 ([] = learned)")
     lm_weight: float = doc(0.5, "classify: weight of the auxiliary language-model loss (λ)")
