@@ -206,7 +206,7 @@ def record_of(name: str, tmp_path, monkeypatch) -> dict:
         "calls": calls,
     }
     if r.task.kind != "lm":
-        srcs = corpus.sources(r.data) + [corpus.dev_source(r.data)]
+        srcs = r.data.sources() + [r.data.dev_source()]
         out["records"] = [corpus.records(s, r.data, work) for s in srcs if s]
     text = json.dumps(out, sort_keys=True, default=str).replace(str(tmp_path), "<tmp>")
     return json.loads(re.sub(r', "mtime_ns": \d+', "", text))

@@ -22,16 +22,6 @@ from gptcli.files import sha256_file
 from gptcli.recipe import DataConfig, SourceConfig
 
 
-def sources(cfg: DataConfig) -> list[SourceConfig]:
-    """data.source, each entry parsed (a string takes data.text_field and data.sha256)."""
-    return cfg.sources()
-
-
-def dev_source(cfg: DataConfig) -> SourceConfig | None:
-    """data.dev as a source (a file, URL or hf: dataset), or None when unset."""
-    return cfg.dev_source()
-
-
 def kind(src: SourceConfig) -> registry.Kind:
     return registry.kind_of(src.path)
 
@@ -94,7 +84,7 @@ def iter_documents(
     With tally, each source's kind, documents read and rows skipped (by reason) are counted
     into it, keyed by the source string (and an hf: dataset's split).
     """
-    for src in sources(cfg):
+    for src in cfg.sources():
         entry = _tally_entry(tally, src)
         reading = Reading(src.text_field, cfg.errors, on_bytes, entry["skipped"])
         entry["kind"], docs = _documents(src, cfg, seed, run_dir, reading)
@@ -129,7 +119,7 @@ def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     """Bytes the sources hold on disk (compressed size for .gz/.zst): the progress bars' total
     (None when an hf: dataset's info does not state its size)."""
     total = 0
-    for src in sources(cfg):
+    for src in cfg.sources():
         files = files_of(src, run_dir, cfg)
         if files is not None:
             total += sum(f.stat().st_size for f in files)
@@ -145,7 +135,7 @@ def text_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     compression, other files' size on disk, an hf: dataset's stated size (None when an hf:
     dataset's info does not state it)."""
     total = 0
-    for src in sources(cfg):
+    for src in cfg.sources():
         files = files_of(src, run_dir, cfg)
         if files is None:
             if (n := _module(src).stated_bytes(src, cfg)) is None:
@@ -175,8 +165,8 @@ def fingerprint(
         if "mtime_ns" in f
     }
     entries = []
-    dev = dev_source(cfg)
-    for src in sources(cfg) + ([dev] if dev else []):
+    dev = cfg.dev_source()
+    for src in cfg.sources() + ([dev] if dev else []):
         entry: dict = {"source": src.path, "weight": src.weight}
         files = files_of(src, run_dir, cfg)
         if files is None:
@@ -221,7 +211,7 @@ def has_many_text_documents(cfg: DataConfig, run_dir: Path | None, many: int) ->
     """True when plain-text files at the start of the corpus hold `many` documents, found by
     scanning bytes (no decoding). False means: count the slow way."""
     count = 0
-    for src in sources(cfg):
+    for src in cfg.sources():
         files = files_of(src, run_dir, cfg)
         if files is None:
             return False
