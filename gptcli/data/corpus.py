@@ -23,6 +23,7 @@ from gptcli.recipe import DataConfig, SourceConfig
 
 
 def kind(src: SourceConfig) -> registry.Kind:
+    """The kind of source src.path selects."""
     return registry.kind_of(src.path)
 
 
@@ -35,13 +36,13 @@ def label(src: SourceConfig) -> str:
     return kind(src).label.format(**asdict(src))
 
 
-def files_of(src: SourceConfig, run_dir: Path | None, cfg: DataConfig) -> list[Path] | None:
+def files_of(src: SourceConfig, cfg: DataConfig, run_dir: Path | None) -> list[Path] | None:
     """The files a source names (a URL downloaded first), or None for a kind that yields its
     own documents."""
     return _module(src).files(src, cfg, run_dir) if kind(src).names_files else None
 
 
-def kind_name(src: SourceConfig, files: list[Path] | None) -> str:
+def read_as(src: SourceConfig, files: list[Path] | None) -> str:
     """How the source was read, in words: its kind, or the formats of its files (and how they
     came)."""
     formats = sorted({registry.format_of(f).name for f in files or []})
@@ -63,13 +64,13 @@ def _documents(
     src: SourceConfig, cfg: DataConfig, seed: int, run_dir: Path | None, reading: Reading
 ) -> tuple[str, Iterator[str]]:
     """How the source is read, in words, and its documents."""
-    files = files_of(src, run_dir, cfg)
+    files = files_of(src, cfg, run_dir)
     if files is None:
-        return kind_name(src, None), _module(src).read(src, cfg, seed, reading)
+        return read_as(src, None), _module(src).read(src, cfg, seed, reading)
     docs = (
         doc for f in files for doc in registry.reader(registry.format_of(f)).documents(f, reading)
     )
-    return kind_name(src, files), docs
+    return read_as(src, files), docs
 
 
 def iter_documents(
@@ -106,7 +107,7 @@ def records(
             f"data.source {src.path!r}: a task reads its examples from files or URLs "
             "(.jsonl, .csv, .tsv, .parquet, .arrow)"
         )
-    files = files_of(src, run_dir, cfg)
+    files = files_of(src, cfg, run_dir)
     if files is None:
         return list(_module(src).examples(src))
     out: list[tuple[str, dict]] = []
@@ -120,7 +121,7 @@ def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     (None when an hf: dataset's info does not state its size)."""
     total = 0
     for src in cfg.sources():
-        files = files_of(src, run_dir, cfg)
+        files = files_of(src, cfg, run_dir)
         if files is not None:
             total += sum(f.stat().st_size for f in files)
         elif (n := _module(src).stated_bytes(src, cfg)) is None:
@@ -136,7 +137,7 @@ def text_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     dataset's info does not state it)."""
     total = 0
     for src in cfg.sources():
-        files = files_of(src, run_dir, cfg)
+        files = files_of(src, cfg, run_dir)
         if files is None:
             if (n := _module(src).stated_bytes(src, cfg)) is None:
                 return None
@@ -168,7 +169,7 @@ def fingerprint(
     dev = cfg.dev_source()
     for src in cfg.sources() + ([dev] if dev else []):
         entry: dict = {"source": src.path, "weight": src.weight}
-        files = files_of(src, run_dir, cfg)
+        files = files_of(src, cfg, run_dir)
         if files is None:
             entry.update(_module(src).fingerprint(src, cfg, known_sources))
         else:
@@ -212,7 +213,7 @@ def has_many_text_documents(cfg: DataConfig, run_dir: Path | None, many: int) ->
     scanning bytes (no decoding). False means: count the slow way."""
     count = 0
     for src in cfg.sources():
-        files = files_of(src, run_dir, cfg)
+        files = files_of(src, cfg, run_dir)
         if files is None:
             return False
         for f in files:
