@@ -80,21 +80,14 @@ def source_config(key: str, item: object, text_field: str, sha256: str = "") -> 
     need(f"{key}.weight", weight, ok, "a number > 0")
     sha = item.get("sha256", "")
     need(f"{key}.sha256", sha, isinstance(sha, str) and is_sha256(sha), "64 hex digits")
-    for name, default in (("text_field", "text"), ("split", "train")):
-        value = item.get(name, default)
+    for name in [n for n in ("text_field", "split") if n in item]:  # else their defaults
+        value = item[name]
         need(f"{key}.{name}", value, isinstance(value, str) and bool(value), "a name")
-    for name in ("config", "revision"):
-        value = item.get(name, "")
+    for name in [n for n in ("config", "revision") if n in item]:
+        value = item[name]
         need(f"{key}.{name}", value, isinstance(value, str), "a string")
-    return SourceConfig(
-        typing.cast(str, path),
-        float(weight),
-        item.get("sha256", sha256),
-        item.get("text_field", text_field),
-        item.get("config", ""),
-        item.get("split", "train"),
-        item.get("revision", ""),
-    )
+    given = {**item, "weight": float(weight)}
+    return SourceConfig(**{"sha256": sha256, "text_field": text_field, **given})
 
 
 @dataclass

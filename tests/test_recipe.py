@@ -192,8 +192,11 @@ def test_a_source_string_takes_the_sections_text_field_and_sha256():
     sha = "a" * 64
     cfg = recipe.DataConfig(source="https://x/y.txt", text_field="body", sha256=sha)
     assert cfg.sources() == [recipe.SourceConfig("https://x/y.txt", sha256=sha, text_field="body")]
-    listed = recipe.DataConfig(source=["a.txt", {"path": "hf:o/n", "split": "test"}], sha256=sha)
-    assert listed.sources() == [
+    sources = ["a.txt", {"path": "hf:o/n", "split": "test"}, {"path": "b.txt", "weight": 2}]
+    listed = recipe.DataConfig(source=sources, sha256=sha).sources()
+    assert listed == [
         recipe.SourceConfig("a.txt"),
         recipe.SourceConfig("hf:o/n", split="test"),
+        recipe.SourceConfig("b.txt", weight=2.0),
     ]
+    assert isinstance(listed[2].weight, float)  # the fingerprint writes 2.0 as before
