@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, loggers, lora, parallel, run, tokenizer
+from gptcli import checkpoint, console, interop, loggers, lora, parallel, run, tokenizer
 from gptcli.checkpoint import Loaded
 from gptcli.console import UserError
+from gptcli.data import corpus, tokenize
+from gptcli.data.manifest import read_manifest
 from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
 from gptcli.model import GPT
@@ -85,9 +87,9 @@ def lm_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, dis
     init_tokenizer = loaded.path / tokenizer.TOKENIZER_FILE
     if dist.main:
         check_resumable(recipe, run_dir, cfg, init_tokenizer)
-        data.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
+        tokenize.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
     parallel.barrier(dist)
-    manifest = data.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
     return task, cfg, loaded.weights, []
 
@@ -96,9 +98,9 @@ def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     """The examples of data.source (each of its sources in turn) and of data.dev (None when
     unset), read through the data layer like a pretraining corpus."""
     cfg = recipe.data
-    train = [r for src in data.sources(cfg) for r in data.records(src, cfg, run_dir)]
-    dev_src = data.dev_source(cfg)
-    dev = data.records(dev_src, cfg, run_dir) if dev_src else None
+    train = [r for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
+    dev_src = cfg.dev_source()
+    dev = corpus.records(dev_src, cfg, run_dir) if dev_src else None
     return train, dev
 
 

@@ -20,7 +20,7 @@ from gptcli.checkpoint import build_model
 from gptcli.console import UserError
 from gptcli.device import autocast_dtype, cached_probe, faster_ratio, pick_device
 from gptcli.model import GPT
-from gptcli.recipe import ModelConfig, SampleConfig, check_sample
+from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.run import recipe_of
 from gptcli.tasks import classify, sft
 from gptcli.tokenizer import StreamDecoder
@@ -272,7 +272,7 @@ def load_params(ckpt: Path, overrides: dict[str, object]) -> SampleConfig:
     defaults = recipe.sample if recipe is not None else SampleConfig()
     values = {k: v for k, v in overrides.items() if v is not None}
     params = dataclasses.replace(defaults, **values)
-    check_sample(params, lambda key: "--" + key.replace("_", "-"))
+    params.check(lambda key: "--" + key.replace("_", "-"))
     return params
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, loggers, memory, optim, parallel, run
+from gptcli import checkpoint, console, interop, loggers, memory, optim, parallel, run
 from gptcli.console import Interrupted, UserError
+from gptcli.data import tokenize
 from gptcli.device import (
     Dist,
     autocast,
@@ -245,7 +246,7 @@ def check_resumable(
         change = f"train.optimizer was {old_optimizer!r}, now {recipe.train.optimizer!r}"
     if change:
         raise UserError(f"cannot resume {run_dir}: {change} (use --fresh for a new run folder)")
-    if recipe.task.kind == "lm" and not data.is_up_to_date(recipe, run_dir, given_tokenizer):
+    if recipe.task.kind == "lm" and not tokenize.is_up_to_date(recipe, run_dir, given_tokenizer):
         raise UserError(
             f"cannot resume {run_dir}: the corpus or tokenizer settings changed since it was "
             "trained (use --fresh for a new run folder)"
