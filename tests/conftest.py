@@ -1,8 +1,10 @@
-"""Shared helpers: run the real `gptcli` entry point in a subprocess, and a small trained run."""
+"""Shared helpers: run the real `gptcli` entry point in a subprocess or in this process, and a
+small trained run."""
 
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import shutil
@@ -13,10 +15,13 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+from gptcli import cli, console
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -176,6 +181,85 @@ def gptcli(
         env=full_env,
         timeout=timeout,
     )
+
+
+class CommandState:
+    """What a command run in this process may change and a fresh process would not keep: the
+    Ctrl-C and SIGTERM handlers (cli.main installs its own), the exit handlers gptcli
+    registers, torch's thread count and console's quiet flag. Taken before a command, put back
+    after it."""
+
+    def __init__(self) -> None:
+        self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.threads = torch.get_num_threads()
+        self.exit_handlers: list[Callable] = []
+
+    def register(self, func: Callable, *args, **kwargs) -> Callable:
+        """atexit.register while the command runs: gptcli's own handlers are noted to drop."""
+        if getattr(func, "__module__", "").startswith("gptcli"):
+            self.exit_handlers.append(func)
+        return REGISTER(func, *args, **kwargs)
+
+    def restore(self) -> None:
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+        for func in self.exit_handlers:
+            atexit.unregister(func)
+        torch.set_num_threads(self.threads)
+        console.set_quiet(False)
+
+
+REGISTER = atexit.register
+
+
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+    *args: str,
+    cwd: Path | None = None,
+    input: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `gptcli ARGS` through cli.main in this process, as `gptcli(...)` runs it in a child:
+    same working folder, environment, stdin, exit status and output (utf-8 text)."""
+    stdin = input.encode() if isinstance(input, str) else (input or b"")
+    out, err = io.BytesIO(), io.BytesIO()
+    state = CommandState()
+    with monkeypatch.context() as patch:
+        if cwd is not None:
+            patch.chdir(cwd)
+        patch.delenv("GPTCLI_DEBUG", raising=False)
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        patch.setattr(atexit, "register", state.register)
+        patch.setattr(sys, "argv", ["gptcli", *(os.fsdecode(a) for a in args)])
+        patch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        streams = {"stdout": (out, "strict"), "stderr": (err, "backslashreplace")}
+        for name, (buffer, errors) in streams.items():
+            wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors=errors, write_through=True)
+            patch.setattr(sys, name, wrapper)
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            state.restore()
+        # read before the patches go: a dropped wrapper closes its buffer
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["gptcli", *args], code, stdout, stderr)
+
+
+@pytest.fixture
+def gptcli_inproc(monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
+    """`gptcli(...)` without a process: for commands that stop on bad input before any real
+    work, where starting a child costs more than the command. Each call leaves this process as
+    it found it (folder, environment, streams, signal handlers, threads, quiet flag); signals,
+    real stdio, torchrun and training keep the subprocess `gptcli`."""
+
+    def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_in_process(monkeypatch, *args, **kwargs)
+
+    return run
 
 
 def gptcli_without(module: str, *args: str, cwd: Path):
