@@ -90,8 +90,9 @@ def test_chat_on_a_terminal(trained, chat_trained):
     assert endless.exitstatus == 130
 
 
-def test_chat_refuses_a_classifier(trained, tmp_path):
-    proc = gptcli("chat", "-c", str(fake_classifier(trained, tmp_path)), input="", cwd=trained)
+def test_chat_refuses_a_classifier(trained, tmp_path, gptcli_inproc):
+    classifier = str(fake_classifier(trained, tmp_path))
+    proc = gptcli_inproc("chat", "-c", classifier, input="", cwd=trained)
     assert_one_line_error(proc, "classifier", "-c")
 
 

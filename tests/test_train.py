@@ -220,7 +220,7 @@ def test_cpu_training_keeps_freed_memory_for_the_next_step():
     assert resident_mb() > with_array - 50
 
 
-def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
+def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path, gptcli_inproc):
     recipe = write_recipe(tmp_path)
     sets = [
         "--set",
@@ -245,7 +245,7 @@ def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
     assert again.returncode == 0, again.stderr
     resumed = losses(run)
     assert resumed[7] == full[7] and resumed[8] == full[8]
-    switched = gptcli(
+    switched = gptcli_inproc(
         "pretrain",
         str(recipe),
         *sets[:-2],
