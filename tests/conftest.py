@@ -288,6 +288,50 @@ def torchrun(*args: str, cwd: Path, nproc: int = 2):
     )
 
 
+# gptcli with the save of one step held, so that a test can kill -9 it at a known point of a
+# save: `python hold.py MARKER STEP WHEN ARGS...` runs `gptcli ARGS`; every process (each rank
+# under torchrun) writes its pid to MARKER.pidRANK, and the one that reaches the save of STEP
+# writes the temporary folder's path to MARKER and sleeps, WHEN "before" the checkpoint's files
+# are written into that folder or "after" (all written, not yet renamed into place).
+HOLD_IN_SAVE = textwrap.dedent(
+    """\
+    import os, runpy, sys, time
+    from pathlib import Path
+    from gptcli import checkpoint
+
+    marker, hold_step, when = Path(sys.argv.pop(1)), int(sys.argv.pop(1)), sys.argv.pop(1)
+    Path(f"{marker}.pid{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    write_main_files = checkpoint.write_main_files
+
+    def hold(tmp):
+        marker.write_text(str(tmp))
+        time.sleep(300)
+
+    def held(tmp, step, *args, **kwargs):
+        if step == hold_step and when == "before":
+            hold(tmp)
+        write_main_files(tmp, step, *args, **kwargs)
+        if step == hold_step and when == "after":
+            hold(tmp)
+
+    checkpoint.write_main_files = held
+    runpy.run_module("gptcli", run_name="__main__")
+    """
+)
+
+
+def wait_for_hold(proc: subprocess.Popen, marker: Path, timeout: float = 120) -> Path:
+    """Wait until the process started with HOLD_IN_SAVE is held in its save; the temporary
+    folder it is writing (as the command named it, relative to its working folder)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        why = proc.stderr.read() if proc.stderr and proc.poll() is not None else "no save held"
+        raise AssertionError(why)
+    return Path(marker.read_text())
+
+
 def assert_one_line_error(proc, *needles: str) -> None:
     """Bad input: exit 2, one line on stderr, no traceback, named what was wrong."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
