@@ -375,14 +375,39 @@ def write_recipe(folder: Path, text: str = TINY_RECIPE, name: str = "mini.yaml")
     return path
 
 
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file under folder (but the run lock, which every command opens) by its path: its
+    size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
-    """A folder holding runs/mini, trained once for the whole session by the real CLI."""
+    """A folder holding runs/mini, trained once for the whole session by the real CLI. Tests
+    share it, so none may write into runs/mini (a test that does takes `trained_copy`): the
+    session ends with an error naming what changed there."""
     root = tmp_path_factory.mktemp("trained")
     recipe = write_recipe(root)
     proc = gptcli("pretrain", str(recipe), "--quiet", cwd=root)
     assert proc.returncode == 0, proc.stderr
-    return root
+    before = files_of(root / "runs" / "mini")
+    yield root
+    after = files_of(root / "runs" / "mini")
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared runs/mini: {changed}"
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path) -> Path:
+    """tmp_path holding a copy of the trained runs/mini and its mini.yaml, for a test that
+    writes into the run (checkpoints, eval results, exports)."""
+    shutil.copytree(trained / "runs" / "mini", tmp_path / "runs" / "mini")
+    shutil.copy(trained / "mini.yaml", tmp_path / "mini.yaml")
+    return tmp_path
 
 
 # an SFT finetune of runs/mini (chat template): conftest's chat-sft run and test_finetune's
