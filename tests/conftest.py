@@ -15,7 +15,9 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,15 +185,19 @@ def gptcli(
     )
 
 
+REGISTER = atexit.register
+
+
 class CommandState:
     """What a command run in this process may change and a fresh process would not keep: the
     Ctrl-C and SIGTERM handlers (cli.main installs its own), the exit handlers gptcli
-    registers, torch's thread count and console's quiet flag. Taken before a command, put back
-    after it."""
+    registers, torch's thread count and random state, and console's quiet flag. Taken before a
+    command, put back after it."""
 
     def __init__(self) -> None:
         self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.threads = torch.get_num_threads()
+        self.rng = torch.get_rng_state()
         self.exit_handlers: list[Callable] = []
 
     def register(self, func: Callable, *args, **kwargs) -> Callable:
@@ -206,10 +212,30 @@ class CommandState:
         for func in self.exit_handlers:
             atexit.unregister(func)
         torch.set_num_threads(self.threads)
+        torch.set_rng_state(self.rng)
         console.set_quiet(False)
 
 
-REGISTER = atexit.register
+@contextmanager
+def warnings_on_stderr() -> Iterator[None]:
+    """Python's warnings as a fresh `python -m gptcli` shows them, on sys.stderr (pytest would
+    otherwise collect them into its summary, and a test counting stderr lines would miss
+    them): each once per place, deprecations and import or resource warnings ignored."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        for quiet in (
+            DeprecationWarning,
+            PendingDeprecationWarning,
+            ImportWarning,
+            ResourceWarning,
+        ):
+            warnings.filterwarnings("ignore", category=quiet)
+        warnings.showwarning = show
+        yield
 
 
 def run_in_process(
@@ -238,7 +264,8 @@ def run_in_process(
             wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors=errors, write_through=True)
             patch.setattr(sys, name, wrapper)
         try:
-            cli.main()
+            with warnings_on_stderr():
+                cli.main()
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
