@@ -384,19 +384,19 @@ def test_batched_muon_steps_like_torch_muon():
     assert batched.state_dict()["state"].keys() == torch_muon.state_dict()["state"].keys()
 
 
-def test_final_checkpoint_carries_the_final_evaluation(trained):
+def test_final_checkpoint_carries_the_final_evaluation(trained_copy):
     """The last step's evaluation is in the final checkpoint: its state.json, inspect and a
     re-run of a finished pretrain all report the val_loss that metrics.jsonl ends with."""
-    run = trained / "runs" / "mini"
+    run = trained_copy / "runs" / "mini"  # a copy: the re-run opens the run to train it
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     last_val = [r for r in records if "val_loss" in r][-1]
     assert last_val["step"] == 12
     final = checkpoint.newest_in_run(run)
     assert checkpoint.read_state(final)["metrics"]["val_loss"] == last_val["val_loss"]
-    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained).stdout)
+    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained_copy).stdout)
     assert info["newest_checkpoint"]["metrics"]["val_loss"] == last_val["val_loss"]
     assert info["last_metrics"]["val_loss"] == last_val["val_loss"]
-    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained)
+    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained_copy)
     assert again.returncode == 0, again.stderr
     assert "already at step 12" in again.stderr
     assert json.loads(again.stdout)["val_loss"] == last_val["val_loss"]
