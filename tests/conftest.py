@@ -319,3 +319,32 @@ def chat_trained(trained) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return trained / "runs" / "chat-sft"
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run folder with a tokenizer, and a one-layer model and AdamW a step into training:
+    (folder, model, optimizer), ready for save_tiny."""
+    from gptcli import tokenizer
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    tok = tokenizer.train(["hello world"] * 10, 280, ["<|endoftext|>"])
+    tokenizer.save(tok, tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=280))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
+    opt.step()
+    return tmp_path, model, opt
+
+
+def save_tiny(run, step: int) -> Path:
+    """tiny_run's model and optimizer saved as the run's checkpoint of step."""
+    from gptcli.checkpoint_tensors import Snapshot, save
+
+    folder, model, opt = run
+    snapshot = Snapshot(
+        step, model.cfg, model.state_dict(), folder / "tokenizer.json", [opt], {"tokens_seen": step}
+    )
+    return save(folder, snapshot)
