@@ -348,3 +348,45 @@ def save_tiny(run, step: int) -> Path:
         step, model.cfg, model.state_dict(), folder / "tokenizer.json", [opt], {"tokens_seen": step}
     )
     return save(folder, snapshot)
+
+
+# the Llama family's switches (the other family HF and GGUF express is GPT-2, the default)
+LLAMA = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+
+
+def small_checkpoint(root: Path, name: str, tok_path: Path, **switches) -> Path:
+    """A small checkpoint of any architecture, with weights far from init (not all-zero biases)."""
+    from gptcli import tokenizer
+    from gptcli.checkpoint_tensors import Snapshot, save
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    vocab = tokenizer.load(tok_path).get_vocab_size()
+    model = GPT(
+        ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, **switches)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    snapshot = Snapshot(1, model.cfg, model.state_dict(), tok_path, state={"step": 1})
+    return save(root / "runs" / name, snapshot)
+
+
+@pytest.fixture(scope="session")
+def format_models(trained, tmp_path_factory) -> dict[str, Path]:
+    """runs/mini (trained, GPT-2 family) plus Llama-family checkpoints sharing its tokenizer,
+    for the HF and GGUF formats' tests."""
+    tok_path = trained / "runs" / "mini" / "tokenizer.json"
+    root = tmp_path_factory.mktemp("export")
+    return {
+        "gpt2": trained / "runs" / "mini",
+        "gpt2-nobias-untied": small_checkpoint(
+            root, "g", tok_path, bias=False, tie_embeddings=False
+        ),
+        "llama": small_checkpoint(root, "l", tok_path, **LLAMA),
+        "llama-bias-untied": small_checkpoint(
+            root, "lb", tok_path, **{**LLAMA, "bias": True}, tie_embeddings=False
+        ),
+        "root": root,
+    }

@@ -22,7 +22,7 @@ from conftest import (
     write_recipe,
 )
 
-from gptcli import checkpoint
+from gptcli import checkpoint, checkpoint_tensors
 from gptcli.model import Block
 from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
@@ -268,7 +268,7 @@ def test_kill_9_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
         proc.kill()
         proc.wait()
         for ckpt in checkpoint.run_checkpoints(run):  # every visible checkpoint loads
-            checkpoint.load(ckpt)
+            checkpoint_tensors.load(ckpt)
     newest = checkpoint.newest_in_run(run)
     again = gptcli(
         "pretrain",
@@ -307,7 +307,7 @@ def test_full_disk_during_save_keeps_previous_checkpoint(trained, tmp_path):
         assert "step-0000006 is intact" in proc.stderr and "Traceback" not in proc.stderr
         assert [p.name for p in checkpoint.run_checkpoints(mnt / "mini")] == ["step-0000006"]
         assert not list((mnt / "mini" / "checkpoints").glob(".tmp-*"))
-        checkpoint.load(mnt / "mini")
+        checkpoint_tensors.load(mnt / "mini")
     finally:
         subprocess.run(["umount", str(mnt)])
 
