@@ -390,3 +390,14 @@ def format_models(trained, tmp_path_factory) -> dict[str, Path]:
         ),
         "root": root,
     }
+
+
+def loaded_by_import(module: str, *watched: str) -> list[str]:
+    """Which of the watched modules a fresh Python has loaded once it imports module."""
+    found = f"[m for m in {watched!r} if m in sys.modules]"
+    code = f"import json, sys, {module}\nprint(json.dumps({found}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=run_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -2,11 +2,9 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, run_env, save_tiny
+from conftest import loaded_by_import, save_tiny
 
 from gptcli import checkpoint, checkpoint_tensors
 from gptcli.console import UserError
@@ -14,16 +12,7 @@ from gptcli.console import UserError
 
 def test_finding_and_describing_checkpoints_never_imports_torch():
     """`gptcli tokenize` and the run folder's bookkeeping stay fast: no torch behind them."""
-    code = (
-        "import sys\n"
-        "import gptcli.checkpoint\n"
-        "print('torch' in sys.modules, 'gptcli.checkpoint_tensors' in sys.modules)\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=run_env()
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False"]
+    assert loaded_by_import("gptcli.checkpoint", "torch", "gptcli.checkpoint_tensors") == []
 
 
 def test_newest_checkpoint_and_temp_folders_ignored(tiny_run):

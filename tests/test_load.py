@@ -2,12 +2,10 @@
 with full weights; and training, which resumes its own checkpoints, never reaches HF code."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import REPO, run_env, save_tiny
+from conftest import loaded_by_import, save_tiny
 
 from gptcli import checkpoint_tensors, hf_format, load
 from gptcli.console import UserError
@@ -47,14 +45,6 @@ def test_a_run_folder_and_an_hf_folder_load_the_same_weights(tiny_run, tmp_path)
 def test_training_never_imports_the_hf_or_gguf_code():
     """A LoRA run's base may be an HF folder: finetune hands the trainer `load.load` to read
     it, so the trainer itself resumes through checkpoint_tensors alone."""
-    code = (
-        "import sys\n"
-        "import gptcli.trainer, gptcli.pretrain\n"
-        "print(sorted(m for m in sys.modules if m in "
-        "('gptcli.hf_format', 'gptcli.gguf_format', 'gptcli.load')))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=run_env()
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    heavy = ("gptcli.hf_format", "gptcli.gguf_format", "gptcli.load")
+    assert loaded_by_import("gptcli.pretrain", *heavy) == []  # pretrain imports the trainer
+    assert loaded_by_import("gptcli.finetune", *heavy) == ["gptcli.hf_format", "gptcli.load"]
