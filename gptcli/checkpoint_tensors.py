@@ -52,6 +52,8 @@ OPTIM_INDEX = "optim-index.json"
 
 @dataclass
 class Loaded:
+    """A model as read from disk: where from, its config, weights, state.json and info."""
+
     path: Path
     config: ModelConfig
     weights: dict[str, torch.Tensor]
