@@ -163,13 +163,16 @@ def auto_table(rows: list[dict]) -> None:
 def process_times(rounds: int) -> tuple[float, float]:
     """Median wall seconds of `gptcli sample --max-new-tokens 1` on a shape-(a) checkpoint with
     a small real tokenizer, and of `python -c "import torch"`, interleaved."""
-    from gptcli import checkpoint, stories, tokenizer
+    from gptcli import checkpoint_tensors, stories, tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="bench-sample-"))
     tok = tokenizer.train([stories.generate(200_000, 1)], 512, [tokenizer.EOT])
     tokenizer.save(tok, folder / "tokenizer.json")
     model = GPT(ModelConfig(4, 4, 128, BLOCK, vocab_size=tok.get_vocab_size()))
-    ckpt = checkpoint.save(folder, 1, model, None, {}, folder / "tokenizer.json")
+    snapshot = checkpoint_tensors.Snapshot(
+        1, model.cfg, model.state_dict(), folder / "tokenizer.json"
+    )
+    ckpt = checkpoint_tensors.save(folder, snapshot)
     sample = [sys.executable, "-m", "gptcli", "sample", "-c", str(ckpt), "--quiet"]
     sample += ["--prompt", "Once upon a time", "--max-new-tokens", "1"]
     commands = {"sample": sample, "torch": [sys.executable, "-c", "import torch"]}

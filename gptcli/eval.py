@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from gptcli import __version__, console, interop, tokenizer
-from gptcli.checkpoint import build_model
+from gptcli import __version__, console, hf_format, load, tokenizer
+from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
 from gptcli.data import hub
 from gptcli.device import pick_device
@@ -488,7 +488,7 @@ def render(result: dict) -> None:
 
 def run_folder(ckpt: Path) -> Path | None:
     """The run a checkpoint belongs to (RUN/checkpoints/step-N), None for an HF folder."""
-    if interop.is_hf_folder(ckpt) or ckpt.parent.name != "checkpoints":
+    if hf_format.is_hf_folder(ckpt) or ckpt.parent.name != "checkpoints":
         return None
     return ckpt.parent.parent
 
@@ -523,8 +523,8 @@ def load_model(
     """The model (LoRA merged on load), in its dtype on its device, and its tokenizer. dtype auto
     is sampling's: bf16 where native unless forward passes of batch_size rows of this model's
     shape measure it slower (the same cached probe)."""
-    ckpt = interop.resolve(path)
-    loaded = interop.load(ckpt)
+    ckpt = load.resolve(path)
+    loaded = load.load(ckpt)
     kind = loaded.info["task"].get("kind", "lm")
     if kind == "classify":
         raise UserError(

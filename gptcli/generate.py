@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, interop, tokenizer
-from gptcli.checkpoint import build_model
+from gptcli import checkpoint, console, load, tokenizer
+from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
 from gptcli.device import autocast_dtype, cached_probe, faster_ratio, pick_device
 from gptcli.model import GPT
@@ -382,7 +382,7 @@ def run(
 
     A classifier checkpoint answers each input line with its label distribution instead; an
     SFT checkpoint applies its chat template unless chat is False."""
-    ckpt = interop.resolve(checkpoint_path)
+    ckpt = load.resolve(checkpoint_path)
     params = load_params(ckpt, overrides)
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
@@ -395,7 +395,7 @@ def run(
         check_classifier_use(ckpt, checkpoint_path is None, given + ["--chat"] * bool(chat))
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
-    loaded = interop.load(ckpt)
+    loaded = load.load(ckpt)
     model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = pick_dtype(dtype, device, loaded.config, num_samples)
     model = model.to(weights)

@@ -18,12 +18,14 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import bundled, checkpoint, console, interop, memory, optim, run, tokenizer
+from gptcli import bundled, checkpoint, console, load, memory, optim, run, tokenizer
 from gptcli import recipe as recipe_mod
+from gptcli.checkpoint_tensors import OptimizerState, build_model
 from gptcli.console import UserError
 from gptcli.data import tokenize
 from gptcli.device import autocast, pick_device
 from gptcli.files import atomic_target
+from gptcli.hf_format import is_hf_folder
 from gptcli.model import GPT
 from gptcli.trainer import training_amp
 
@@ -52,7 +54,7 @@ def _dir_size(path: Path) -> int:
 
 def describe_hf(path: Path) -> dict[str, Any]:
     """A transformers folder, as gptcli reads it (converted in memory)."""
-    loaded = interop.load(path)
+    loaded = load.load(path)
     tok = tokenizer.load(path / "tokenizer.json")
     shapes = {k: list(v.shape) for k, v in loaded.weights.items()}
     return {
@@ -72,7 +74,7 @@ def describe_hf(path: Path) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:
-    if interop.is_hf_folder(path):
+    if is_hf_folder(path):
         return describe_hf(path)
     loaded_cfg = checkpoint.model_config_from_json(path / "config.json")
     tensors = checkpoint.tensor_shapes(path / "model.safetensors")
@@ -103,7 +105,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
 
 def checkpoint_layout(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Where the weights and the optimizer state live: whole, or sharded over the ranks."""
-    saved = checkpoint.OptimizerState(path)
+    saved = OptimizerState(path)
     files = [f.name for f in saved.files if f.is_file()] if saved.names() else []
     sharding = f"sharded over {saved.world} ranks" if saved.world > 1 else "whole"
     return {
@@ -325,7 +327,7 @@ def describe(path_str: str, text: str | None = None) -> dict[str, Any]:
         return describe_tokenizer(path, text)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
-            interop.resolve(path)  # checks completeness (an HF folder has its own files)
+            load.resolve(path)  # checks completeness (an HF folder has its own files)
             return describe_checkpoint(path)
         if (path / "recipe.yaml").is_file() or (path / "checkpoints").is_dir():
             return describe_run(path)
@@ -392,8 +394,8 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
         ) from None
     if not text.strip():
         raise UserError(f"--score: {path} is empty")
-    loaded = interop.load(checkpoint_path)
-    model = checkpoint.build_model(loaded).eval()
+    loaded = load.load(checkpoint_path)
+    model = build_model(loaded).eval()
     tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
     ids = torch.tensor(tokenizer.document_ids(tok, text))
     T = model.cfg.block_size

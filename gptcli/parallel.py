@@ -16,7 +16,7 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
-from gptcli import checkpoint, console
+from gptcli import checkpoint_tensors, console
 from gptcli.console import UserError
 from gptcli.device import Dist
 
@@ -90,8 +90,12 @@ class DataParallel:
     def evaluating(self) -> Any:
         return contextlib.nullcontext()
 
+    def full_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every parameter whole: this rank holds the whole model."""
+        return model.state_dict()
+
     def load_weights(self, model: torch.nn.Module, weights: dict, where: Path) -> None:
-        checkpoint.load_weights(model, weights, where)
+        checkpoint_tensors.load_weights(model, weights, where)
 
 
 class ShardedDataParallel:
@@ -146,7 +150,7 @@ class ShardedDataParallel:
         """Every rank holds the whole checkpoint and keeps its own shard of each tensor."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        checkpoint.check_shapes(model.state_dict(), weights, where, "config.json")
+        checkpoint_tensors.check_shapes(model.state_dict(), weights, where, "config.json")
         options = StateDictOptions(full_state_dict=True, strict=not model.cfg.tie_embeddings)
         set_model_state_dict(model, weights, options=options)
 

@@ -12,12 +12,14 @@ import dataclasses
 import signal
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gptcli import checkpoint, console, interop, loggers, memory, optim, parallel, run
+from gptcli import checkpoint, checkpoint_tensors, console, loggers, memory, optim, parallel, run
+from gptcli.checkpoint_tensors import Loaded, Sharding, Snapshot
 from gptcli.console import Interrupted, UserError
 from gptcli.data import tokenize
 from gptcli.device import (
@@ -288,10 +290,16 @@ def for_world(t: TrainConfig, run_dir: Path, dist: Dist) -> TrainConfig:
 
 
 def resume(
-    run_dir: Path, model: GPT, optimizers: list, t: TrainConfig, wrapper: Any
+    run_dir: Path,
+    model: GPT,
+    optimizers: list,
+    t: TrainConfig,
+    wrapper: Any,
+    read_base: Callable[[Path], Loaded] | None = None,
 ) -> tuple[int, int, float]:
     """Load the run's newest checkpoint into model and optimizers (through the parallel
-    wrapper, which keeps each rank's shards); (step, tokens, elapsed)."""
+    wrapper, which keeps each rank's shards); (step, tokens, elapsed). read_base reads a
+    LoRA run's base model (see checkpoint_tensors.load_full)."""
     resume_from = checkpoint.newest_in_run(run_dir)
     if resume_from is None:
         return 0, 0, 0.0
@@ -301,13 +309,13 @@ def resume(
     )
     if change or not same_tokenizer:
         raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
-    loaded = interop.load(resume_from, merge_lora=False)
+    loaded = checkpoint_tensors.load_full(resume_from, merge_lora=False, read_base=read_base)
     wrapper.load_weights(model, loaded.weights, resume_from / "model.safetensors")
     groups = loaded.state.get("optimizer_param_groups")
     if groups:
-        saved = checkpoint.OptimizerState(resume_from)
-        checkpoint.restore_optimizers(optimizers, saved, groups)
-    checkpoint.restore_rng(checkpoint.load_trainer_tensors(resume_from))
+        saved = checkpoint_tensors.OptimizerState(resume_from)
+        checkpoint_tensors.restore_optimizers(optimizers, saved, groups)
+    checkpoint_tensors.restore_rng(checkpoint_tensors.load_trainer_tensors(resume_from))
     old_train = loaded.state.get("train", {})
     # ranks and their parallelism are not part of a run: grad_accum follows the ranks
     same_run = {"parallel", "grad_accum"} if "global_batch" in loaded.state else {"parallel"}
@@ -330,10 +338,18 @@ class Trainer:
     """Trains model on task until train.max_steps, resuming from the run's newest checkpoint.
 
     Under torchrun every rank runs one; each draws its own batches, rank 0 logs and saves.
+    read_base reads a LoRA run's base model when it resumes (finetune passes `load.load`, for
+    a base that may be an HF folder; training itself never reads HF folders).
     """
 
     def __init__(
-        self, recipe: Recipe, run_dir: Path, model: GPT, task: Task, dist: Dist | None = None
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        model: GPT,
+        task: Task,
+        dist: Dist | None = None,
+        read_base: Callable[[Path], Loaded] | None = None,
     ) -> None:
         self.run_dir, self.model, self.task = run_dir, model, task
         self.dist = dist or Dist()
@@ -342,7 +358,7 @@ class Trainer:
         self.auto = recorded_auto(run_dir, self.device)
         self.amp = self.pick_amp(model.cfg)
         if self.dist.main:
-            checkpoint.clean_stale_temps(run_dir)
+            checkpoint_tensors.clean_stale_temps(run_dir)
         model.activation_checkpointing = self.t.activation_checkpointing
         kind = parallel.choose(
             self.t.parallel, model.num_params(), self.t.optimizer, self.dist, self.device
@@ -356,7 +372,7 @@ class Trainer:
         )
         self.optimizers = optim.build_optimizers(model, self.t, self.device)
         self.step, self.tokens_seen, self.elapsed_before = resume(
-            run_dir, model, self.optimizers, self.t, self.parallel
+            run_dir, model, self.optimizers, self.t, self.parallel, read_base
         )
         self.start_step = self.step
         if self.dist.main:  # rank 0 alone: it is the one that appends after
@@ -620,34 +636,20 @@ class Trainer:
         return self.dist.main or self.parallel.shards
 
     def save(self) -> Path:
-        if self.parallel.shards:
-            path = checkpoint.save_sharded(
-                self.run_dir,
-                self.step,
-                self.model.cfg,
-                self.parallel.full_weights(self.model),
-                self.optimizers,
-                self.state(),
-                self.run_dir / TOKENIZER_FILE,
-                self.task.checkpoint_info,
-                self.dist.rank,
-                self.dist.world,
-                self.device,
-            )
-            if self.t.keep_last and self.dist.main:
-                checkpoint.prune(self.run_dir, self.t.keep_last)
-            return path
-        path = checkpoint.save(
-            self.run_dir,
+        snapshot = Snapshot(
             self.step,
-            self.model,
+            self.model.cfg,
+            self.parallel.full_weights(self.model),
+            self.run_dir / TOKENIZER_FILE,
             self.optimizers,
             self.state(),
-            self.run_dir / TOKENIZER_FILE,
             self.task.checkpoint_info,
         )
-        if self.t.keep_last:
-            checkpoint.prune(self.run_dir, self.t.keep_last)
+        sharded = self.parallel.shards  # then every rank writes its own optimizer shard
+        sharding = Sharding(self.dist.rank, self.dist.world, self.device) if sharded else None
+        path = checkpoint_tensors.save(self.run_dir, snapshot, sharding)
+        if self.t.keep_last and self.dist.main:
+            checkpoint_tensors.prune(self.run_dir, self.t.keep_last)
         return path
 
     def log(self, record: dict) -> None:

@@ -344,24 +344,24 @@ HOLD_IN_SAVE = textwrap.dedent(
     """\
     import os, runpy, sys, time
     from pathlib import Path
-    from gptcli import checkpoint
+    from gptcli import checkpoint_tensors
 
     marker, hold_step, when = Path(sys.argv.pop(1)), int(sys.argv.pop(1)), sys.argv.pop(1)
     Path(f"{marker}.pid{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
-    write_main_files = checkpoint.write_main_files
+    write_main_files = checkpoint_tensors.write_main_files
 
     def hold(tmp):
         marker.write_text(str(tmp))
         time.sleep(300)
 
-    def held(tmp, step, *args, **kwargs):
-        if step == hold_step and when == "before":
+    def held(tmp, snapshot, *args, **kwargs):
+        if snapshot.step == hold_step and when == "before":
             hold(tmp)
-        write_main_files(tmp, step, *args, **kwargs)
-        if step == hold_step and when == "after":
+        write_main_files(tmp, snapshot, *args, **kwargs)
+        if snapshot.step == hold_step and when == "after":
             hold(tmp)
 
-    checkpoint.write_main_files = held
+    checkpoint_tensors.write_main_files = held
     runpy.run_module("gptcli", run_name="__main__")
     """
 )
@@ -498,3 +498,85 @@ def chat_trained(trained) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return trained / "runs" / "chat-sft"
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run folder with a tokenizer, and a one-layer model and AdamW a step into training:
+    (folder, model, optimizer), ready for save_tiny."""
+    from gptcli import tokenizer
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    tok = tokenizer.train(["hello world"] * 10, 280, ["<|endoftext|>"])
+    tokenizer.save(tok, tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=280))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
+    opt.step()
+    return tmp_path, model, opt
+
+
+def save_tiny(run, step: int) -> Path:
+    """tiny_run's model and optimizer saved as the run's checkpoint of step."""
+    from gptcli.checkpoint_tensors import Snapshot, save
+
+    folder, model, opt = run
+    snapshot = Snapshot(
+        step, model.cfg, model.state_dict(), folder / "tokenizer.json", [opt], {"tokens_seen": step}
+    )
+    return save(folder, snapshot)
+
+
+# the Llama family's switches (the other family HF and GGUF express is GPT-2, the default)
+LLAMA = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+
+
+def small_checkpoint(root: Path, name: str, tok_path: Path, **switches) -> Path:
+    """A small checkpoint of any architecture, with weights far from init (not all-zero biases)."""
+    from gptcli import tokenizer
+    from gptcli.checkpoint_tensors import Snapshot, save
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    vocab = tokenizer.load(tok_path).get_vocab_size()
+    model = GPT(
+        ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, **switches)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    snapshot = Snapshot(1, model.cfg, model.state_dict(), tok_path, state={"step": 1})
+    return save(root / "runs" / name, snapshot)
+
+
+@pytest.fixture(scope="session")
+def format_models(trained, tmp_path_factory) -> dict[str, Path]:
+    """runs/mini (trained, GPT-2 family) plus Llama-family checkpoints sharing its tokenizer,
+    for the HF and GGUF formats' tests."""
+    tok_path = trained / "runs" / "mini" / "tokenizer.json"
+    root = tmp_path_factory.mktemp("export")
+    return {
+        "gpt2": trained / "runs" / "mini",
+        "gpt2-nobias-untied": small_checkpoint(
+            root, "g", tok_path, bias=False, tie_embeddings=False
+        ),
+        "llama": small_checkpoint(root, "l", tok_path, **LLAMA),
+        "llama-bias-untied": small_checkpoint(
+            root, "lb", tok_path, **{**LLAMA, "bias": True}, tie_embeddings=False
+        ),
+        "root": root,
+    }
+
+
+def loaded_by_import(module: str, *watched: str) -> list[str]:
+    """Which of the watched modules a fresh Python has loaded once it imports module."""
+    found = f"[m for m in {watched!r} if m in sys.modules]"
+    code = f"import json, sys, {module}\nprint(json.dumps({found}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=run_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -419,10 +419,10 @@ def test_lora_stores_adapters_with_base_reference_and_merges(trained):
         == hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
     )
 
-    from gptcli import interop
+    from gptcli import load
 
-    merged = interop.load(ckpt).weights
-    base_w = interop.load(base).weights
+    merged = load.load(ckpt).weights
+    base_w = load.load(base).weights
     assert merged["blocks.0.mlp.up.weight"].equal(base_w["blocks.0.mlp.up.weight"])  # not a target
     assert merged["wte.weight"][:400].equal(base_w["wte.weight"])
     assert not merged["blocks.0.attn.qkv.weight"].equal(base_w["blocks.0.attn.qkv.weight"])

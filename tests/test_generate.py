@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TINY_RECIPE, assert_one_line_error, gptcli, write_recipe
 
-from gptcli import checkpoint, tokenizer
+from gptcli import tokenizer
+from gptcli.checkpoint_tensors import Snapshot, build_model, load, save
 from gptcli.generate import (
     TextStream,
     filter_logits,
@@ -221,7 +222,7 @@ def known_checkpoint(trained, folder, sequence: list[int] | None = None):
             model.norm_f.weight.fill_(1.0)
             for t, token in enumerate(sequence):
                 head[token, t] = 10.0
-    return checkpoint.save(folder, 1, model, None, {}, tok_path)
+    return save(folder, Snapshot(1, model.cfg, model.state_dict(), tok_path))
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +275,8 @@ def test_streaming_never_prints_half_a_character(trained, tmp_path):
 
 
 def greedy_reference(trained, prompt: str, n: int) -> str:
-    loaded = checkpoint.load(trained / "runs" / "mini")
-    model = checkpoint.build_model(loaded).eval()
+    loaded = load(trained / "runs" / "mini")
+    model = build_model(loaded).eval()
     tok = tokenizer.load(trained / "runs" / "mini")
     eot = tokenizer.eot_id(tok)
     seq = [eot] + tok.encode(prompt).ids
@@ -363,7 +364,7 @@ def test_bf16_agrees_with_fp32_teacher_forced(trained):
     barely trained model has a median gap of ~0.03, so near-ties that bf16 cannot order are
     common here; every disagreement measured was a gap below 0.002)."""
     run = trained / "runs" / "mini"
-    model = checkpoint.build_model(checkpoint.load(run)).eval()
+    model = build_model(load(run)).eval()
     val = np.fromfile(run / "data" / "val.bin", dtype=np.uint16).astype(np.int64)
     block = model.cfg.block_size
     ids = torch.from_numpy(val[: 64 * block]).view(64, block)

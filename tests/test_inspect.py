@@ -3,7 +3,7 @@ import json
 import pytest
 from conftest import REPO, SHARED_DATA, assert_one_line_error, gptcli
 
-from gptcli import interop, tokenizer
+from gptcli import load, tokenizer
 from gptcli.console import UserError
 from gptcli.inspect import score
 
@@ -156,7 +156,7 @@ def test_inspect_bad_checkpoints(trained, tmp_path, gptcli_inproc):
     weights.write_bytes(weights.read_bytes()[:300])
     assert_one_line_error(gptcli_inproc("inspect", str(ck)), "model.safetensors")
     with pytest.raises(UserError, match="model.safetensors: unreadable"):
-        interop.load(ck)  # what sample, finetune, --score and export read through
+        load.load(ck)  # what sample, finetune, --score and export read through
     shutil.copyfile(src / "model.safetensors", weights)
     cfg = json.loads((src / "config.json").read_text())
     (ck / "config.json").write_text(json.dumps({**cfg, "n_experts": 8}))

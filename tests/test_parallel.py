@@ -24,7 +24,7 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
-from gptcli import checkpoint, parallel, trainer
+from gptcli import checkpoint, checkpoint_tensors, parallel, trainer
 from gptcli.console import UserError
 from gptcli.device import Dist
 from gptcli.recipe import TrainConfig
@@ -277,20 +277,20 @@ def test_optimizer_shards_saved_by_two_ranks_read_back_for_three(tmp_path):
 
     whole = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)
     for rank in range(2):
-        start, stop = checkpoint.shard_rows(7, 2, rank)
+        start, stop = checkpoint_tensors.shard_rows(7, 2, rank)
         tensors = {
             "optim0.0.exp_avg": whole[start:stop].contiguous(),
             "optim0.0.step": torch.ones(()),
         }
-        save_file(tensors, str(tmp_path / checkpoint.shard_file(rank, 2)))
+        save_file(tensors, str(tmp_path / checkpoint_tensors.shard_file(rank, 2)))
     entries = {
         "optim0.0.exp_avg": {"shape": [7, 2], "sharded": True},
         "optim0.0.step": {"shape": [], "sharded": False},
     }
     index = {"format_version": 1, "world": 2, "tensors": entries}
-    (tmp_path / checkpoint.OPTIM_INDEX).write_text(json.dumps(index))
-    saved = checkpoint.OptimizerState(tmp_path)
-    rows = [checkpoint.shard_rows(7, 3, rank) for rank in range(3)]
+    (tmp_path / checkpoint_tensors.OPTIM_INDEX).write_text(json.dumps(index))
+    saved = checkpoint_tensors.OptimizerState(tmp_path)
+    rows = [checkpoint_tensors.shard_rows(7, 3, rank) for rank in range(3)]
     assert rows == [(0, 3), (3, 6), (6, 7)]
     parts = [saved.read("optim0.0.exp_avg", start, stop) for start, stop in rows]
     assert torch.equal(torch.cat(parts), whole)

@@ -24,7 +24,7 @@ from conftest import (
     write_recipe,
 )
 
-from gptcli import checkpoint
+from gptcli import checkpoint, checkpoint_tensors
 from gptcli.model import Block
 from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
@@ -287,7 +287,7 @@ def test_kill_9_during_a_save_never_leaves_a_broken_checkpoint(tmp_path):
         visible = [p.name for p in checkpoint.run_checkpoints(run)]
         assert visible == [f"step-{s:07d}" for s in range(1, step)]
         for ckpt in checkpoint.run_checkpoints(run):
-            checkpoint.load(ckpt)
+            checkpoint_tensors.load(ckpt)
     again = gptcli("pretrain", str(recipe), "--json", "--set", "train.max_steps=4", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "resuming from runs/mini/checkpoints/step-0000003" in again.stderr.replace("\n", "")
@@ -318,7 +318,7 @@ def test_full_disk_during_save_keeps_previous_checkpoint(trained, tmp_path):
         assert "step-0000006 is intact" in proc.stderr and "Traceback" not in proc.stderr
         assert [p.name for p in checkpoint.run_checkpoints(mnt / "mini")] == ["step-0000006"]
         assert not list((mnt / "mini" / "checkpoints").glob(".tmp-*"))
-        checkpoint.load(mnt / "mini")
+        checkpoint_tensors.load(mnt / "mini")
     finally:
         subprocess.run(["umount", str(mnt)])
 
