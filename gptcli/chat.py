@@ -21,7 +21,7 @@ import torch
 from gptcli import console, generate, interop, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
-from gptcli.device import pick_device
+from gptcli.device import dtype_name, pick_device
 from gptcli.model import GPT
 from gptcli.recipe import SampleConfig
 from gptcli.tasks import sft
@@ -108,8 +108,7 @@ def load(
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     if checkpoint_path is None:
         console.info(f"{command}: using {ckpt}")
-    dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
-    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name)
+    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name(weights))
 
 
 # --------------------------------------------------------------------------- reply events
