@@ -1,5 +1,7 @@
 """The `auto` settings and the probes behind them: train.dtype, train.compile and sampling's
---dtype. Each rule never keeps the slower path, and a run keeps what it decided.
+--dtype. fp32/bf16 and on/off are taken as written; auto never keeps the slower path, and a run
+keeps what it decided. time_training_steps is the one timed training step (the dtype probe and
+`inspect RECIPE`'s estimate of a run's duration time it).
 
 dtype: auto (training autocast, sampling weights)
 - bf16 on a GPU that has it; a GPU without it runs fp32, with a warning.
