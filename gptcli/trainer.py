@@ -1,9 +1,9 @@
 """The one training loop, shared by `pretrain` and `finetune`.
 
 A Trainer owns the optimizers, the schedule, evaluation, metrics, checkpoints and resuming;
-the task (tasks/) says what is learned. Batches depend only on (seed, step), and optimizer and
-RNG states are saved with every checkpoint, so a resumed run continues exactly where the
-interrupted one stopped.
+the task (tasks/) says what is learned, and autotune how it runs (dtype, compile). Batches
+depend only on (seed, step), and optimizer and RNG states are saved with every checkpoint, so a
+resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
