@@ -20,7 +20,7 @@ import torch
 
 from gptcli import console, generate, interop, tokenizer
 from gptcli.checkpoint import build_model
-from gptcli.console import UserError
+from gptcli.console import Terminated, UserError
 from gptcli.device import dtype_name, pick_device
 from gptcli.model import GPT
 from gptcli.recipe import SampleConfig
@@ -56,7 +56,7 @@ class Engine:
 
     def text_ids(self, text: str) -> list[int]:
         """A plain prompt: documents in training follow <|endoftext|>, as in `gptcli sample`."""
-        return [self.eot] + self.tok.encode(text, add_special_tokens=False).ids
+        return tokenizer.document_ids(self.tok, text)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """The conversation as the model reads it before its reply."""
@@ -297,7 +297,8 @@ class Conversation:
         return True
 
     def reply(self, text: str, seed: int | None, show: Callable[[str], None]) -> None:
-        """Stream the model's reply to text; Ctrl-C cancels it and forgets the turn."""
+        """Stream the model's reply to text; Ctrl-C cancels it and forgets the turn (SIGTERM
+        still ends the program: it is how a supervisor stops it)."""
         self.turns.append({"role": "user", "content": text})
         messages = self.messages()
         ids = fit(self.engine, messages, self.engine.defaults)
@@ -308,6 +309,8 @@ class Conversation:
                 if isinstance(event, Piece):
                     answer += event.text
                     show(event.text)
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             show("\n")
             console.info("chat: reply cancelled")
@@ -317,8 +320,17 @@ class Conversation:
         self.turns.append({"role": "assistant", "content": answer})
 
 
+def read_line() -> str:
+    """The next line typed at the prompt. A closed stdin (`<&-`: Python then has no sys.stdin)
+    is the end of input, as Ctrl-D is."""
+    if sys.stdin is None:
+        raise EOFError
+    return input("> ")
+
+
 def interactive(engine: Engine, seed: int | None) -> None:
-    """The terminal loop. Ctrl-C at the prompt propagates (exit 130); Ctrl-D returns (exit 0)."""
+    """The terminal loop. Ctrl-C at an empty prompt and SIGTERM anywhere propagate (exit 130,
+    143); Ctrl-D or a closed stdin returns (exit 0)."""
     if not engine.template:
         console.info(
             f"chat: {engine.ckpt} has no chat template (not an SFT checkpoint): the model "
@@ -328,12 +340,13 @@ def interactive(engine: Engine, seed: int | None) -> None:
     talk = Conversation(engine)
     while True:
         try:
-            line = input("> ")
+            line = read_line()
         except EOFError:
             console.out("")
             return
-        except KeyboardInterrupt:
-            if readline is None or not readline.get_line_buffer().strip():
+        except KeyboardInterrupt as e:
+            half_typed = readline is not None and readline.get_line_buffer().strip()
+            if isinstance(e, Terminated) or not half_typed:
                 raise
             console.out("")  # as in a shell: a half-typed line is dropped, the session stays
             continue

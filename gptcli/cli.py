@@ -31,15 +31,6 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a recipe key by dotted path, e.g. --set train.lr=3e-4."),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-FreshOpt = Annotated[
-    bool, typer.Option("--fresh", help="Start over in a new run folder (runs/NAME-2, ...).")
-]
 RECIPE_HELP = (
     "A YAML recipe file, or a bundled recipe's name (tiny, finetune/sst2: gptcli inspect "
     "--recipes lists them) when no file of that name is here."
@@ -49,6 +40,46 @@ RUN_FOLDER_NOTE = (
     "The run folder is runs/NAME, or the recipe's run_dir: a path, used as given (relative to "
     "the working directory), unlike name."
 )
+
+# Flags and arguments several commands take: defined once, so their help reads the same in each.
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a recipe key by dotted path, e.g. --set train.lr=3e-4."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or status on stderr.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+FreshOpt = Annotated[
+    bool, typer.Option("--fresh", help="Start over in a new run folder (runs/NAME-2, ...).")
+]
+RecipeArg = Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP)]
+CheckpointOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--checkpoint", "-c", help="Checkpoint or run folder (default: newest in ./runs)."
+    ),
+]
+DtypeOpt = Annotated[
+    str, typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16.")
+]
+# the sampling flags of sample and chat (overrides of the run's `sample:` section)
+MaxNewTokensOpt = Annotated[
+    Optional[int], typer.Option(help="Tokens to generate at most, per sample or reply.")
+]
+TemperatureOpt = Annotated[Optional[float], typer.Option(help="0 = greedy.")]
+TopKOpt = Annotated[Optional[int], typer.Option(help="Keep the k likeliest tokens (0 = off).")]
+TopPOpt = Annotated[Optional[float], typer.Option(help="Nucleus mass in (0, 1] (1 = off).")]
+MinPOpt = Annotated[
+    Optional[float],
+    typer.Option(help="Drop tokens below min-p x the top token's probability (0 = off)."),
+]
+RepetitionOpt = Annotated[
+    Optional[float],
+    typer.Option(help="> 1 discourages tokens of the prompt and the text so far (1 = off)."),
+]
+StopOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--stop", help="Stop before this text (repeatable); it is not shown."),
+]
 
 
 def _version(value: bool) -> None:
@@ -148,7 +179,7 @@ def tokenize(
     "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json\n\n" + RUN_FOLDER_NOTE,
 )
 def pretrain(
-    recipe_path: Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP)],
+    recipe_path: RecipeArg,
     sets: SetOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
@@ -166,7 +197,7 @@ def pretrain(
     + RUN_FOLDER_NOTE,
 )
 def finetune(
-    recipe_path: Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP)],
+    recipe_path: RecipeArg,
     sets: SetOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
@@ -207,12 +238,7 @@ def _train(
     "  cat prompts.txt | gptcli sample --each-line --seed 1 --json",
 )
 def sample(
-    checkpoint_path: Annotated[
-        Optional[str],
-        typer.Option(
-            "--checkpoint", "-c", help="Checkpoint or run folder (default: newest in ./runs)."
-        ),
-    ] = None,
+    checkpoint_path: CheckpointOpt = None,
     prompt: Annotated[
         Optional[str],
         typer.Option("--prompt", "-p", help="Prompt (else --prompt-file, else stdin)."),
@@ -228,36 +254,20 @@ def sample(
         bool,
         typer.Option("--each-line", help="Every line of stdin (or --prompt-file) is a prompt."),
     ] = False,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Tokens to generate.")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy.")] = None,
-    top_k: Annotated[
-        Optional[int], typer.Option(help="Keep the k likeliest tokens (0 = off).")
-    ] = None,
-    top_p: Annotated[
-        Optional[float], typer.Option(help="Nucleus mass in (0, 1] (1 = off).")
-    ] = None,
-    min_p: Annotated[
-        Optional[float],
-        typer.Option(help="Drop tokens below min-p x the top token's probability (0 = off)."),
-    ] = None,
-    repetition_penalty: Annotated[
-        Optional[float],
-        typer.Option(help="> 1 discourages tokens of the prompt and the text so far (1 = off)."),
-    ] = None,
-    stop: Annotated[
-        Optional[list[str]],
-        typer.Option("--stop", help="Stop before this text (repeatable); it is not printed."),
-    ] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repetition_penalty: RepetitionOpt = None,
+    stop: StopOpt = None,
     num_samples: Annotated[
         int, typer.Option(help="Samples per prompt, generated as one batch.")
     ] = 1,
     seed: Annotated[
         Optional[int], typer.Option(help="Same seed and flags give the same text.")
     ] = None,
-    dtype: Annotated[
-        str,
-        typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16."),
-    ] = "auto",
+    dtype: DtypeOpt = "auto",
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")
     ] = True,
@@ -483,10 +493,7 @@ def eval_cmd(
         int, typer.Option(help="Rows per forward pass (short sequences share a row).")
     ] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    dtype: Annotated[
-        str,
-        typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16."),
-    ] = "auto",
+    dtype: DtypeOpt = "auto",
     seed: Annotated[int, typer.Option(help="Seed of few-shot choice and sampling.")] = 0,
     include_path: Annotated[
         Optional[list[str]],
@@ -514,8 +521,7 @@ def eval_cmd(
     console.set_quiet(quiet)
     from gptcli import eval as eval_mod
 
-    result = eval_mod.evaluate(
-        path,
+    options = eval_mod.EvalOptions(
         tasks,
         limit=limit,
         num_fewshot=num_fewshot,
@@ -523,11 +529,12 @@ def eval_cmd(
         device=device,
         dtype=dtype,
         seed=seed,
-        include_path=include_path,
+        include_path=tuple(include_path or ()),
         log_samples=log_samples,
         chat=apply_chat_template,
         out=out,
     )
+    result = eval_mod.evaluate(path, options)
     if as_json:
         _print_json(result)
     else:
@@ -584,32 +591,6 @@ def export(
 
 
 # --------------------------------------------------------------------------- chat / serve
-
-CheckpointOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--checkpoint", "-c", help="Checkpoint or run folder (default: newest in ./runs)."
-    ),
-]
-MaxNewTokensOpt = Annotated[Optional[int], typer.Option(help="Tokens to generate per reply.")]
-TemperatureOpt = Annotated[Optional[float], typer.Option(help="0 = greedy.")]
-TopKOpt = Annotated[Optional[int], typer.Option(help="Keep the k likeliest tokens (0 = off).")]
-TopPOpt = Annotated[Optional[float], typer.Option(help="Nucleus mass in (0, 1] (1 = off).")]
-MinPOpt = Annotated[
-    Optional[float],
-    typer.Option(help="Drop tokens below min-p x the top token's probability (0 = off)."),
-]
-RepetitionOpt = Annotated[
-    Optional[float],
-    typer.Option(help="> 1 discourages tokens of the prompt and the text so far (1 = off)."),
-]
-StopOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--stop", help="Stop before this text (repeatable); it is not shown."),
-]
-DtypeOpt = Annotated[
-    str, typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16.")
-]
 
 
 @app.command(

@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from gptcli import __version__, console, interop, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
+from gptcli.data import hub
 from gptcli.device import dtype_name, pick_device
 from gptcli.files import write_atomic
 from gptcli.generate import TextStream, generate, pick_dtype
@@ -324,6 +326,8 @@ def task_manager(names: list[str], include: list[Path]):
     local = TaskManager(include_path=paths, include_defaults=False)
     if all(name in local.all_tasks for name in names):
         return local
+    # the harness's own tasks read their data from the Hub: out of reach, say so before waiting
+    hub.check_reachable("--tasks " + ",".join(n for n in names if n not in local.all_tasks))
     console.info("eval: indexing lm-evaluation-harness's tasks")
     full = TaskManager(include_path=paths)
     unknown = [name for name in names if name not in full.all_tasks]
@@ -540,51 +544,61 @@ def load_model(
     return ckpt, model, tok
 
 
-def evaluate(
-    path: str,
-    tasks: str,
-    limit: float | None = None,
-    num_fewshot: int | None = None,
-    batch_size: int = 16,
-    device: str = "auto",
-    dtype: str = "auto",
-    seed: int = 0,
-    include_path: list[str] | None = None,
-    log_samples: bool = False,
-    chat: bool = False,
-    out: str | None = None,
-) -> dict[str, Any]:
-    """Run the tasks on the model at path; the result is saved in the run folder's eval/ (a
-    gptcli checkpoint) and in out when given."""
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `gptcli eval` is asked to do, flag by flag (the model is evaluate's own argument)."""
+
+    tasks: str  # comma-separated harness task names
+    limit: float | None = None  # examples per task; a fraction < 1 is that share of each task
+    num_fewshot: int | None = None  # examples in the prompt; None: the task's own number
+    batch_size: int = 16  # rows per forward pass
+    device: str = "auto"  # one of DEVICES
+    dtype: str = "auto"  # one of DTYPES; auto is sampling's choice for this model's shape
+    seed: int = 0  # few-shot choice and sampling
+    include_path: tuple[str, ...] = ()  # folders of task YAML files
+    log_samples: bool = False  # keep every request and answer in the result
+    chat: bool = False  # wrap prompts in the SFT chat template
+    out: str | None = None  # a file to write the JSON result to as well
+
+
+def evaluate(path: str | None, options: EvalOptions) -> dict[str, Any]:
+    """Run the tasks on the model at path (None: the newest checkpoint in ./runs); the result
+    is saved in the run folder's eval/ (a gptcli checkpoint) and in options.out when given."""
     if lm_eval is None:
         raise UserError(f"gptcli eval needs lm-evaluation-harness: {INSTALL}")
-    names, limit = check_options(tasks, limit, batch_size, device, dtype)
-    include = [Path(p) for p in include_path or []]
+    names, limit = check_options(
+        options.tasks, options.limit, options.batch_size, options.device, options.dtype
+    )
+    include = [Path(p) for p in options.include_path]
     for folder in include:
         if not folder.is_dir():
             raise UserError(f"--include-path: {folder} is not a folder (of task YAML files)")
-    if out is not None and Path(out).is_dir():
-        raise UserError(f"--out: {out} is a folder; name a file to write the JSON result to")
-    ckpt, model, tok = load_model(path, device, dtype, chat, batch_size)
+    if options.out is not None and Path(options.out).is_dir():
+        raise UserError(
+            f"--out: {options.out} is a folder; name a file to write the JSON result to"
+        )
+    ckpt, model, tok = load_model(
+        path, options.device, options.dtype, options.chat, options.batch_size
+    )
     with quiet_harness():
         manager = task_manager(names, include)
     check_data(manager, names)
-    lm = GptcliLM(model, tok, batch_size, chat, seed)
+    lm = GptcliLM(model, tok, options.batch_size, options.chat, options.seed)
     started = time.perf_counter()
     with quiet_harness():
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=names,
-            num_fewshot=num_fewshot,
+            num_fewshot=options.num_fewshot,
             limit=limit,
-            log_samples=log_samples,
+            log_samples=options.log_samples,
             task_manager=manager,
             bootstrap_iters=BOOTSTRAP_ITERS,
-            apply_chat_template=chat,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
+            apply_chat_template=options.chat,
+            random_seed=options.seed,
+            numpy_random_seed=options.seed,
+            torch_random_seed=options.seed,
+            fewshot_random_seed=options.seed,
         )
     result = {
         "model": str(ckpt),
@@ -592,21 +606,21 @@ def evaluate(
         "results": rows_of(results),
         "settings": {
             "limit": limit,
-            "num_fewshot": num_fewshot,
-            "batch_size": batch_size,
+            "num_fewshot": options.num_fewshot,
+            "batch_size": options.batch_size,
             "device": str(model.wte.weight.device),
             "dtype": dtype_name(model.wte.weight.dtype),
-            "seed": seed,
-            "chat_template": chat,
+            "seed": options.seed,
+            "chat_template": options.chat,
         },
         "n_shot": results.get("n-shot", {}),
         "versions": {"gptcli": __version__, "lm_eval": lm_eval.__version__},
         "elapsed_s": round(time.perf_counter() - started, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if log_samples:
+    if options.log_samples:
         result["samples"] = results.get("samples", {})
-    save(result, ckpt, out)
+    save(result, ckpt, options.out)
     return result
 
 
@@ -652,7 +666,7 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
     loaded = interop.load(checkpoint_path)
     model = build_model(loaded).eval()
     tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
-    ids = torch.tensor([tokenizer.eot_id(tok), *tok.encode(text, add_special_tokens=False).ids])
+    ids = torch.tensor(tokenizer.document_ids(tok, text))
     T = model.cfg.block_size
     windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
     full = [w for w in windows if len(w) == T + 1]

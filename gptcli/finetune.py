@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, loggers, lora, parallel, run, tokenizer
+from gptcli import checkpoint, console, interop, loggers, lora, parallel, run, tokenizer
 from gptcli.checkpoint import Loaded
 from gptcli.console import UserError
+from gptcli.data import corpus, tokenize
+from gptcli.data.manifest import read_manifest
 from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import NON_SHAPE_KEYS, ModelConfig, Recipe
-from gptcli.tasks.base import add_special_tokens
+from gptcli.tasks.base import Task, add_special_tokens
 from gptcli.tasks.classify import CLASSIFY_TOKENS, ClassifyTask
 from gptcli.tasks.lm import LMTask
 from gptcli.tasks.sft import CHAT_TOKENS, SFTTask
@@ -86,9 +87,9 @@ def lm_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, dis
     init_tokenizer = loaded.path / tokenizer.TOKENIZER_FILE
     if dist.main:
         check_resumable(recipe, run_dir, cfg, init_tokenizer)
-        data.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
+        tokenize.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
     parallel.barrier(dist)
-    manifest = data.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
     return task, cfg, loaded.weights, []
 
@@ -97,9 +98,9 @@ def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     """The examples of data.source (each of its sources in turn) and of data.dev (None when
     unset), read through the data layer like a pretraining corpus."""
     cfg = recipe.data
-    train = [r for src in data.sources(cfg) for r in data.records(src, cfg, run_dir)]
-    dev_src = data.dev_source(cfg)
-    dev = data.records(dev_src, cfg, run_dir) if dev_src else None
+    train = [r for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
+    dev_src = cfg.dev_source()
+    dev = corpus.records(dev_src, cfg, run_dir) if dev_src else None
     return train, dev
 
 
@@ -113,13 +114,14 @@ def token_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, 
     if dist.main:
         check_run_tokenizer(run_dir, tok)
     train, dev = task_records(recipe, run_dir)
-    task: Any
+    task: Task
     if classify:
         task = ClassifyTask.for_training(recipe, tok, cfg.block_size, train, dev)
     else:
         task = SFTTask(recipe, tok, cfg.block_size, train, dev)
     vocab = max(cfg.vocab_size, tok.get_vocab_size())
-    cfg = dataclasses.replace(cfg, vocab_size=vocab, n_classes=task.n_classes if classify else 0)
+    n_classes = task.n_classes if isinstance(task, ClassifyTask) else 0
+    cfg = dataclasses.replace(cfg, vocab_size=vocab, n_classes=n_classes)
     if dist.main:
         check_resumable(recipe, run_dir, cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,7 @@ def token_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, 
     return task, cfg, grow_embeddings(loaded.weights, vocab, new_ids, old_vocab), new_ids
 
 
-def add_lora(model: GPT, recipe: Recipe, task: Any, loaded: Loaded, new_ids: list[int]) -> None:
+def add_lora(model: GPT, recipe: Recipe, task: Task, loaded: Loaded, new_ids: list[int]) -> None:
     """Adapters on the target layers; the checkpoints then store only what trains, with a
     reference (path and sha256) to the base weights."""
     cfg = recipe.finetune.lora

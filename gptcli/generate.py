@@ -21,7 +21,7 @@ from gptcli.checkpoint import build_model
 from gptcli.console import UserError
 from gptcli.device import CPU_PROBES, cached_probe, dtype_name, faster_ratio, pick_device
 from gptcli.model import GPT
-from gptcli.recipe import ModelConfig, SampleConfig, check_sample
+from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.run import recipe_of
 from gptcli.tasks import classify, sft
 from gptcli.tokenizer import StreamDecoder
@@ -273,7 +273,7 @@ def load_params(ckpt: Path, overrides: dict[str, object]) -> SampleConfig:
     defaults = recipe.sample if recipe is not None else SampleConfig()
     values = {k: v for k, v in overrides.items() if v is not None}
     params = dataclasses.replace(defaults, **values)
-    check_sample(params, lambda key: "--" + key.replace("_", "-"))
+    params.check(lambda key: "--" + key.replace("_", "-"))
     return params
 
 
@@ -298,8 +298,7 @@ def sample_prompt(
         prompt_ids, _ = sft.chat_ids(tok, message, add_generation_prompt=True)
         eot = tok.token_to_id(sft.END)
     else:
-        # Documents in training follow <|endoftext|>, so starting with it asks for a new story.
-        prompt_ids = [eot] + tok.encode(prompt, add_special_tokens=False).ids
+        prompt_ids = tokenizer.document_ids(tok, prompt)
     block = model.cfg.block_size
     if len(prompt_ids) > block:
         console.warn(

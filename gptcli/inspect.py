@@ -16,10 +16,11 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import bundled, checkpoint, console, data, interop, memory, run, tokenizer
+from gptcli import bundled, checkpoint, console, interop, memory, run, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.autotune import time_training_steps, training_amp
 from gptcli.console import UserError
+from gptcli.data import tokenize
 from gptcli.device import pick_device
 from gptcli.files import atomic_target
 from gptcli.model import GPT
@@ -465,7 +466,7 @@ def render_run(info: dict[str, Any]) -> None:
             },
         )
         if d.get("sources"):
-            table("sources read", {e["source"]: data.describe_source(e) for e in d["sources"]})
+            table("sources read", {e["source"]: tokenize.describe_source(e) for e in d["sources"]})
     table("last metrics", info["last_metrics"])
     if "memory" in info:
         render_memory(info["memory"])

@@ -114,16 +114,19 @@ FP32_PREPACK_MIN = 1_000_000
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    """bf16 weights, or large fp32 ones, on a CPU whose torch has oneDNN (see Linear)."""
-    return (
+    """bf16 weights, or large fp32 ones, on a CPU whose torch has oneDNN (see Linear).
+
+    oneDNN's bf16 layout needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT: on an AVX2-only CPU it
+    raises, so bf16 weights stay on F.linear there."""
+    if not (
         weight.device.type == "cpu"
-        and (
-            weight.dtype == torch.bfloat16
-            or (weight.dtype == torch.float32 and weight.numel() >= FP32_PREPACK_MIN)
-        )
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    ):
+        return False
+    if weight.dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return weight.dtype == torch.float32 and weight.numel() >= FP32_PREPACK_MIN
 
 
 def _version(t: torch.Tensor) -> int:

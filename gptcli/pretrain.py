@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, data, loggers, parallel, run
+from gptcli import checkpoint, console, loggers, parallel, run
 from gptcli.console import UserError
+from gptcli.data.manifest import read_manifest
+from gptcli.data.tokenize import is_up_to_date, prepare
 from gptcli.device import init_distributed, pick_device
 from gptcli.model import GPT
 from gptcli.recipe import Recipe
@@ -25,12 +27,12 @@ def tokenize(recipe: Recipe) -> tuple[Path, dict]:
     not rebuilt: the checkpoints were trained on them."""
     run_dir = run.folder(recipe)
     with run.RunLock(run_dir):
-        if checkpoint.newest_in_run(run_dir) and not data.is_up_to_date(recipe, run_dir):
+        if checkpoint.newest_in_run(run_dir) and not is_up_to_date(recipe, run_dir):
             raise UserError(
                 f"{run_dir} has checkpoints trained on other data or tokenizer settings; "
                 "set another name: (or run_dir:) for the new data"
             )
-        manifest, tokenized = data.prepare(recipe, run_dir)
+        manifest, tokenized = prepare(recipe, run_dir)
         run.record_recipe(run_dir, recipe, working=tokenized)
     return run_dir, manifest
 
@@ -46,10 +48,10 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     with lock:
         if dist.main:
             check_resumable(recipe, run_dir, None)
-            _, tokenized = data.prepare(recipe, run_dir)
+            _, tokenized = prepare(recipe, run_dir)
             run.record_recipe(run_dir, recipe, tokenized or run.trains(run_dir, recipe))
         parallel.barrier(dist)
-        manifest = data.read_manifest(run_dir)
+        manifest = read_manifest(run_dir)
         vocab = manifest["vocab_size"]
         if recipe.model.vocab_size and recipe.model.vocab_size < vocab:
             raise UserError(

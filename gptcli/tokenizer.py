@@ -75,6 +75,13 @@ def eot_id(tok: Tokenizer) -> int:
     return i
 
 
+def document_ids(tok: Tokenizer, text: str) -> list[int]:
+    """text as the start of a new document: <|endoftext|> then its ids. Every training document
+    follows <|endoftext|>, so a prompt read this way asks for a new document (story) and a
+    scored text is read as training text was."""
+    return [eot_id(tok), *tok.encode(text, add_special_tokens=False).ids]
+
+
 def encode_batch(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
     """Encode many texts in parallel (tokenizers' Rust thread pool)."""
     return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]

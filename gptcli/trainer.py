@@ -16,19 +16,9 @@ from typing import Any
 
 import torch
 
-from gptcli import (
-    autotune,
-    checkpoint,
-    console,
-    data,
-    interop,
-    loggers,
-    memory,
-    optim,
-    parallel,
-    run,
-)
+from gptcli import autotune, checkpoint, console, interop, loggers, memory, optim, parallel, run
 from gptcli.console import Interrupted, UserError
+from gptcli.data import tokenize
 from gptcli.device import (
     Dist,
     autocast,
@@ -40,6 +30,7 @@ from gptcli.device import (
 from gptcli.files import sha256_file
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, Recipe, TrainConfig, shape_change
+from gptcli.tasks.base import Task
 from gptcli.tokenizer import TOKENIZER_FILE
 
 # a window's tokens/s under this share of the run's best means something else took the cores
@@ -84,7 +75,7 @@ class TaskStep(torch.nn.Module):
     """The task's loss as one module call, which DDP and torch.compile then wrap whole: a
     classifier's loss reads model.hidden and its head, which model.forward never runs."""
 
-    def __init__(self, model: GPT, task: Any) -> None:
+    def __init__(self, model: GPT, task: Task) -> None:
         super().__init__()
         self.model = model
         self.task = task
@@ -134,7 +125,7 @@ def check_resumable(
         change = f"train.optimizer was {old_optimizer!r}, now {recipe.train.optimizer!r}"
     if change:
         raise UserError(f"cannot resume {run_dir}: {change} (use --fresh for a new run folder)")
-    if recipe.task.kind == "lm" and not data.is_up_to_date(recipe, run_dir, given_tokenizer):
+    if recipe.task.kind == "lm" and not tokenize.is_up_to_date(recipe, run_dir, given_tokenizer):
         raise UserError(
             f"cannot resume {run_dir}: the corpus or tokenizer settings changed since it was "
             "trained (use --fresh for a new run folder)"
@@ -221,7 +212,7 @@ class Trainer:
     """
 
     def __init__(
-        self, recipe: Recipe, run_dir: Path, model: GPT, task: Any, dist: Dist | None = None
+        self, recipe: Recipe, run_dir: Path, model: GPT, task: Task, dist: Dist | None = None
     ) -> None:
         self.run_dir, self.model, self.task = run_dir, model, task
         self.dist = dist or Dist()

@@ -7,12 +7,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,25 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Ctrl-C ignored. A handler (unlike SIG_IGN) is reset to the default in each child.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def unreachable(monkeypatch) -> Iterator[dict[str, str]]:
+    """Where the Hugging Face Hub cannot be reached, without the network: a name that does not
+    resolve (.invalid never does) and a closed port on 127.0.0.1 (bound, never listening), as
+    HF_ENDPOINT values by the reason the error gives; no proxy is set."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield {
+            "does not resolve": "http://hub.invalid",
+            "refused": f"http://127.0.0.1:{closed.getsockname()[1]}",
+        }
 
 
 def run_env(**extra: str) -> dict[str, str]:

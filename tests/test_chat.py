@@ -1,7 +1,10 @@
 """`gptcli chat`: on a pseudo-terminal, and scripted with JSON lines on stdin."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 
 import pexpect
@@ -88,6 +91,44 @@ def test_chat_on_a_terminal(trained, chat_trained):
     endless.expect(pexpect.EOF)
     endless.wait()
     assert endless.exitstatus == 130
+
+
+def test_sigterm_ends_chat_with_143_during_a_reply_and_at_the_prompt(trained):
+    """Ctrl-C only cancels a reply or drops a half-typed line; SIGTERM, how a supervisor stops
+    a program, ends the session wherever it lands."""
+    endless = spawn(trained, "-c", "runs/mini", "--max-new-tokens", "1000000", "--temperature", "0")
+    endless.expect("> ")
+    endless.sendline("Once upon a time")
+    endless.expect("Once upon a time\r\n")
+    endless.expect(r"\S")  # the reply is streaming
+    endless.kill(signal.SIGTERM)
+    endless.expect(pexpect.EOF)
+    endless.wait()
+    assert "reply cancelled" not in endless.before
+    assert endless.exitstatus == 143
+
+    typing = spawn(trained, "-c", "runs/mini")
+    typing.expect("> ")
+    typing.send("half a line")
+    typing.expect("half a line")
+    typing.kill(signal.SIGTERM)
+    typing.expect(pexpect.EOF)
+    typing.wait()
+    assert typing.exitstatus == 143
+
+
+def test_chat_with_stdin_closed_is_the_end_of_input(trained):
+    proc = subprocess.run(  # `gptcli chat <&-`: no stdin at all, not an empty one
+        [sys.executable, "-m", "gptcli", "chat", "-c", "runs/mini"],
+        cwd=trained,
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=300,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr
 
 
 def test_chat_refuses_a_classifier(trained, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import textwrap
 import threading
 from pathlib import Path
@@ -117,15 +118,15 @@ def test_offline_with_nothing_cached_exits_2_in_one_line(tmp_path, hub_home):
     ids=["text-field", "split", "config"],
 )
 def test_hf_mistakes_name_what_the_dataset_has(tmp_path, hub_home, monkeypatch, source, needles):
-    from gptcli import data
     from gptcli import recipe as recipe_mod
     from gptcli.console import UserError
+    from gptcli.data import corpus
 
     hub_folder(tmp_path)
     monkeypatch.chdir(tmp_path)
     r = recipe_mod.from_dict({"data": {"source": {"path": "hf:owner/tales", **source}}})
     with pytest.raises(UserError) as e:
-        next(data.iter_documents(r.data, r.seed))
+        next(corpus.iter_documents(r.data, r.seed))
     for needle in ["hf:owner/tales", *needles]:
         assert needle in str(e.value), (needle, str(e.value))
     assert "\n" not in str(e.value)
@@ -173,6 +174,37 @@ def test_gated_and_unknown_hub_datasets_exit_2_naming_the_fix(tmp_path, refusing
     assert_one_line_error(proc, "hf:owner/unknown", "no such dataset")
 
 
+@pytest.mark.parametrize("reason", ["does not resolve", "refused"])
+def test_an_unreachable_hub_fails_at_once_in_one_line(
+    tmp_path, hub_home, unreachable, monkeypatch, reason
+):
+    """Not a line per retry of huggingface_hub (about 25 s of them): the one line says what
+    could not be reached and the way out."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    endpoint = unreachable[reason]
+    r = recipe(tmp_path, "hf:owner/tales")
+    proc = gptcli("tokenize", str(r), "--quiet", cwd=tmp_path, env={"HF_ENDPOINT": endpoint})
+    assert_one_line_error(proc, "hf:owner/tales", endpoint, reason, "HF_HUB_OFFLINE=1")
+
+
+def test_the_hub_check_asks_nothing_offline_and_goes_through_a_proxy(
+    hub_home, unreachable, monkeypatch
+):
+    from gptcli.console import UserError
+    from gptcli.data import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", unreachable["does not resolve"])
+    hub.check_reachable("hf:owner/tales")  # HF_HUB_OFFLINE: the cache answers
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        hub.check_reachable("hf:owner/tales")
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", unreachable["refused"])
+    with pytest.raises(UserError, match="through the proxy 127.0.0.1.*refused"):
+        hub.check_reachable("hf:owner/tales")
+
+
 def test_missing_datasets_names_the_install_line(tmp_path, hub_home):
     r = recipe(tmp_path, "hf:owner/tales")
     proc = gptcli_without("datasets", "tokenize", str(r), "--quiet", cwd=tmp_path)
@@ -188,10 +220,10 @@ def test_missing_datasets_names_the_install_line(tmp_path, hub_home):
     ],
 )
 def test_hub_keys_are_checked_before_any_work(tmp_path, data, needle, hub_home):
-    from gptcli import data as data_mod
     from gptcli import recipe as recipe_mod
     from gptcli.console import UserError
+    from gptcli.data import corpus
 
     with pytest.raises(UserError, match=needle.replace(".", r"\.")):
         r = recipe_mod.from_dict({"data": data})
-        data_mod.fingerprint(r.data, r.seed, tmp_path)
+        corpus.fingerprint(r.data, r.seed, tmp_path)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from conftest import assert_one_line_error, gptcli, gptcli_without
+
+from gptcli.files import sha256_file
 
 STORIES = [f"Story {i}: the cat number {i} sat on mat {i % 7} and slept.\n" * 3 for i in range(60)]
 TINY = """\
@@ -92,7 +95,9 @@ def _bad_inputs(d: Path) -> list[tuple[str, tuple[str, ...]]]:
     (d / "cut.txt.zst").write_bytes(full[: len(full) // 2])
     pq.write_table(pa.table({"content": ["x"], "lang": ["en"]}), d / "nocol.parquet")
     pq.write_table(pa.table({"text": [1, 2, 3]}), d / "ints.parquet")
+    (d / "open.csv").write_text('id,text\n1,"a story"\n2,"an open quote\n3,swallowed\n')
     return [
+        (str(d / "open.csv"), ("open.csv:3", "never closed")),
         (str(corrupt), ("corrupt.parquet", "not a readable Parquet file")),
         (str(d / "cut.txt.zst"), ("cut.txt.zst", "truncated")),
         (str(d / "nocol.parquet"), ("no column 'text'", "content, lang", "text_field")),
@@ -124,7 +129,8 @@ def test_missing_pyarrow_names_the_install_line(tmp_path):
 
 @pytest.mark.parametrize("frames", [1, 3])
 def test_zst_reads_every_frame_like_the_plain_file(tmp_path, frames):
-    from gptcli import data, recipe
+    from gptcli import recipe
+    from gptcli.data import corpus
 
     text = "<|endoftext|>".join(STORIES).encode()
     step = len(text) // frames + 1
@@ -134,16 +140,49 @@ def test_zst_reads_every_frame_like_the_plain_file(tmp_path, frames):
     )
     (tmp_path / "a.txt").write_bytes(text)
     docs = {
-        name: [d for _, d in data.iter_documents(recipe.DataConfig(source=str(tmp_path / name)), 0)]
+        name: [
+            d for _, d in corpus.iter_documents(recipe.DataConfig(source=str(tmp_path / name)), 0)
+        ]
         for name in ("a.txt", "a.txt.zst")
     }
     assert docs["a.txt.zst"] == docs["a.txt"] and len(docs["a.txt"]) == len(STORIES)
 
 
+def test_the_same_text_in_any_container_gives_the_same_tokenizer_and_shards(tmp_path):
+    """The BPE's sample share and reach come from the text's size, which for a compressed file
+    was its size on disk: another sample, another tokenizer. The text spans a read chunk
+    (1 MiB) and the sample is a part of it; the .gz holds two members (its trailer states the
+    last one's size only), the .zst a frame that does not state its size."""
+    from gptcli import stories
+
+    raw = stories.generate(1_100_000, 0).encode()
+    half = len(raw) // 2
+    containers = {
+        "txt": raw,
+        "txt.gz": gzip.compress(raw[:half]) + gzip.compress(raw[half:]),
+        "txt.zst": zstandard.ZstdCompressor(write_content_size=False).compress(raw),
+    }
+    made = {}
+    for suffix, content in containers.items():
+        folder = tmp_path / suffix
+        folder.mkdir()
+        (folder / f"corpus.{suffix}").write_bytes(content)
+        recipe = _recipe(folder, f"corpus.{suffix}")
+        proc = gptcli(
+            "tokenize", str(recipe), "--set", "tokenizer.train_bytes=300000", "--json", cwd=folder
+        )
+        assert proc.returncode == 0, proc.stderr
+        run = folder / "runs" / "c"
+        files = ("tokenizer.json", "data/train.bin", "data/val.bin")
+        made[suffix] = {name: sha256_file(run / name) for name in files}
+    assert made["txt.gz"] == made["txt"]
+    assert made["txt.zst"] == made["txt"]
+
+
 def test_a_directory_lists_every_known_kind(tmp_path):
-    from gptcli import data
+    from gptcli.data import paths
 
     for name in ("a.parquet", "b.jsonl.zst", "c.txt", "d.csv", "notes.json", "x.py"):
         (tmp_path / name).write_text("")
-    listed = [p.name for p in data.source_files(str(tmp_path))]
+    listed = [p.name for p in paths.source_files(str(tmp_path))]
     assert listed == ["a.parquet", "b.jsonl.zst", "c.txt", "d.csv"]

@@ -196,6 +196,18 @@ def test_generation_task_and_the_offline_error(trained, tmp_path, offline):
     assert_one_line_error(proc, "hub_only", "--include-path")
 
 
+def test_a_hub_task_with_the_hub_out_of_reach_fails_at_once(
+    trained, tmp_path, unreachable, monkeypatch
+):
+    """Before the harness indexes its tasks and huggingface_hub retries for half a minute."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    endpoint = unreachable["does not resolve"]
+    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": endpoint}
+    proc = _eval(str(trained / "runs" / "mini"), "--tasks", "hellaswag", env=env)
+    assert_one_line_error(proc, "--tasks hellaswag", endpoint, "HF_HUB_OFFLINE=1")
+
+
 def test_missing_extra_names_the_install_line(trained):
     run = str(trained / "runs" / "mini")
     proc = gptcli_without("lm_eval", "eval", run, "-t", "gptcli_sst2", cwd=REPO)

@@ -1,3 +1,4 @@
+import inspect
 import json
 import re
 
@@ -696,3 +697,19 @@ def test_finetune_under_fsdp_trains_as_one_process(trained, task):
         assert "cls_head.weight" in sharded and "blocks.0.attn.qkv.lora_A" in sharded
     for key in sharded:
         assert torch.allclose(sharded[key], single[key], atol=1e-5), key
+
+
+def test_every_task_answers_what_the_trainer_asks():
+    """LMTask, SFTTask and ClassifyTask each give base.Task's methods, by the same arguments."""
+    from gptcli.tasks.base import Task
+    from gptcli.tasks.classify import ClassifyTask
+    from gptcli.tasks.lm import LMTask
+    from gptcli.tasks.sft import SFTTask
+
+    asked = ("batch", "loss", "evaluate", "summary")
+    for cls in (LMTask, SFTTask, ClassifyTask):
+        for name in asked:
+            wanted = list(inspect.signature(getattr(Task, name)).parameters)
+            assert list(inspect.signature(getattr(cls, name)).parameters) == wanted, (cls, name)
+    assert "checkpoint_info" in Task.__annotations__
+    assert isinstance(LMTask.checkpoint_info, dict) and isinstance(SFTTask.checkpoint_info, dict)

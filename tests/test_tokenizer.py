@@ -27,6 +27,14 @@ def test_special_token_is_one_id(tok):
     assert tok.get_vocab_size() <= 300
 
 
+def test_a_prompt_starts_a_new_document(tok):
+    """Training documents follow <|endoftext|>: a prompt is read the same way, once."""
+    ids = tokenizer.document_ids(tok, "Once upon a time")
+    assert ids[0] == tokenizer.eot_id(tok) and tokenizer.eot_id(tok) not in ids[1:]
+    assert tokenizer.decode(tok, ids[1:]) == "Once upon a time"
+    assert tokenizer.document_ids(tok, "") == [tokenizer.eot_id(tok)]
+
+
 def test_stream_decoder_never_emits_half_a_character(tok):
     ids = tok.encode("x🐈y", add_special_tokens=False).ids
     assert len(ids) > 3  # the emoji is split over byte tokens

@@ -9,6 +9,11 @@ load_dataset, a folder named OWNER/NAME in the working directory is read instead
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +22,11 @@ from gptcli import console, tokenizer
 from gptcli.console import UserError
 from gptcli.data.streams import Reading
 from gptcli.files import get_field
+from gptcli.recipe import DataConfig, SourceConfig
 
 PREFIX = "hf:"
+DEFAULT_ENDPOINT = "https://huggingface.co"  # where huggingface_hub goes unless HF_ENDPOINT says
+CONNECT_TIMEOUT_S = 5.0  # a Hub that answers no connection in this long counts as out of reach
 
 # builders made by this process, by (name or local folder, config, revision): a corpus is read
 # several times per command, and resolving a dataset asks the Hub each time
@@ -45,6 +53,97 @@ class NotCached(UserError):
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+# (host, port) pairs this process has connected to: the Hub is checked once per command
+_reached: set[tuple[str, int]] = set()
+
+
+def _resolved(host: str, port: int, timeout: float) -> list[tuple]:
+    """getaddrinfo within timeout: it has no timeout of its own, and an unanswering resolver
+    makes it wait many seconds. Raises TimeoutError, or what getaddrinfo raised."""
+    answer: list = []
+
+    def resolve() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            answer.append(e)
+
+    worker = threading.Thread(target=resolve, daemon=True)  # left behind if it never answers
+    worker.start()
+    worker.join(timeout)
+    if not answer:
+        raise TimeoutError
+    if isinstance(answer[0], OSError):
+        raise answer[0]
+    return answer[0]
+
+
+def _connect(host: str, port: int, timeout: float) -> None:
+    """Open and close one TCP connection to host:port, or raise why it could not be made."""
+    deadline = time.monotonic() + timeout
+    error: OSError = TimeoutError()
+    for family, kind, proto, _, address in _resolved(host, port, timeout):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(left)
+                sock.connect(address)
+            return
+        except OSError as e:
+            error = e
+    raise error
+
+
+def _why(e: OSError, host: str) -> str:
+    if isinstance(e, socket.gaierror):
+        return f"the name {host} does not resolve"
+    if isinstance(e, ConnectionRefusedError):
+        return "the connection was refused"
+    if isinstance(e, TimeoutError):
+        return f"no connection within {CONNECT_TIMEOUT_S:g} s"
+    return e.strerror or type(e).__name__
+
+
+def check_reachable(what: str) -> None:
+    """Exit 2 at once, in one line, when the Hugging Face Hub (HF_ENDPOINT, or the proxy that
+    leads there) takes no connection: huggingface_hub would retry for half a minute before
+    failing. Errors during a transfer stay the library's to retry. With HF_HUB_OFFLINE set
+    (or the datasets library's HF_DATASETS_OFFLINE) nothing is asked of the network: the
+    local cache answers."""
+    datasets_offline = os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline() or datasets_offline:
+        return
+    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    url = urllib.parse.urlsplit(endpoint)
+    target = url
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.hostname or ""):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        host = None
+    if not host:
+        raise UserError(
+            f"{what}: HF_ENDPOINT or the proxy is not a URL like {DEFAULT_ENDPOINT} ({endpoint})"
+        )
+    if (host, port) in _reached:
+        return
+    try:
+        _connect(host, port, CONNECT_TIMEOUT_S)
+    except OSError as e:
+        via = f" through the proxy {host}:{port}" if target is not url else ""
+        raise UserError(
+            f"{what}: cannot reach the Hugging Face Hub at {endpoint}{via} ({_why(e, host)}); "
+            "check the network, or set HF_HUB_OFFLINE=1 to use what the local Hugging Face "
+            "cache holds"
+        ) from None
+    _reached.add((host, port))
 
 
 def datasets_lib() -> Any:
@@ -134,6 +233,8 @@ def builder(ds: Dataset) -> Any:
     where = os.path.abspath(ds.name) if os.path.isdir(ds.name) else ds.name
     key = (where, ds.config, ds.revision)
     if key not in _builders:
+        if not os.path.isdir(ds.name):  # the Hub, not a local folder
+            check_reachable(f"hf:{ds.name}")
         lib = datasets_lib()
         try:
             _builders[key] = lib.load_dataset_builder(
@@ -221,3 +322,27 @@ def identity(ds: Dataset, known: list[dict]) -> dict:
         f"hf:{ds.name}: HF_HUB_OFFLINE is set, so it is taken as unchanged since it was tokenized"
     )
     return {**asked, "resolved": prior["resolved"]}
+
+
+# --------------------------------------------------------------------------- as a source kind
+
+
+def dataset_of(src: SourceConfig) -> Dataset:
+    """The Hub dataset an hf: source names."""
+    return Dataset(dataset_name(src.path), src.config, src.split, src.revision)
+
+
+def read(src: SourceConfig, cfg: DataConfig, seed: int, reading: Reading) -> Iterator[str]:
+    return documents(dataset_of(src), reading)
+
+
+def examples(src: SourceConfig) -> Iterator[tuple[str, dict]]:
+    return records(dataset_of(src))
+
+
+def stated_bytes(src: SourceConfig, cfg: DataConfig) -> int | None:
+    return size(dataset_of(src))
+
+
+def fingerprint(src: SourceConfig, cfg: DataConfig, known_sources: list[dict]) -> dict:
+    return identity(dataset_of(src), known_sources)

@@ -111,8 +111,21 @@ def errors_while_reading() -> tuple[type[BaseException], ...]:
 
 
 def file_size(path: Path, text_field: str = "") -> int:
-    """A file's size on disk: how much text a text file holds, near enough for sampling."""
-    return path.stat().st_size
+    """How many bytes of text a file holds: its size on disk, or its decompressed size for
+    .gz/.zst, found by reading it through (the BPE's sample share and reach come from this, so
+    the same text must give the same size in any container; a gzip trailer holds only the
+    last member's size, and a zstd frame need not state its own)."""
+    if not registry.compression(path):
+        return path.stat().st_size
+    reader, n = Reader(path, lambda n: None), 0
+    try:
+        while chunk := reader.stream.read(READ_CHUNK):
+            n += len(chunk)
+    except errors_while_reading() as e:
+        raise read_error(path, e) from None
+    finally:
+        reader.close()
+    return n
 
 
 def decode(raw: bytes, path: Path, offset: int, errors: str, where: str = "") -> str:

@@ -8,7 +8,7 @@ task: lm), sft.py on chat-formatted conversations, classify.py a GPT-1 classifie
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -16,7 +16,27 @@ from gptcli import tokenizer
 from gptcli.console import UserError
 from gptcli.device import autocast
 from gptcli.files import get_field
+from gptcli.model import GPT
 from gptcli.recipe import Recipe
+
+
+class Task(Protocol):
+    """What the trainer asks of a task (LMTask, SFTTask, ClassifyTask): nothing else of it."""
+
+    # what the task's checkpoints record in config.json ("task": its kind; finetune adds "lora")
+    checkpoint_info: dict
+
+    def batch(self, index: int) -> tuple[torch.Tensor, ...]:
+        """The training batch of step index (the same batch for the same seed and index)."""
+
+    def loss(self, model: GPT, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The loss to minimise on one batch."""
+
+    def evaluate(self, model: GPT, device: torch.device, amp: torch.dtype | None) -> dict:
+        """Metrics on held-out data (val_loss and the task's own), rounded for the log."""
+
+    def summary(self, last: dict) -> tuple[dict, str]:
+        """Extra keys for the run's summary and its closing line, from the last evaluation."""
 
 
 def required_field(record: dict, field: str, where: str) -> Any:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from gptcli import data
 from gptcli.console import UserError
+from gptcli.data import batches, shards
 from gptcli.model import GPT
 from gptcli.recipe import TrainConfig
 from gptcli.tasks.base import evaluate_loss
@@ -27,14 +27,14 @@ class LMTask:
 
     def __init__(self, run_dir: Path, manifest: dict, block_size: int, t: TrainConfig, seed: int):
         self.manifest = manifest
-        self.train = data.Batches(
-            data.load_shard(run_dir, "train", manifest), block_size, t.batch_size, seed
+        self.train = batches.Batches(
+            shards.load_shard(run_dir, "train", manifest), block_size, t.batch_size, seed
         )
-        val_tokens = data.load_shard(run_dir, "val", manifest)
+        val_tokens = shards.load_shard(run_dir, "val", manifest)
         if len(val_tokens) < 3:
             raise UserError("the validation split has fewer than 3 tokens; raise data.val_fraction")
         val_block = min(block_size, len(val_tokens) - 2)
-        self.val = data.Batches(val_tokens, val_block, t.batch_size, seed).eval_batches(
+        self.val = batches.Batches(val_tokens, val_block, t.batch_size, seed).eval_batches(
             t.eval_batches
         )
 
