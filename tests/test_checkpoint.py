@@ -124,19 +124,21 @@ def _edited(ckpt, tmp_path, **changes):
     return copy
 
 
-def test_config_that_disagrees_with_weights_names_the_tensor_and_shapes(run, tmp_path):
-    from conftest import assert_one_line_error, gptcli
+def test_config_that_disagrees_with_weights_names_the_tensor_and_shapes(
+    run, tmp_path, gptcli_inproc
+):
+    from conftest import assert_one_line_error
 
     ckpt = save(run, 1)
     wider = _edited(ckpt, tmp_path, n_embd=32)
-    proc = gptcli("sample", "-c", str(wider), "-p", "hi")
+    proc = gptcli_inproc("sample", "-c", str(wider), "-p", "hi")
     assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[280, 32]", "config.json")
     out = tmp_path / "merged"
-    proc = gptcli("export", str(wider), "--format", "gptcli", "--out", str(out))
+    proc = gptcli_inproc("export", str(wider), "--format", "gptcli", "--out", str(out))
     assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[280, 32]")
     assert not out.exists()
     bigger_vocab = _edited(ckpt, tmp_path, vocab_size=300)
-    proc = gptcli("sample", "-c", str(bigger_vocab), "-p", "hi")
+    proc = gptcli_inproc("sample", "-c", str(bigger_vocab), "-p", "hi")
     assert_one_line_error(proc, "'wte.weight'", "[280, 16]", "[300, 16]")
 
 

@@ -197,27 +197,29 @@ def test_import_hf_folder_parity_sample_and_finetune(models, trained, tmp_path, 
         assert tuned.config.positions == "rope" and tuned.config.mlp_hidden == 80
 
 
-def test_export_refusals(models, tmp_path):
+def test_export_refusals(models, tmp_path, gptcli_inproc):
     mixed = _ckpt(models["root"], "mixed", models["gpt2"] / "tokenizer.json", positions="rope")
-    proc = gptcli("export", str(mixed), "--format", "hf", "--out", str(tmp_path / "x"))
+    proc = gptcli_inproc("export", str(mixed), "--format", "hf", "--out", str(tmp_path / "x"))
     assert_one_line_error(proc, "no HF transformers class", "positions=rope")
     assert not (tmp_path / "x").exists()
-    proc = gptcli("export", str(models["gpt2"]), "--format", "gguf", "--out", str(tmp_path / "g"))
+    out = str(tmp_path / "g")
+    proc = gptcli_inproc("export", str(models["gpt2"]), "--format", "gguf", "--out", out)
     assert_one_line_error(proc, "Llama family")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    proc = gptcli("export", str(models["gpt2"]), "--format", "hf", "--out", str(tmp_path / "full"))
+    out = str(tmp_path / "full")
+    proc = gptcli_inproc("export", str(models["gpt2"]), "--format", "hf", "--out", out)
     assert_one_line_error(proc, "not empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no partial or temp folders
 
 
-def test_import_refuses_pickles_and_unsupported_configs(tmp_path):
+def test_import_refuses_pickles_and_unsupported_configs(tmp_path, gptcli_inproc):
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     (folder / "tokenizer.json").write_text("{}")
-    proc = gptcli("sample", "-c", str(folder), "-p", "hi")
+    proc = gptcli_inproc("sample", "-c", str(folder), "-p", "hi")
     assert_one_line_error(proc, "pytorch_model.bin is a pickle")
     (folder / "pytorch_model.bin").unlink()
     torch_save_free = {"wte.weight": torch.zeros(2, 2)}
@@ -285,10 +287,10 @@ def test_gguf_runs_in_llama_cpp(models, tmp_path):
     assert theirs == mine
 
 
-def test_hf_folder_whose_config_disagrees_with_its_weights(models, tmp_path):
+def test_hf_folder_whose_config_disagrees_with_its_weights(models, tmp_path, gptcli_inproc):
     folder = interop.export_hf(interop.load(models["gpt2"]), tmp_path / "hf")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
-    proc = gptcli("sample", "-c", str(folder), "-p", "hi")
+    proc = gptcli_inproc("sample", "-c", str(folder), "-p", "hi")
     vocab = config["vocab_size"]
     assert_one_line_error(proc, "'transformer.wte.weight'", f"[{vocab}, 32]", f"[{vocab}, 48]")

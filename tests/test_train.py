@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    HOLD_IN_SAVE,
     TINY_RECIPE,
     TORCHRUN_ENV,
     assert_one_line_error,
@@ -19,6 +20,7 @@ from conftest import (
     run_env,
     torchrun,
     torchrun_command,
+    wait_for_hold,
     write_recipe,
 )
 
@@ -209,7 +211,7 @@ def test_cpu_training_keeps_freed_memory_for_the_next_step():
     assert resident_mb() > with_array - 50
 
 
-def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
+def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path, gptcli_inproc):
     recipe = write_recipe(tmp_path)
     sets = [
         "--set",
@@ -234,7 +236,7 @@ def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
     assert again.returncode == 0, again.stderr
     resumed = losses(run)
     assert resumed[7] == full[7] and resumed[8] == full[8]
-    switched = gptcli(
+    switched = gptcli_inproc(
         "pretrain",
         str(recipe),
         *sets[:-2],
@@ -247,29 +249,38 @@ def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
     assert_one_line_error(switched, "train.optimizer", "--fresh")
 
 
-def test_kill_9_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
-    """With a save after every step, most kills land inside a save."""
+def test_kill_9_during_a_save_never_leaves_a_broken_checkpoint(tmp_path):
+    """Killed with -9 inside a save, first before its files are written, then (resumed) after
+    they are but before the folder is renamed into place: a reader sees only the earlier
+    checkpoints, each loads, and each rerun resumes from the newest and clears the half-made
+    folder."""
     recipe = write_recipe(tmp_path)
     run = tmp_path / "runs" / "mini"
-    for attempt in range(3):
-        proc, _ = _start_long_run(tmp_path, ["--set", "train.save_every=1"])
-        time.sleep(0.3 + 0.37 * attempt)
-        proc.kill()
-        proc.wait()
-        for ckpt in checkpoint.run_checkpoints(run):  # every visible checkpoint loads
+    hook = tmp_path / "hold.py"
+    hook.write_text(HOLD_IN_SAVE)
+    sets = ["--set", "train.save_every=1", "--set", "train.compile=off"]
+    for step, when in ((3, "before"), (4, "after")):
+        marker = tmp_path / f"held-{when}"
+        cmd = [sys.executable, str(hook), str(marker), str(step), when, "pretrain", str(recipe)]
+        proc = subprocess.Popen(
+            [*cmd, *sets], cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            half = tmp_path / wait_for_hold(proc, marker)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=60)
+        assert half.parent == run / "checkpoints" and half.name.startswith(f".tmp-step-{step:07d}")
+        assert (half / "state.json").exists() == (when == "after")
+        visible = [p.name for p in checkpoint.run_checkpoints(run)]
+        assert visible == [f"step-{s:07d}" for s in range(1, step)]
+        for ckpt in checkpoint.run_checkpoints(run):
             checkpoint.load(ckpt)
-    newest = checkpoint.newest_in_run(run)
-    again = gptcli(
-        "pretrain",
-        str(recipe),
-        "--quiet",
-        "--json",
-        "--set",
-        f"train.max_steps={checkpoint.step_of(newest) + 1}",
-        cwd=tmp_path,
-    )
+    again = gptcli("pretrain", str(recipe), "--json", "--set", "train.max_steps=4", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["step"] == checkpoint.step_of(newest) + 1
+    assert "resuming from runs/mini/checkpoints/step-0000003" in again.stderr.replace("\n", "")
+    assert json.loads(again.stdout)["step"] == 4
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
@@ -362,19 +373,19 @@ def test_batched_muon_steps_like_torch_muon():
     assert batched.state_dict()["state"].keys() == torch_muon.state_dict()["state"].keys()
 
 
-def test_final_checkpoint_carries_the_final_evaluation(trained):
+def test_final_checkpoint_carries_the_final_evaluation(trained_copy):
     """The last step's evaluation is in the final checkpoint: its state.json, inspect and a
     re-run of a finished pretrain all report the val_loss that metrics.jsonl ends with."""
-    run = trained / "runs" / "mini"
+    run = trained_copy / "runs" / "mini"  # a copy: the re-run opens the run to train it
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     last_val = [r for r in records if "val_loss" in r][-1]
     assert last_val["step"] == 12
     final = checkpoint.newest_in_run(run)
     assert checkpoint.read_state(final)["metrics"]["val_loss"] == last_val["val_loss"]
-    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained).stdout)
+    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained_copy).stdout)
     assert info["newest_checkpoint"]["metrics"]["val_loss"] == last_val["val_loss"]
     assert info["last_metrics"]["val_loss"] == last_val["val_loss"]
-    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained)
+    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained_copy)
     assert again.returncode == 0, again.stderr
     assert "already at step 12" in again.stderr
     assert json.loads(again.stdout)["val_loss"] == last_val["val_loss"]
