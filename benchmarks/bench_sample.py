@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from gptcli import generate as gen  # noqa: E402
-from gptcli.device import cpu_has_native_bf16  # noqa: E402
+from gptcli.device import cpu_has_native_bf16, dtype_name  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import ModelConfig  # noqa: E402
 
@@ -129,7 +129,7 @@ def speed_table(shapes: dict, rounds: int, quick: bool) -> list[dict]:
                 tps = batch * new / s
                 rows.append(dict(shape=name, batch=batch, engine=engine, tps=tps, vs=tps / base))
                 print(f"  ({name}) batch {batch} {engine}: {tps:.0f} tokens/s", file=sys.stderr)
-            picked = "bf16" if auto == torch.bfloat16 else "fp32"
+            picked = dtype_name(auto)
             tps = {k: batch * new / seconds[f"gptcli {k}"] for k in ("fp32", "bf16")}
             rows.append(dict(shape=name, batch=batch, auto=picked, tps_by=tps))
         # time to first token: prefill + one sampled token, batch 1

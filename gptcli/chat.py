@@ -21,7 +21,7 @@ import torch
 from gptcli import console, generate, tokenizer
 from gptcli.checkpoint_tensors import build_model
 from gptcli.console import Terminated, UserError
-from gptcli.device import pick_device
+from gptcli.device import dtype_name, pick_device
 from gptcli.load import load as load_model
 from gptcli.load import resolve as resolve_model
 from gptcli.model import GPT
@@ -110,8 +110,7 @@ def load(
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     if checkpoint_path is None:
         console.info(f"{command}: using {ckpt}")
-    dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
-    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name)
+    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name(weights))
 
 
 # --------------------------------------------------------------------------- reply events

@@ -432,7 +432,9 @@ def inspect_cmd(
     if text is not None:
         tokenizer.check_text(text, "--text")
     if score_file is not None:
-        info = inspect_mod.score(path, score_file)
+        from gptcli import eval as eval_mod
+
+        info = eval_mod.score(path, score_file)
     else:
         info = inspect_mod.describe(path, text=text)
     if plot is not None:

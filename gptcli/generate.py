@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from gptcli import checkpoint, console, load, tokenizer
+from gptcli.autotune import autocast_dtype
 from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
-from gptcli.device import autocast_dtype, cached_probe, faster_ratio, pick_device
+from gptcli.device import CPU_PROBES, cached_probe, dtype_name, faster_ratio, pick_device
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.run import recipe_of
@@ -242,7 +243,7 @@ def bf16_sampling_speedup(cfg: ModelConfig, rows: int) -> float:
         return faster_ratio(sampler(fp32), sampler(bf16))
 
     shape = f"bf16 sample|{rows}|{sorted(dataclasses.asdict(cfg).items())}"
-    return cached_probe("cpu_probes.json", shape, measure)
+    return cached_probe(CPU_PROBES, shape, measure)
 
 
 @torch.inference_mode()
@@ -400,7 +401,6 @@ def run(
     weights = pick_dtype(dtype, device, loaded.config, num_samples)
     model = model.to(weights)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
-    dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
     if kind == "classify":
         return classify.classify_run(loaded, tok, model, prompts, on_result)
     if chat is None:
@@ -411,7 +411,7 @@ def run(
     for prompt in prompts:
         samples = sample_prompt(model, tok, prompt, params, seed, num_samples, on_text, chat)
         for result in samples:
-            result = {"checkpoint": str(ckpt), "dtype": dtype_name, **result}
+            result = {"checkpoint": str(ckpt), "dtype": dtype_name(weights), **result}
             results.append(result)
             if on_result is not None:
                 on_result(result)

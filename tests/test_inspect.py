@@ -5,7 +5,7 @@ from conftest import REPO, SHARED_DATA, assert_one_line_error, gptcli
 
 from gptcli import load, tokenizer
 from gptcli.console import UserError
-from gptcli.inspect import score
+from gptcli.eval import score
 
 
 def inspect_json(path, cwd, *extra):

@@ -22,7 +22,7 @@ LAYERS = [
     {"tokenizer", "model", "kernels", "lora", "memory"},
     {"checkpoint", "checkpoint_tensors", "hf_format", "gguf_format", "load"},
     {"run", "data", "bundled"},  # data: a package, one module per source kind
-    {"optim", "tasks", "parallel", "loggers", "trainer"},
+    {"optim", "tasks", "parallel", "loggers", "autotune", "trainer"},
     {"generate", "eval", "serve", "chat", "pretrain", "finetune", "inspect", "export"},
     {"cli", "__main__"},
 ]

@@ -25,7 +25,6 @@ from conftest import (
 )
 
 from gptcli import checkpoint, checkpoint_tensors
-from gptcli.model import Block
 from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
 
@@ -188,16 +187,6 @@ def test_wsd_schedule_is_flat_then_decays_linearly():
     )
     assert lr_at(0, t) == lr_at(79, t) == 1.0
     assert lr_at(90, t) == pytest.approx(0.5) and lr_at(100, t) == pytest.approx(0.0)
-
-
-def test_auto_dtype_on_cpu_is_bf16_only_where_native_and_measured_faster():
-    from gptcli.device import autocast_dtype, cpu_has_native_bf16
-
-    cpu = torch.device("cpu")
-    faster = torch.bfloat16 if cpu_has_native_bf16() else None
-    assert autocast_dtype(cpu, "auto", bf16_speedup=lambda: 2.0) == faster
-    assert autocast_dtype(cpu, "auto", bf16_speedup=lambda: 0.5) is None
-    assert autocast_dtype(cpu, "fp32") is None
 
 
 def test_cpu_training_keeps_freed_memory_for_the_next_step():
@@ -428,28 +417,6 @@ def test_failing_final_evaluation_still_saves_the_final_checkpoint(tmp_path, mon
     assert checkpoint.read_state(final)["metrics"]["step"] == 4
 
 
-def test_compile_auto_compiles_only_when_the_eager_time_left_repays_it(tmp_path, monkeypatch):
-    from gptcli import trainer
-    from gptcli.device import write_probe
-    from gptcli.recipe import ModelConfig
-    from gptcli.trainer import PAYBACK, compile_pays, expected_compile_s
-
-    enough = PAYBACK * 40.0
-    assert compile_pays(1000, 2 * enough / 1000, 40.0)[0]
-    wanted, why = compile_pays(1000, enough / 2000, 40.0)
-    assert not wanted and "1000 steps left" in why and "under" in why
-    assert not compile_pays(0, 10.0, 0.0)[0]
-    # the expected compile does not grow with the layers (one block is compiled) until a run
-    # here has measured this shape's
-    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))
-    small, deep = (ModelConfig(n_layer=n, n_head=2, n_embd=16) for n in (2, 12))
-    assert expected_compile_s(deep, 4, None)[0] == expected_compile_s(small, 4, None)[0]
-    assert expected_compile_s(deep, 4, None)[1] == "estimated"
-    write_probe(trainer.PROBES, trainer.compile_cost_key(deep, 4, None, "LMTask"), 3.5)
-    assert expected_compile_s(deep, 4, None) == (3.5, "as measured here")
-    assert expected_compile_s(deep, 4, torch.bfloat16)[1] == "estimated"
-
-
 def test_slowdown_watch_warns_once_when_tokens_per_s_collapses():
     from gptcli.trainer import SlowdownWatch
 
@@ -461,130 +428,3 @@ def test_slowdown_watch_warns_once_when_tokens_per_s_collapses():
     assert "OMP_WAIT_POLICY=PASSIVE" in warnings[8] and "16,000" in warnings[8]
     steady = SlowdownWatch()
     assert not any(steady.check(r) for r in [100.0] + [16000, 9000, 12000] * 5)
-
-
-# the tiny recipe, long enough for compile: auto to time 3 eager steps, compile at step 4 and
-# time compiled and eager steps in turn (5-10) before the checkpoint at step 10
-TIMED_RECIPE = TINY_RECIPE.replace("max_steps: 12", "max_steps: 20").replace(
-    "save_every: 6", "save_every: 10"
-)
-
-
-def fake_compile(monkeypatch, compiled_ms: float) -> list:
-    """torch.compile as a wrapper and compile: auto's clock set so that an eager step takes
-    10 ms, the first compiled step 2 s more and later ones compiled_ms; returns the compiled
-    forwards of the first block, one per compile (each counts its calls: one per step)."""
-    from gptcli import trainer
-
-    clock, compiles = [0.0], []
-
-    def tick() -> float:
-        clock[0] += 0.01
-        return clock[0]
-
-    class Compiled:
-        def __init__(self, forward):
-            self.forward, self.calls = forward, 0
-
-        def __call__(self, *args, **kwargs):
-            clock[0] += 2.0 if self.calls == 0 else (compiled_ms - 10) / 1000
-            self.calls += 1
-            return self.forward(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "step_clock", tick)
-    monkeypatch.setattr(trainer, "why_no_compile", lambda d: None)
-
-    def wrap(forward):
-        owner = forward.__self__  # a block (forward) or the model (loss)
-        if not isinstance(owner, Block) or owner.attn.layer > 0:
-            return forward  # the first block's forward times the step
-        compiles.append(Compiled(forward))
-        return compiles[-1]
-
-    monkeypatch.setattr(torch, "compile", wrap)
-    return compiles
-
-
-def test_auto_decisions_are_recorded_and_reused_on_resume(tmp_path, monkeypatch):
-    """dtype: auto and compile: auto decide once (probes, eager then compiled steps timed);
-    state.json keeps what they decided and a resume on the same device type takes it without
-    deciding again."""
-    from gptcli import device, pretrain, recipe, trainer
-
-    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 2.0)
-    monkeypatch.setattr(trainer, "compile_pays", lambda *args: (True, "repays"))
-    compiles = fake_compile(monkeypatch, compiled_ms=5)
-    monkeypatch.chdir(tmp_path)
-    path = write_recipe(tmp_path, TIMED_RECIPE)
-    pretrain.pretrain(recipe.load(path))
-    run = tmp_path / "runs" / "mini"
-    full = losses(run)
-    decided = {
-        "device": "cpu",
-        "dtype": "bf16",
-        "compile": True,
-        "compiled_step_ms": 5.0,
-        "eager_step_ms": 10.0,
-    }
-    for step in (10, 20):
-        ckpt = run / "checkpoints" / f"step-{step:07d}"
-        assert checkpoint.read_state(ckpt)["auto"] == decided
-    assert len(compiles) == 1  # after the timed eager steps
-
-    def no_probe(*args):
-        raise AssertionError("a resumed run decided again")
-
-    monkeypatch.setattr(trainer, "bf16_training_speedup", no_probe)
-    monkeypatch.setattr(trainer, "compile_pays", no_probe)
-    shutil.rmtree(run / "checkpoints" / "step-0000020")
-    pretrain.pretrain(recipe.load(path))
-    assert len(compiles) == 2 and compiles[1].calls == 10  # every resumed step
-    resumed = losses(run)
-    assert all(resumed[s] == full[s] for s in full if s > 10), (resumed, full)
-    assert trainer.recorded_auto(run, torch.device("cpu")) == decided
-    assert trainer.recorded_auto(run, torch.device("cuda")) == {}  # another device decides anew
-
-
-def test_compile_auto_goes_back_to_eager_when_compiled_steps_are_slower(
-    tmp_path, monkeypatch, capsys
-):
-    """The compiled step is timed against the eager one; slower, the run trains on eagerly
-    (the same losses as a run that never compiled), records why, and keeps the measured compile
-    cost for the next run's rule."""
-    from gptcli import device, pretrain, recipe, trainer
-
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("GPTCLI_CACHE", str(cache))
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 2.0)
-    monkeypatch.setattr(trainer, "compile_pays", lambda *args: (True, "repays"))
-    compiles = fake_compile(monkeypatch, compiled_ms=20)
-    monkeypatch.chdir(tmp_path)
-    pretrain.pretrain(recipe.load(write_recipe(tmp_path, TIMED_RECIPE)))
-    assert "compiled step 20 ms vs eager 10 ms: back to eager" in capsys.readouterr().err
-    run = tmp_path / "runs" / "mini"
-    for step in (10, 20):
-        auto = checkpoint.read_state(run / "checkpoints" / f"step-{step:07d}")["auto"]
-        assert auto["compile"] is False and auto["compiled_step_ms"] == 20.0
-    assert [c.calls for c in compiles] == [4]  # compiling, then 3 timed steps beside 3 eager
-    eager = write_recipe(tmp_path, TIMED_RECIPE.replace("name: mini", "name: eager"), "e.yaml")
-    pretrain.pretrain(recipe.load(eager, ["train.compile=off"]))
-    assert losses(run) == losses(tmp_path / "runs" / "eager")
-    entries = json.loads((cache / trainer.PROBES).read_text()).values()
-    costs = [e for e in entries if e["key"].startswith("compile s|LMTask|4|torch.bfloat16")]
-    assert [e["value"] for e in costs] == [2.0] and costs[0]["measured"]
-
-
-def test_dtype_auto_trains_in_fp32_where_bf16_measures_slower(tmp_path, monkeypatch):
-    from gptcli import device, pretrain, recipe, trainer
-
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 0.8)
-    monkeypatch.chdir(tmp_path)
-    text = TINY_RECIPE.replace("max_steps: 12", "max_steps: 3").replace("save_every: 6", "")
-    pretrain.pretrain(recipe.load(write_recipe(tmp_path, text)))
-    final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
-    # 3 steps are too few to time: compile stays undecided, for a longer resume to decide
-    assert checkpoint.read_state(final)["auto"] == {"device": "cpu", "dtype": "fp32"}
