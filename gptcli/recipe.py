@@ -276,6 +276,12 @@ class TrainConfig:
     parallel: Literal["auto", "ddp", "fsdp"] = doc(
         "auto", "under torchrun: ddp copies the model to every rank, fsdp shards it"
     )
+    # refused before the model is built: the line names the estimate and the remedies
+    memory_check: bool = doc(
+        True,
+        "refuse a run whose memory estimate per rank exceeds what the process may allocate "
+        "(free RAM, cgroup, ulimit -v; a GPU's free memory); false tries anyway",
+    )
 
     def check(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
