@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, interop, tokenizer
+from gptcli import checkpoint, console, interop, memory, tokenizer
 from gptcli.checkpoint import build_model
 from gptcli.console import UserError
 from gptcli.device import autocast_dtype, cached_probe, faster_ratio, pick_device
@@ -396,6 +396,7 @@ def run(
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
     loaded = interop.load(ckpt)
+    memory.check_inference(loaded.config, num_samples, dtype, device, "sample", "--num-samples")
     model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = pick_dtype(dtype, device, loaded.config, num_samples)
     model = model.to(weights)
