@@ -588,3 +588,30 @@ def test_dtype_auto_trains_in_fp32_where_bf16_measures_slower(tmp_path, monkeypa
     final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
     # 3 steps are too few to time: compile stays undecided, for a longer resume to decide
     assert checkpoint.read_state(final)["auto"] == {"device": "cpu", "dtype": "fp32"}
+
+
+def test_sigterm_while_the_model_is_built_exits_143_at_once(tmp_path):
+    """A model whose initialisation takes seconds (a 4M-token embedding, its weights drawn in
+    parts with Python between them) stops at the next part on SIGTERM: exit 143 with
+    "interrupted", long before the build would end, and no checkpoint."""
+    recipe = write_recipe(tmp_path)
+    args = ["--set", "model.vocab_size=4000000", "--set", "train.memory_check=false"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptcli", "pretrain", str(recipe), *args],
+        cwd=tmp_path,
+        env=run_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = ""
+    while "train: building the model" not in seen:
+        line = proc.stderr.readline()
+        assert line, seen
+        seen += line
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=20)
+    assert proc.returncode == 143, seen + rest
+    assert rest.strip().splitlines()[-1] == "interrupted", rest
+    assert "Traceback" not in rest and "parameters" not in rest  # the trainer never started
+    assert not (tmp_path / "runs" / "mini" / "checkpoints").exists()
