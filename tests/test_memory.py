@@ -2,7 +2,9 @@
 estimate that matches what the model really saves for backward."""
 
 import json
+import resource
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -191,8 +193,6 @@ LIMIT = 8 << 30  # RLIMIT_AS of the commands below: their estimates are far over
 
 def gptcli_limited(*args: str, cwd, limit: int = LIMIT):
     """The real `gptcli ARGS` in a fresh interpreter under `ulimit -v` (RLIMIT_AS = limit)."""
-    import resource
-    import sys
 
     def limit_address_space() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
