@@ -276,11 +276,9 @@ class TrainConfig:
     parallel: Literal["auto", "ddp", "fsdp"] = doc(
         "auto", "under torchrun: ddp copies the model to every rank, fsdp shards it"
     )
-    # refused before the model is built: the line names the estimate and the remedies
+    # compared with free RAM, a cgroup's limit and ulimit -v on a CPU, a GPU's free memory
     memory_check: bool = doc(
-        True,
-        "refuse a run whose memory estimate per rank exceeds what the process may allocate "
-        "(free RAM, cgroup, ulimit -v; a GPU's free memory); false tries anyway",
+        True, "refuse a run whose memory estimate exceeds what it may allocate (false: try anyway)"
     )
 
     def check(self) -> None:
