@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gptcli import console, generate, tokenizer
+from gptcli import console, generate, memory, tokenizer
 from gptcli.checkpoint_tensors import build_model
 from gptcli.console import Terminated, UserError
 from gptcli.device import dtype_name, pick_device
@@ -104,6 +104,7 @@ def load(
             f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
             f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
         )
+    memory.check_inference(loaded.config, 1, dtype, device, command)
     model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = generate.pick_dtype(dtype, device, loaded.config)
     model = model.to(weights)

@@ -711,7 +711,7 @@ def _outcome(e: BaseException) -> tuple[int, str | None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0, None
-    failure = console.io_failure(e)
+    failure = console.io_failure(e) or console.memory_failure(e)
     if failure is not None:
         return _outcome(failure)
     click = _click_error(e)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from gptcli import __version__, console, hf_format, load, tokenizer
+from gptcli import __version__, console, hf_format, load, memory, tokenizer
 from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
 from gptcli.data import hub
@@ -537,6 +537,7 @@ def load_model(
             f"--apply-chat-template: {ckpt} has no chat template (it is not an SFT checkpoint)"
         )
     device = pick_device(device_name)
+    memory.check_inference(loaded.config, batch_size, dtype, device, "eval", "--batch-size")
     model = build_model(loaded, device)
     weights = pick_dtype(dtype, device, loaded.config, batch_size, doing="evaluation")
     model = model.to(weights).eval().prepack()

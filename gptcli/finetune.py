@@ -27,7 +27,7 @@ from gptcli.tasks.base import Task, add_special_tokens
 from gptcli.tasks.classify import CLASSIFY_TOKENS, ClassifyTask
 from gptcli.tasks.lm import LMTask
 from gptcli.tasks.sft import CHAT_TOKENS, SFTTask
-from gptcli.trainer import Trainer, check_resumable
+from gptcli.trainer import Trainer, build_model, check_resumable
 
 
 def grow_embeddings(
@@ -181,8 +181,8 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         if dist.main:
             run.record_recipe(run_dir, recipe, run.trains(run_dir, recipe))
         parallel.barrier(dist)
-        torch.manual_seed(recipe.seed)
-        model = GPT(cfg)
+        frozen = recipe.finetune.lora.rank > 0
+        model = build_model(cfg, recipe.train, dist, recipe.seed, frozen)
         head = {"cls_head.weight", "cls_head.bias"}  # a new classifier head starts fresh
         load_weights(model, weights, weights_file(loaded.path), head)
         if recipe.finetune.lora.rank:

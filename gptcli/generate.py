@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, load, tokenizer
+from gptcli import checkpoint, console, load, memory, tokenizer
 from gptcli.autotune import autocast_dtype
 from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
@@ -397,6 +397,7 @@ def run(
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
     loaded = load.load(ckpt)
+    memory.check_inference(loaded.config, num_samples, dtype, device, "sample", "--num-samples")
     model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = pick_dtype(dtype, device, loaded.config, num_samples)
     model = model.to(weights)

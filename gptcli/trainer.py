@@ -155,6 +155,17 @@ def training_device(t: TrainConfig, dist: Dist) -> torch.device:
     return device
 
 
+def build_model(
+    cfg: ModelConfig, t: TrainConfig, dist: Dist, seed: int, frozen: bool = False
+) -> GPT:
+    """The model to train, initialised from seed, once its memory estimate is found to fit
+    this rank (memory.check_training; frozen: LoRA trains no base weight)."""
+    memory.check_training(cfg, t, training_device(t, dist), dist.world, frozen)
+    console.info(f"train: building the model ({cfg.n_layer} layers of width {cfg.n_embd})")
+    torch.manual_seed(seed)
+    return GPT(cfg)
+
+
 def for_world(t: TrainConfig, run_dir: Path, dist: Dist) -> TrainConfig:
     """The train settings on this many ranks: a run keeps the global batch it started with
     (batch_size x grad_accum x ranks), so resuming on other ranks rescales grad_accum."""

@@ -1,7 +1,9 @@
 import pytest
 import torch
+from torch import nn
 
 from gptcli import kernels
+from gptcli import model as model_module
 from gptcli.kernels import LinearCrossEntropy
 from gptcli.model import GPT, apply_rope, rope_tables
 from gptcli.optim import param_groups
@@ -144,3 +146,37 @@ def test_rope_rotates_each_channel_pair_by_its_position_angle():
     angle = torch.arange(6.0)[:, None] * 10000.0 ** (-torch.arange(0, 8, 2) / 8)
     turned = pairs * torch.polar(torch.ones_like(angle), angle)
     assert torch.allclose(out, torch.cat((turned.real, turned.imag), dim=-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"positions": "rope", "mlp": "swiglu", "bias": False}])
+def test_chunked_initialisation_draws_the_same_numbers_as_torchs(kw, monkeypatch):
+    """Drawn in parts of 48 elements (so that a signal can stop a large build between them),
+    the weights are bit for bit those of torch's own nn.Linear and nn.Embedding init and
+    normal_ over whole tensors, odd sizes and remainders under 16 elements included."""
+    cfg = ModelConfig(n_layer=2, n_head=3, n_embd=24, block_size=21, vocab_size=101, **kw)
+
+    def build() -> dict[str, torch.Tensor]:
+        torch.manual_seed(7)
+        return GPT(cfg).state_dict()
+
+    monkeypatch.setattr(kernels, "FILL_CHUNK", 48)
+    chunked = build()
+    monkeypatch.setattr(model_module.Embedding, "reset_parameters", nn.Embedding.reset_parameters)
+    monkeypatch.setattr(kernels.Linear, "reset_parameters", nn.Linear.reset_parameters)
+    monkeypatch.setattr(model_module, "fill_in_chunks", torch.no_grad()(lambda t, fill: fill(t)))
+    plain = build()
+    assert chunked.keys() == plain.keys()
+    for name, tensor in plain.items():
+        assert torch.equal(chunked[name], tensor), name
+
+
+def test_fill_in_chunks_keeps_the_numbers_of_one_call(monkeypatch):
+    monkeypatch.setattr(kernels, "FILL_CHUNK", 32)
+    for n in (5, 32, 33, 47, 48, 49, 100, 1000):
+        for fill in (lambda t: t.normal_(0.0, 0.02), lambda t: t.uniform_(-0.1, 0.1)):
+            torch.manual_seed(0)
+            whole = fill(torch.empty(n))
+            torch.manual_seed(0)
+            parts = torch.empty(n)
+            kernels.fill_in_chunks(parts, fill)
+            assert torch.equal(parts, whole), n
