@@ -229,6 +229,10 @@ def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | N
     if device.type != "cpu":
         return None, f"{device.type}: peak unknown"
     dtype = amp or torch.float32
+    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        # emulated bf16 is slower than fp32, so the fp32 matmul is the CPU's peak (timing a
+        # 2048-wide bf16 one there took minutes on an AVX2-only CPU)
+        dtype = torch.float32
     peak = cached_probe("cpu_peak_flops.json", f"probe2|{dtype}", lambda: _probe_matmul(dtype))
     return peak, f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
 

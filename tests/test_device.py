@@ -14,9 +14,21 @@ def test_cpu_peak_is_measured_once_per_dtype_and_cached(tmp_path, monkeypatch):
     peak, source = device.peak_flops(cpu, None)
     assert (peak, source) == (1e11, "measured float32 matmul on this CPU")
     assert device.peak_flops(cpu, None)[0] == 1e11
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     assert device.peak_flops(cpu, torch.bfloat16)[1] == "measured bfloat16 matmul on this CPU"
     assert probes == [torch.float32, torch.bfloat16]  # the repeat came from the cache
     assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
+
+
+def test_cpu_without_native_bf16_takes_the_fp32_peak_for_bf16(tmp_path, monkeypatch):
+    """Emulated bf16 runs below the fp32 matmul, so that is the peak (and no bf16 probe)."""
+    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))
+    probes = []
+    monkeypatch.setattr(device, "_probe_matmul", lambda dtype: probes.append(dtype) or 1e11)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    peak, source = device.peak_flops(torch.device("cpu"), torch.bfloat16)
+    assert (peak, source) == (1e11, "measured float32 matmul on this CPU")
+    assert probes == [torch.float32]
 
 
 def test_cpu_peak_probe_measures_a_real_matmul():
