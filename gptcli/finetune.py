@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, interop, loggers, lora, parallel, run, tokenizer
-from gptcli.checkpoint import Loaded
+from gptcli import checkpoint, console, load, loggers, lora, parallel, run, tokenizer
+from gptcli.checkpoint import weights_file
+from gptcli.checkpoint_tensors import Loaded, load_weights
 from gptcli.console import UserError
 from gptcli.data import corpus, tokenize
 from gptcli.data.manifest import read_manifest
@@ -26,7 +27,7 @@ from gptcli.tasks.base import Task, add_special_tokens
 from gptcli.tasks.classify import CLASSIFY_TOKENS, ClassifyTask
 from gptcli.tasks.lm import LMTask
 from gptcli.tasks.sft import CHAT_TOKENS, SFTTask
-from gptcli.trainer import Trainer, check_resumable
+from gptcli.trainer import Trainer, build_model, check_resumable
 
 
 def grow_embeddings(
@@ -159,7 +160,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
     dist = init_distributed(recipe.train.device)
     if not dist.main:
         console.set_quiet(True)
-    loaded = interop.load(recipe.init)
+    loaded = load.load(recipe.init)
     if loaded.info["task"].get("kind") == "classify":
         raise UserError(
             f"{loaded.path} is a classifier; finetune from a language-model checkpoint "
@@ -180,16 +181,16 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         if dist.main:
             run.record_recipe(run_dir, recipe, run.trains(run_dir, recipe))
         parallel.barrier(dist)
-        torch.manual_seed(recipe.seed)
-        model = GPT(cfg)
+        frozen = recipe.finetune.lora.rank > 0
+        model = build_model(cfg, recipe.train, dist, recipe.seed, frozen)
         head = {"cls_head.weight", "cls_head.bias"}  # a new classifier head starts fresh
-        checkpoint.load_weights(model, weights, checkpoint.weights_file(loaded.path), head)
+        load_weights(model, weights, weights_file(loaded.path), head)
         if recipe.finetune.lora.rank:
             add_lora(model, recipe, task, loaded, new_ids)
         no_lm_loss = recipe.task.kind == "classify" and recipe.task.lm_weight == 0
         if no_lm_loss and model.lm_head.weight is not model.wte.weight:
             # an untied unembedding then gets no gradient; frozen, DDP does not wait for it
             model.lm_head.weight.requires_grad_(False)
-        summary = Trainer(recipe, run_dir, model, task, dist).fit()
+        summary = Trainer(recipe, run_dir, model, task, dist, read_base=load.load).fit()
         parallel.barrier(dist)
         return summary if dist.main else None

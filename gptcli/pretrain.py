@@ -9,17 +9,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
 from gptcli import checkpoint, console, loggers, parallel, run
 from gptcli.console import UserError
 from gptcli.data.manifest import read_manifest
 from gptcli.data.tokenize import is_up_to_date, prepare
 from gptcli.device import init_distributed, pick_device
-from gptcli.model import GPT
 from gptcli.recipe import Recipe
 from gptcli.tasks.lm import LMTask
-from gptcli.trainer import Trainer, check_resumable
+from gptcli.trainer import Trainer, build_model, check_resumable
 
 
 def tokenize(recipe: Recipe) -> tuple[Path, dict]:
@@ -59,8 +56,7 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
                 f"{vocab} tokens (use 0 to take the tokenizer's size)"
             )
         cfg = dataclasses.replace(recipe.model, vocab_size=recipe.model.vocab_size or vocab)
-        torch.manual_seed(recipe.seed)
-        model = GPT(cfg)
+        model = build_model(cfg, recipe.train, dist, recipe.seed)
         task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
         summary = Trainer(recipe, run_dir, model, task, dist).fit()
         parallel.barrier(dist)

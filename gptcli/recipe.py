@@ -276,6 +276,10 @@ class TrainConfig:
     parallel: Literal["auto", "ddp", "fsdp"] = doc(
         "auto", "under torchrun: ddp copies the model to every rank, fsdp shards it"
     )
+    # compared with free RAM, a cgroup's limit and ulimit -v on a CPU, a GPU's free memory
+    memory_check: bool = doc(
+        True, "refuse a run whose memory estimate exceeds what it may allocate (false: try anyway)"
+    )
 
     def check(self) -> None:
         for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):

@@ -68,17 +68,18 @@ def test_bare_name_runs_the_bundled_recipe_and_says_which(tmp_path):
     assert json.loads(proc.stdout)["run_dir"] == "runs/smoke"
 
 
-def test_a_file_of_that_name_here_wins_and_yaml_names_are_paths(tmp_path):
+def test_a_file_of_that_name_here_wins_and_yaml_names_are_paths(tmp_path, gptcli_inproc):
     (tmp_path / "tiny").write_text("name: mine\nmodle: {}\n")  # a local file, not the bundled
-    assert_one_line_error(gptcli("pretrain", "tiny", cwd=tmp_path), "tiny: unknown", "modle")
-    proc = gptcli("pretrain", "recipes/tiny.yaml", cwd=tmp_path)  # outside a checkout
+    proc = gptcli_inproc("pretrain", "tiny", cwd=tmp_path)
+    assert_one_line_error(proc, "tiny: unknown", "modle")
+    proc = gptcli_inproc("pretrain", "recipes/tiny.yaml", cwd=tmp_path)  # outside a checkout
     assert_one_line_error(proc, "recipe not found: recipes/tiny.yaml", "named 'tiny'")
-    proc = gptcli("finetune", "nope", cwd=tmp_path)
+    proc = gptcli_inproc("finetune", "nope", cwd=tmp_path)
     assert_one_line_error(proc, "recipe not found: nope", "gptcli inspect --recipes")
 
 
-def test_bundled_recipe_without_its_data_names_the_key(tmp_path):
-    proc = gptcli("finetune", "finetune/sst2", cwd=tmp_path)
+def test_bundled_recipe_without_its_data_names_the_key(tmp_path, gptcli_inproc):
+    proc = gptcli_inproc("finetune", "finetune/sst2", cwd=tmp_path)
     needles = ("recipe finetune/sst2: its data", "is not here", "--set data.source=PATH")
     assert_one_line_error(proc, *needles, "--set data.dev=PATH", "fields text and label")
 
@@ -106,9 +107,10 @@ def test_bundled_recipe_with_given_data_goes_on(tmp_path, monkeypatch):
     assert recipe.data.source == "train.jsonl" and recipe.init == "runs/sst2-lm"
 
 
-def test_inspect_needs_a_path_or_recipes(tmp_path):
-    assert_one_line_error(gptcli("inspect", cwd=tmp_path), "--recipes")
-    assert_one_line_error(gptcli("inspect", "runs", "--recipes", cwd=tmp_path), "no PATH")
+def test_inspect_needs_a_path_or_recipes(tmp_path, gptcli_inproc):
+    assert_one_line_error(gptcli_inproc("inspect", cwd=tmp_path), "--recipes")
+    proc = gptcli_inproc("inspect", "runs", "--recipes", cwd=tmp_path)
+    assert_one_line_error(proc, "no PATH")
 
 
 def _help(command: str) -> str:

@@ -177,11 +177,18 @@ def test_offline_with_a_cached_file_that_fails_its_check(tmp_path, server):
 
 
 def test_html_allowed_when_asked(tmp_path, server):
-    extra = "  allow_html: true\n"
+    """The page reaches the shards as it was served, tags and all."""
+    from tokenizers import Tokenizer
+
+    extra = "  allow_html: true\n  val_fraction: 0.01\n"
     proc = _tokenize(
         tmp_path, str(_recipe(tmp_path, f"{server}/page.html", extra)), env_cache=tmp_path / "c"
     )
     assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs/c"
+    ids = np.fromfile(run / "data" / "train.bin", dtype=json.loads(proc.stdout)["dtype"])
+    text = Tokenizer.from_file(str(run / "tokenizer.json")).decode(ids.tolist())
+    assert text.count("<p>one story</p>") == json.loads(proc.stdout)["train"]["documents"] > 100
 
 
 def test_unreachable_url(tmp_path):

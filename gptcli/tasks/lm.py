@@ -14,10 +14,10 @@ from gptcli.recipe import TrainConfig
 from gptcli.tasks.base import evaluate_loss
 
 
-def bits_per_byte(loss: float, manifest: dict, split: str = "val") -> float:
-    """Nats per token to bits per UTF-8 byte of the split's text: comparable across tokenizers."""
-    s = manifest[split]
-    return loss / math.log(2) * s["tokens"] / max(s["bytes"], 1)
+def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
+    """Nats per token, over text of n_bytes UTF-8 bytes cut into tokens, to bits per byte:
+    comparable across tokenizers."""
+    return loss / math.log(2) * tokens / max(n_bytes, 1)
 
 
 class LMTask:
@@ -46,9 +46,10 @@ class LMTask:
 
     def evaluate(self, model: GPT, device: torch.device, amp: torch.dtype | None) -> dict:
         val_loss = evaluate_loss(model, self.val, device, amp)
+        val = self.manifest["val"]
         return {
             "val_loss": round(val_loss, 5),
-            "val_bpb": round(bits_per_byte(val_loss, self.manifest), 5),
+            "val_bpb": round(bits_per_byte(val_loss, val["tokens"], val["bytes"]), 5),
         }
 
     def summary(self, last: dict) -> tuple[dict, str]:
