@@ -204,10 +204,18 @@ def _probe_matmul(dtype: torch.dtype, windows: int = 5, seconds: float = 0.1) ->
     Another process on the machine can only slow a window down, so the best one is the closest
     to the hardware's peak.
     """
-    n = 2048  # smaller matmuls stay well below an AMX CPU's bf16 peak
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    a @ b  # warm up
+    # 2048-wide matmuls reach an AMX CPU's bf16 peak, where smaller ones stay below it; but an
+    # emulated bf16 one that wide takes minutes, so the width doubles only while one is quick
+    n = 256
+    while True:
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
+        a @ b  # warm up
+        start = time.perf_counter()
+        a @ b
+        if n >= 2048 or time.perf_counter() - start > 0.1:
+            break
+        n *= 2
     best = 0.0
     for _ in range(windows):
         runs, start = 0, time.perf_counter()
