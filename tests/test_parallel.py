@@ -274,6 +274,35 @@ def test_activation_checkpointing_under_fsdp_keeps_the_losses(runs, tokenized, t
         assert checkpointed[step] == pytest.approx(plain[step], rel=1e-6), step
 
 
+@pytest.mark.skipif(not shutil.which("cc"), reason="inductor needs a C compiler")
+def test_compile_with_activation_checkpointing_under_fsdp_keeps_the_losses(
+    runs, tokenized, tmp_path
+):
+    """train.compile on, FSDP and activation checkpointing together on 2 ranks: inductor
+    compiles (into one cache the ranks share) and the losses are the eager run's."""
+    run, _, _ = runs
+    folder = copy_of(tokenized, tmp_path / "w")
+    # one cache for both ranks; compiling in each rank's own process, as a pool of compile
+    # workers costs more than it saves on a few cores
+    env = {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+    }
+    settings = ["train.parallel=fsdp", "train.activation_checkpointing=true"]
+    settings += ["train.compile=on", "train.max_steps=2"]
+    proc = subprocess.run(
+        [*torchrun_command(2), "pretrain", "mini.yaml", *sets(*settings)], cwd=folder,
+        env=run_env(**TORCHRUN_ENV, **env), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.compile: the first step compiles" in proc.stderr, proc.stderr[-3000:]
+    compiled_code = list((tmp_path / "inductor").rglob("*.so"))
+    assert compiled_code, "inductor compiled nothing"
+    compiled, eager = losses(folder / "runs" / "mini"), losses(run["fsdp"])
+    for step in (1, 2):
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-4), step
+
+
 def test_auto_shards_only_when_the_training_state_outgrows_free_memory(capsys):
     two = Dist(rank=0, world=2)
     cpu = torch.device("cpu")
