@@ -238,7 +238,6 @@ def test_apply_chat_template_on_an_sft_checkpoint(chat_trained, tmp_path, offlin
     tokens reach the model as tokens; a checkpoint without the template exits 2."""
     import torch
 
-    from gptcli import tokenizer
     from gptcli.eval import GptcliLM, load_model
     from gptcli.tasks import sft
 
@@ -281,8 +280,7 @@ def test_apply_chat_template_on_an_sft_checkpoint(chat_trained, tmp_path, offlin
             {"role": "assistant", "content": "Answer:"},
         ]
         ids = sft.chat_ids(tok, turns)[0][:-1]  # the last turn without its <|end|>
-        assert lm.tok_encode(context) == ids
-        assert tok.token_to_id("<|assistant|>") in ids
+        assert lm.tok_encode(context) == ids  # each special token read back as one token
         for (ctx, continuation), resp in zip(sample["arguments"], sample["resps"], strict=True):
             whole = lm.tok_encode(ctx + continuation)
             n = len(whole) - len(ids)
@@ -292,7 +290,6 @@ def test_apply_chat_template_on_an_sft_checkpoint(chat_trained, tmp_path, offlin
             logprobs = logits[0, -n:].log_softmax(-1)
             expected = logprobs[range(n), torch.tensor(window[-n:])].sum().item()
             assert float(resp[0][0]) == pytest.approx(expected, abs=1e-4)
-    assert tokenizer.eot_id(tok) == ids[0]
 
     base = str(chat_trained.parent / "mini")
     proc = _eval(base, *args, "--apply-chat-template", env=offline)
