@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from gptcli import checkpoint, interop, tokenizer  # noqa: E402
+from gptcli import checkpoint_tensors, hf_format, load, tokenizer  # noqa: E402
 from gptcli import eval as ev  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import EOT, PRESETS, ModelConfig  # noqa: E402
@@ -50,8 +50,10 @@ def build(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     llama = {k: v for k, v in PRESETS["llama"].items() if k in ModelConfig.__dataclass_fields__}
     cfg = ModelConfig(n_layer=4, n_head=4, n_embd=192, block_size=256, vocab_size=2048, **llama)
-    ckpt = checkpoint.save(root / "run", 1, GPT(cfg), None, {"step": 1}, tok_path)
-    hf = interop.export_hf(interop.load(ckpt), root / "hf")
+    model = GPT(cfg)
+    snapshot = checkpoint_tensors.Snapshot(1, cfg, model.state_dict(), tok_path, state={"step": 1})
+    ckpt = checkpoint_tensors.save(root / "run", snapshot)
+    hf = hf_format.export_hf(load.load(ckpt), root / "hf")
     return ckpt, hf
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from gptcli import generate as gen  # noqa: E402
-from gptcli.device import cpu_has_native_bf16  # noqa: E402
+from gptcli.device import cpu_has_native_bf16, dtype_name  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import ModelConfig  # noqa: E402
 
@@ -129,7 +129,7 @@ def speed_table(shapes: dict, rounds: int, quick: bool) -> list[dict]:
                 tps = batch * new / s
                 rows.append(dict(shape=name, batch=batch, engine=engine, tps=tps, vs=tps / base))
                 print(f"  ({name}) batch {batch} {engine}: {tps:.0f} tokens/s", file=sys.stderr)
-            picked = "bf16" if auto == torch.bfloat16 else "fp32"
+            picked = dtype_name(auto)
             tps = {k: batch * new / seconds[f"gptcli {k}"] for k in ("fp32", "bf16")}
             rows.append(dict(shape=name, batch=batch, auto=picked, tps_by=tps))
         # time to first token: prefill + one sampled token, batch 1
@@ -163,13 +163,16 @@ def auto_table(rows: list[dict]) -> None:
 def process_times(rounds: int) -> tuple[float, float]:
     """Median wall seconds of `gptcli sample --max-new-tokens 1` on a shape-(a) checkpoint with
     a small real tokenizer, and of `python -c "import torch"`, interleaved."""
-    from gptcli import checkpoint, stories, tokenizer
+    from gptcli import checkpoint_tensors, stories, tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="bench-sample-"))
     tok = tokenizer.train([stories.generate(200_000, 1)], 512, [tokenizer.EOT])
     tokenizer.save(tok, folder / "tokenizer.json")
     model = GPT(ModelConfig(4, 4, 128, BLOCK, vocab_size=tok.get_vocab_size()))
-    ckpt = checkpoint.save(folder, 1, model, None, {}, folder / "tokenizer.json")
+    snapshot = checkpoint_tensors.Snapshot(
+        1, model.cfg, model.state_dict(), folder / "tokenizer.json"
+    )
+    ckpt = checkpoint_tensors.save(folder, snapshot)
     sample = [sys.executable, "-m", "gptcli", "sample", "-c", str(ckpt), "--quiet"]
     sample += ["--prompt", "Once upon a time", "--max-new-tokens", "1"]
     commands = {"sample": sample, "torch": [sys.executable, "-c", "import torch"]}

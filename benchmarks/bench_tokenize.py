@@ -29,7 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gptcli import console, data, recipe, stories, tokenizer  # noqa: E402
+from gptcli import console, recipe, stories, tokenizer  # noqa: E402
+from gptcli.data import split, tokenize  # noqa: E402
+from gptcli.data.manifest import read_manifest  # noqa: E402
 from gptcli.files import cache_dir  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -110,8 +112,8 @@ def text_case(args) -> None:
 
         # ---- BPE training: gptcli's streaming pass vs tokenizers on the same files
         def ours_train():
-            tail = data.tail_split_chars(r.data, r.seed, run)
-            data.train_tokenizer(r, run, tail, n_bytes)
+            tail = split.tail_split_chars(r.data, r.seed, run)
+            tokenize.train_tokenizer(r, run, tail, n_bytes)
 
         def peer_train():
             tok = Tokenizer(models.BPE())
@@ -132,14 +134,14 @@ def text_case(args) -> None:
             t_peer_train = min(t_peer_train, _timed(peer_train))
 
         # ---- encoding: the whole prepare() (read, split, encode, write) vs bare encoders
-        data.prepare(r, run)  # trains the tokenizer once; later runs reuse it
+        tokenize.prepare(r, run)  # trains the tokenizer once; later runs reuse it
         tok = tokenizer.load(run)
         enc = tokenizer.Encoder(tok)
         texts = [d for f in files for d in f.read_text(encoding="utf-8").split(EOT) if d.strip()]
 
         def ours_encode():
             (run / "data" / "train.bin").unlink()
-            data.prepare(r, run)
+            tokenize.prepare(r, run)
 
         t_ours = t_tt = t_hf = float("inf")
         for _ in range(args.rounds):
@@ -229,13 +231,13 @@ def parquet_case(args) -> None:
         rss, wall = cli_run(recipe_file, work)  # one process: reading, BPE and encoding
         r = recipe.load(recipe_file)
         run = work / "runs" / "pq"
-        manifest = data.read_manifest(run)
+        manifest = read_manifest(run)
         mb = (manifest["train"]["bytes"] + manifest["val"]["bytes"]) / 1e6
         enc = tokenizer.Encoder(tokenizer.load(run))
 
         def ours_encode():  # the tokenizer trained above is reused: read, split, encode, write
             (run / "data" / "train.bin").unlink()
-            data.prepare(r, run)
+            tokenize.prepare(r, run)
 
         def peer_encode():  # the same texts, a row group at a time
             for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP, columns=["text"]):

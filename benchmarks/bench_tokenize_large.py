@@ -41,7 +41,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gptcli import console, data, recipe, tokenizer  # noqa: E402
+from gptcli import console, recipe, tokenizer  # noqa: E402
+from gptcli.data import split  # noqa: E402
+from gptcli.data.manifest import read_manifest  # noqa: E402
+from gptcli.data.shards import safe_pieces  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 ROW_GROUP = 20_000
@@ -187,10 +190,10 @@ def cpu_per_stage(r, run: Path, corpus: Path, enc) -> tuple[float, float, float]
     import pyarrow.parquet as pq
 
     t0, n_bytes = time.process_time(), 0
-    tail = data.tail_split_chars(r.data, r.seed, run)
-    for _, text, _ in data.routed(r.data, r.seed, run, tail):
+    tail = split.tail_split_chars(r.data, r.seed, run)
+    for _, text, _ in split.routed(r.data, r.seed, run, tail):
         n_bytes += len(text.encode())
-        data.safe_pieces(text)  # what the writer does with each document before encoding
+        safe_pieces(text)  # what the writer does with each document before encoding
     route_cpu = time.process_time() - t0
     t0 = time.process_time()
     for f in sorted(corpus.glob("*.parquet")):
@@ -234,7 +237,7 @@ def main() -> None:
 
     chunk = min(64 << 20, int(args.size_gb * 1e9 / 32))
     first = tokenize_child(recipe_file, work, chunk)  # BPE on its sample, then encoding
-    manifest = data.read_manifest(run)
+    manifest = read_manifest(run)
     mb = (manifest["train"]["bytes"] + manifest["val"]["bytes"]) / 1e6
     tokens = manifest["train"]["tokens"] + manifest["val"]["tokens"]
 

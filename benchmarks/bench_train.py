@@ -33,16 +33,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from gptcli.device import keep_freed_memory  # noqa: E402
-from gptcli.model import GPT  # noqa: E402
-from gptcli.optim import param_groups  # noqa: E402
-from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
-from gptcli.trainer import (  # noqa: E402
+from gptcli.autotune import (  # noqa: E402
     CompiledRegions,
     bf16_training_speedup,
     compile_pays,
     expected_compile_s,
 )
+from gptcli.device import keep_freed_memory  # noqa: E402
+from gptcli.model import GPT  # noqa: E402
+from gptcli.optim import param_groups  # noqa: E402
+from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
 
 CONFIGS = {
     "a": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12, vocab=65),

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from gptcli import checkpoint, export, stories, tokenizer  # noqa: E402
+from gptcli import checkpoint_tensors, export, stories, tokenizer  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import ModelConfig  # noqa: E402
 
@@ -47,7 +47,9 @@ def run(family: str, root: Path, tok_path: Path, windows: int) -> dict:
     for key, value in FAMILIES[family].items():
         setattr(cfg, key, value)
     model = GPT(cfg).eval()
-    ckpt = checkpoint.save(root / family, 1, model, None, {"step": 1}, tok_path)
+    state = {"step": 1}
+    snapshot = checkpoint_tensors.Snapshot(1, model.cfg, model.state_dict(), tok_path, state=state)
+    ckpt = checkpoint_tensors.save(root / family, snapshot)
     start = time.perf_counter()
     out = export.export(str(ckpt), "hf", str(root / f"{family}-hf"))
     export_s = time.perf_counter() - start

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from cuda_check import run_checks  # noqa: E402  (benchmarks/ is this script's folder)
 
-from gptcli import data as data_mod  # noqa: E402
+from gptcli.data import shards  # noqa: E402
 from gptcli.device import peak_flops  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import PRESETS, ModelConfig  # noqa: E402
@@ -114,7 +114,7 @@ def nanogpt_data(run_dir: Path, nanogpt: Path) -> None:
     folder = nanogpt / "data" / "gptcli"
     folder.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
-        ids = np.asarray(data_mod.load_shard(run_dir, split, manifest))
+        ids = np.asarray(shards.load_shard(run_dir, split, manifest))
         ids.astype(np.uint16).tofile(folder / f"{split}.bin")
     with open(folder / "meta.pkl", "wb") as f:  # nanoGPT reads its vocabulary size from it
         pickle.dump({"vocab_size": VOCAB}, f)

@@ -9,6 +9,7 @@ recipe's folder is inside the installed package, where no user data lives.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from gptcli import console
@@ -82,21 +83,11 @@ def load(arg: str, overrides: list[str]) -> Recipe:
 # --------------------------------------------------------------------------- data a recipe needs
 
 
-def _path(source: str | dict) -> str:
-    """A source's string, from either of its forms (a string or a {path, ...} mapping)."""
-    return source["path"] if isinstance(source, dict) else source
-
-
-def _sources(recipe: Recipe) -> list[str]:
-    """data.source as a list of strings (it, or a list's items, may be {path, ...})."""
-    sources = recipe.data.source if isinstance(recipe.data.source, list) else [recipe.data.source]
-    return [_path(s) for s in sources]
-
-
 def local_data(recipe: Recipe) -> list[tuple[str, str]]:
     """(key, path) of each local file or folder the recipe reads."""
-    paths = [("data.source", source) for source in _sources(recipe)]
-    paths.append(("data.dev", _path(recipe.data.dev)))
+    paths = [("data.source", source.path) for source in recipe.data.sources()]
+    dev = recipe.data.dev_source()
+    paths += [("data.dev", dev.path)] if dev else []
     return [(key, p) for key, p in paths if registry.is_local(p)]
 
 
@@ -150,18 +141,10 @@ def summary(path: Path) -> str:
 
 def data_needed(recipe: Recipe) -> str:
     """The data (and starting checkpoint) a recipe reads, in short."""
-    parts = []
-    for source in _sources(recipe):
-        kind = registry.spec_kind(source)
-        if kind == "builtin":
-            source += " (generated)"
-        elif kind == "url":
-            source = f"download {source}"
-        elif kind == "hf":
-            source = f"stream {source}"
-        parts.append(source)
-    if recipe.data.dev:
-        parts.append(f"dev {_path(recipe.data.dev)}")
+    sources = recipe.data.sources()
+    parts = [registry.kind_of(s.path).listing.format(**asdict(s)) for s in sources]
+    if dev := recipe.data.dev_source():
+        parts.append(f"dev {dev.path}")
     if recipe.init:
         parts.append(f"starts from {recipe.init}")
     return ", ".join(parts)

@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
-from gptcli import console, generate, interop, tokenizer
-from gptcli.checkpoint import build_model
+from gptcli import console, generate, memory, tokenizer
+from gptcli.checkpoint_tensors import build_model
 from gptcli.console import Terminated, UserError
-from gptcli.device import pick_device
+from gptcli.device import dtype_name, pick_device
+from gptcli.load import load as load_model
+from gptcli.load import resolve as resolve_model
 from gptcli.model import GPT
 from gptcli.recipe import SampleConfig
 from gptcli.tasks import sft
@@ -84,11 +86,11 @@ def load(
     checkpoint_path: str | None, overrides: dict[str, object], dtype: str, command: str
 ) -> Engine:
     """Load a language model for replies; a classifier is refused (it has no text to give)."""
-    ckpt = interop.resolve(checkpoint_path)
+    ckpt = resolve_model(checkpoint_path)
     defaults = generate.load_params(ckpt, overrides)
     device = pick_device("auto")
     generate.pick_dtype(dtype, device)  # a bad --dtype fails before anything loads
-    loaded = interop.load(ckpt)
+    loaded = load_model(ckpt)
     task = loaded.info["task"]
     kind = task.get("kind", "lm")
     if kind == "classify":
@@ -102,14 +104,14 @@ def load(
             f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
             f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
         )
+    memory.check_inference(loaded.config, 1, dtype, device, command)
     model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = generate.pick_dtype(dtype, device, loaded.config)
     model = model.to(weights)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     if checkpoint_path is None:
         console.info(f"{command}: using {ckpt}")
-    dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
-    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name)
+    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name(weights))
 
 
 # --------------------------------------------------------------------------- reply events

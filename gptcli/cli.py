@@ -432,7 +432,9 @@ def inspect_cmd(
     if text is not None:
         tokenizer.check_text(text, "--text")
     if score_file is not None:
-        info = inspect_mod.score(path, score_file)
+        from gptcli import eval as eval_mod
+
+        info = eval_mod.score(path, score_file)
     else:
         info = inspect_mod.describe(path, text=text)
     if plot is not None:
@@ -709,7 +711,7 @@ def _outcome(e: BaseException) -> tuple[int, str | None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0, None
-    failure = console.io_failure(e)
+    failure = console.io_failure(e) or console.memory_failure(e)
     if failure is not None:
         return _outcome(failure)
     click = _click_error(e)

@@ -211,6 +211,29 @@ def io_failure(
     return None
 
 
+# what an allocation that failed says: torch's CPU allocator, CUDA's, the MPS backend's
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")
+MEMORY_REMEDY = (
+    "lower train.batch_size or the rows at a time (--num-samples, --batch-size), set "
+    "train.activation_checkpointing: true, use a smaller model, or free memory"
+)
+
+
+def memory_failure(e: BaseException) -> Failure | None:
+    """The one-line error (exit 1) for an allocation that failed despite the estimate checked
+    before (MemoryError, torch's OutOfMemoryError, "can't allocate memory"), with the remedy;
+    None for any other error."""
+    names = {cls.__name__ for cls in type(e).__mro__}
+    text = str(e)
+    said = isinstance(e, RuntimeError) and any(s in text.lower() for s in OUT_OF_MEMORY)
+    if not (isinstance(e, MemoryError) or "OutOfMemoryError" in names or said):
+        return None
+    size = re.search(r"[Tt]ried to allocate ([\d.]+ ?[A-Za-z]+)", text)
+    return Failure(
+        f"out of memory{' allocating ' + size.group(1) if size else ''}: {MEMORY_REMEDY}"
+    )
+
+
 @contextmanager
 def writing(path: str | Path) -> Iterator[None]:
     """Report a failed write to path in one line that names it (see io_failure)."""

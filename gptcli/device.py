@@ -1,7 +1,7 @@
-"""The hardware: which device and precision to train on, its peak FLOP/s for MFU, and DDP ranks.
+"""The hardware: which device to run on, what it does fast (native bf16, torch.compile), its
+peak FLOP/s for MFU, the cache of CPU probes, and DDP ranks.
 
-Kept apart from the trainer so that the training loop reads as a loop, and so `sample` can ask
-the same questions (does this CPU have native bf16?) without importing the trainer.
+The rules that choose dtype and compile from these answers (the `auto` settings) are autotune's.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
 
-from gptcli import console
 from gptcli.console import UserError
 from gptcli.files import cache_dir, write_atomic
 
+# the cache file (in the cache dir) of the `auto` rules' CPU probes and measured compile costs
+CPU_PROBES = "cpu_probes.json"
 # Dense bf16 tensor-core peaks from the vendors' datasheets, by a substring of the device name.
 CUDA_BF16_PEAKS = {
     "H200": 989e12,
@@ -114,31 +115,9 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(
-    device: torch.device,
-    dtype: str,
-    doing: str = "training",
-    bf16_speedup: Callable[[], float] | None = None,
-) -> torch.dtype | None:
-    """None means plain fp32. auto = bf16 where the hardware does it natively, unless measured
-    slower: on a CPU, bf16_speedup (fp32 time over bf16 time of the work at hand, usually a
-    cached probe) decides, since native bf16 still loses on small models.
-
-    The one place that decides it, for training (autocast) and sampling (weights) alike.
-    """
-    if dtype == "fp32":
-        return None
-    if dtype == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        console.warn(f"this GPU has no bf16; {doing} in fp32 (fp16 without care gives NaNs)")
-        return None
-    if device.type == "cpu" and cpu_has_native_bf16():
-        if bf16_speedup is None or bf16_speedup() > 1.0:
-            return torch.bfloat16
-    return None
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """A precision as recipes, flags and records name it: bf16, else fp32 (None is plain fp32)."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def cached_probe(file: str, what: str, measure: Callable[[], float]) -> float:
@@ -190,17 +169,26 @@ def _probe_cache(file: str) -> dict:
 
 
 def faster_ratio(slow: Callable[[], None], fast: Callable[[], None], rounds: int = 3) -> float:
-    """Best time of slow over best time of fast, the two taking turns after one warm-up call
-    each: another process on the machine slows a call down, never speeds it up."""
-    best = [float("inf"), float("inf")]
-    slow()
-    fast()
+    """Best time of slow over best time of fast (see best_times)."""
+    slow_s, fast_s = best_times([slow, fast], rounds)
+    return slow_s / fast_s
+
+
+def best_times(
+    calls: Sequence[Callable[[], None]], rounds: int = 3, warmup: int = 1
+) -> list[float]:
+    """Each call's best time in seconds, the calls taking turns after `warmup` calls each:
+    another process on the machine slows a call down, never speeds it up."""
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    best = [float("inf")] * len(calls)
     for _ in range(rounds):
-        for i, call in enumerate((slow, fast)):
+        for i, call in enumerate(calls):
             start = time.perf_counter()
             call()
             best[i] = min(best[i], time.perf_counter() - start)
-    return best[0] / best[1]
+    return best
 
 
 def autocast(device: torch.device, amp: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -241,6 +229,10 @@ def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | N
     if device.type != "cpu":
         return None, f"{device.type}: peak unknown"
     dtype = amp or torch.float32
+    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        # emulated bf16 is slower than fp32, so the fp32 matmul is the CPU's peak (timing a
+        # 2048-wide bf16 one there took minutes on an AVX2-only CPU)
+        dtype = torch.float32
     peak = cached_probe("cpu_peak_flops.json", f"probe2|{dtype}", lambda: _probe_matmul(dtype))
     return peak, f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
 

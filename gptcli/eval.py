@@ -21,16 +21,17 @@ from typing import Any
 
 import torch
 
-from gptcli import __version__, console, interop, tokenizer
-from gptcli.checkpoint import build_model
+from gptcli import __version__, console, hf_format, load, memory, tokenizer
+from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
 from gptcli.data import hub
-from gptcli.device import pick_device
+from gptcli.device import dtype_name, pick_device
 from gptcli.files import write_atomic
 from gptcli.generate import TextStream, generate, pick_dtype
 from gptcli.model import GPT
 from gptcli.recipe import EOT, SampleConfig
 from gptcli.tasks import sft
+from gptcli.tasks.lm import bits_per_byte
 
 try:  # the optional extra: run() names the install line when it is missing
     import lm_eval
@@ -488,7 +489,7 @@ def render(result: dict) -> None:
 
 def run_folder(ckpt: Path) -> Path | None:
     """The run a checkpoint belongs to (RUN/checkpoints/step-N), None for an HF folder."""
-    if interop.is_hf_folder(ckpt) or ckpt.parent.name != "checkpoints":
+    if hf_format.is_hf_folder(ckpt) or ckpt.parent.name != "checkpoints":
         return None
     return ckpt.parent.parent
 
@@ -523,8 +524,8 @@ def load_model(
     """The model (LoRA merged on load), in its dtype on its device, and its tokenizer. dtype auto
     is sampling's: bf16 where native unless forward passes of batch_size rows of this model's
     shape measure it slower (the same cached probe)."""
-    ckpt = interop.resolve(path)
-    loaded = interop.load(ckpt)
+    ckpt = load.resolve(path)
+    loaded = load.load(ckpt)
     kind = loaded.info["task"].get("kind", "lm")
     if kind == "classify":
         raise UserError(
@@ -536,6 +537,7 @@ def load_model(
             f"--apply-chat-template: {ckpt} has no chat template (it is not an SFT checkpoint)"
         )
     device = pick_device(device_name)
+    memory.check_inference(loaded.config, batch_size, dtype, device, "eval", "--batch-size")
     model = build_model(loaded, device)
     weights = pick_dtype(dtype, device, loaded.config, batch_size, doing="evaluation")
     model = model.to(weights).eval().prepack()
@@ -608,7 +610,7 @@ def evaluate(path: str | None, options: EvalOptions) -> dict[str, Any]:
             "num_fewshot": options.num_fewshot,
             "batch_size": options.batch_size,
             "device": str(model.wte.weight.device),
-            "dtype": "bf16" if model.wte.weight.dtype == torch.bfloat16 else "fp32",
+            "dtype": dtype_name(model.wte.weight.dtype),
             "seed": options.seed,
             "chat_template": options.chat,
         },
@@ -640,3 +642,57 @@ def save(result: dict, ckpt: Path, out: str | None) -> None:
         console.info(f"eval: results in {target}")
     if out is not None:
         write_atomic(Path(out), data)
+
+
+# --------------------------------------------------------------------------- a text file's score
+
+
+def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any]:
+    """Loss, bits per byte and perplexity of a checkpoint on a text file.
+
+    The text (after one <|endoftext|>, as documents follow it in training) is cut into
+    non-overlapping windows of block_size predictions; every token but the first is scored once.
+    """
+    path = Path(text_file)
+    if not path.is_file():
+        raise UserError(f"--score: {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"--score: {path} is not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    if not text.strip():
+        raise UserError(f"--score: {path} is empty")
+    loaded = load.load(checkpoint_path)
+    model = build_model(loaded).eval()
+    tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
+    ids = torch.tensor(tokenizer.document_ids(tok, text))
+    T = model.cfg.block_size
+    windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
+    full = [w for w in windows if len(w) == T + 1]
+    groups = [full[i : i + batch] for i in range(0, len(full), batch)]
+    groups += [[w] for w in windows if len(w) < T + 1]  # the shorter last window
+    total, count = 0.0, 0
+    with torch.inference_mode(), console.progress() as bar:
+        task = bar.add_task("score", total=len(windows))
+        for group in groups:
+            x = torch.stack(group)
+            logits, _ = model(x[:, :-1])
+            total += torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"
+            ).item()
+            count += x[:, 1:].numel()
+            bar.advance(task, len(group))
+    loss = total / count
+    n_bytes = len(text.encode("utf-8"))
+    return {
+        "kind": "score",
+        "path": str(loaded.path),
+        "file": str(path),
+        "tokens": count,
+        "bytes": n_bytes,
+        "loss": round(loss, 5),
+        "bits_per_byte": round(bits_per_byte(loss, count, n_bytes), 5),
+        "perplexity": round(math.exp(loss), 4),
+    }

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from gptcli import console
+from gptcli.console import UserError
 
 READ_CHUNK = 1 << 20  # bytes hashed at a time
 
@@ -47,6 +49,27 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write bytes to path atomically; a failure names the path in one line."""
     with console.writing(path), atomic_target(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_folder(out: Path, write: Callable[[Path], None]) -> Path:
+    """An export's --out folder: built (write fills it) in a temp sibling and renamed into
+    place; an existing folder that is not empty is refused, never touched."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not empty (choose a new --out)")
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    try:
+        with console.writing(f"--out {out}"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            write(tmp)
+            if out.exists():
+                out.rmdir()
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def umask_mode(path: Path) -> None:

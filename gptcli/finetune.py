@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, loggers, lora, parallel, run, tokenizer
-from gptcli.checkpoint import Loaded
+from gptcli import checkpoint, console, load, loggers, lora, parallel, run, tokenizer
+from gptcli.checkpoint import weights_file
+from gptcli.checkpoint_tensors import Loaded, load_weights
 from gptcli.console import UserError
+from gptcli.data import corpus, tokenize
+from gptcli.data.manifest import read_manifest
 from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
 from gptcli.model import GPT
@@ -24,7 +27,7 @@ from gptcli.tasks.base import Task, add_special_tokens
 from gptcli.tasks.classify import CLASSIFY_TOKENS, ClassifyTask
 from gptcli.tasks.lm import LMTask
 from gptcli.tasks.sft import CHAT_TOKENS, SFTTask
-from gptcli.trainer import Trainer, check_resumable
+from gptcli.trainer import Trainer, build_model, check_resumable
 
 
 def grow_embeddings(
@@ -85,9 +88,9 @@ def lm_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, dis
     init_tokenizer = loaded.path / tokenizer.TOKENIZER_FILE
     if dist.main:
         check_resumable(recipe, run_dir, cfg, init_tokenizer)
-        data.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
+        tokenize.prepare(recipe, run_dir, given_tokenizer=init_tokenizer)
     parallel.barrier(dist)
-    manifest = data.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
     return task, cfg, loaded.weights, []
 
@@ -96,9 +99,9 @@ def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     """The examples of data.source (each of its sources in turn) and of data.dev (None when
     unset), read through the data layer like a pretraining corpus."""
     cfg = recipe.data
-    train = [r for src in data.sources(cfg) for r in data.records(src, cfg, run_dir)]
-    dev_src = data.dev_source(cfg)
-    dev = data.records(dev_src, cfg, run_dir) if dev_src else None
+    train = [r for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
+    dev_src = cfg.dev_source()
+    dev = corpus.records(dev_src, cfg, run_dir) if dev_src else None
     return train, dev
 
 
@@ -157,7 +160,7 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
     dist = init_distributed(recipe.train.device)
     if not dist.main:
         console.set_quiet(True)
-    loaded = interop.load(recipe.init)
+    loaded = load.load(recipe.init)
     if loaded.info["task"].get("kind") == "classify":
         raise UserError(
             f"{loaded.path} is a classifier; finetune from a language-model checkpoint "
@@ -178,16 +181,16 @@ def finetune(recipe: Recipe, fresh: bool = False) -> dict | None:
         if dist.main:
             run.record_recipe(run_dir, recipe, run.trains(run_dir, recipe))
         parallel.barrier(dist)
-        torch.manual_seed(recipe.seed)
-        model = GPT(cfg)
+        frozen = recipe.finetune.lora.rank > 0
+        model = build_model(cfg, recipe.train, dist, recipe.seed, frozen)
         head = {"cls_head.weight", "cls_head.bias"}  # a new classifier head starts fresh
-        checkpoint.load_weights(model, weights, checkpoint.weights_file(loaded.path), head)
+        load_weights(model, weights, weights_file(loaded.path), head)
         if recipe.finetune.lora.rank:
             add_lora(model, recipe, task, loaded, new_ids)
         no_lm_loss = recipe.task.kind == "classify" and recipe.task.lm_weight == 0
         if no_lm_loss and model.lm_head.weight is not model.wte.weight:
             # an untied unembedding then gets no gradient; frozen, DDP does not wait for it
             model.lm_head.weight.requires_grad_(False)
-        summary = Trainer(recipe, run_dir, model, task, dist).fit()
+        summary = Trainer(recipe, run_dir, model, task, dist, read_base=load.load).fit()
         parallel.barrier(dist)
         return summary if dist.main else None

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from gptcli import checkpoint, console, interop, tokenizer
-from gptcli.checkpoint import build_model
+from gptcli import checkpoint, console, load, memory, tokenizer
+from gptcli.autotune import autocast_dtype
+from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
-from gptcli.device import autocast_dtype, cached_probe, faster_ratio, pick_device
+from gptcli.device import CPU_PROBES, cached_probe, dtype_name, faster_ratio, pick_device
 from gptcli.model import GPT
-from gptcli.recipe import ModelConfig, SampleConfig, check_sample
+from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.run import recipe_of
 from gptcli.tasks import classify, sft
 from gptcli.tokenizer import StreamDecoder
@@ -242,7 +243,7 @@ def bf16_sampling_speedup(cfg: ModelConfig, rows: int) -> float:
         return faster_ratio(sampler(fp32), sampler(bf16))
 
     shape = f"bf16 sample|{rows}|{sorted(dataclasses.asdict(cfg).items())}"
-    return cached_probe("cpu_probes.json", shape, measure)
+    return cached_probe(CPU_PROBES, shape, measure)
 
 
 @torch.inference_mode()
@@ -272,7 +273,7 @@ def load_params(ckpt: Path, overrides: dict[str, object]) -> SampleConfig:
     defaults = recipe.sample if recipe is not None else SampleConfig()
     values = {k: v for k, v in overrides.items() if v is not None}
     params = dataclasses.replace(defaults, **values)
-    check_sample(params, lambda key: "--" + key.replace("_", "-"))
+    params.check(lambda key: "--" + key.replace("_", "-"))
     return params
 
 
@@ -382,7 +383,7 @@ def run(
 
     A classifier checkpoint answers each input line with its label distribution instead; an
     SFT checkpoint applies its chat template unless chat is False."""
-    ckpt = interop.resolve(checkpoint_path)
+    ckpt = load.resolve(checkpoint_path)
     params = load_params(ckpt, overrides)
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
@@ -395,12 +396,12 @@ def run(
         check_classifier_use(ckpt, checkpoint_path is None, given + ["--chat"] * bool(chat))
     if checkpoint_path is None:
         console.info(f"sample: using {ckpt}, the newest checkpoint under ./runs (-c picks another)")
-    loaded = interop.load(ckpt)
+    loaded = load.load(ckpt)
+    memory.check_inference(loaded.config, num_samples, dtype, device, "sample", "--num-samples")
     model = build_model(loaded, device).eval()  # first: it names weights that disagree
     weights = pick_dtype(dtype, device, loaded.config, num_samples)
     model = model.to(weights)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
-    dtype_name = "bf16" if weights == torch.bfloat16 else "fp32"
     if kind == "classify":
         return classify.classify_run(loaded, tok, model, prompts, on_result)
     if chat is None:
@@ -411,7 +412,7 @@ def run(
     for prompt in prompts:
         samples = sample_prompt(model, tok, prompt, params, seed, num_samples, on_text, chat)
         for result in samples:
-            result = {"checkpoint": str(ckpt), "dtype": dtype_name, **result}
+            result = {"checkpoint": str(ckpt), "dtype": dtype_name(weights), **result}
             results.append(result)
             if on_result is not None:
                 on_result(result)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +16,18 @@ import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import bundled, checkpoint, console, data, interop, memory, optim, run, tokenizer
+from gptcli import bundled, checkpoint, console, load, memory, run, tokenizer
 from gptcli import recipe as recipe_mod
+from gptcli.autotune import time_training_steps, training_amp
+from gptcli.checkpoint_tensors import OptimizerState
 from gptcli.console import UserError
-from gptcli.device import autocast, pick_device
+from gptcli.data import tokenize
+from gptcli.device import pick_device
 from gptcli.files import atomic_target
+from gptcli.hf_format import is_hf_folder
 from gptcli.model import GPT
-from gptcli.trainer import training_amp
+from gptcli.recipe import ModelConfig, Recipe
+from gptcli.tasks.lm import bits_per_byte
 
 _LAYER = re.compile(r"^blocks\.\d+\.")
 
@@ -51,7 +54,7 @@ def _dir_size(path: Path) -> int:
 
 def describe_hf(path: Path) -> dict[str, Any]:
     """A transformers folder, as gptcli reads it (converted in memory)."""
-    loaded = interop.load(path)
+    loaded = load.load(path)
     tok = tokenizer.load(path / "tokenizer.json")
     shapes = {k: list(v.shape) for k, v in loaded.weights.items()}
     return {
@@ -71,7 +74,7 @@ def describe_hf(path: Path) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: Path) -> dict[str, Any]:
-    if interop.is_hf_folder(path):
+    if is_hf_folder(path):
         return describe_hf(path)
     loaded_cfg = checkpoint.model_config_from_json(path / "config.json")
     tensors = checkpoint.tensor_shapes(path / "model.safetensors")
@@ -102,7 +105,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
 
 def checkpoint_layout(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Where the weights and the optimizer state live: whole, or sharded over the ranks."""
-    saved = checkpoint.OptimizerState(path)
+    saved = OptimizerState(path)
     files = [f.name for f in saved.files if f.is_file()] if saved.names() else []
     sharding = f"sharded over {saved.world} ranks" if saved.world > 1 else "whole"
     return {
@@ -158,7 +161,7 @@ def describe_run(path: Path) -> dict[str, Any]:
     last = _last_metrics(records)
     if "data" in out and "loss" in last:
         train = out["data"]["train"]
-        last["train_bpb"] = round(last["loss"] / math.log(2) * train["tokens"] / train["bytes"], 5)
+        last["train_bpb"] = round(bits_per_byte(last["loss"], train["tokens"], train["bytes"]), 5)
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     if rates:
         last["mean_tokens_per_s"] = round(sum(rates) / len(rates), 1)
@@ -247,28 +250,15 @@ def describe_recipe(path: Path) -> dict[str, Any]:
     }
 
 
-def probe(recipe, cfg, steps: int = 2) -> dict[str, Any]:
+def probe(recipe: Recipe, cfg: ModelConfig, steps: int = 2) -> dict[str, Any]:
     """Time a few real training steps on this device to estimate the run's duration."""
-    device = pick_device(recipe.train.device)
-    amp = training_amp(device, recipe.train.dtype, cfg, recipe.train.batch_size)
-    model = GPT(cfg).to(device)
-    optimizers = optim.build_optimizers(model, recipe.train, device)
-    batch = max(1, min(recipe.train.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
-    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
-    timings = []
-    for _ in range(steps + 2):  # the first two steps warm up allocators and kernels
-        start = time.perf_counter()
-        with autocast(device, amp):
-            _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - start)
-    tokens_per_s = batch * cfg.block_size / (sum(timings[2:]) / steps)
     t = recipe.train
+    device = pick_device(t.device)
+    amp = training_amp(device, t.dtype, cfg, t.batch_size)
+    batch = max(1, min(t.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
+    # the first two steps warm up allocators and kernels
+    [step_s] = time_training_steps(cfg, batch, device, [amp], t, rounds=steps, warmup=2)
+    tokens_per_s = batch * cfg.block_size / step_s
     total_tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.block_size
     return {
         "probe_device": device.type,
@@ -324,7 +314,7 @@ def describe(path_str: str, text: str | None = None) -> dict[str, Any]:
         return describe_tokenizer(path, text)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
-            interop.resolve(path)  # checks completeness (an HF folder has its own files)
+            load.resolve(path)  # checks completeness (an HF folder has its own files)
             return describe_checkpoint(path)
         if (path / "recipe.yaml").is_file() or (path / "checkpoints").is_dir():
             return describe_run(path)
@@ -369,60 +359,6 @@ def recipe_lines(info: dict[str, Any]) -> list[str]:
     """One line per bundled recipe, names aligned."""
     width = max((len(r["name"]) for r in info["recipes"]), default=0)
     return [f"{r['name']:<{width}}  {r['summary']}  data: {r['data']}" for r in info["recipes"]]
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any]:
-    """Loss, bits per byte and perplexity of a checkpoint on a text file.
-
-    The text (after one <|endoftext|>, as documents follow it in training) is cut into
-    non-overlapping windows of block_size predictions; every token but the first is scored once.
-    """
-    path = Path(text_file)
-    if not path.is_file():
-        raise UserError(f"--score: {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"--score: {path} is not UTF-8 text ({e.reason} at byte {e.start})"
-        ) from None
-    if not text.strip():
-        raise UserError(f"--score: {path} is empty")
-    loaded = interop.load(checkpoint_path)
-    model = checkpoint.build_model(loaded).eval()
-    tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
-    ids = torch.tensor(tokenizer.document_ids(tok, text))
-    T = model.cfg.block_size
-    windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
-    full = [w for w in windows if len(w) == T + 1]
-    groups = [full[i : i + batch] for i in range(0, len(full), batch)]
-    groups += [[w] for w in windows if len(w) < T + 1]  # the shorter last window
-    total, count = 0.0, 0
-    with torch.inference_mode(), console.progress() as bar:
-        task = bar.add_task("score", total=len(windows))
-        for group in groups:
-            x = torch.stack(group)
-            logits, _ = model(x[:, :-1])
-            total += torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), x[:, 1:].flatten(), reduction="sum"
-            ).item()
-            count += x[:, 1:].numel()
-            bar.advance(task, len(group))
-    loss = total / count
-    n_bytes = len(text.encode("utf-8"))
-    return {
-        "kind": "score",
-        "path": str(loaded.path),
-        "file": str(path),
-        "tokens": count,
-        "bytes": n_bytes,
-        "loss": round(loss, 5),
-        "bits_per_byte": round(total / math.log(2) / n_bytes, 5),
-        "perplexity": round(math.exp(loss), 4),
-    }
 
 
 # --------------------------------------------------------------------------- the loss curve
@@ -532,7 +468,7 @@ def render_run(info: dict[str, Any]) -> None:
             },
         )
         if d.get("sources"):
-            table("sources read", {e["source"]: data.describe_source(e) for e in d["sources"]})
+            table("sources read", {e["source"]: tokenize.describe_source(e) for e in d["sources"]})
     table("last metrics", info["last_metrics"])
     if "memory" in info:
         render_memory(info["memory"])

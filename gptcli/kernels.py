@@ -7,6 +7,9 @@ whether torch.compile is tracing. tests/test_kernels.py checks every path agains
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +136,33 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version  # inference tensors keep no version counter
 
 
+# a random initialisation fills at most this many elements per call (a multiple of 16: the
+# CPU's normal_ turns its uniform draws into normal ones 16 at a time), so a signal that comes
+# while a large model is built is handled within a fraction of a second
+FILL_CHUNK = 1 << 22
+
+
+@torch.no_grad()
+def fill_in_chunks(tensor: torch.Tensor, fill: Callable[[torch.Tensor], object]) -> None:
+    """fill(tensor), an in-place random initialisation (normal_, uniform_), as calls on
+    consecutive parts that draw the same numbers from the same generator: parts of a multiple
+    of 16 elements, the last at least 16. Python runs between the calls, so SIGINT or SIGTERM
+    stops the build there. A meta tensor has nothing to fill (and torch's meta fills are slow);
+    on a GPU the generator's offsets would differ, so it fills whole."""
+    if tensor.is_meta:
+        return
+    n = tensor.numel()
+    if n <= FILL_CHUNK or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        fill(tensor)
+        return
+    flat = tensor.view(-1)
+    starts = list(range(0, n, FILL_CHUNK))
+    if n - starts[-1] < 16:
+        starts.pop()
+    for start, end in zip(starts, [*starts[1:], n], strict=True):
+        fill(flat[start:end])
+
+
 class Linear(nn.Linear):
     """nn.Linear that can run inference on a copy of its weight prepacked for oneDNN.
 
@@ -144,6 +174,20 @@ class Linear(nn.Linear):
     """
 
     packed: tuple[int, int, torch.Tensor] | None = None  # (weight data_ptr, _version, copy)
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation (a kaiming-uniform weight and a bias within
+        1/sqrt(fan_in)), the same numbers drawn in parts (fill_in_chunks)."""
+        fan_in = self.weight.size(1)
+        if fan_in == 0 or self.weight.numel() == 0:
+            return
+        gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+        std = gain / math.sqrt(fan_in)  # as nn.init.kaiming_uniform_ computes it
+        bound = math.sqrt(3.0) * std
+        fill_in_chunks(self.weight, lambda part: part.uniform_(-bound, bound))
+        if self.bias is not None:
+            bias_bound = 1 / math.sqrt(fan_in)
+            fill_in_chunks(self.bias, lambda part: part.uniform_(-bias_bound, bias_bound))
 
     def prepack(self) -> None:
         w = self.weight

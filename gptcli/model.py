@@ -17,7 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from gptcli.kernels import Linear, causal_attention, linear_cross_entropy, rms_norm
+from gptcli.kernels import (
+    Linear,
+    causal_attention,
+    fill_in_chunks,
+    linear_cross_entropy,
+    rms_norm,
+)
 from gptcli.recipe import ModelConfig
 
 
@@ -27,6 +33,14 @@ def mlp_hidden_size(cfg: ModelConfig) -> int:
     if cfg.mlp == "swiglu":  # 2/3 of 4x keeps the parameter count of a 4x two-matrix MLP
         return 64 * math.ceil(8 * cfg.n_embd / 3 / 64)
     return 4 * cfg.n_embd
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding whose N(0, 1) initialisation draws the same numbers in parts
+    (kernels.fill_in_chunks), so a large table's build can be interrupted; no padding row."""
+
+    def reset_parameters(self) -> None:
+        fill_in_chunks(self.weight, lambda part: part.normal_(0.0, 1.0))
 
 
 class RMSNorm(nn.Module):
@@ -160,9 +174,9 @@ class GPT(nn.Module):
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer)")
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.positions == "learned":
-            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+            self.wpe = Embedding(cfg.block_size, cfg.n_embd)
         else:
             cos, sin = rope_tables(cfg, cfg.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -186,11 +200,11 @@ class GPT(nn.Module):
             std = 0.02
             if getattr(module, "residual_scale", False):
                 std = 0.0 if self.cfg.zero_init_proj else std / math.sqrt(2 * self.cfg.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            fill_in_chunks(module.weight, lambda part: part.normal_(0.0, std))
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                fill_in_chunks(module.bias, lambda part: part.zero_())
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            fill_in_chunks(module.weight, lambda part: part.normal_(0.0, 0.02))
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

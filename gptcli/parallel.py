@@ -8,7 +8,6 @@ optimizer state over the ranks, for models whose training state does not fit one
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
-from gptcli import checkpoint, console
+from gptcli import checkpoint_tensors, console, memory
 from gptcli.console import UserError
 from gptcli.device import Dist
 
@@ -27,21 +26,10 @@ FSDP_SHARE = 0.6
 
 
 def free_bytes(device: torch.device) -> int:
-    """Free memory this rank may use: the GPU's free memory, or free RAM split over the local
-    ranks (torchrun starts LOCAL_WORLD_SIZE processes on this machine)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    available = 0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if not available:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    """Free memory this rank may use (memory.available_bytes: a GPU's free memory, or the RAM,
+    cgroup and ulimit -v room split over the ranks torchrun starts on this machine)."""
+    available = memory.available_bytes(device) or memory.available_bytes(torch.device("cpu"))
+    return available.bytes if available else 0
 
 
 def choose(setting: str, n_params: int, optimizer: str, dist: Dist, device: torch.device) -> str:
@@ -90,8 +78,12 @@ class DataParallel:
     def evaluating(self) -> Any:
         return contextlib.nullcontext()
 
+    def full_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every parameter whole: this rank holds the whole model."""
+        return model.state_dict()
+
     def load_weights(self, model: torch.nn.Module, weights: dict, where: Path) -> None:
-        checkpoint.load_weights(model, weights, where)
+        checkpoint_tensors.load_weights(model, weights, where)
 
 
 class ShardedDataParallel:
@@ -146,7 +138,7 @@ class ShardedDataParallel:
         """Every rank holds the whole checkpoint and keeps its own shard of each tensor."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        checkpoint.check_shapes(model.state_dict(), weights, where, "config.json")
+        checkpoint_tensors.check_shapes(model.state_dict(), weights, where, "config.json")
         options = StateDictOptions(full_state_dict=True, strict=not model.cfg.tie_embeddings)
         set_model_state_dict(model, weights, options=options)
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
-
-from gptcli import checkpoint, console, data, loggers, parallel, run
+from gptcli import checkpoint, console, loggers, parallel, run
 from gptcli.console import UserError
+from gptcli.data.manifest import read_manifest
+from gptcli.data.tokenize import is_up_to_date, prepare
 from gptcli.device import init_distributed, pick_device
-from gptcli.model import GPT
 from gptcli.recipe import Recipe
 from gptcli.tasks.lm import LMTask
-from gptcli.trainer import Trainer, check_resumable
+from gptcli.trainer import Trainer, build_model, check_resumable
 
 
 def tokenize(recipe: Recipe) -> tuple[Path, dict]:
@@ -25,12 +24,12 @@ def tokenize(recipe: Recipe) -> tuple[Path, dict]:
     not rebuilt: the checkpoints were trained on them."""
     run_dir = run.folder(recipe)
     with run.RunLock(run_dir):
-        if checkpoint.newest_in_run(run_dir) and not data.is_up_to_date(recipe, run_dir):
+        if checkpoint.newest_in_run(run_dir) and not is_up_to_date(recipe, run_dir):
             raise UserError(
                 f"{run_dir} has checkpoints trained on other data or tokenizer settings; "
                 "set another name: (or run_dir:) for the new data"
             )
-        manifest, tokenized = data.prepare(recipe, run_dir)
+        manifest, tokenized = prepare(recipe, run_dir)
         run.record_recipe(run_dir, recipe, working=tokenized)
     return run_dir, manifest
 
@@ -46,10 +45,10 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
     with lock:
         if dist.main:
             check_resumable(recipe, run_dir, None)
-            _, tokenized = data.prepare(recipe, run_dir)
+            _, tokenized = prepare(recipe, run_dir)
             run.record_recipe(run_dir, recipe, tokenized or run.trains(run_dir, recipe))
         parallel.barrier(dist)
-        manifest = data.read_manifest(run_dir)
+        manifest = read_manifest(run_dir)
         vocab = manifest["vocab_size"]
         if recipe.model.vocab_size and recipe.model.vocab_size < vocab:
             raise UserError(
@@ -57,8 +56,7 @@ def pretrain(recipe: Recipe, fresh: bool = False) -> dict | None:
                 f"{vocab} tokens (use 0 to take the tokenizer's size)"
             )
         cfg = dataclasses.replace(recipe.model, vocab_size=recipe.model.vocab_size or vocab)
-        torch.manual_seed(recipe.seed)
-        model = GPT(cfg)
+        model = build_model(cfg, recipe.train, dist, recipe.seed)
         task = LMTask(run_dir, manifest, cfg.block_size, recipe.train, recipe.seed)
         summary = Trainer(recipe, run_dir, model, task, dist).fit()
         parallel.barrier(dist)

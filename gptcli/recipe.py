@@ -1,7 +1,8 @@
 """Recipes: one typed object that flows from YAML to the data pipeline, the model and the trainer.
 
-Every key has a default, so a recipe states only what differs. Loading validates types and
-values and names the closest valid key on a typo; `--set a.b=v` overrides use the same path.
+Every key has a default and a one-line help (the README's key table is checked against them), so
+a recipe states only what differs. Each section checks its own values next to its fields;
+loading names the closest valid key on a typo; `--set a.b=v` overrides use the same path.
 """
 
 from __future__ import annotations
@@ -25,54 +26,190 @@ from gptcli.console import UserError
 EOT = "<|endoftext|>"
 
 
+def doc(default: Any, help: str) -> Any:
+    """A recipe key's default and its one-line help (a list default is copied for each recipe)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def need(key: str, value: Any, ok: bool, expected: str) -> None:
+    """Exit 2 naming the key, what it must be and what it got, unless ok."""
+    if not ok:
+        raise UserError(f"recipe key '{key}' must be {expected}, got {value!r}")
+
+
+def is_sha256(value: str) -> bool:
+    return value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
+
+
+# --------------------------------------------------------------------------- the sections
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One entry of data.source (or data.dev), in its mapping form: a source string alone is
+    {path: STRING} with the section's text_field (and, for a single source, its sha256)."""
+
+    path: str = doc("", "builtin:NAME, hf:OWNER/NAME, a file, directory or glob, a URL or -")
+    weight: float = doc(1.0, "how often to repeat it: 2 = twice, 0.5 = a seeded half")
+    sha256: str = doc("", "expected sha256 of a URL source's download ('' = not checked)")
+    text_field: str = doc("text", "the field (column) that holds a document")
+    config: str = doc("", "hf: the dataset's configuration ('' = its default)")
+    split: str = doc("train", "hf: the split to read")
+    revision: str = doc("", "hf: a branch, tag or commit ('' = the newest)")
+
+
+SOURCE_KEYS = ("path", "weight", "sha256", "text_field")
+HUB_KEYS = ("config", "split", "revision")  # an hf: source's mapping may also name these
+
+
+def source_config(key: str, item: object, text_field: str, sha256: str = "") -> SourceConfig:
+    """One source checked and parsed: a non-empty string, or {path, weight, sha256, text_field}
+    (and config, split, revision for an hf: path); text_field and sha256 are the defaults a
+    string or a mapping without them takes."""
+    if not isinstance(item, dict):
+        need(key, item, isinstance(item, str) and bool(item.strip()), "a non-empty string")
+        return SourceConfig(typing.cast(str, item), sha256=sha256, text_field=text_field)
+    path, weight = item.get("path"), item.get("weight", 1.0)
+    need(f"{key}.path", path, isinstance(path, str) and bool(path.strip()), "a string")
+    allowed = SOURCE_KEYS + HUB_KEYS if typing.cast(str, path).startswith("hf:") else SOURCE_KEYS
+    unknown = sorted(set(item) - set(allowed))
+    need(key, item, not unknown, f"a mapping with keys {', '.join(allowed)}")
+    ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
+    need(f"{key}.weight", weight, ok, "a number > 0")
+    sha = item.get("sha256", "")
+    need(f"{key}.sha256", sha, isinstance(sha, str) and is_sha256(sha), "64 hex digits")
+    for name in [n for n in ("text_field", "split") if n in item]:  # else their defaults
+        value = item[name]
+        need(f"{key}.{name}", value, isinstance(value, str) and bool(value), "a name")
+    for name in [n for n in ("config", "revision") if n in item]:
+        value = item[name]
+        need(f"{key}.{name}", value, isinstance(value, str), "a string")
+    given = {**item, "weight": float(weight)}
+    return SourceConfig(**{"sha256": sha256, "text_field": text_field, **given})
+
+
 @dataclass
 class DataConfig:
-    # builtin:NAME | hf:OWNER/NAME (a Hub dataset) | a file, directory or glob | an http(s)
-    # URL | "-" (stdin), or a list of these, each a string or {path: ..., weight: 1.0,
-    # sha256: ..., text_field: ...}; an hf: source's mapping also takes config, split (train)
-    # and revision
-    source: str | list | dict = "builtin:stories"
-    text_field: str = "text"  # the field (column) that holds a document in .jsonl/.csv/.parquet
-    sha256: str = ""  # expected sha256 of a URL source's download ("" = not checked)
-    errors: Literal["strict", "replace"] = "strict"  # bytes that are not UTF-8
-    val_fraction: float = 0.05
-    builtin_mb: float = 8.0  # how much text a builtin: corpus generates
-    # a separate evaluation set (else val_fraction of the source): a file, URL or hf: dataset,
-    # as a string or in the source's mapping form, e.g. {path: hf:OWNER/NAME, split: validation}
-    dev: str | dict = ""
-    max_download_mb: float = 10240.0  # a URL source larger than this is refused
-    allow_html: bool = False  # a URL that serves an HTML page is refused unless this is true
-    max_tokens: int = 0  # stop after this many tokens, train + val, whole documents (0 = all)
+    # each source a string or a mapping of SourceConfig's keys (path, weight, sha256,
+    # text_field; an hf: source also config, split, revision)
+    source: str | list | dict = doc(
+        "builtin:stories",
+        "builtin:NAME, hf:OWNER/NAME, a file, directory or glob, an http(s) URL, - (stdin), "
+        "or a list of these",
+    )
+    text_field: str = doc(
+        "text", "the field (column) that holds a document in .jsonl/.csv/.parquet"
+    )
+    sha256: str = doc("", "expected sha256 of a URL source's download ('' = not checked)")
+    errors: Literal["strict", "replace"] = doc("strict", "bytes that are not UTF-8")
+    val_fraction: float = doc(0.05, "share of the text held out for validation")
+    builtin_mb: float = doc(8.0, "how much text a builtin: corpus generates")
+    dev: str | dict = doc(
+        "", "a separate evaluation set, one source (else val_fraction of the source is held out)"
+    )
+    max_download_mb: float = doc(10240.0, "a URL source larger than this is refused")
+    allow_html: bool = doc(False, "a URL that serves an HTML page is refused unless this is true")
+    max_tokens: int = doc(0, "stop after this many tokens, train + val, whole documents (0 = all)")
+
+    def sources(self) -> list[SourceConfig]:
+        """data.source, each entry checked and parsed: a non-empty string or mapping, or a list
+        of them."""
+        items = self.source if isinstance(self.source, list) else [self.source]
+        keys = "{path, weight, sha256, text_field}"
+        expected = f"a source string or a list of them (each a string or {keys})"
+        need("data.source", self.source, bool(items), expected)
+        if not isinstance(self.source, list):
+            return [source_config("data.source", self.source, self.text_field, self.sha256)]
+        return [source_config(f"data.source[{i}]", s, self.text_field) for i, s in enumerate(items)]
+
+    def dev_source(self) -> SourceConfig | None:
+        """data.dev checked and parsed, or None when unset."""
+        return source_config("data.dev", self.dev, self.text_field) if self.dev != "" else None
+
+    def check(self) -> None:
+        self.sources()
+        self.dev_source()
+        need("data.sha256", self.sha256, is_sha256(self.sha256), "64 hex digits or empty")
+        need("data.val_fraction", self.val_fraction, 0.0 < self.val_fraction < 1.0, "in (0, 1)")
+        need("data.builtin_mb", self.builtin_mb, self.builtin_mb > 0, "> 0")
+        need("data.max_download_mb", self.max_download_mb, self.max_download_mb > 0, "> 0")
+        need("data.max_tokens", self.max_tokens, self.max_tokens >= 0, ">= 0 (0 = all)")
 
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 4096
-    special_tokens: list[str] = field(default_factory=lambda: [EOT])
-    min_frequency: int = 2
-    train_bytes: int = 300_000_000  # larger corpora train the BPE on a sample of this size
+    vocab_size: int = doc(4096, "BPE vocabulary, at least 256 + the special tokens")
+    special_tokens: list[str] = doc([EOT], f"tokens never split or merged; must contain {EOT}")
+    min_frequency: int = doc(2, "a BPE merge needs this many occurrences")
+    train_bytes: int = doc(300_000_000, "larger corpora train the BPE on a sample of this size")
+
+    def check(self) -> None:
+        minimum = 256 + len(self.special_tokens)
+        need(
+            "tokenizer.vocab_size",
+            self.vocab_size,
+            self.vocab_size >= minimum,
+            f">= {minimum} (256 bytes + {len(self.special_tokens)} special tokens)",
+        )
+        need("tokenizer.vocab_size", self.vocab_size, self.vocab_size <= 2**31 - 1, "< 2**31")
+        need(
+            "tokenizer.special_tokens",
+            self.special_tokens,
+            EOT in self.special_tokens,
+            f"a list that contains '{EOT}'",
+        )
+        need("tokenizer.min_frequency", self.min_frequency, self.min_frequency >= 1, ">= 1")
+        need("tokenizer.train_bytes", self.train_bytes, self.train_bytes > 0, "a positive integer")
 
 
 @dataclass
 class ModelConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    block_size: int = 256
-    vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
-    preset: Literal["", "gpt2", "llama"] = ""  # fills the switches below unless set explicitly
-    positions: Literal["learned", "rope"] = "learned"
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
-    mlp_hidden: int = 0  # 0 = 4 * n_embd (gelu, relu2) or 8/3 * n_embd rounded up to 64 (swiglu)
-    bias: bool = True
-    tie_embeddings: bool = True
-    qk_norm: bool = False  # RMSNorm on queries and keys of each head
-    zero_init_proj: bool = False  # residual output projections start at zero
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    n_classes: int = 0  # > 0: a linear head on the final hidden state (set by task: classify)
+    n_layer: int = doc(4, "transformer blocks")
+    n_head: int = doc(4, "attention heads per block")
+    n_embd: int = doc(256, "width of the residual stream")
+    block_size: int = doc(256, "context length in tokens")
+    vocab_size: int = doc(0, "0 = the tokenizer's vocabulary size")
+    preset: Literal["", "gpt2", "llama"] = doc(
+        "", "gpt2 or llama: fills positions, norm, mlp and bias unless set explicitly"
+    )
+    positions: Literal["learned", "rope"] = doc("learned", "learned or rotary (rope) positions")
+    norm: Literal["layernorm", "rmsnorm"] = doc("layernorm", "the normalisation layers")
+    mlp: Literal["gelu", "swiglu", "relu2"] = doc("gelu", "the MLP's activation")
+    mlp_hidden: int = doc(
+        0, "0 = 4 * n_embd (gelu, relu2) or 8/3 * n_embd rounded up to 64 (swiglu)"
+    )
+    bias: bool = doc(True, "biases in the linear layers and norms")
+    tie_embeddings: bool = doc(True, "the output head shares the token embedding's weights")
+    qk_norm: bool = doc(False, "RMSNorm on queries and keys of each head")
+    zero_init_proj: bool = doc(False, "residual output projections start at zero")
+    dropout: float = doc(0.0, "dropout on attention and residual outputs while training")
+    rope_theta: float = doc(10000.0, "rope: the base of the rotation frequencies")
+    norm_eps: float = doc(1e-5, "the epsilon of the norms")
+    n_classes: int = doc(0, "> 0: a linear head on the final hidden state (set by task: classify)")
+
+    def check(self) -> None:
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            value = getattr(self, key)
+            need(f"model.{key}", value, value > 0, "a positive integer")
+        n_embd, n_head = self.n_embd, self.n_head
+        need("model.n_embd", n_embd, n_embd % n_head == 0, f"divisible by n_head={n_head}")
+        if self.positions == "rope":
+            even = (n_embd // n_head) % 2 == 0
+            need("model.n_embd", n_embd, even, "such that n_embd/n_head is even")
+        need(
+            "model.vocab_size",
+            self.vocab_size,
+            self.vocab_size >= 0,
+            "0 (from tokenizer) or positive",
+        )
+        need("model.mlp_hidden", self.mlp_hidden, self.mlp_hidden >= 0, "0 (default) or positive")
+        need("model.dropout", self.dropout, 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        need("model.norm_eps", self.norm_eps, self.norm_eps > 0, "> 0")
+        ok = self.n_classes >= 0
+        need("model.n_classes", self.n_classes, ok, ">= 0 (0 = no classifier head)")
+        need("model.rope_theta", self.rope_theta, self.rope_theta > 0, "> 0")
 
 
 # Model keys that only change how the model trains; every other one changes its shape.
@@ -93,60 +230,95 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama": {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
 }
 
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 32
-    grad_accum: int = 1
-    max_steps: int = 2000
-    lr: float = 1.0e-3
-    min_lr_ratio: float = 0.1  # the cosine schedule ends at lr * min_lr_ratio
-    warmup_steps: int = 100
-    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    decay_fraction: float = 0.2  # wsd: the final share of steps that decays to min_lr
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    muon_lr: float = 0.02  # muon: learning rate of the hidden matrices
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 = no clipping
-    eval_every: int = 200
-    eval_batches: int = 20
-    save_every: int = 500
-    keep_last: int = 0  # keep only the newest N checkpoints (0 = keep all)
-    log_every: int = 10
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"
-    # recompute blocks in backward instead of keeping their activations: every block (true),
-    # every other block (selective) or none (false)
-    activation_checkpointing: Literal[False, True, "selective"] = False
-    # where metrics go: jsonl (metrics.jsonl, always) plus any of tensorboard, wandb, mlflow
-    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
-    # under torchrun: ddp copies the model to every rank, fsdp shards it; auto picks fsdp when
-    # the training state (16 bytes a parameter) passes 60% of one device's free memory
-    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
-
-
 LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
 
 
 @dataclass
+class TrainConfig:
+    batch_size: int = doc(32, "sequences per micro-batch")
+    grad_accum: int = doc(1, "micro-batches per optimizer step")
+    max_steps: int = doc(2000, "optimizer steps")
+    lr: float = doc(1.0e-3, "peak learning rate")
+    min_lr_ratio: float = doc(0.1, "the schedule ends at lr * min_lr_ratio")
+    warmup_steps: int = doc(100, "linear warmup steps")
+    lr_schedule: Literal["cosine", "wsd", "constant"] = doc(
+        "cosine", "after warmup: cosine, wsd (warmup-stable-decay) or constant"
+    )
+    decay_fraction: float = doc(0.2, "wsd: the final share of steps that decays to min_lr")
+    optimizer: Literal["adamw", "muon"] = doc(
+        "adamw", "muon: Muon for the blocks' matrices, AdamW for the rest"
+    )
+    muon_lr: float = doc(0.02, "muon: learning rate of the hidden matrices")
+    weight_decay: float = doc(0.1, "AdamW weight decay, on matrices only")
+    beta1: float = doc(0.9, "AdamW beta1")
+    beta2: float = doc(0.95, "AdamW beta2")
+    grad_clip: float = doc(1.0, "clip the gradient norm to this (0 = no clipping)")
+    eval_every: int = doc(200, "steps between validation losses (0 = off)")
+    eval_batches: int = doc(20, "batches per validation loss")
+    save_every: int = doc(500, "steps between checkpoints (0 = only the final one)")
+    keep_last: int = doc(0, "keep only the newest N checkpoints (0 = keep all)")
+    log_every: int = doc(10, "steps between metrics lines")
+    device: Literal["auto", "cpu", "cuda", "mps"] = doc("auto", "auto = cuda, then mps, then cpu")
+    dtype: Literal["auto", "fp32", "bf16"] = doc("auto", "auto = bf16 where native and faster")
+    compile: Literal["auto", "on", "off"] = doc(
+        "auto", "torch.compile: auto = on CUDA, on CPU when it repays its compile time"
+    )
+    # recompute blocks in backward instead of keeping their activations
+    activation_checkpointing: Literal[False, True, "selective"] = doc(
+        False, "recompute every block (true), every other block (selective) or none (false)"
+    )
+    loggers: list[str] = doc(
+        ["jsonl"],
+        "where metrics go: jsonl (metrics.jsonl, always) plus any of tensorboard, wandb, mlflow",
+    )
+    # auto picks fsdp when the training state (16 bytes a parameter) passes 60% of one
+    # device's free memory
+    parallel: Literal["auto", "ddp", "fsdp"] = doc(
+        "auto", "under torchrun: ddp copies the model to every rank, fsdp shards it"
+    )
+    # compared with free RAM, a cgroup's limit and ulimit -v on a CPU, a GPU's free memory
+    memory_check: bool = doc(
+        True, "refuse a run whose memory estimate exceeds what it may allocate (false: try anyway)"
+    )
+
+    def check(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
+            need(f"train.{key}", getattr(self, key), getattr(self, key) > 0, "a positive integer")
+        decay = self.decay_fraction
+        need("train.decay_fraction", decay, 0 < decay <= 1, "in (0, 1]")
+        need("train.muon_lr", self.muon_lr, self.muon_lr > 0, "> 0")
+        for key in ("eval_every", "save_every", "warmup_steps", "keep_last"):
+            need(f"train.{key}", getattr(self, key), getattr(self, key) >= 0, ">= 0 (0 = off)")
+        need("train.lr", self.lr, self.lr > 0, "> 0")
+        need("train.min_lr_ratio", self.min_lr_ratio, 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]")
+        need("train.weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
+        need("train.beta1", self.beta1, 0.0 <= self.beta1 < 1.0, "in [0, 1)")
+        need("train.beta2", self.beta2, 0.0 <= self.beta2 < 1.0, "in [0, 1)")
+        need("train.grad_clip", self.grad_clip, self.grad_clip >= 0, ">= 0 (0 = off)")
+        need(
+            "train.loggers",
+            self.loggers,
+            "jsonl" in self.loggers and set(self.loggers) <= set(LOGGERS),
+            f"a list that contains 'jsonl' (metrics.jsonl), with any of {', '.join(LOGGERS[1:])}",
+        )
+
+
+@dataclass
 class TensorBoardConfig:
-    log_dir: str = ""  # "" = <run folder>/tensorboard
+    log_dir: str = doc("", "TensorBoard event files ('' = <run folder>/tensorboard)")
 
 
 @dataclass
 class WandbConfig:
-    project: str = ""  # "" = $WANDB_PROJECT, else gptcli
-    entity: str = ""  # "" = $WANDB_ENTITY, else the account's default
-    mode: Literal["", "online", "offline", "disabled"] = ""  # "" = $WANDB_MODE, else online
+    project: str = doc("", "'' = $WANDB_PROJECT, else gptcli")
+    entity: str = doc("", "'' = $WANDB_ENTITY, else the account's default")
+    mode: Literal["", "online", "offline", "disabled"] = doc("", "'' = $WANDB_MODE, else online")
 
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<run folder>/mlflow.db
-    experiment: str = ""  # "" = $MLFLOW_EXPERIMENT_NAME, else gptcli
+    tracking_uri: str = doc("", "'' = $MLFLOW_TRACKING_URI, else sqlite:///<run folder>/mlflow.db")
+    experiment: str = doc("", "'' = $MLFLOW_EXPERIMENT_NAME, else gptcli")
 
 
 @dataclass
@@ -158,15 +330,41 @@ class TrackersConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
+def recipe_key(section: str) -> Callable[[str], str]:
+    """How a message names a key of SECTION: recipe key 'section.key'."""
+    return lambda key: f"recipe key '{section}.{key}'"
+
+
 @dataclass
 class SampleConfig:
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 1.0
-    min_p: float = 0.0  # 0 = off; else drop tokens below min_p * the likeliest token's probability
-    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the text
-    stop: list[str] = field(default_factory=list)  # stop before any of these strings
+    max_new_tokens: int = doc(200, "tokens to generate")
+    temperature: float = doc(0.8, "0 = greedy; higher = more varied")
+    top_k: int = doc(50, "keep only the k likeliest tokens (0 = off)")
+    top_p: float = doc(1.0, "keep the smallest set of tokens with this much probability (1 = off)")
+    min_p: float = doc(
+        0.0, "0 = off; else drop tokens below min_p * the likeliest token's probability"
+    )
+    repetition_penalty: float = doc(1.0, "1 = off; > 1 discourages tokens already in the text")
+    stop: list[str] = doc([], "stop before any of these strings")
+
+    def check(self, name: Callable[[str], str] = recipe_key("sample")) -> None:
+        """The sampling settings' one validator, for the recipe's sample: section and for flags
+        (name says how the message calls a key: a recipe key or a --flag)."""
+
+        def want(key: str, ok: bool, expected: str) -> None:
+            value = getattr(self, key)
+            if not ok:
+                raise UserError(f"{name(key)} must be {expected}, got {value!r}")
+
+        for key in ("temperature", "top_p", "min_p", "repetition_penalty"):  # nan passes any <
+            want(key, math.isfinite(getattr(self, key)), "a finite number")
+        want("max_new_tokens", self.max_new_tokens > 0, "a positive integer")
+        want("temperature", self.temperature >= 0, ">= 0 (0 = greedy)")
+        want("top_k", self.top_k >= 0, ">= 0 (0 = off)")
+        want("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1] (1 = off)")
+        want("min_p", 0.0 <= self.min_p <= 1.0, "in [0, 1] (0 = off)")
+        want("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 = off)")
+        want("stop", all(self.stop), "a list of non-empty strings (the text to stop before)")
 
 
 @dataclass
@@ -174,15 +372,22 @@ class TaskConfig:
     """What finetune trains for. classify follows GPT-1: each example becomes one token sequence
     (start, delimiter, extract tokens), a linear head reads the extract token's final state."""
 
-    kind: Literal["lm", "sft", "classify"] = "lm"
-    format: Literal["single", "pair", "similarity", "choice"] = "single"  # classify inputs
-    # the fields that hold the texts, in order ([] = the defaults of the format: single [text],
-    # pair [premise, hypothesis], similarity [sentence1, sentence2], choice [context, choices];
-    # sft [prompt, response], or a `messages` list of {role, content})
-    fields: list[str] = field(default_factory=list)
-    label_field: str = "label"
-    label_names: list[str] = field(default_factory=list)  # names of labels 0..n-1 ([] = learned)
-    lm_weight: float = 0.5  # classify: weight of the auxiliary language-model loss (GPT-1's λ)
+    kind: Literal["lm", "sft", "classify"] = doc("lm", "what finetune trains for")
+    format: Literal["single", "pair", "similarity", "choice"] = doc(
+        "single", "classify: how the inputs are laid out"
+    )
+    # [] = the format's defaults (DEFAULT_FIELDS): single [text], pair [premise, hypothesis],
+    # similarity [sentence1, sentence2], choice [context, choices]; sft [prompt, response], or
+    # a `messages` list of {role, content}
+    fields: list[str] = doc([], "the fields that hold the texts, in order ([] = the defaults)")
+    label_field: str = doc("label", "classify: the field that holds the label")
+    label_names: list[str] = doc([], "names of labels 0..n-1 ([] = learned)")
+    lm_weight: float = doc(0.5, "classify: weight of the auxiliary language-model loss (λ)")
+
+    def check(self) -> None:
+        ok = self.lm_weight >= 0
+        need("task.lm_weight", self.lm_weight, ok, ">= 0 (0 = no auxiliary LM loss)")
+        need("task.fields", self.fields, all(self.fields), "a list of non-empty field names")
 
 
 DEFAULT_FIELDS = {
@@ -198,20 +403,33 @@ def task_fields(task: TaskConfig) -> list[str]:
     """The fields that hold a task's texts, in order: task.fields or its format's defaults."""
     key = "sft" if task.kind == "sft" else task.format
     fields = task.fields or DEFAULT_FIELDS[key]
-    need = 2 if key in ("pair", "similarity", "choice", "sft") else 1
-    if len(fields) != need:
-        what = "field" if need == 1 else "fields"
-        raise UserError(f"task.fields for {key} needs {need} {what}, got {fields}")
+    count = 2 if key in ("pair", "similarity", "choice", "sft") else 1
+    if len(fields) != count:
+        what = "field" if count == 1 else "fields"
+        raise UserError(f"task.fields for {key} needs {count} {what}, got {fields}")
     return fields
+
+
+LORA_TARGETS = ("qkv", "proj", "up", "gate", "down")
 
 
 @dataclass
 class LoraConfig:
-    rank: int = 0  # 0 = no LoRA: every weight trains
-    alpha: float = 16.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0
-    # linear layers that get adapters, by name (attention: qkv, proj; MLP: up, gate, down)
-    targets: list[str] = field(default_factory=lambda: ["qkv", "proj", "up", "gate", "down"])
+    rank: int = doc(0, "0 = no LoRA: every weight trains")
+    alpha: float = doc(16.0, "the update is scaled by alpha / rank")
+    dropout: float = doc(0.0, "dropout on the adapters' input")
+    targets: list[str] = doc(
+        list(LORA_TARGETS),
+        "linear layers that get adapters, by name (attention: qkv, proj; MLP: up, gate, down)",
+    )
+
+    def check(self) -> None:
+        need("finetune.lora.rank", self.rank, self.rank >= 0, ">= 0 (0 = full finetuning)")
+        need("finetune.lora.alpha", self.alpha, self.alpha > 0, "> 0")
+        need("finetune.lora.dropout", self.dropout, 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        bad = [x for x in self.targets if x not in LORA_TARGETS]
+        ok = bool(self.targets) and not bad
+        need("finetune.lora.targets", self.targets, ok, f"names from {sorted(LORA_TARGETS)}")
 
 
 @dataclass
@@ -221,10 +439,12 @@ class FinetuneConfig:
 
 @dataclass
 class Recipe:
-    name: str = "run"
-    seed: int = 1337
-    run_dir: str = ""  # "" = runs/<name>; a path on purpose, used as given (name is a plain name)
-    init: str = ""  # finetune: the checkpoint or run folder to start from
+    name: str = doc("run", "the run folder is runs/<name>: one plain folder name")
+    seed: int = doc(1337, "corpus generation, split, init, batch order")
+    run_dir: str = doc(
+        "", "'' = runs/<name>; a path on purpose, used as given (name is a plain name)"
+    )
+    init: str = doc("", "finetune: the checkpoint or run folder to start from")
     task: TaskConfig = field(default_factory=TaskConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -236,6 +456,15 @@ class Recipe:
     # Not a recipe key: the dotted keys the file and --set gave, so a finetune can tell a
     # model key the user asked for from one left at its default.
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def check(self) -> None:
+        need(
+            "name",
+            self.name,
+            is_plain_name(self.name),
+            "one plain folder name (not empty, '.' or '..'; no '/', '\\' or control "
+            "characters; set run_dir for a path)",
+        )
 
 
 NOT_KEYS = {"given"}
@@ -451,110 +680,12 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recip
         raise UserError(f"{path}: {e}") from None
 
 
-def _check(key: str, value: float, ok: bool, expected: str) -> None:
-    if not ok:
-        raise UserError(f"recipe key '{key}' must be {expected}, got {value!r}")
-
-
 def validate(r: Recipe) -> None:
-    """Reject values no run could use, before any work starts."""
-    check = _check
-    m, t, tok = r.model, r.train, r.tokenizer
-    check(
-        "name",
-        r.name,
-        is_plain_name(r.name),
-        "one plain folder name (not empty, '.' or '..'; no '/', '\\' or control characters; "
-        "set run_dir for a path)",
-    )
-    for key in ("n_layer", "n_head", "n_embd", "block_size"):
-        check(f"model.{key}", getattr(m, key), getattr(m, key) > 0, "a positive integer")
-    check("model.n_embd", m.n_embd, m.n_embd % m.n_head == 0, f"divisible by n_head={m.n_head}")
-    if m.positions == "rope":
-        head_dim = m.n_embd // m.n_head
-        check("model.n_embd", m.n_embd, head_dim % 2 == 0, "such that n_embd/n_head is even")
-    check("model.vocab_size", m.vocab_size, m.vocab_size >= 0, "0 (from tokenizer) or positive")
-    check("model.mlp_hidden", m.mlp_hidden, m.mlp_hidden >= 0, "0 (default) or positive")
-    check("model.dropout", m.dropout, 0.0 <= m.dropout < 1.0, "in [0, 1)")
-    check("model.norm_eps", m.norm_eps, m.norm_eps > 0, "> 0")
-    check("model.n_classes", m.n_classes, m.n_classes >= 0, ">= 0 (0 = no classifier head)")
-    task, lora = r.task, r.finetune.lora
-    check("task.lm_weight", task.lm_weight, task.lm_weight >= 0, ">= 0 (0 = no auxiliary LM loss)")
-    check("task.fields", task.fields, all(task.fields), "a list of non-empty field names")
-    check("finetune.lora.rank", lora.rank, lora.rank >= 0, ">= 0 (0 = full finetuning)")
-    check("finetune.lora.alpha", lora.alpha, lora.alpha > 0, "> 0")
-    check("finetune.lora.dropout", lora.dropout, 0.0 <= lora.dropout < 1.0, "in [0, 1)")
-    known = {"qkv", "proj", "up", "gate", "down"}
-    bad = [x for x in lora.targets if x not in known]
-    check(
-        "finetune.lora.targets",
-        lora.targets,
-        lora.targets and not bad,
-        f"names from {sorted(known)}",
-    )
-    check("model.rope_theta", m.rope_theta, m.rope_theta > 0, "> 0")
-    minimum = 256 + len(tok.special_tokens)
-    check(
-        "tokenizer.vocab_size",
-        tok.vocab_size,
-        tok.vocab_size >= minimum,
-        f">= {minimum} (256 bytes + {len(tok.special_tokens)} special tokens)",
-    )
-    check("tokenizer.vocab_size", tok.vocab_size, tok.vocab_size <= 2**31 - 1, "< 2**31")
-    check(
-        "tokenizer.special_tokens",
-        tok.special_tokens,
-        EOT in tok.special_tokens,
-        f"a list that contains '{EOT}'",
-    )
-    check("tokenizer.min_frequency", tok.min_frequency, tok.min_frequency >= 1, ">= 1")
-    _check_sources(r.data.source)
-    _check_dev(r.data.dev)
-    check("data.sha256", r.data.sha256, _is_sha256(r.data.sha256), "64 hex digits or empty")
-    check("tokenizer.train_bytes", tok.train_bytes, tok.train_bytes > 0, "a positive integer")
-    check("data.val_fraction", r.data.val_fraction, 0.0 < r.data.val_fraction < 1.0, "in (0, 1)")
-    check("data.builtin_mb", r.data.builtin_mb, r.data.builtin_mb > 0, "> 0")
-    check("data.max_download_mb", r.data.max_download_mb, r.data.max_download_mb > 0, "> 0")
-    check("data.max_tokens", r.data.max_tokens, r.data.max_tokens >= 0, ">= 0 (0 = all)")
-    for key in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
-        check(f"train.{key}", getattr(t, key), getattr(t, key) > 0, "a positive integer")
-    check("train.decay_fraction", t.decay_fraction, 0 < t.decay_fraction <= 1, "in (0, 1]")
-    check("train.muon_lr", t.muon_lr, t.muon_lr > 0, "> 0")
-    for key in ("eval_every", "save_every", "warmup_steps", "keep_last"):
-        check(f"train.{key}", getattr(t, key), getattr(t, key) >= 0, ">= 0 (0 = off)")
-    check("train.lr", t.lr, t.lr > 0, "> 0")
-    check("train.min_lr_ratio", t.min_lr_ratio, 0.0 <= t.min_lr_ratio <= 1.0, "in [0, 1]")
-    check("train.weight_decay", t.weight_decay, t.weight_decay >= 0, ">= 0")
-    check("train.beta1", t.beta1, 0.0 <= t.beta1 < 1.0, "in [0, 1)")
-    check("train.beta2", t.beta2, 0.0 <= t.beta2 < 1.0, "in [0, 1)")
-    check("train.grad_clip", t.grad_clip, t.grad_clip >= 0, ">= 0 (0 = off)")
-    check(
-        "train.loggers",
-        t.loggers,
-        "jsonl" in t.loggers and set(t.loggers) <= set(LOGGERS),
-        f"a list that contains 'jsonl' (metrics.jsonl), with any of {', '.join(LOGGERS[1:])}",
-    )
-    check_sample(r.sample, lambda key: f"recipe key 'sample.{key}'")
-
-
-def check_sample(s: SampleConfig, name: Callable[[str], str]) -> None:
-    """The sampling settings' one validator, for the recipe's sample: section and for flags
-    (name says how the message calls a key: a recipe key or a --flag)."""
-
-    def need(key: str, ok: bool, expected: str) -> None:
-        value = getattr(s, key)
-        if not ok:
-            raise UserError(f"{name(key)} must be {expected}, got {value!r}")
-
-    for key in ("temperature", "top_p", "min_p", "repetition_penalty"):  # nan passes any <
-        need(key, math.isfinite(getattr(s, key)), "a finite number")
-    need("max_new_tokens", s.max_new_tokens > 0, "a positive integer")
-    need("temperature", s.temperature >= 0, ">= 0 (0 = greedy)")
-    need("top_k", s.top_k >= 0, ">= 0 (0 = off)")
-    need("top_p", 0.0 < s.top_p <= 1.0, "in (0, 1] (1 = off)")
-    need("min_p", 0.0 <= s.min_p <= 1.0, "in [0, 1] (0 = off)")
-    need("repetition_penalty", s.repetition_penalty > 0, "> 0 (1 = off)")
-    need("stop", all(s.stop), "a list of non-empty strings (the text to stop before)")
+    """Reject values no run could use, before any work starts: each section checks its own
+    keys (no check spans two sections yet)."""
+    r.check()
+    for section in (r.model, r.task, r.finetune.lora, r.tokenizer, r.data, r.train, r.sample):
+        section.check()
 
 
 def is_plain_name(name: str) -> bool:
@@ -565,54 +696,6 @@ def is_plain_name(name: str) -> bool:
         and not any(c in name for c in "/\\")
         and all(c.isprintable() for c in name)
     )
-
-
-def _is_sha256(value: str) -> bool:
-    return value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
-
-
-SOURCE_KEYS = ("path", "weight", "sha256", "text_field")
-HUB_KEYS = ("config", "split", "revision")  # an hf: source's mapping may also name these
-
-
-def _check_sources(source: str | list | dict) -> None:
-    """data.source: a non-empty string or mapping, or a list of them."""
-    items = source if isinstance(source, list) else [source]
-    keys = "{path, weight, sha256, text_field}"
-    expected = f"a source string or a list of them (each a string or {keys})"
-    _check("data.source", source, bool(items), expected)
-    for i, item in enumerate(items):
-        _check_source(f"data.source[{i}]" if isinstance(source, list) else "data.source", item)
-
-
-def _check_dev(dev: str | dict) -> None:
-    """data.dev: empty (unset), or one source as a string or mapping."""
-    if dev != "":
-        _check_source("data.dev", dev)
-
-
-def _check_source(key: str, item: object) -> None:
-    """One source: a non-empty string, or {path, weight, sha256, text_field} (and config,
-    split, revision for an hf: path)."""
-    if not isinstance(item, dict):
-        _check(key, item, isinstance(item, str) and bool(item.strip()), "a non-empty string")
-        return
-    path, weight = item.get("path"), item.get("weight", 1.0)
-    _check(f"{key}.path", path, isinstance(path, str) and bool(path.strip()), "a string")
-    hub = path.startswith("hf:")
-    allowed = SOURCE_KEYS + HUB_KEYS if hub else SOURCE_KEYS
-    unknown = sorted(set(item) - set(allowed))
-    _check(key, item, not unknown, f"a mapping with keys {', '.join(allowed)}")
-    ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
-    _check(f"{key}.weight", weight, ok, "a number > 0")
-    sha = item.get("sha256", "")
-    _check(f"{key}.sha256", sha, isinstance(sha, str) and _is_sha256(sha), "64 hex digits")
-    for name, default in (("text_field", "text"), ("split", "train")):
-        value = item.get(name, default)
-        _check(f"{key}.{name}", value, isinstance(value, str) and bool(value), "a name")
-    for name in ("config", "revision"):
-        value = item.get(name, "")
-        _check(f"{key}.{name}", value, isinstance(value, str), "a string")
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from gptcli import console
 from gptcli.chat import Engine, Finish, Piece, reply_events
 from gptcli.console import UserError
-from gptcli.recipe import SampleConfig, check_sample
+from gptcli.recipe import SampleConfig
 
 try:
     import uvicorn
@@ -117,7 +117,7 @@ def sampling(
     }
     params = dataclasses.replace(defaults, **{k: v for k, v in values.items() if v is not None})
     try:
-        check_sample(params, lambda key: API_NAMES.get(key, key))
+        params.check(lambda key: API_NAMES.get(key, key))
     except UserError as e:
         raise ApiError(400, str(e)) from None
     n = field(body, "n", "int", 1)

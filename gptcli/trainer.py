@@ -1,38 +1,43 @@
 """The one training loop, shared by `pretrain` and `finetune`.
 
 A Trainer owns the optimizers, the schedule, evaluation, metrics, checkpoints and resuming;
-the task (tasks/) says what is learned. Batches depend only on (seed, step), and optimizer and
-RNG states are saved with every checkpoint, so a resumed run continues exactly where the
-interrupted one stopped.
+the task (tasks/) says what is learned, and autotune how it runs (dtype, compile). Batches
+depend only on (seed, step), and optimizer and RNG states are saved with every checkpoint, so a
+resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import signal
-import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gptcli import checkpoint, console, data, interop, loggers, memory, optim, parallel, run
+from gptcli import (
+    autotune,
+    checkpoint,
+    checkpoint_tensors,
+    console,
+    loggers,
+    memory,
+    optim,
+    parallel,
+    run,
+)
+from gptcli.checkpoint_tensors import Loaded, Sharding, Snapshot
 from gptcli.console import Interrupted, UserError
+from gptcli.data import tokenize
 from gptcli.device import (
     Dist,
     autocast,
-    autocast_dtype,
-    cached_probe,
-    cpu_has_native_bf16,
-    faster_ratio,
     keep_freed_memory,
     peak_flops,
     pick_device,
-    read_probe,
     return_large_buffers,
-    why_no_compile,
-    write_probe,
 )
 from gptcli.files import sha256_file
 from gptcli.model import GPT
@@ -40,121 +45,8 @@ from gptcli.recipe import ModelConfig, Recipe, TrainConfig, shape_change
 from gptcli.tasks.base import Task
 from gptcli.tokenizer import TOKENIZER_FILE
 
-# compile: auto on CPU times this many eager steps (the first warms up) before deciding
-PROBE_STEPS = 3
-# once compiled, after the first compiled step (which compiles), this many compiled and as many
-# eager steps take turns, timed; the compiled regions stay only when their best step is faster
-CHECK_STEPS = 3
-# a first torch.compile on a CPU, in seconds, for a shape never compiled on this machine (one
-# block is traced whatever the depth, see CompiledRegions); after one run here compiles the
-# shape, the cost it measured replaces this estimate
-COMPILE_S = 30.0
-# compile only when the eager time left is this many times the compile: it then pays back
-# if compiled steps are at least 1/PAYBACK faster
-PAYBACK = 10
-# the cache file (in the cache dir) of the CPU probes and of measured compile costs
-PROBES = "cpu_probes.json"
 # a window's tokens/s under this share of the run's best means something else took the cores
 SLOWDOWN = 0.25
-
-
-def compile_pays(
-    remaining_steps: int, step_s: float, compile_s: float, source: str = "estimated"
-) -> tuple[bool, str]:
-    """The compile: auto rule on CPU, and why it decided: compile when the eager time still to
-    run (remaining_steps x step_s) is over PAYBACK x the expected first compile (compile_s, see
-    expected_compile_s). A compiled step then timed slower than eager goes back to eager
-    (Trainer.keep_compiled)."""
-    eager_s = remaining_steps * step_s
-    rule = f"{PAYBACK}x the ~{compile_s:.0f} s a first compile takes ({source})"
-    left = f"{remaining_steps} steps left at {step_s * 1000:.0f} ms take ~{eager_s:.0f} s eager"
-    if eager_s > PAYBACK * compile_s:
-        return True, f"{left}, over {rule}"
-    return False, f"{left}, under {rule}"
-
-
-def compile_cost_key(cfg: ModelConfig, batch_size: int, amp: torch.dtype | None, task: str) -> str:
-    return f"compile s|{task}|{batch_size}|{amp}|{sorted(dataclasses.asdict(cfg).items())}"
-
-
-def expected_compile_s(
-    cfg: ModelConfig, batch_size: int, amp: torch.dtype | None, task: str = "LMTask"
-) -> tuple[float, str]:
-    """Seconds a first compile of this training step takes on this CPU, and where the figure
-    comes from: as the last run here that compiled it measured, else the estimate."""
-    measured = read_probe(PROBES, compile_cost_key(cfg, batch_size, amp, task))
-    if measured is not None:
-        return measured, "as measured here"
-    return COMPILE_S, "estimated"
-
-
-class CompiledRegions:
-    """The training step's compiled regions, switched on and off: each transformer block's
-    forward, and the model's loss.
-
-    Every block runs the same code on same-shaped inputs, so dynamo traces one block and the
-    rest reuse its graph: a first compile costs one block whatever the depth, where compiling
-    the whole step traced each block (benchmarks/README.md); the loss, compiled apart, fuses its
-    softmax as the whole step did. The embedding and module hooks (DDP, FSDP) stay eager around
-    them. Switched off, the model runs its own methods again, so anything but the training step
-    (evaluation) runs eager."""
-
-    def __init__(self, model: GPT) -> None:
-        self.regions = [(block, "forward") for block in model.blocks] + [(model, "loss")]
-        self.compiled = [torch.compile(getattr(owner, name)) for owner, name in self.regions]
-        self.on = False
-
-    def use(self, on: bool) -> None:
-        for (owner, name), compiled in zip(self.regions, self.compiled, strict=True):
-            if on:
-                setattr(owner, name, compiled)  # the instance attribute shadows the method
-            else:
-                vars(owner).pop(name, None)
-        self.on = on
-
-
-def bf16_training_speedup(cfg: ModelConfig, batch_size: int) -> float:
-    """fp32 time over bf16-autocast time of a training step (forward, backward) of a random
-    model of cfg's shape on this CPU (measured once per shape, then cached)."""
-    rows = max(1, min(batch_size, 1024 // cfg.block_size))  # enough rows for full-speed matmuls
-
-    def measure() -> float:
-        with torch.random.fork_rng(devices=[]):  # the run's seed stays untouched
-            torch.manual_seed(0)
-            model = GPT(cfg)
-            x = torch.randint(0, cfg.vocab_size, (rows, cfg.block_size + 1))
-
-        def step(amp: torch.dtype | None) -> None:
-            with autocast(torch.device("cpu"), amp):
-                loss = model(x[:, :-1], x[:, 1:])[1]
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        return faster_ratio(lambda: step(None), lambda: step(torch.bfloat16))
-
-    shape = f"bf16 train|{rows}|{sorted(dataclasses.asdict(cfg).items())}"
-    return cached_probe(PROBES, shape, measure)
-
-
-def training_amp(
-    device: torch.device, dtype: str, cfg: ModelConfig, batch_size: int
-) -> torch.dtype | None:
-    """train.dtype for this model on device: auto with the bf16 probe of its shape on a CPU."""
-    speedup = lambda: bf16_training_speedup(cfg, batch_size)  # noqa: E731
-    return autocast_dtype(device, dtype, "training", speedup)
-
-
-def step_clock() -> float:
-    """The clock compile: auto times steps with (its own name, so tests can set the times)."""
-    return time.perf_counter()
-
-
-def recorded_auto(run_dir: Path, device: torch.device) -> dict:
-    """What dtype: auto and compile: auto decided for this run, from its newest checkpoint, when
-    it was trained on the same kind of device (a resume then takes the same path)."""
-    ckpt = checkpoint.newest_in_run(run_dir)
-    auto = checkpoint.read_state(ckpt).get("auto", {}) if ckpt else {}
-    return auto if auto.get("device") == device.type else {}
 
 
 class SlowdownWatch:
@@ -245,7 +137,7 @@ def check_resumable(
         change = f"train.optimizer was {old_optimizer!r}, now {recipe.train.optimizer!r}"
     if change:
         raise UserError(f"cannot resume {run_dir}: {change} (use --fresh for a new run folder)")
-    if recipe.task.kind == "lm" and not data.is_up_to_date(recipe, run_dir, given_tokenizer):
+    if recipe.task.kind == "lm" and not tokenize.is_up_to_date(recipe, run_dir, given_tokenizer):
         raise UserError(
             f"cannot resume {run_dir}: the corpus or tokenizer settings changed since it was "
             "trained (use --fresh for a new run folder)"
@@ -261,6 +153,17 @@ def training_device(t: TrainConfig, dist: Dist) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def build_model(
+    cfg: ModelConfig, t: TrainConfig, dist: Dist, seed: int, frozen: bool = False
+) -> GPT:
+    """The model to train, initialised from seed, once its memory estimate is found to fit
+    this rank (memory.check_training; frozen: LoRA trains no base weight)."""
+    memory.check_training(cfg, t, training_device(t, dist), dist.world, frozen)
+    console.info(f"train: building the model ({cfg.n_layer} layers of width {cfg.n_embd})")
+    torch.manual_seed(seed)
+    return GPT(cfg)
 
 
 def for_world(t: TrainConfig, run_dir: Path, dist: Dist) -> TrainConfig:
@@ -287,10 +190,16 @@ def for_world(t: TrainConfig, run_dir: Path, dist: Dist) -> TrainConfig:
 
 
 def resume(
-    run_dir: Path, model: GPT, optimizers: list, t: TrainConfig, wrapper: Any
+    run_dir: Path,
+    model: GPT,
+    optimizers: list,
+    t: TrainConfig,
+    wrapper: Any,
+    read_base: Callable[[Path], Loaded] | None = None,
 ) -> tuple[int, int, float]:
     """Load the run's newest checkpoint into model and optimizers (through the parallel
-    wrapper, which keeps each rank's shards); (step, tokens, elapsed)."""
+    wrapper, which keeps each rank's shards); (step, tokens, elapsed). read_base reads a
+    LoRA run's base model (see checkpoint_tensors.load_full)."""
     resume_from = checkpoint.newest_in_run(run_dir)
     if resume_from is None:
         return 0, 0, 0.0
@@ -300,13 +209,13 @@ def resume(
     )
     if change or not same_tokenizer:
         raise UserError(f"cannot resume {resume_from}: {change or 'the tokenizer changed'}")
-    loaded = interop.load(resume_from, merge_lora=False)
+    loaded = checkpoint_tensors.load_full(resume_from, merge_lora=False, read_base=read_base)
     wrapper.load_weights(model, loaded.weights, resume_from / "model.safetensors")
     groups = loaded.state.get("optimizer_param_groups")
     if groups:
-        saved = checkpoint.OptimizerState(resume_from)
-        checkpoint.restore_optimizers(optimizers, saved, groups)
-    checkpoint.restore_rng(checkpoint.load_trainer_tensors(resume_from))
+        saved = checkpoint_tensors.OptimizerState(resume_from)
+        checkpoint_tensors.restore_optimizers(optimizers, saved, groups)
+    checkpoint_tensors.restore_rng(checkpoint_tensors.load_trainer_tensors(resume_from))
     old_train = loaded.state.get("train", {})
     # ranks and their parallelism are not part of a run: grad_accum follows the ranks
     same_run = {"parallel", "grad_accum"} if "global_batch" in loaded.state else {"parallel"}
@@ -329,19 +238,27 @@ class Trainer:
     """Trains model on task until train.max_steps, resuming from the run's newest checkpoint.
 
     Under torchrun every rank runs one; each draws its own batches, rank 0 logs and saves.
+    read_base reads a LoRA run's base model when it resumes (finetune passes `load.load`, for
+    a base that may be an HF folder; training itself never reads HF folders).
     """
 
     def __init__(
-        self, recipe: Recipe, run_dir: Path, model: GPT, task: Task, dist: Dist | None = None
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        model: GPT,
+        task: Task,
+        dist: Dist | None = None,
+        read_base: Callable[[Path], Loaded] | None = None,
     ) -> None:
         self.run_dir, self.model, self.task = run_dir, model, task
         self.dist = dist or Dist()
         self.t = for_world(recipe.train, run_dir, self.dist)
         self.device = training_device(self.t, self.dist)
-        self.auto = recorded_auto(run_dir, self.device)
-        self.amp = self.pick_amp(model.cfg)
+        self.auto = autotune.recorded_auto(run_dir, self.device)
+        self.amp = autotune.pick_amp(self.t, self.device, self.dist, model.cfg, self.auto)
         if self.dist.main:
-            checkpoint.clean_stale_temps(run_dir)
+            checkpoint_tensors.clean_stale_temps(run_dir)
         model.activation_checkpointing = self.t.activation_checkpointing
         kind = parallel.choose(
             self.t.parallel, model.num_params(), self.t.optimizer, self.dist, self.device
@@ -355,17 +272,16 @@ class Trainer:
         )
         self.optimizers = optim.build_optimizers(model, self.t, self.device)
         self.step, self.tokens_seen, self.elapsed_before = resume(
-            run_dir, model, self.optimizers, self.t, self.parallel
+            run_dir, model, self.optimizers, self.t, self.parallel, read_base
         )
         self.start_step = self.step
         if self.dist.main:  # rank 0 alone: it is the one that appends after
             loggers.truncate_metrics(run_dir, self.step)
-        # compile: auto's timed steps (see after_timed_step)
-        self.timed_s: list[float] = []
-        self.check_s: dict[str, list[float]] = {"compiled": [], "eager": []}
-        self.compile_step_s: float | None = None
-        self.compiled_regions: CompiledRegions | None = None
-        self.compile_as_set()
+        shape = (model.cfg, self.t.batch_size, self.amp, type(task).__name__)
+        self.compiling = autotune.AutoCompile(
+            model, self.t, self.device, self.dist, self.auto, shape
+        )
+        self.compiling.start(self.step)
         self.watch = SlowdownWatch()
         self.peak, peak_source = peak_flops(self.device, self.amp)
         self.flops_per_token = model.flops_per_token()
@@ -382,135 +298,6 @@ class Trainer:
         self.loggers: list = [loggers.ConsoleLogger(self.t.max_steps)]
         if self.dist.main:  # opened last: fit closes them
             self.loggers += loggers.open_loggers(recipe, run_dir, self.start_step)
-
-    def pick_amp(self, cfg: ModelConfig) -> torch.dtype | None:
-        """dtype as the recipe says; auto as the run decided before, else bf16 where native
-        unless a probe of this model's shape measures it slower here."""
-        t, device = self.t, self.device
-        if t.dtype == "auto" and "dtype" in self.auto:
-            amp = torch.bfloat16 if self.auto["dtype"] == "bf16" else None
-            console.info(f"train: dtype auto: {self.auto['dtype']}, as this run decided before")
-        else:
-            amp = training_amp(device, t.dtype, cfg, t.batch_size)
-            if t.dtype == "auto" and device.type == "cpu" and self.dist.world > 1:
-                # each rank timed its own probe: bf16 only where every rank found it faster
-                votes = parallel.all_mean(torch.tensor(float(amp is not None)), self.dist)
-                amp = torch.bfloat16 if votes.item() == 1.0 else None
-            if t.dtype == "auto" and device.type == "cpu" and amp is None and cpu_has_native_bf16():
-                console.info("train: dtype auto: fp32 (bf16 measured slower for this model here)")
-        self.auto = {**self.auto, "device": device.type}
-        if t.dtype == "auto":
-            self.auto["dtype"] = "bf16" if amp else "fp32"
-        return amp
-
-    def compile_as_set(self) -> None:
-        """Compile the regions (CompiledRegions) or not, as train.compile says; auto on CPU
-        decides after timing PROBE_STEPS eager steps (see after_timed_step) unless the run
-        decided before."""
-        t, device = self.t, self.device
-        self.timing: str | None = None  # "probe" (eager steps), "check" (compiled, eager)
-        if t.compile == "auto" and "compile" in self.auto:
-            wanted = self.auto["compile"]
-            decided = "compiling" if wanted else "eager"
-            console.info(f"train: compile auto: {decided}, as this run decided before")
-        elif t.compile == "auto" and device.type == "cpu":
-            wanted = False
-            if t.max_steps - self.step > PROBE_STEPS:
-                self.timing = "probe"
-            else:
-                # not recorded: a resume with a higher max_steps decides for its own length
-                console.info("train: compile auto: eager (too few steps to repay a compile)")
-        else:
-            wanted = t.compile == "on" or (t.compile == "auto" and device.type == "cuda")
-        if t.compile == "auto" and device.type != "cpu":
-            self.auto["compile"] = wanted
-        if wanted:
-            self.compile()
-
-    def compile(self) -> None:
-        reason = why_no_compile(self.device)
-        if reason:
-            console.warn(f"train.compile: {reason}; training without it")
-            return
-        console.info("train: torch.compile: the first step compiles (cached for reuse)")
-        self.compiled_regions = CompiledRegions(self.model)
-        self.compiled_regions.use(True)
-
-    def use_compiled(self, on: bool) -> None:
-        if self.compiled_regions is not None:
-            self.compiled_regions.use(on)
-
-    def compiled_now(self) -> bool:
-        return self.compiled_regions is not None and self.compiled_regions.on
-
-    def after_timed_step(self, seconds: float) -> None:
-        """compile: auto on CPU: after PROBE_STEPS eager steps, decide_compile; once compiled,
-        the compiling step, then compiled and eager steps in turn until keep_compiled."""
-        if self.timing == "probe":
-            self.timed_s.append(seconds)
-            if len(self.timed_s) == PROBE_STEPS:
-                self.decide_compile()
-            return
-        ran = "compiled" if self.compiled_now() else "eager"
-        if self.compile_step_s is None:
-            self.compile_step_s = seconds
-        else:
-            self.check_s[ran].append(seconds)
-        compiled, eager = (len(self.check_s[k]) for k in ("compiled", "eager"))
-        if eager == CHECK_STEPS:
-            self.keep_compiled()
-        else:
-            self.use_compiled(compiled <= eager)
-
-    def compile_shape(self) -> tuple[ModelConfig, int, torch.dtype | None, str]:
-        """What a compile's cost depends on: the model, the batch, the dtype and the task."""
-        return self.model.cfg, self.t.batch_size, self.amp, type(self.task).__name__
-
-    def ranks_mean(self, seconds: float) -> float:
-        """Every rank decides on the same step times."""
-        return parallel.all_mean(torch.tensor(seconds, dtype=torch.float64), self.dist).item()
-
-    def decide_compile(self) -> None:
-        """Compile when the steps left repay it (compile_pays, on the probe's mean step time);
-        the decision is recorded once keep_compiled has timed compiled steps, so a resume
-        before then decides again."""
-        step_s = self.ranks_mean(statistics.mean(self.timed_s[1:]))  # the first warms up
-        compile_s = expected_compile_s(*self.compile_shape())
-        wanted, why = compile_pays(self.t.max_steps - self.step, step_s, *compile_s)
-        console.info(f"train: compile auto: {'compiling' if wanted else 'eager'} ({why})")
-        self.timing = "check" if wanted else None
-        if wanted:
-            self.compile()
-            self.watch.restart()
-        if self.compiled_regions is None:  # not compiling, or no C++ compiler
-            self.timing = None
-            self.auto["compile"] = False
-
-    def keep_compiled(self) -> None:
-        """Keep the compiled regions only when their best timed step beats the best eager one,
-        else go back to eager. The two took turns, so a busy spell on the machine
-        slows both alike, and the best of each leaves out a recompile; both train the same
-        parameters with the same optimizers, so only speed changes. The compiling step less an
-        eager one is this shape's compile cost, kept for the next run's compile_pays."""
-        first = self.ranks_mean(self.compile_step_s or 0.0)
-        compiled_s = self.ranks_mean(min(self.check_s["compiled"]))
-        eager_s = self.ranks_mean(min(self.check_s["eager"]))
-        self.timing = None
-        if self.dist.main:
-            cost = round(max(0.0, first - eager_s), 3)
-            write_probe(PROBES, compile_cost_key(*self.compile_shape()), cost)
-        kept = compiled_s < eager_s
-        self.auto.update(
-            compile=kept,
-            compiled_step_ms=round(compiled_s * 1000, 2),
-            eager_step_ms=round(eager_s * 1000, 2),
-        )
-        timings = f"compiled step {compiled_s * 1000:.0f} ms vs eager {eager_s * 1000:.0f} ms"
-        console.info(f"train: compile auto: {timings}: {'kept' if kept else 'back to eager'}")
-        self.use_compiled(kept)
-        if not kept:
-            self.compiled_regions = None
-        self.watch.restart()
 
     def announce(self, peak_source: str) -> None:
         t, dist, model = self.t, self.dist, self.model
@@ -576,7 +363,7 @@ class Trainer:
         record = {
             "step": self.step,
             "loss": round(loss, 5),
-            "lr": t.lr * optim.lr_factor(self.step - 1, t),
+            "lr": optim.lr_at(self.step - 1, t),
             "tokens_per_s": round(rate, 1),
             "tokens_seen": self.tokens_seen,
             "elapsed_s": round(self.elapsed(), 3),
@@ -588,13 +375,13 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Eager: compiled blocks would compile again for a no-grad graph used this seldom."""
-        compiled = self.compiled_now()
-        self.use_compiled(False)
+        compiled = self.compiling.on
+        self.compiling.use(False)
         try:
             with self.parallel.evaluating():
                 return self.task.evaluate(self.model, self.device, self.amp)
         finally:
-            self.use_compiled(compiled)
+            self.compiling.use(compiled)
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -619,34 +406,20 @@ class Trainer:
         return self.dist.main or self.parallel.shards
 
     def save(self) -> Path:
-        if self.parallel.shards:
-            path = checkpoint.save_sharded(
-                self.run_dir,
-                self.step,
-                self.model.cfg,
-                self.parallel.full_weights(self.model),
-                self.optimizers,
-                self.state(),
-                self.run_dir / TOKENIZER_FILE,
-                self.task.checkpoint_info,
-                self.dist.rank,
-                self.dist.world,
-                self.device,
-            )
-            if self.t.keep_last and self.dist.main:
-                checkpoint.prune(self.run_dir, self.t.keep_last)
-            return path
-        path = checkpoint.save(
-            self.run_dir,
+        snapshot = Snapshot(
             self.step,
-            self.model,
+            self.model.cfg,
+            self.parallel.full_weights(self.model),
+            self.run_dir / TOKENIZER_FILE,
             self.optimizers,
             self.state(),
-            self.run_dir / TOKENIZER_FILE,
             self.task.checkpoint_info,
         )
-        if self.t.keep_last:
-            checkpoint.prune(self.run_dir, self.t.keep_last)
+        sharded = self.parallel.shards  # then every rank writes its own optimizer shard
+        sharding = Sharding(self.dist.rank, self.dist.world, self.device) if sharded else None
+        path = checkpoint_tensors.save(self.run_dir, snapshot, sharding)
+        if self.t.keep_last and self.dist.main:
+            checkpoint_tensors.prune(self.run_dir, self.t.keep_last)
         return path
 
     def log(self, record: dict) -> None:
@@ -670,10 +443,10 @@ class Trainer:
                     "train", total=t.max_steps, completed=self.step, loss="", lr="", rate=""
                 )
                 while self.step < t.max_steps:
-                    step_start = step_clock()
+                    step_start = autotune.step_clock()
                     loss_sum, tokens = self.train_step()
-                    if self.timing:
-                        self.after_timed_step(step_clock() - step_start)
+                    if self.compiling.timing:
+                        self.after_timed_step(autotune.step_clock() - step_start)
                     if self.step == self.start_step + 1:
                         self.record_peak_memory()
                     window_tokens += tokens
@@ -706,11 +479,17 @@ class Trainer:
             exit_code = e.code
             raise
         finally:
-            self.use_compiled(False)  # the model leaves as it came: plain modules
+            self.compiling.use(False)  # the model leaves as it came: plain modules
             loggers.close_all(self.loggers, exit_code)
         if self.eval_failure is not None:
             raise self.eval_failure
         return self.summary(final)
+
+    def after_timed_step(self, seconds: float) -> None:
+        """compile: auto's timed steps; a compile, or their end, makes the next window slow
+        for a known reason, which the slowdown watch leaves out."""
+        if self.compiling.after_timed_step(seconds, self.step):
+            self.watch.restart()
 
     def watch_rate(self, rate: float) -> None:
         """On CPU, warn once when tokens/s collapses (see SlowdownWatch)."""

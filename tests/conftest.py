@@ -1,8 +1,10 @@
-"""Shared helpers: run the real `gptcli` entry point in a subprocess, and a small trained run."""
+"""Shared helpers: run the real `gptcli` entry point in a subprocess or in this process, and a
+small trained run."""
 
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import shutil
@@ -14,11 +16,15 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+
+from gptcli import cli, console
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -199,6 +205,110 @@ def gptcli(
     )
 
 
+REGISTER = atexit.register
+
+
+class CommandState:
+    """What a command run in this process may change and a fresh process would not keep: the
+    Ctrl-C and SIGTERM handlers (cli.main installs its own), the exit handlers gptcli
+    registers, torch's thread count and random state, and console's quiet flag. Taken before a
+    command, put back after it."""
+
+    def __init__(self) -> None:
+        self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.threads = torch.get_num_threads()
+        self.rng = torch.get_rng_state()
+        self.exit_handlers: list[Callable] = []
+
+    def register(self, func: Callable, *args, **kwargs) -> Callable:
+        """atexit.register while the command runs: gptcli's own handlers are noted to drop."""
+        if getattr(func, "__module__", "").startswith("gptcli"):
+            self.exit_handlers.append(func)
+        return REGISTER(func, *args, **kwargs)
+
+    def restore(self) -> None:
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+        for func in self.exit_handlers:
+            atexit.unregister(func)
+        torch.set_num_threads(self.threads)
+        torch.set_rng_state(self.rng)
+        console.set_quiet(False)
+
+
+@contextmanager
+def warnings_on_stderr() -> Iterator[None]:
+    """Python's warnings as a fresh `python -m gptcli` shows them, on sys.stderr (pytest would
+    otherwise collect them into its summary, and a test counting stderr lines would miss
+    them): each once per place, deprecations and import or resource warnings ignored."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        for quiet in (
+            DeprecationWarning,
+            PendingDeprecationWarning,
+            ImportWarning,
+            ResourceWarning,
+        ):
+            warnings.filterwarnings("ignore", category=quiet)
+        warnings.showwarning = show
+        yield
+
+
+def run_in_process(
+    monkeypatch: pytest.MonkeyPatch,
+    *args: str,
+    cwd: Path | None = None,
+    input: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run `gptcli ARGS` through cli.main in this process, as `gptcli(...)` runs it in a child:
+    same working folder, environment, stdin, exit status and output (utf-8 text)."""
+    stdin = input.encode() if isinstance(input, str) else (input or b"")
+    out, err = io.BytesIO(), io.BytesIO()
+    state = CommandState()
+    with monkeypatch.context() as patch:
+        if cwd is not None:
+            patch.chdir(cwd)
+        patch.delenv("GPTCLI_DEBUG", raising=False)
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        patch.setattr(atexit, "register", state.register)
+        patch.setattr(sys, "argv", ["gptcli", *(os.fsdecode(a) for a in args)])
+        patch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        streams = {"stdout": (out, "strict"), "stderr": (err, "backslashreplace")}
+        for name, (buffer, errors) in streams.items():
+            wrapper = io.TextIOWrapper(buffer, encoding="utf-8", errors=errors, write_through=True)
+            patch.setattr(sys, name, wrapper)
+        try:
+            with warnings_on_stderr():
+                cli.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            state.restore()
+        # read before the patches go: a dropped wrapper closes its buffer
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["gptcli", *args], code, stdout, stderr)
+
+
+@pytest.fixture
+def gptcli_inproc(monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
+    """`gptcli(...)` without a process: for commands that stop on bad input before any real
+    work, where starting a child costs more than the command. Each call leaves this process as
+    it found it (folder, environment, streams, signal handlers, threads, quiet flag); signals,
+    real stdio, torchrun and training keep the subprocess `gptcli`."""
+
+    def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_in_process(monkeypatch, *args, **kwargs)
+
+    return run
+
+
 def gptcli_without(module: str, *args: str, cwd: Path):
     """Run `gptcli ARGS` with `module` hidden, as if its optional extra were not installed (CI
     has every extra), and return the CompletedProcess."""
@@ -223,6 +333,50 @@ def torchrun(*args: str, cwd: Path, nproc: int = 2):
         env=run_env(**TORCHRUN_ENV),
         timeout=300,
     )
+
+
+# gptcli with the save of one step held, so that a test can kill -9 it at a known point of a
+# save: `python hold.py MARKER STEP WHEN ARGS...` runs `gptcli ARGS`; every process (each rank
+# under torchrun) writes its pid to MARKER.pidRANK, and the one that reaches the save of STEP
+# writes the temporary folder's path to MARKER and sleeps, WHEN "before" the checkpoint's files
+# are written into that folder or "after" (all written, not yet renamed into place).
+HOLD_IN_SAVE = textwrap.dedent(
+    """\
+    import os, runpy, sys, time
+    from pathlib import Path
+    from gptcli import checkpoint_tensors
+
+    marker, hold_step, when = Path(sys.argv.pop(1)), int(sys.argv.pop(1)), sys.argv.pop(1)
+    Path(f"{marker}.pid{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
+    write_main_files = checkpoint_tensors.write_main_files
+
+    def hold(tmp):
+        marker.write_text(str(tmp))
+        time.sleep(300)
+
+    def held(tmp, snapshot, *args, **kwargs):
+        if snapshot.step == hold_step and when == "before":
+            hold(tmp)
+        write_main_files(tmp, snapshot, *args, **kwargs)
+        if snapshot.step == hold_step and when == "after":
+            hold(tmp)
+
+    checkpoint_tensors.write_main_files = held
+    runpy.run_module("gptcli", run_name="__main__")
+    """
+)
+
+
+def wait_for_hold(proc: subprocess.Popen, marker: Path, timeout: float = 120) -> Path:
+    """Wait until the process started with HOLD_IN_SAVE is held in its save; the temporary
+    folder it is writing (as the command named it, relative to its working folder)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        why = proc.stderr.read() if proc.stderr and proc.poll() is not None else "no save held"
+        raise AssertionError(why)
+    return Path(marker.read_text())
 
 
 def assert_one_line_error(proc, *needles: str) -> None:
@@ -268,14 +422,39 @@ def write_recipe(folder: Path, text: str = TINY_RECIPE, name: str = "mini.yaml")
     return path
 
 
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file under folder (but the run lock, which every command opens) by its path: its
+    size and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".lock"
+    }
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
-    """A folder holding runs/mini, trained once for the whole session by the real CLI."""
+    """A folder holding runs/mini, trained once for the whole session by the real CLI. Tests
+    share it, so none may write into runs/mini (a test that does takes `trained_copy`): the
+    session ends with an error naming what changed there."""
     root = tmp_path_factory.mktemp("trained")
     recipe = write_recipe(root)
     proc = gptcli("pretrain", str(recipe), "--quiet", cwd=root)
     assert proc.returncode == 0, proc.stderr
-    return root
+    before = files_of(root / "runs" / "mini")
+    yield root
+    after = files_of(root / "runs" / "mini")
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"a test wrote into the shared runs/mini: {changed}"
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path) -> Path:
+    """tmp_path holding a copy of the trained runs/mini and its mini.yaml, for a test that
+    writes into the run (checkpoints, eval results, exports)."""
+    shutil.copytree(trained / "runs" / "mini", tmp_path / "runs" / "mini")
+    shutil.copy(trained / "mini.yaml", tmp_path / "mini.yaml")
+    return tmp_path
 
 
 # an SFT finetune of runs/mini (chat template): conftest's chat-sft run and test_finetune's
@@ -319,3 +498,85 @@ def chat_trained(trained) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return trained / "runs" / "chat-sft"
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run folder with a tokenizer, and a one-layer model and AdamW a step into training:
+    (folder, model, optimizer), ready for save_tiny."""
+    from gptcli import tokenizer
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    tok = tokenizer.train(["hello world"] * 10, 280, ["<|endoftext|>"])
+    tokenizer.save(tok, tmp_path / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=280))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
+    opt.step()
+    return tmp_path, model, opt
+
+
+def save_tiny(run, step: int) -> Path:
+    """tiny_run's model and optimizer saved as the run's checkpoint of step."""
+    from gptcli.checkpoint_tensors import Snapshot, save
+
+    folder, model, opt = run
+    snapshot = Snapshot(
+        step, model.cfg, model.state_dict(), folder / "tokenizer.json", [opt], {"tokens_seen": step}
+    )
+    return save(folder, snapshot)
+
+
+# the Llama family's switches (the other family HF and GGUF express is GPT-2, the default)
+LLAMA = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
+
+
+def small_checkpoint(root: Path, name: str, tok_path: Path, **switches) -> Path:
+    """A small checkpoint of any architecture, with weights far from init (not all-zero biases)."""
+    from gptcli import tokenizer
+    from gptcli.checkpoint_tensors import Snapshot, save
+    from gptcli.model import GPT
+    from gptcli.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    vocab = tokenizer.load(tok_path).get_vocab_size()
+    model = GPT(
+        ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, **switches)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    snapshot = Snapshot(1, model.cfg, model.state_dict(), tok_path, state={"step": 1})
+    return save(root / "runs" / name, snapshot)
+
+
+@pytest.fixture(scope="session")
+def format_models(trained, tmp_path_factory) -> dict[str, Path]:
+    """runs/mini (trained, GPT-2 family) plus Llama-family checkpoints sharing its tokenizer,
+    for the HF and GGUF formats' tests."""
+    tok_path = trained / "runs" / "mini" / "tokenizer.json"
+    root = tmp_path_factory.mktemp("export")
+    return {
+        "gpt2": trained / "runs" / "mini",
+        "gpt2-nobias-untied": small_checkpoint(
+            root, "g", tok_path, bias=False, tie_embeddings=False
+        ),
+        "llama": small_checkpoint(root, "l", tok_path, **LLAMA),
+        "llama-bias-untied": small_checkpoint(
+            root, "lb", tok_path, **{**LLAMA, "bias": True}, tie_embeddings=False
+        ),
+        "root": root,
+    }
+
+
+def loaded_by_import(module: str, *watched: str) -> list[str]:
+    """Which of the watched modules a fresh Python has loaded once it imports module."""
+    found = f"[m for m in {watched!r} if m in sys.modules]"
+    code = f"import json, sys, {module}\nprint(json.dumps({found}))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=run_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -1,14 +1,20 @@
 """Bundled recipes: found by name from any folder, listed by `inspect --recipes`, and a bundled
 recipe whose data is not here says which key to set."""
 
+import dataclasses
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 from conftest import REPO, assert_one_line_error, gptcli
 
 from gptcli import bundled
 from gptcli import inspect as inspect_mod
+from gptcli import recipe as recipe_mod
 from gptcli.console import UserError
+from gptcli.data import corpus, hub, tokenize, url
 
 # recipes/eval/ holds lm-eval task definitions, not recipes
 NAMES = sorted(
@@ -62,17 +68,18 @@ def test_bare_name_runs_the_bundled_recipe_and_says_which(tmp_path):
     assert json.loads(proc.stdout)["run_dir"] == "runs/smoke"
 
 
-def test_a_file_of_that_name_here_wins_and_yaml_names_are_paths(tmp_path):
+def test_a_file_of_that_name_here_wins_and_yaml_names_are_paths(tmp_path, gptcli_inproc):
     (tmp_path / "tiny").write_text("name: mine\nmodle: {}\n")  # a local file, not the bundled
-    assert_one_line_error(gptcli("pretrain", "tiny", cwd=tmp_path), "tiny: unknown", "modle")
-    proc = gptcli("pretrain", "recipes/tiny.yaml", cwd=tmp_path)  # outside a checkout
+    proc = gptcli_inproc("pretrain", "tiny", cwd=tmp_path)
+    assert_one_line_error(proc, "tiny: unknown", "modle")
+    proc = gptcli_inproc("pretrain", "recipes/tiny.yaml", cwd=tmp_path)  # outside a checkout
     assert_one_line_error(proc, "recipe not found: recipes/tiny.yaml", "named 'tiny'")
-    proc = gptcli("finetune", "nope", cwd=tmp_path)
+    proc = gptcli_inproc("finetune", "nope", cwd=tmp_path)
     assert_one_line_error(proc, "recipe not found: nope", "gptcli inspect --recipes")
 
 
-def test_bundled_recipe_without_its_data_names_the_key(tmp_path):
-    proc = gptcli("finetune", "finetune/sst2", cwd=tmp_path)
+def test_bundled_recipe_without_its_data_names_the_key(tmp_path, gptcli_inproc):
+    proc = gptcli_inproc("finetune", "finetune/sst2", cwd=tmp_path)
     needles = ("recipe finetune/sst2: its data", "is not here", "--set data.source=PATH")
     assert_one_line_error(proc, *needles, "--set data.dev=PATH", "fields text and label")
 
@@ -100,9 +107,10 @@ def test_bundled_recipe_with_given_data_goes_on(tmp_path, monkeypatch):
     assert recipe.data.source == "train.jsonl" and recipe.init == "runs/sst2-lm"
 
 
-def test_inspect_needs_a_path_or_recipes(tmp_path):
-    assert_one_line_error(gptcli("inspect", cwd=tmp_path), "--recipes")
-    assert_one_line_error(gptcli("inspect", "runs", "--recipes", cwd=tmp_path), "no PATH")
+def test_inspect_needs_a_path_or_recipes(tmp_path, gptcli_inproc):
+    assert_one_line_error(gptcli_inproc("inspect", cwd=tmp_path), "--recipes")
+    proc = gptcli_inproc("inspect", "runs", "--recipes", cwd=tmp_path)
+    assert_one_line_error(proc, "no PATH")
 
 
 def _help(command: str) -> str:
@@ -113,3 +121,106 @@ def _help(command: str) -> str:
 def test_help_says_run_dir_and_out_are_paths():
     assert "run_dir: a path, used as given" in _help("pretrain")  # finetune's says the same
     assert "Folder to write (new or empty): a path, used as given" in _help("export")
+
+
+# ----------------------------------------------------------- what a run of each recipe records
+
+# Stand-in text for every file and download a bundled recipe reads: each field a task may name.
+STAND_IN_ROW = {
+    "text": "a small story.",
+    "label": 1,
+    "premise": "it rains.",
+    "hypothesis": "it is wet.",
+    "sentence1": "one.",
+    "sentence2": "two.",
+    "context": "once",
+    "choices": ["a", "b"],
+    "prompt": "2+2?",
+    "response": "4",
+}
+STAND_IN_TEXT = "Once upon a time.\n<|endoftext|>\nThe end came soon.\n"
+
+# sha256 of record_of(name) for each bundled recipe, computed by the code before the data-source
+# schema moved into recipe.py: a change here makes every existing run of that recipe stale.
+RECORDED = {
+    "finetune-lm": "d44a8f13bb5d6b82431d367252ac500343da27d6b2b1803528ded2aca4181972",
+    "fineweb-edu": "f092a9caa145aca760eced9cde44cda433ac48b02090f0f67b845e4dcb24660d",
+    "gpt2-124m": "75612a292d1e74807544e002a6dbd87d06840c19785030023dcb8f12c5c5c934",
+    "shakespeare": "5bbea28ba075448c6e79c487c76d897df637e65778e3f04a0b48f73b4d92cd3d",
+    "smoke": "afa1995c756ef454f1bc534e6842b95a0e9d6b30c5014e58bfc5249e9785ba82",
+    "sst2-pretrain": "6b97c1a8f5048660614909bcc6b0333c57565ba00058c5c730d3cfdf1a097834",
+    "tiny": "a5a9de2bc6b1282f75f33fa4f1cdc5421b3d5d33e9056129baa55899b0b5650e",
+    "tinystories": "0049137021c58994654669083f49bacb0595d28a0e43321ae3c27ecf28d58c72",
+    "finetune/rte": "d6645ad4debaeb61f7316d36ef9d9f6ffb205321e6cf83520bc7652747384808",
+    "finetune/sft": "4007a2d7c427b7eb34a72a82727d497d29db94122f4fdc4aa9e5d6b892370935",
+    "finetune/similarity": "fa1638b0845788c5bcc53db8601151f75fe76eb1b584c7f598b9923d62b42704",
+    "finetune/sst2": "738ec2ff1397645bc7ba450651908072fec50df8f490517cdf4c411e83f7acda",
+    "finetune/story-choice": "afbec6710d02f5c39fc2e071b85764d4c370aea8bc619ec1fdf4252547c111fd",
+}
+
+
+def record_of(name: str, tmp_path, monkeypatch) -> dict:
+    """What a run of the bundled recipe NAME writes that decides whether it is up to date: its
+    recipe.yaml, its corpus fingerprint, the manifest's per-source entries (and a task's
+    examples), with tiny stand-ins for its files, downloads and Hub datasets."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path / "cache"))
+    calls: list = []
+
+    def fetch(url_, sha256="", max_mb=0.0, allow_html=False):
+        calls.append(["fetch", url_, sha256, max_mb, allow_html])
+        path = tmp_path / "cache" / url_.rsplit("/", 1)[-1]
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(STAND_IN_TEXT)
+        return path
+
+    def hub_identity(dataset, known):
+        calls.append(["identity", repr(dataset), known])
+        return {"dataset": dataset.name, "config": dataset.config, "split": dataset.split}
+
+    def hub_documents(dataset, reading):
+        calls.append(["documents", repr(dataset), reading.text_field, reading.errors])
+        yield from ("one hub document.", "another.")
+
+    monkeypatch.setattr(url, "fetch", fetch)
+    monkeypatch.setattr(hub, "identity", hub_identity)
+    monkeypatch.setattr(hub, "documents", hub_documents)
+    monkeypatch.setattr(hub, "size", lambda dataset: 1234)
+    r = recipe_mod.load(bundled.names()[name])
+    for _, path in bundled.local_data(r):
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        text = STAND_IN_TEXT if p.suffix == ".txt" else json.dumps(STAND_IN_ROW) + "\n"
+        p.write_text(text * 3)
+    small = dataclasses.replace(r.data, builtin_mb=0.002)  # the generated corpus, in short
+    tally: dict = {}
+    documents = [d for _, d in corpus.iter_documents(small, r.seed, work, tally=tally)]
+    out = {
+        "recipe.yaml": recipe_mod.dump(r),
+        "data_needed": bundled.data_needed(r),
+        "local_data": bundled.local_data(r),
+        "fingerprint": corpus.fingerprint(r.data, r.seed, work),
+        "sources_read": tokenize.sources_read(tally),
+        "documents": documents[:3] + [len(documents)],
+        "bytes": [corpus.corpus_bytes(small, work), corpus.text_bytes(small, work)],
+        "calls": calls,
+    }
+    if r.task.kind != "lm":
+        srcs = r.data.sources() + [r.data.dev_source()]
+        out["records"] = [corpus.records(s, r.data, work) for s in srcs if s]
+    text = json.dumps(out, sort_keys=True, default=str).replace(str(tmp_path), "<tmp>")
+    return json.loads(re.sub(r', "mtime_ns": \d+', "", text))
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_each_recipe_records_what_it_recorded_before(name, tmp_path, monkeypatch):
+    """Fingerprints, manifests and recipe.yaml stay byte-identical, so no run goes stale."""
+    record = record_of(name, tmp_path, monkeypatch)
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    assert digest == RECORDED[name], json.dumps(record, indent=1)
+
+
+def test_every_bundled_recipe_has_a_recorded_fingerprint():
+    assert sorted(RECORDED) == sorted(bundled.names())

@@ -131,8 +131,9 @@ def test_chat_with_stdin_closed_is_the_end_of_input(trained):
     assert "Traceback" not in proc.stderr and "error" not in proc.stderr
 
 
-def test_chat_refuses_a_classifier(trained, tmp_path):
-    proc = gptcli("chat", "-c", str(fake_classifier(trained, tmp_path)), input="", cwd=trained)
+def test_chat_refuses_a_classifier(trained, tmp_path, gptcli_inproc):
+    classifier = str(fake_classifier(trained, tmp_path))
+    proc = gptcli_inproc("chat", "-c", classifier, input="", cwd=trained)
     assert_one_line_error(proc, "classifier", "-c")
 
 

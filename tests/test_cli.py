@@ -21,8 +21,8 @@ def test_version_and_help_with_examples():
         assert proc.returncode == 0 and "Examples" in proc.stdout, command
 
 
-def test_no_command_shows_the_help_and_no_empty_error():
-    proc = gptcli()
+def test_no_command_shows_the_help_and_no_empty_error(gptcli_inproc):
+    proc = gptcli_inproc()
     assert proc.returncode == 2 and "Commands" in proc.stdout and proc.stderr == "", proc.stderr
 
 
@@ -157,15 +157,17 @@ def test_sample_json_and_stdin_prompt(trained):
         (["--max-new-tokens", "abc"], "max-new-tokens"),
     ],
 )
-def test_sample_bad_input(trained, args, needle):
-    assert_one_line_error(gptcli("sample", "--prompt", "x", *args, cwd=trained), needle)
+def test_sample_bad_input(trained, args, needle, gptcli_inproc):
+    proc = gptcli_inproc("sample", "--prompt", "x", *args, cwd=trained)
+    assert_one_line_error(proc, needle)
 
 
-def test_sample_without_any_run(tmp_path):
-    assert_one_line_error(gptcli("sample", "--prompt", "x", cwd=tmp_path), "no complete checkpoint")
+def test_sample_without_any_run(tmp_path, gptcli_inproc):
+    proc = gptcli_inproc("sample", "--prompt", "x", cwd=tmp_path)
+    assert_one_line_error(proc, "no complete checkpoint")
 
 
-def test_tokenize_pipeline_round_trip(trained):
+def test_tokenize_pipeline_round_trip(trained, gptcli_inproc):
     enc = gptcli(
         "tokenize", "--tokenizer", "runs/mini", cwd=trained, input="Once upon a time\nThe cat\n"
     )
@@ -190,7 +192,9 @@ def test_tokenize_pipeline_round_trip(trained):
     ids_json = "[" + ", ".join(lines[1].split()) + "]\n"
     arr = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", cwd=trained, input=ids_json)
     assert arr.stdout == "The cat\n"
-    bad = gptcli("tokenize", "--tokenizer", "runs/mini", "--decode", "1 2 999999", cwd=trained)
+    bad = gptcli_inproc(
+        "tokenize", "--tokenizer", "runs/mini", "--decode", "1 2 999999", cwd=trained
+    )
     assert_one_line_error(bad, "999999")
 
 
@@ -213,38 +217,39 @@ def test_tokenize_recipe_skips_when_up_to_date(trained):
         ("name: x\ndata:\n  source: /nonexistent/corpus.txt\n", [], ["/nonexistent/corpus.txt"]),
     ],
 )
-def test_pretrain_bad_recipe(tmp_path, recipe_text, sets, needles):
+def test_pretrain_bad_recipe(tmp_path, recipe_text, sets, needles, gptcli_inproc):
     recipe = write_recipe(tmp_path, recipe_text)
     args = ["pretrain", str(recipe)] + [x for s in sets for x in ("--set", s)]
-    assert_one_line_error(gptcli(*args, cwd=tmp_path), *needles)
+    assert_one_line_error(gptcli_inproc(*args, cwd=tmp_path), *needles)
 
 
 @pytest.mark.parametrize("name", ["..", ".", "../x", "a\x1b[2Jb"])
-def test_run_name_cannot_leave_runs(tmp_path, name):
+def test_run_name_cannot_leave_runs(tmp_path, name, gptcli_inproc):
     recipe = write_recipe(tmp_path, "name: x\n")
-    proc = gptcli("tokenize", str(recipe), "--set", f"name={name}", cwd=tmp_path)
+    proc = gptcli_inproc("tokenize", str(recipe), "--set", f"name={name}", cwd=tmp_path)
     assert_one_line_error(proc, "recipe key 'name'", "one plain folder name")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.yaml"]
 
 
-def test_missing_recipe_and_unknown_flag(tmp_path):
-    assert_one_line_error(gptcli("pretrain", "nope.yaml", cwd=tmp_path), "recipe not found")
-    assert_one_line_error(gptcli("pretrain", "x.yaml", "--bogus", cwd=tmp_path), "--bogus")
+def test_missing_recipe_and_unknown_flag(tmp_path, gptcli_inproc):
+    proc = gptcli_inproc("pretrain", "nope.yaml", cwd=tmp_path)
+    assert_one_line_error(proc, "recipe not found")
+    assert_one_line_error(gptcli_inproc("pretrain", "x.yaml", "--bogus", cwd=tmp_path), "--bogus")
 
 
-def test_bad_input_leaves_the_run_untouched(trained):
+def test_bad_input_leaves_the_run_untouched(trained, gptcli_inproc):
     run = trained / "runs" / "mini"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
-    proc = gptcli("pretrain", "mini.yaml", "--set", "model.n_layer=3", cwd=trained)
+    proc = gptcli_inproc("pretrain", "mini.yaml", "--set", "model.n_layer=3", cwd=trained)
     assert_one_line_error(proc, "model.n_layer", "--fresh")
     after = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert before == after
 
 
-def test_tokenize_refuses_to_rebuild_shards_under_checkpoints(trained):
+def test_tokenize_refuses_to_rebuild_shards_under_checkpoints(trained, gptcli_inproc):
     shard = trained / "runs" / "mini" / "data" / "train.bin"
     before = shard.stat().st_mtime_ns
-    proc = gptcli("tokenize", "mini.yaml", "--set", "tokenizer.vocab_size=300", cwd=trained)
+    proc = gptcli_inproc("tokenize", "mini.yaml", "--set", "tokenizer.vocab_size=300", cwd=trained)
     assert_one_line_error(proc, "has checkpoints", "name:")
     assert shard.stat().st_mtime_ns == before
 
@@ -384,9 +389,9 @@ def test_text_that_is_not_utf8_exits_2_naming_where(trained, args, stdin, needle
     assert_one_line_error(proc, needle)
 
 
-def test_prompt_file_that_is_not_utf8_names_line_and_byte(trained, tmp_path):
+def test_prompt_file_that_is_not_utf8_names_line_and_byte(trained, tmp_path, gptcli_inproc):
     (tmp_path / "p.txt").write_bytes(b"fine\nab\xffc\n")
-    proc = gptcli(
+    proc = gptcli_inproc(
         "sample", "-c", "runs/mini", "--prompt-file", str(tmp_path / "p.txt"), cwd=trained
     )
     assert_one_line_error(proc, "p.txt line 2: not UTF-8 at byte offset 2")
@@ -404,9 +409,9 @@ def test_prompt_file_that_is_not_utf8_names_line_and_byte(trained, tmp_path):
         (["tokenize", "mini.yaml", "--set", "run_dir=mini.yaml/sub"], "mini.yaml/sub"),
     ],
 )
-def test_unwritable_output_path_exits_2_naming_it(trained, args, needle):
+def test_unwritable_output_path_exits_2_naming_it(trained, args, needle, gptcli_inproc):
     """(As root, permissions stop nothing: /proc and a path under a regular file still do.)"""
-    proc = gptcli(*args, cwd=trained)
+    proc = gptcli_inproc(*args, cwd=trained)
     assert_one_line_error(proc, needle)
     assert "unexpected" not in proc.stderr
 

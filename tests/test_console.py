@@ -5,6 +5,7 @@ import re
 from io import StringIO
 
 import pytest
+import torch
 from rich.console import Console
 
 from gptcli import console, files
@@ -80,3 +81,20 @@ def test_full_disk_while_writing_a_file_names_it(tmp_path, monkeypatch):
     with pytest.raises(Failure, match=f"{target}: No space left on device"):
         files.write_atomic(target, b"{}")
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_a_failed_allocation_is_one_line_with_the_remedy():
+    """torch's CPU allocator, CUDA's out-of-memory error and MemoryError all read as the
+    same short line (exit 1), the size tried where the error gives it; others pass through."""
+    cpu = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 12000000000000 bytes. Error code 12 (Cannot allocate memory)"
+    )
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 ...")
+    for error, size in [(cpu, " allocating 12000000000000 bytes"), (cuda, " allocating 20.00 GiB")]:
+        failure = console.memory_failure(error)
+        assert isinstance(failure, Failure)
+        assert str(failure) == f"out of memory{size}: {console.MEMORY_REMEDY}"
+    assert str(console.memory_failure(MemoryError())).startswith("out of memory: lower")
+    assert console.memory_failure(RuntimeError("shape mismatch")) is None
+    assert console.memory_failure(ValueError("out of memory")) is None

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from gptcli import data, recipe
+from gptcli import recipe
 from gptcli.console import UserError
-from gptcli.data import corpus, streams  # noqa: F401  (patched below)
+from gptcli.data import batches, corpus, shards, split, streams
 
 
 def _docs(cfg, seed=0):
-    return [doc for _, doc in data.iter_documents(cfg, seed)]
+    return [doc for _, doc in corpus.iter_documents(cfg, seed)]
 
 
 def _route(docs, fraction, seed, tail=None):
-    splitter = data.Splitter(fraction, seed, tail)
+    splitter = split.Splitter(fraction, seed, tail)
     return [r for d in docs for r in splitter.route(d)]
 
 
@@ -32,10 +32,10 @@ def test_split_whole_documents_by_seed_within_one_percent():
 
 def test_weights_repeat_documents_in_the_same_split():
     docs = [f"doc {i}" for i in range(200)]
-    splitter = data.Splitter(0.2, 3)
+    splitter = split.Splitter(0.2, 3)
     routes = [list(splitter.route(d, 2.0)) for d in docs]
     assert all(len(r) == 2 and r[0] == r[1] for r in routes)
-    half = data.Splitter(0.2, 3)
+    half = split.Splitter(0.2, 3)
     kept = sum(len(list(half.route(d, 0.5))) for d in docs)
     assert 70 < kept < 130
 
@@ -43,9 +43,9 @@ def test_weights_repeat_documents_in_the_same_split():
 def test_few_documents_give_the_tail_of_the_text(tmp_path):
     (tmp_path / "a.txt").write_text("a" * 900 + "<|endoftext|>" + "b" * 100)
     cfg = recipe.DataConfig(source=str(tmp_path / "a.txt"), val_fraction=0.15)
-    tail = data.tail_split_chars(cfg, 0)
+    tail = split.tail_split_chars(cfg, 0)
     assert tail == 850
-    routes = list(data.routed(cfg, 0, None, tail))
+    routes = list(split.routed(cfg, 0, None, tail))
     assert routes == [
         ("train", "a" * 850, False),
         ("val", "a" * 50, True),
@@ -80,7 +80,7 @@ def test_builtin_stream_matches_generate():
 
 
 def test_documents_straddling_read_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(data.streams, "READ_CHUNK", 7)
+    monkeypatch.setattr(streams, "READ_CHUNK", 7)
     docs = [f"document {i} with some words" for i in range(30)]
     (tmp_path / "c.txt").write_text("<|endoftext|>".join(docs))
     assert _docs(recipe.DataConfig(source=str(tmp_path / "c.txt"))) == docs
@@ -90,7 +90,7 @@ def test_safe_pieces_keep_the_ids(tmp_path):
     from gptcli import tokenizer
 
     text = "Hello there.\n  indented\nNext line, 'tis\n\nnew para\n" * 50
-    pieces = data.safe_pieces(text, size=100)
+    pieces = shards.safe_pieces(text, size=100)
     assert len(pieces) > 5 and "".join(pieces) == text
     tok = tokenizer.train([text], 300, ["<|endoftext|>"])
     whole = tok.encode(text, add_special_tokens=False).ids
@@ -113,7 +113,7 @@ def test_bad_corpus_names_file_and_place(tmp_path, name, content, needle):
     (tmp_path / name).write_bytes(content)
     cfg = recipe.DataConfig(source=str(tmp_path / name))
     with pytest.raises(UserError, match=needle.replace("|", r"\|")):
-        list(data.routed(cfg, 0, None, None))
+        list(split.routed(cfg, 0, None, None))
 
 
 def test_csv_quoted_fields_may_span_lines_and_end_the_file(tmp_path):
@@ -138,37 +138,37 @@ def test_fingerprint_reuses_hash_only_for_same_size_and_mtime(tmp_path, monkeypa
     f = tmp_path / "a.txt"
     f.write_text("hello")
     cfg = recipe.DataConfig(source=str(f))
-    fp = data.fingerprint(cfg, 0)
+    fp = corpus.fingerprint(cfg, 0)
     calls = []
-    monkeypatch.setattr(data.corpus, "sha256_file", lambda p: calls.append(p) or "x")
-    assert data.same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and not calls
+    monkeypatch.setattr(corpus, "sha256_file", lambda p: calls.append(p) or "x")
+    assert corpus.same_corpus(corpus.fingerprint(cfg, 0, known=fp), fp) and not calls
     f.write_text("hellp")
-    assert not data.same_corpus(data.fingerprint(cfg, 0, known=fp), fp) and calls
+    assert not corpus.same_corpus(corpus.fingerprint(cfg, 0, known=fp), fp) and calls
 
 
 def test_unigram_entropy_of_uniform_tokens():
     ids = np.arange(16).repeat(10)  # 16 equally likely tokens: 4 bits each
-    bits = data.unigram_bits_from_counts(np.bincount(ids), n_bytes=len(ids) * 2)
+    bits = shards.unigram_bits_from_counts(np.bincount(ids), n_bytes=len(ids) * 2)
     assert bits == pytest.approx(2.0)
 
 
 def test_batches_depend_only_on_index():
     tokens = np.arange(1000, dtype=np.uint16)
-    b = data.Batches(tokens, block_size=8, batch_size=4, seed=3)
+    b = batches.Batches(tokens, block_size=8, batch_size=4, seed=3)
     x1, y1 = b.get(5)
     x2, _ = b.get(5)
     x3, _ = b.get(6)
     assert (x1 == x2).all() and not (x1 == x3).all()
     assert (y1[:, :-1] == x1[:, 1:]).all()
     with pytest.raises(UserError, match="fewer than block_size"):
-        data.Batches(tokens[:9], block_size=8, batch_size=4, seed=3)
-    fresh = data.Batches(tokens, block_size=8, batch_size=4, seed=3)
+        batches.Batches(tokens[:9], block_size=8, batch_size=4, seed=3)
+    fresh = batches.Batches(tokens, block_size=8, batch_size=4, seed=3)
     assert (fresh.get(5)[0] == x1).all()  # no hidden state: a resumed run sees the same batch
 
 
 def test_each_epoch_trains_on_every_window_once_at_a_new_offset():
     tokens = np.arange(1000, dtype=np.uint16)
-    b = data.Batches(tokens, block_size=8, batch_size=4, seed=0)
+    b = batches.Batches(tokens, block_size=8, batch_size=4, seed=0)
     per_epoch = b.batches_per_epoch
     assert per_epoch == (1000 - 1 - 8) // 8 // 4
 
@@ -183,7 +183,7 @@ def test_each_epoch_trains_on_every_window_once_at_a_new_offset():
 
 
 def test_a_tiny_split_still_fills_the_batch():
-    b = data.Batches(np.arange(30, dtype=np.uint16), block_size=8, batch_size=4, seed=0)
+    b = batches.Batches(np.arange(30, dtype=np.uint16), block_size=8, batch_size=4, seed=0)
     x, y = b.get(0)
     assert x.shape == y.shape == (4, 8)
 
@@ -195,7 +195,7 @@ def test_bpe_trained_on_safe_pieces_equals_bpe_on_the_whole_document():
     from gptcli import tokenizer
 
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:300_000]
-    pieces = data.safe_pieces(text, 5_000)
+    pieces = shards.safe_pieces(text, 5_000)
     assert len(pieces) > 50 and "".join(pieces) == text
     whole = tokenizer.train([text], 600, ["<|endoftext|>"])
     cut = tokenizer.train(pieces, 600, ["<|endoftext|>"])
@@ -207,8 +207,8 @@ def test_builtin_fingerprint_ignores_the_generator_source(tmp_path, monkeypatch)
     from gptcli import stories
 
     cfg = recipe.DataConfig(source="builtin:stories")
-    before = data.fingerprint(cfg, 0)
+    before = corpus.fingerprint(cfg, 0)
     copy = tmp_path / "stories.py"
     copy.write_text(open(stories.__file__).read() + "\n# reformatted\n")
     monkeypatch.setattr(stories, "__file__", str(copy))
-    assert data.fingerprint(cfg, 0) == before
+    assert corpus.fingerprint(cfg, 0) == before

@@ -177,11 +177,18 @@ def test_offline_with_a_cached_file_that_fails_its_check(tmp_path, server):
 
 
 def test_html_allowed_when_asked(tmp_path, server):
-    extra = "  allow_html: true\n"
+    """The page reaches the shards as it was served, tags and all."""
+    from tokenizers import Tokenizer
+
+    extra = "  allow_html: true\n  val_fraction: 0.01\n"
     proc = _tokenize(
         tmp_path, str(_recipe(tmp_path, f"{server}/page.html", extra)), env_cache=tmp_path / "c"
     )
     assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs/c"
+    ids = np.fromfile(run / "data" / "train.bin", dtype=json.loads(proc.stdout)["dtype"])
+    text = Tokenizer.from_file(str(run / "tokenizer.json")).decode(ids.tolist())
+    assert text.count("<p>one story</p>") == json.loads(proc.stdout)["train"]["documents"] > 100
 
 
 def test_unreachable_url(tmp_path):
@@ -308,12 +315,12 @@ def test_shards_equal_tokenizers_ids_on_every_shared_corpus(tmp_path):
     run = tmp_path / "runs/c"
     tok = Tokenizer.from_file(str(run / "tokenizer.json"))
     eot = tok.token_to_id("<|endoftext|>")
-    from gptcli import data
     from gptcli import recipe as recipe_mod
+    from gptcli.data import split
 
     cfg = recipe_mod.load(recipe).data
     expected = {"train": [], "val": []}
-    splitter_docs = data.routed(cfg, 1337, run, None)
+    splitter_docs = split.routed(cfg, 1337, run, None)
     texts = {"train": [], "val": []}
     for split_name, text, _ in splitter_docs:
         texts[split_name].append(text)
@@ -394,8 +401,8 @@ def test_old_manifest_of_a_builtin_corpus_is_upgraded_not_rebuilt(trained, tmp_p
     assert "older gptcli" in proc.stderr and "already at step 12" in proc.stderr
     assert shard.stat().st_mtime_ns == mtime
     upgraded = json.loads(path.read_text())
-    from gptcli import data
+    from gptcli.data.manifest import MANIFEST_VERSION
 
-    assert upgraded["format_version"] == data.MANIFEST_VERSION
+    assert upgraded["format_version"] == MANIFEST_VERSION
     assert upgraded["corpus"]["sources"][0]["generator"] == 1
     assert "older gptcli" not in gptcli("pretrain", "mini.yaml", cwd=tmp_path).stderr

@@ -118,15 +118,15 @@ def test_offline_with_nothing_cached_exits_2_in_one_line(tmp_path, hub_home):
     ids=["text-field", "split", "config"],
 )
 def test_hf_mistakes_name_what_the_dataset_has(tmp_path, hub_home, monkeypatch, source, needles):
-    from gptcli import data
     from gptcli import recipe as recipe_mod
     from gptcli.console import UserError
+    from gptcli.data import corpus
 
     hub_folder(tmp_path)
     monkeypatch.chdir(tmp_path)
     r = recipe_mod.from_dict({"data": {"source": {"path": "hf:owner/tales", **source}}})
     with pytest.raises(UserError) as e:
-        next(data.iter_documents(r.data, r.seed))
+        next(corpus.iter_documents(r.data, r.seed))
     for needle in ["hf:owner/tales", *needles]:
         assert needle in str(e.value), (needle, str(e.value))
     assert "\n" not in str(e.value)
@@ -220,10 +220,10 @@ def test_missing_datasets_names_the_install_line(tmp_path, hub_home):
     ],
 )
 def test_hub_keys_are_checked_before_any_work(tmp_path, data, needle, hub_home):
-    from gptcli import data as data_mod
     from gptcli import recipe as recipe_mod
     from gptcli.console import UserError
+    from gptcli.data import corpus
 
     with pytest.raises(UserError, match=needle.replace(".", r"\.")):
         r = recipe_mod.from_dict({"data": data})
-        data_mod.fingerprint(r.data, r.seed, tmp_path)
+        corpus.fingerprint(r.data, r.seed, tmp_path)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA, gptcli, run_env
 
-from gptcli import data, recipe
+from gptcli import recipe
+from gptcli.data import tokenize
 
 RECIPE = "name: c\ntokenizer:\n  vocab_size: 300\ndata:\n  source: corpus.jsonl\n"
 
@@ -191,7 +192,7 @@ def test_max_tokens_stops_at_a_document_boundary_and_resumes_alike(
             {"name": "c", "tokenizer": {"vocab_size": 300}, "data": {"source": "corpus.jsonl"}}
         )
         r.data.max_tokens = max_tokens
-        assert data.is_up_to_date(r, straight / "runs" / "c") is fresh, max_tokens
+        assert tokenize.is_up_to_date(r, straight / "runs" / "c") is fresh, max_tokens
 
     cut = _folder(tmp_path, "capped-cut")
     assert _stopped(cut, 3, signal.SIGKILL, f"data.max_tokens={cap}").returncode == -9

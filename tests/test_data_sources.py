@@ -129,7 +129,8 @@ def test_missing_pyarrow_names_the_install_line(tmp_path):
 
 @pytest.mark.parametrize("frames", [1, 3])
 def test_zst_reads_every_frame_like_the_plain_file(tmp_path, frames):
-    from gptcli import data, recipe
+    from gptcli import recipe
+    from gptcli.data import corpus
 
     text = "<|endoftext|>".join(STORIES).encode()
     step = len(text) // frames + 1
@@ -139,7 +140,9 @@ def test_zst_reads_every_frame_like_the_plain_file(tmp_path, frames):
     )
     (tmp_path / "a.txt").write_bytes(text)
     docs = {
-        name: [d for _, d in data.iter_documents(recipe.DataConfig(source=str(tmp_path / name)), 0)]
+        name: [
+            d for _, d in corpus.iter_documents(recipe.DataConfig(source=str(tmp_path / name)), 0)
+        ]
         for name in ("a.txt", "a.txt.zst")
     }
     assert docs["a.txt.zst"] == docs["a.txt"] and len(docs["a.txt"]) == len(STORIES)
@@ -177,9 +180,9 @@ def test_the_same_text_in_any_container_gives_the_same_tokenizer_and_shards(tmp_
 
 
 def test_a_directory_lists_every_known_kind(tmp_path):
-    from gptcli import data
+    from gptcli.data import paths
 
     for name in ("a.parquet", "b.jsonl.zst", "c.txt", "d.csv", "notes.json", "x.py"):
         (tmp_path / name).write_text("")
-    listed = [p.name for p in data.source_files(str(tmp_path))]
+    listed = [p.name for p in paths.source_files(str(tmp_path))]
     assert listed == ["a.parquet", "b.jsonl.zst", "c.txt", "d.csv"]

@@ -14,9 +14,21 @@ def test_cpu_peak_is_measured_once_per_dtype_and_cached(tmp_path, monkeypatch):
     peak, source = device.peak_flops(cpu, None)
     assert (peak, source) == (1e11, "measured float32 matmul on this CPU")
     assert device.peak_flops(cpu, None)[0] == 1e11
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     assert device.peak_flops(cpu, torch.bfloat16)[1] == "measured bfloat16 matmul on this CPU"
     assert probes == [torch.float32, torch.bfloat16]  # the repeat came from the cache
     assert len(json.loads((tmp_path / "cpu_peak_flops.json").read_text())) == 2
+
+
+def test_cpu_without_native_bf16_takes_the_fp32_peak_for_bf16(tmp_path, monkeypatch):
+    """Emulated bf16 runs below the fp32 matmul, so that is the peak (and no bf16 probe)."""
+    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))
+    probes = []
+    monkeypatch.setattr(device, "_probe_matmul", lambda dtype: probes.append(dtype) or 1e11)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    peak, source = device.peak_flops(torch.device("cpu"), torch.bfloat16)
+    assert (peak, source) == (1e11, "measured float32 matmul on this CPU")
+    assert probes == [torch.float32]
 
 
 def test_cpu_peak_probe_measures_a_real_matmul():
@@ -36,36 +48,12 @@ def test_gpu_peak_comes_from_the_datasheet(monkeypatch, name, amp, peak):
     assert device.peak_flops(torch.device("cuda"), amp) == (peak, f"{name} datasheet")
 
 
-def test_gpu_without_bf16_trains_in_fp32_with_a_warning(monkeypatch, capsys):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert device.autocast_dtype(torch.device("cuda"), "auto") is None
-    assert "no bf16" in capsys.readouterr().err
-
-
 def test_compile_is_refused_on_cpu_only_without_a_cpp_compiler():
     from torch._inductor import config
 
     assert device.why_no_compile(torch.device("cuda")) is None  # no host compiler needed
     with config.patch({"cpp.cxx": ("gptcli-no-such-g++",)}):
         assert "no C++ compiler" in device.why_no_compile(torch.device("cpu"))
-
-
-def test_dtype_auto_on_cpu_follows_the_measured_bf16_speedup(monkeypatch):
-    """auto never picks the slower dtype: bf16 where native and measured faster, else fp32."""
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    assert device.autocast_dtype(cpu, "auto", bf16_speedup=lambda: 1.4) == torch.bfloat16
-    assert device.autocast_dtype(cpu, "auto", bf16_speedup=lambda: 0.7) is None
-    assert device.autocast_dtype(cpu, "bf16", bf16_speedup=lambda: 0.7) == torch.bfloat16
-
-    def no_probe():
-        raise AssertionError("probed where the rule needs no measurement")
-
-    assert device.autocast_dtype(cpu, "fp32", bf16_speedup=no_probe) is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert device.autocast_dtype(torch.device("cuda"), "auto", "x", no_probe) == torch.bfloat16
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
-    assert device.autocast_dtype(cpu, "auto", bf16_speedup=no_probe) is None
 
 
 def test_probes_run_once_per_shape_and_are_cached(tmp_path, monkeypatch):
@@ -87,3 +75,14 @@ def test_faster_ratio_is_slow_time_over_fast_time():
     import time
 
     assert device.faster_ratio(lambda: time.sleep(0.02), lambda: None, rounds=1) > 1
+
+
+def test_best_times_warm_each_call_up_then_take_turns():
+    calls = []
+    times = device.best_times([lambda: calls.append("a"), lambda: calls.append("b")], rounds=2)
+    assert calls == ["a", "b"] * 3 and len(times) == 2 and min(times) >= 0
+
+
+def test_a_precision_is_named_bf16_or_fp32():
+    names = [device.dtype_name(d) for d in (torch.bfloat16, None, torch.float32)]
+    assert names == ["bf16", "fp32", "fp32"]

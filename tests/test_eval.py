@@ -56,13 +56,13 @@ def _hf_backend(folder, task, limit, add_bos_token, monkeypatch, offline):
     )
 
 
-def test_parity_with_the_harness_hf_backend(trained, tmp_path, monkeypatch, offline):
+def test_parity_with_the_harness_hf_backend(trained_copy, tmp_path, monkeypatch, offline):
     """Same checkpoint in fp32: the same accuracy and loglikelihoods within 1e-4 as lm-eval's
     hf backend on `gptcli export --format hf` (multiple choice with <|endoftext|> first,
     perplexity with the backend's own prefix token); an HF folder's result goes to --out only."""
-    run = trained / "runs" / "mini"
+    run = trained_copy / "runs" / "mini"  # eval writes its result into the run folder
     hf = tmp_path / "hf"
-    proc = gptcli("export", str(run), "--format", "hf", "--out", str(hf), cwd=trained)
+    proc = gptcli("export", str(run), "--format", "hf", "--out", str(hf), cwd=trained_copy)
     assert proc.returncode == 0, proc.stderr
 
     proc = _eval(str(run), "-t", "gptcli_sst2", "--limit", "24", "--batch-size", "8",
@@ -166,7 +166,7 @@ def test_lora_checkpoint_limit_json_and_the_run_folder(trained, offline):
     assert info["evals"] == [{"file": saved.name, "model": result["model"], "results": [listed]}]
 
 
-def test_generation_task_and_the_offline_error(trained, tmp_path, offline):
+def test_generation_task_and_the_offline_error(trained_copy, tmp_path, offline):
     """generate_until runs the sampler (greedy, cut at the stop string); a task whose data is
     on the Hub, offline with nothing cached, exits 2 naming the task and --include-path."""
     tasks = tmp_path / "tasks"
@@ -183,7 +183,7 @@ def test_generation_task_and_the_offline_error(trained, tmp_path, offline):
         "task: hub_only\ndataset_path: someone/not-cached-anywhere\noutput_type: multiple_choice\n"
         "test_split: test\ndoc_to_text: '{{q}}'\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n"
     )
-    run = str(trained / "runs" / "mini")
+    run = str(trained_copy / "runs" / "mini")  # eval writes its result into the run folder
     args = ("--include-path", str(tasks), "--limit", "2", "--log-samples", "--json")
     proc = _eval(run, "-t", "gen_local", *args, env=offline)
     assert proc.returncode == 0, proc.stderr

@@ -1,294 +1,38 @@
-"""HF export/import with logits parity (both families, both directions) and GGUF export."""
-
-import json
-import shutil
+"""`gptcli export`: the formats it names, and what it refuses before writing anything."""
 
 import pytest
-import torch
-from conftest import SHARED_DATA, assert_one_line_error, gptcli, write_recipe
+from conftest import assert_one_line_error, small_checkpoint
 
-from gptcli import checkpoint, export, interop, tokenizer
+from gptcli import export
 from gptcli.console import UserError
-from gptcli.inspect import describe
-from gptcli.model import GPT
-from gptcli.recipe import ModelConfig
-
-transformers = pytest.importorskip("transformers")
-
-LLAMA = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False}
-TEXTS = [
-    "Once upon a time, Tom's dog ran home.",
-    "  spaces\tand\nnew lines, ünïcode 🙂 <|endoftext|>",
-]
 
 
-def _ckpt(root, name, tok_path, **switches):
-    """A small checkpoint of any architecture, with weights far from init (not all-zero biases)."""
-    torch.manual_seed(0)
-    vocab = tokenizer.load(tok_path).get_vocab_size()
-    model = GPT(
-        ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, **switches)
+@pytest.fixture
+def models(format_models):
+    """conftest's checkpoints of both families (runs/mini is the GPT-2 one)."""
+    return format_models
+
+
+def test_export_refusals(models, tmp_path, gptcli_inproc):
+    mixed = small_checkpoint(
+        models["root"], "mixed", models["gpt2"] / "tokenizer.json", positions="rope"
     )
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return checkpoint.save(root / "runs" / name, 1, model, None, {"step": 1}, tok_path)
-
-
-@pytest.fixture(scope="module")
-def models(trained, tmp_path_factory):
-    """runs/mini (trained, GPT-2 family) plus Llama-family checkpoints sharing its tokenizer."""
-    tok_path = trained / "runs" / "mini" / "tokenizer.json"
-    root = tmp_path_factory.mktemp("export")
-    return {
-        "gpt2": trained / "runs" / "mini",
-        "gpt2-nobias-untied": _ckpt(root, "g", tok_path, bias=False, tie_embeddings=False),
-        "llama": _ckpt(root, "l", tok_path, **LLAMA),
-        "llama-bias-untied": _ckpt(
-            root, "lb", tok_path, **{**LLAMA, "bias": True}, tie_embeddings=False
-        ),
-        "root": root,
-    }
-
-
-def _ours(path):
-    return checkpoint.build_model(interop.load(path)).eval()
-
-
-def _assert_logits_equal(ours, hf, vocab):
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randint(0, vocab, (3, ours.cfg.block_size), generator=gen)
-    with torch.no_grad():
-        a, b = ours(x)[0], hf(x).logits
-    assert a.shape == b.shape
-    assert (a - b).abs().max().item() < 1e-4
-    assert a.std() > 0.1  # real logits, not a degenerate all-equal output
-
-
-@pytest.mark.parametrize(
-    "name,cls",
-    [
-        ("gpt2", "GPT2LMHeadModel"),
-        ("gpt2-nobias-untied", "GPT2LMHeadModel"),
-        ("llama", "LlamaForCausalLM"),
-        ("llama-bias-untied", "LlamaForCausalLM"),
-    ],
-)
-def test_export_hf_logits_and_tokenizer_parity(models, tmp_path, name, cls):
-    out = tmp_path / "hf"
-    proc = gptcli("export", str(models[name]), "--format", "hf", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)
-    assert "model.safetensors" in info["files"] and "tokenizer.json" in info["files"]
-    hf, loading = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
-    assert type(hf).__name__ == cls
-    assert not loading["missing_keys"] and not loading["unexpected_keys"], loading
-    ours = _ours(models[name])
-    _assert_logits_equal(ours, hf.eval(), ours.cfg.vocab_size)
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    ours_tok = tokenizer.load(models[name] / "tokenizer.json")
-    eot = tokenizer.eot_id(ours_tok)
-    sample = (SHARED_DATA / "tinyshakespeare.txt").read_text()[:3000]
-    read_back = tokenizer.load(out)  # gptcli reading the export encodes without the prefix
-    for text in [*TEXTS, sample]:  # HF adds <|endoftext|> in front, as training had it
-        assert hf_tok(text)["input_ids"] == [eot, *ours_tok.encode(text).ids]
-        assert read_back.encode(text, add_special_tokens=False).ids == ours_tok.encode(text).ids
-    assert hf_tok.eos_token == hf_tok.bos_token == "<|endoftext|>"
-    assert hf_tok.model_max_length == ours.cfg.block_size
-
-    # the same greedy text from HF's tokenizer and generate as from `gptcli sample`
-    prompt = "Once upon a time"
-    inputs = hf_tok(prompt, return_tensors="pt")
-    with torch.no_grad():
-        generated = hf.generate(**inputs, max_new_tokens=12, do_sample=False)
-    new_ids = generated[0, inputs["input_ids"].shape[1] :].tolist()
-    new_ids = new_ids[: new_ids.index(eot)] if eot in new_ids else new_ids
-    hf_text = hf_tok.decode(new_ids)
-    readers = [models[name], out] if name == "gpt2" else [models[name]]  # and read back
-    for model_path in readers:
-        proc = gptcli(
-            *("sample", "-c", str(model_path), "-p", prompt, "--temperature", "0"),
-            *("--max-new-tokens", "12", "--json", "--dtype", "fp32"),
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["text"] == hf_text, model_path
-
-
-def _hf_made_by_transformers(folder, tok_path, family):
-    """A model created and saved by transformers itself (not by our exporter)."""
-    torch.manual_seed(2)
-    vocab = tokenizer.load(tok_path).get_vocab_size()
-    if family == "gpt2":
-        config = transformers.GPT2Config(
-            vocab_size=vocab, n_positions=32, n_embd=32, n_layer=2, n_head=2
-        )
-        model = transformers.GPT2LMHeadModel(config)
-    else:
-        config = transformers.LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=80,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-            rope_theta=500.0,
-        )
-        model = transformers.LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(folder, safe_serialization=True)
-    shutil.copyfile(tok_path, folder / "tokenizer.json")
-    return model.eval()
-
-
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_import_hf_folder_parity_sample_and_finetune(models, trained, tmp_path, family):
-    tok_path = trained / "runs" / "mini" / "tokenizer.json"
-    folder = tmp_path / f"hf-{family}"
-    hf = _hf_made_by_transformers(folder, tok_path, family)
-    ours = _ours(folder)
-    assert ours.cfg.positions == ("learned" if family == "gpt2" else "rope")
-    info = describe(str(folder))  # inspect explains an HF folder as gptcli reads it
-    assert info["source"] == "hf" and info["params"]["total"] == ours.num_params()
-    _assert_logits_equal(ours, hf, ours.cfg.vocab_size)
-
-    # sample --checkpoint takes the folder: greedy text equals HF's greedy continuation
-    tok = tokenizer.load(tok_path)
-    eot = tokenizer.eot_id(tok)
-    prompt = "Once upon a time"
-    ids = [eot, *tok.encode(prompt, add_special_tokens=False).ids]
-    with torch.no_grad():
-        hf_ids = hf.generate(
-            torch.tensor([ids]),
-            max_new_tokens=8,
-            do_sample=False,
-            eos_token_id=eot,
-            pad_token_id=eot,
-        )[0, len(ids) :].tolist()
-    hf_ids = hf_ids[: hf_ids.index(eot)] if eot in hf_ids else hf_ids
-    proc = gptcli(
-        "sample",
-        "-c",
-        str(folder),
-        "-p",
-        prompt,
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "8",
-        "--json",
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["text"] == tokenizer.decode(tok, hf_ids)
-
-    if family == "llama":  # init: in a finetune recipe takes it too
-        corpus = tmp_path / "c.txt"
-        corpus.write_text("The cat sat on the mat.<|endoftext|>" * 100)
-        recipe = write_recipe(
-            tmp_path,
-            f"name: from-hf\ninit: {folder}\ntask: lm\ndata:\n  source: {corpus}\n"
-            "train:\n  batch_size: 2\n  max_steps: 2\n  warmup_steps: 1\n  eval_batches: 1\n",
-            "ft.yaml",
-        )
-        proc = gptcli("finetune", str(recipe), "--quiet", "--json", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        tuned = interop.load(tmp_path / "runs" / "from-hf")
-        assert tuned.config.positions == "rope" and tuned.config.mlp_hidden == 80
-
-
-def test_export_refusals(models, tmp_path):
-    mixed = _ckpt(models["root"], "mixed", models["gpt2"] / "tokenizer.json", positions="rope")
-    proc = gptcli("export", str(mixed), "--format", "hf", "--out", str(tmp_path / "x"))
+    proc = gptcli_inproc("export", str(mixed), "--format", "hf", "--out", str(tmp_path / "x"))
     assert_one_line_error(proc, "no HF transformers class", "positions=rope")
     assert not (tmp_path / "x").exists()
-    proc = gptcli("export", str(models["gpt2"]), "--format", "gguf", "--out", str(tmp_path / "g"))
+    proc = gptcli_inproc(
+        "export", str(models["gpt2"]), "--format", "gguf", "--out", str(tmp_path / "g")
+    )
     assert_one_line_error(proc, "Llama family")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    proc = gptcli("export", str(models["gpt2"]), "--format", "hf", "--out", str(tmp_path / "full"))
+    proc = gptcli_inproc(
+        "export", str(models["gpt2"]), "--format", "hf", "--out", str(tmp_path / "full")
+    )
     assert_one_line_error(proc, "not empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # no partial or temp folders
 
 
-def test_import_refuses_pickles_and_unsupported_configs(tmp_path):
-    folder = tmp_path / "hf"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))
-    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
-    (folder / "tokenizer.json").write_text("{}")
-    proc = gptcli("sample", "-c", str(folder), "-p", "hi")
-    assert_one_line_error(proc, "pytorch_model.bin is a pickle")
-    (folder / "pytorch_model.bin").unlink()
-    torch_save_free = {"wte.weight": torch.zeros(2, 2)}
-    from safetensors.torch import save_file
-
-    save_file(torch_save_free, str(folder / "model.safetensors"))
-    with pytest.raises(UserError, match="missing key 'n_head'"):
-        interop.load(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(UserError, match="model_type 'bert'"):
-        interop.load(folder)
+def test_an_unknown_format_is_refused(tmp_path):
     with pytest.raises(UserError, match="--format must be hf, gguf or gptcli"):
-        export.export(str(folder), "onnx", str(tmp_path / "o"))
-
-
-def test_export_gguf_reads_back_equal(models, tmp_path):
-    gguf = pytest.importorskip("gguf", reason="the gguf package comes with .[export]")
-    out = tmp_path / "gguf"
-    proc = gptcli("export", str(models["llama"]), "--format", "gguf", "--out", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr
-    (path,) = out.glob("*.gguf")
-    reader = gguf.GGUFReader(str(path))
-    loaded = interop.load(models["llama"])
-    expected = interop.gguf_tensors(loaded.config, loaded.weights)
-    got = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
-    assert set(got) == set(expected)
-    for name, tensor in expected.items():
-        assert torch.equal(got[name].reshape(tensor.shape), tensor), name
-    # the rope permutation is llama.cpp's: undoing it gives back our query rows
-    C, H = loaded.config.n_embd, loaded.config.n_head
-    q = got["blk.0.attn_q.weight"].reshape(H, C // H // 2, 2, C).swapaxes(1, 2).reshape(C, C)
-    assert torch.equal(q, loaded.weights["blocks.0.attn.qkv.weight"][:C])
-    fields = reader.fields
-    arch = fields["general.architecture"]
-    assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
-    tokens = fields["tokenizer.ggml.tokens"]
-    assert len(tokens.data) == loaded.config.vocab_size
-    assert int(fields["llama.block_count"].parts[-1][0]) == 2
-    assert bool(fields["tokenizer.ggml.add_bos_token"].parts[-1][0])  # <|endoftext|> in front
-
-
-def test_gguf_runs_in_llama_cpp(models, tmp_path):
-    llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python has no prebuilt wheel here (never compiled in CI)"
-    )
-    out = tmp_path / "gguf"
-    assert gptcli("export", str(models["llama"]), "-f", "gguf", "-o", str(out)).returncode == 0
-    (path,) = out.glob("*.gguf")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=32, verbose=False)
-    tok = tokenizer.load(models["llama"] / "tokenizer.json")
-    ids = [tokenizer.eot_id(tok), *tok.encode("Once upon", add_special_tokens=False).ids]
-    theirs = []
-    for token in llm.generate(ids, top_k=1, temp=0.0):
-        theirs.append(token)
-        if len(theirs) == 4:
-            break
-    ours = _ours(models["llama"])
-    x = torch.tensor([ids])
-    mine = []
-    with torch.no_grad():
-        for _ in range(4):
-            nxt = int(ours(x)[0][0, -1].argmax())
-            mine.append(nxt)
-            x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
-    assert theirs == mine
-
-
-def test_hf_folder_whose_config_disagrees_with_its_weights(models, tmp_path):
-    folder = interop.export_hf(interop.load(models["gpt2"]), tmp_path / "hf")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "n_embd": 48}))
-    proc = gptcli("sample", "-c", str(folder), "-p", "hi")
-    vocab = config["vocab_size"]
-    assert_one_line_error(proc, "'transformer.wte.weight'", f"[{vocab}, 32]", f"[{vocab}, 48]")
+        export.export(str(tmp_path), "onnx", str(tmp_path / "o"))

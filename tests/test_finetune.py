@@ -67,22 +67,22 @@ def test_finetune_on_real_corpus_path(trained):
     assert json.loads(proc.stdout)["val_loss"] > 0
 
 
-def test_finetune_bad_init(trained):
+def test_finetune_bad_init(trained, gptcli_inproc):
     recipe = write_recipe(
         trained, FINETUNE.format(source="x.txt").replace("runs/mini", "runs/none"), "bad.yaml"
     )
-    assert_one_line_error(gptcli("finetune", str(recipe), cwd=trained), "runs/none")
+    assert_one_line_error(gptcli_inproc("finetune", str(recipe), cwd=trained), "runs/none")
     recipe.write_text(FINETUNE.format(source="x.txt").replace("init: runs/mini\n", ""))
-    assert_one_line_error(gptcli("finetune", str(recipe), cwd=trained), "init")
+    assert_one_line_error(gptcli_inproc("finetune", str(recipe), cwd=trained), "init")
 
 
-def test_finetune_model_keys_must_agree_with_init(trained):
+def test_finetune_model_keys_must_agree_with_init(trained, gptcli_inproc):
     """A model key the finetune recipe gives is checked against init (even at its default
     value): a shape key that differs exits 2 naming both values; dropout is applied."""
     recipe = write_recipe(trained, FINETUNE.format(source="x.txt"), "shape.yaml")
-    proc = gptcli("finetune", str(recipe), "--set", "model.n_layer=4", cwd=trained)
+    proc = gptcli_inproc("finetune", str(recipe), "--set", "model.n_layer=4", cwd=trained)
     assert_one_line_error(proc, "model.n_layer", "4", "2")
-    proc = gptcli("finetune", str(recipe), "--set", "model.positions=rope", cwd=trained)
+    proc = gptcli_inproc("finetune", str(recipe), "--set", "model.positions=rope", cwd=trained)
     assert_one_line_error(proc, "model.positions", "rope", "learned")
     corpus = trained / "dropout.txt"
     corpus.write_text("The robot liked to paint the sky.<|endoftext|>" * 200)
@@ -123,7 +123,10 @@ def _write_jsonl(path, records):
     return path
 
 
-def _finetune(folder, name, fmt, source, dev="", steps=6, task_extra="", extra="", *flags):
+def _finetune(
+    folder, name, fmt, source, dev="", steps=6, task_extra="", extra="", *flags, run=gptcli
+):
+    """Finetune a classifier recipe in folder; run: gptcli, or gptcli_inproc for bad input."""
     text = CLASSIFY.format(
         name=name,
         format=fmt,
@@ -134,7 +137,7 @@ def _finetune(folder, name, fmt, source, dev="", steps=6, task_extra="", extra="
         extra=extra,
     )
     recipe = write_recipe(folder, text, f"{name}.yaml")
-    return gptcli("finetune", str(recipe), "--json", *flags, cwd=folder)
+    return run("finetune", str(recipe), "--json", *flags, cwd=folder)
 
 
 def _sst(folder, n_train=96, n_dev=24):
@@ -242,7 +245,7 @@ def _pairs(folder):
     return _write_jsonl(folder / "pairs.jsonl", records)
 
 
-def test_classify_pair_and_similarity_read_json_lines(trained):
+def test_classify_pair_and_similarity_read_json_lines(trained, gptcli_inproc):
     source = _pairs(trained)
     for fmt, fields in (("pair", ""), ("similarity", "  fields: [premise, hypothesis]\n")):
         proc = _finetune(trained, f"c-{fmt}", fmt, source, "", 4, fields)
@@ -254,7 +257,7 @@ def test_classify_pair_and_similarity_read_json_lines(trained):
         out = proc.stdout.splitlines()
         assert len(out) == 3 and all(sorted(ln.split()[0::2]) == ["other", "same"] for ln in out)
     # a pair classifier cannot guess which field is which from plain text
-    proc = gptcli("sample", "-c", "runs/c-pair", "--prompt", "just text", cwd=trained)
+    proc = gptcli_inproc("sample", "-c", "runs/c-pair", "--prompt", "just text", cwd=trained)
     assert_one_line_error(proc, "premise", "hypothesis")
 
 
@@ -295,24 +298,27 @@ def test_auxiliary_lm_loss_weight(trained):
     assert losses[1.0] > losses[0.0] + 2.0  # plus the LM loss of a barely trained model
 
 
-def test_classify_bad_input(trained):
+def test_classify_bad_input(trained, gptcli_inproc):
+    def refused(name, train, dev):
+        args = (trained, name, "single", train, dev, 2, SST_LABELS, "", "--quiet")
+        return _finetune(*args, run=gptcli_inproc)
+
     short = [{"text": f"short text {i}", "label": i % 2} for i in range(20)]
     train_file = _write_jsonl(trained / "short.jsonl", short)
     dev_file = _write_jsonl(trained / "short_dev.jsonl", short[:4])
     bad_dev = _write_jsonl(
         trained / "bad_dev.jsonl", [{"text": "fine", "label": 0}, {"text": "x", "label": 7}]
     )
-    proc = _finetune(trained, "bad1", "single", train_file, bad_dev, 2, SST_LABELS, "", "--quiet")
-    assert_one_line_error(proc, "bad_dev.jsonl:2", "unknown label 7")
+    assert_one_line_error(
+        refused("bad1", train_file, bad_dev), "bad_dev.jsonl:2", "unknown label 7"
+    )
     missing = _write_jsonl(trained / "missing.jsonl", [{"sentence": "no text field", "label": 0}])
-    proc = _finetune(trained, "bad2", "single", missing, dev_file, 2, SST_LABELS, "", "--quiet")
-    assert_one_line_error(proc, "missing.jsonl:1", "'text'")
+    assert_one_line_error(refused("bad2", missing, dev_file), "missing.jsonl:1", "'text'")
     broken = trained / "broken.jsonl"
     broken.write_text('{"text": "ok", "label": 0}\n{"text": \n')
-    proc = _finetune(trained, "bad3", "single", broken, dev_file, 2, SST_LABELS, "", "--quiet")
-    assert_one_line_error(proc, "broken.jsonl:2", "not valid JSON")
+    assert_one_line_error(refused("bad3", broken, dev_file), "broken.jsonl:2", "not valid JSON")
     escaped = _write_jsonl(trained / "escaped.jsonl", [{"text": "a \udcff", "label": 1}])
-    proc = _finetune(trained, "bad4", "single", escaped, dev_file, 2, SST_LABELS, "", "--quiet")
+    proc = refused("bad4", escaped, dev_file)
     assert_one_line_error(proc, "escaped.jsonl:1: not UTF-8 at byte offset 2")
     for name in ("bad1", "bad2", "bad3", "bad4"):
         assert not (trained / "runs" / name / "checkpoints").exists()
@@ -349,7 +355,7 @@ def test_classify_reads_parquet_and_a_zstd_dev_file(trained):
     assert f"{len(rows)} training and 24 dev examples" in proc.stderr
 
 
-def test_sft_masks_prompt_tokens_and_chats(trained, chat_trained):
+def test_sft_masks_prompt_tokens_and_chats(trained, chat_trained, gptcli_inproc):
     """The chat template's masks, then conftest's chat-sft run (prompt/response records and a
     messages one) samples in its template."""
     from gptcli import tokenizer
@@ -382,7 +388,7 @@ def test_sft_masks_prompt_tokens_and_chats(trained, chat_trained):
     assert json.loads(chat.stdout)["chat"] is True and "chat" not in json.loads(plain.stdout)
     streamed = gptcli(*args, "--seed", "1", cwd=trained)
     assert not streamed.stdout.startswith("Count to 3.")  # a chat reply, not a continuation
-    proc = gptcli("sample", "-c", "runs/mini", "--chat", "--prompt", "hi", cwd=trained)
+    proc = gptcli_inproc("sample", "-c", "runs/mini", "--chat", "--prompt", "hi", cwd=trained)
     assert_one_line_error(proc, "chat template")
 
 
@@ -413,10 +419,10 @@ def test_lora_stores_adapters_with_base_reference_and_merges(trained):
         == hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
     )
 
-    from gptcli import interop
+    from gptcli import load
 
-    merged = interop.load(ckpt).weights
-    base_w = interop.load(base).weights
+    merged = load.load(ckpt).weights
+    base_w = load.load(base).weights
     assert merged["blocks.0.mlp.up.weight"].equal(base_w["blocks.0.mlp.up.weight"])  # not a target
     assert merged["wte.weight"][:400].equal(base_w["wte.weight"])
     assert not merged["blocks.0.attn.qkv.weight"].equal(base_w["blocks.0.attn.qkv.weight"])
@@ -435,7 +441,7 @@ def test_lora_stores_adapters_with_base_reference_and_merges(trained):
     assert "resuming from" in proc.stderr and json.loads(proc.stdout)["step"] == 6
 
 
-def test_lora_refuses_a_changed_or_missing_base(trained, tmp_path):
+def test_lora_refuses_a_changed_or_missing_base(trained, tmp_path, gptcli_inproc):
     import shutil
 
     train_file, dev_file = _sst(trained)
@@ -448,14 +454,14 @@ def test_lora_refuses_a_changed_or_missing_base(trained, tmp_path):
     data = bytearray(base.read_bytes())
     data[-1] ^= 1
     base.write_bytes(bytes(data))
-    proc = gptcli("sample", "-c", "runs/l", "--prompt", "hi", cwd=work)
+    proc = gptcli_inproc("sample", "-c", "runs/l", "--prompt", "hi", cwd=work)
     assert_one_line_error(proc, "changed since the adapters were trained")
     shutil.rmtree(work / "runs" / "mini")
-    proc = gptcli("sample", "-c", "runs/l", "--prompt", "hi", cwd=work)
+    proc = gptcli_inproc("sample", "-c", "runs/l", "--prompt", "hi", cwd=work)
     assert_one_line_error(proc, "base checkpoint", "missing")
 
 
-def test_finetune_resume_refuses_a_different_init_tokenizer(trained, tmp_path):
+def test_finetune_resume_refuses_a_different_init_tokenizer(trained, tmp_path, gptcli_inproc):
     import shutil
 
     train_file, dev_file = _sst(trained)
@@ -469,7 +475,9 @@ def test_finetune_resume_refuses_a_different_init_tokenizer(trained, tmp_path):
         tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
         tok.add_special_tokens(["<|odd|>"])  # init now has another tokenizer than the run
         tok.save(str(ckpt / "tokenizer.json"))
-    proc = _finetune(work, "r", "single", train_file, dev_file, 4, SST_LABELS, "", "--quiet")
+    proc = _finetune(
+        work, "r", "single", train_file, dev_file, 4, SST_LABELS, "", "--quiet", run=gptcli_inproc
+    )
     assert_one_line_error(proc, "different tokenizer")
 
 

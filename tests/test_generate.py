@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import SHARED_DATA, TINY_RECIPE, assert_one_line_error, gptcli, write_recipe
 
-from gptcli import checkpoint, tokenizer
+from gptcli import tokenizer
+from gptcli.checkpoint_tensors import Snapshot, build_model, load, save
 from gptcli.generate import (
     TextStream,
     filter_logits,
@@ -221,7 +222,7 @@ def known_checkpoint(trained, folder, sequence: list[int] | None = None):
             model.norm_f.weight.fill_(1.0)
             for t, token in enumerate(sequence):
                 head[token, t] = 10.0
-    return checkpoint.save(folder, 1, model, None, {}, tok_path)
+    return save(folder, Snapshot(1, model.cfg, model.state_dict(), tok_path))
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +275,8 @@ def test_streaming_never_prints_half_a_character(trained, tmp_path):
 
 
 def greedy_reference(trained, prompt: str, n: int) -> str:
-    loaded = checkpoint.load(trained / "runs" / "mini")
-    model = checkpoint.build_model(loaded).eval()
+    loaded = load(trained / "runs" / "mini")
+    model = build_model(loaded).eval()
     tok = tokenizer.load(trained / "runs" / "mini")
     eot = tokenizer.eot_id(tok)
     seq = [eot] + tok.encode(prompt).ids
@@ -337,21 +338,24 @@ def test_each_line_prompt_file_and_long_prompts(trained, tmp_path):
 
 
 def test_sample_imports_only_what_it_needs(trained):
+    import importlib.util
+    import subprocess
+    import sys
+
+    heavy = ["gptcli.trainer", "gptcli.data", "gptcli.stories", "transformers"]
+    own = [m for m in heavy if m.startswith("gptcli.")]
+    assert all(importlib.util.find_spec(m) for m in own), "a name here is no gptcli module"
     code = (
         "import sys, runpy\n"
         "sys.argv = ['gptcli', 'sample', '-c', 'runs/mini', '--max-new-tokens', '1']\n"
         "try:\n    runpy.run_module('gptcli', run_name='__main__')\n"
-        "except SystemExit:\n    pass\n"
-        "heavy = ['gptcli.train', 'gptcli.data', 'gptcli.stories', 'transformers']\n"
-        "print('LOADED', [m for m in heavy if m in sys.modules], file=sys.stderr)\n"
+        "except SystemExit as e:\n    print('EXIT', e.code, file=sys.stderr)\n"
+        f"print('LOADED', [m for m in {heavy!r} if m in sys.modules], file=sys.stderr)\n"
     )
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=trained, input=""
     )
-    assert "LOADED []" in proc.stderr
+    assert "EXIT 0" in proc.stderr and "LOADED []" in proc.stderr, proc.stderr
 
 
 def test_bf16_agrees_with_fp32_teacher_forced(trained):
@@ -360,7 +364,7 @@ def test_bf16_agrees_with_fp32_teacher_forced(trained):
     barely trained model has a median gap of ~0.03, so near-ties that bf16 cannot order are
     common here; every disagreement measured was a gap below 0.002)."""
     run = trained / "runs" / "mini"
-    model = checkpoint.build_model(checkpoint.load(run)).eval()
+    model = build_model(load(run)).eval()
     val = np.fromfile(run / "data" / "val.bin", dtype=np.uint16).astype(np.int64)
     block = model.cfg.block_size
     ids = torch.from_numpy(val[: 64 * block]).view(64, block)
@@ -368,11 +372,11 @@ def test_bf16_agrees_with_fp32_teacher_forced(trained):
     assert top1_agreement(model, ids, torch.bfloat16) >= 0.98
 
 
-def test_incomplete_checkpoint(trained, tmp_path):
+def test_incomplete_checkpoint(trained, tmp_path, gptcli_inproc):
     ckpt = tmp_path / "step-0000012"
     shutil.copytree(trained / "runs" / "mini" / "checkpoints" / "step-0000012", ckpt)
     (ckpt / "config.json").unlink()
-    proc = gptcli("sample", "-c", str(ckpt), "--prompt", "x", cwd=trained)
+    proc = gptcli_inproc("sample", "-c", str(ckpt), "--prompt", "x", cwd=trained)
     assert_one_line_error(proc, "incomplete checkpoint", "config.json")
 
 
@@ -391,21 +395,21 @@ def test_incomplete_checkpoint(trained, tmp_path):
         (["--each-line"], "--each-line"),
     ],
 )
-def test_sample_bad_controls(trained, args, needle):
-    proc = gptcli("sample", "--prompt", "x", *args, cwd=trained)
+def test_sample_bad_controls(trained, args, needle, gptcli_inproc):
+    proc = gptcli_inproc("sample", "--prompt", "x", *args, cwd=trained)
     assert_one_line_error(proc, needle)
     assert proc.stdout == ""  # refused before the prompt is printed
 
 
-def test_recipe_with_non_finite_sampling_value(tmp_path):
+def test_recipe_with_non_finite_sampling_value(tmp_path, gptcli_inproc):
     text = TINY_RECIPE.replace("sample:\n", "sample:\n  temperature: .nan\n")
     for command in ("inspect", "pretrain"):
-        proc = gptcli(command, str(write_recipe(tmp_path, text)), cwd=tmp_path)
+        proc = gptcli_inproc(command, str(write_recipe(tmp_path, text)), cwd=tmp_path)
         assert_one_line_error(proc, "sample.temperature", "finite")
     assert not (tmp_path / "runs").exists()
 
 
-def test_sample_refuses_to_pick_or_steer_a_classifier(trained, tmp_path):
+def test_sample_refuses_to_pick_or_steer_a_classifier(trained, tmp_path, gptcli_inproc):
     """The newest run is a classifier: sampling without -c names it and says how to pick
     another; named with -c it classifies, but sampling flags are refused, not ignored."""
     lines = (SHARED_DATA / "classify" / "sst2_train.jsonl").read_text().splitlines()[:16]
@@ -419,11 +423,11 @@ def test_sample_refuses_to_pick_or_steer_a_classifier(trained, tmp_path):
     )
     assert gptcli("finetune", str(recipe), "--quiet", cwd=tmp_path).returncode == 0
     ckpt = tmp_path / "runs" / "clf" / "checkpoints" / "step-0000001"
-    proc = gptcli("sample", "--prompt", "Once upon a time", cwd=tmp_path)
+    proc = gptcli_inproc("sample", "--prompt", "Once upon a time", cwd=tmp_path)
     assert_one_line_error(proc, str(ckpt.relative_to(tmp_path)), "classifier", "-c")
     assert proc.stdout == ""
     for flag in (["--temperature", "0.5"], ["--stop", "x"], ["--num-samples", "2"]):
-        proc = gptcli("sample", "-c", "runs/clf", "-p", "a fine film", *flag, cwd=tmp_path)
+        proc = gptcli_inproc("sample", "-c", "runs/clf", "-p", "a fine film", *flag, cwd=tmp_path)
         assert_one_line_error(proc, flag[0], "classifier", "runs/clf")
     proc = gptcli("sample", "-c", "runs/clf", "-p", "a fine film", cwd=tmp_path)
     assert proc.returncode == 0 and len(proc.stdout.split()) == 4  # two labels, two numbers

@@ -3,9 +3,9 @@ import json
 import pytest
 from conftest import REPO, SHARED_DATA, assert_one_line_error, gptcli
 
-from gptcli import interop, tokenizer
+from gptcli import load, tokenizer
 from gptcli.console import UserError
-from gptcli.inspect import score
+from gptcli.eval import score
 
 
 def inspect_json(path, cwd, *extra):
@@ -50,12 +50,12 @@ def test_inspect_checkpoint_tokenizer_recipe_shards(trained):
     assert recipe["probe_tokens_per_s"] > 0 and recipe["estimated_train_s"] > 0
 
 
-def test_inspect_bad_paths(tmp_path):
-    assert_one_line_error(gptcli("inspect", "nope", cwd=tmp_path), "no such file")
+def test_inspect_bad_paths(tmp_path, gptcli_inproc):
+    assert_one_line_error(gptcli_inproc("inspect", "nope", cwd=tmp_path), "no such file")
     (tmp_path / "notes.txt").write_text("hello")
-    assert_one_line_error(gptcli("inspect", "notes.txt", cwd=tmp_path), "not a recipe")
+    assert_one_line_error(gptcli_inproc("inspect", "notes.txt", cwd=tmp_path), "not a recipe")
     (tmp_path / "tok.json").write_text("{")
-    assert_one_line_error(gptcli("inspect", "tok.json", cwd=tmp_path), "tok.json")
+    assert_one_line_error(gptcli_inproc("inspect", "tok.json", cwd=tmp_path), "tok.json")
 
 
 def test_inspect_run_provenance_throughput_and_curve(trained):
@@ -83,14 +83,14 @@ def test_ascii_curve_places_points():
     assert ascii_curve({"train": [], "val": []}) == []
 
 
-def test_inspect_plot_png(trained, tmp_path):
+def test_inspect_plot_png(trained, tmp_path, gptcli_inproc):
     pytest.importorskip("matplotlib", reason="matplotlib is the optional `plot` extra")
     out = tmp_path / "loss.png"
     proc = gptcli("inspect", "runs/mini", "--plot", str(out), "--json", cwd=trained)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(proc.stdout)["plot"] == str(out)
-    proc = gptcli("inspect", "runs/mini/tokenizer.json", "--plot", str(out), cwd=trained)
+    proc = gptcli_inproc("inspect", "runs/mini/tokenizer.json", "--plot", str(out), cwd=trained)
     assert_one_line_error(proc, "--plot draws a run's loss curve")
 
 
@@ -126,7 +126,7 @@ def test_inspect_shards_most_frequent(trained):
     assert all(isinstance(t["text"], str) for t in top)
 
 
-def test_inspect_score(trained, tmp_path):
+def test_inspect_score(trained, tmp_path, gptcli_inproc):
     import math
 
     corpus = SHARED_DATA / "tinystories" / "TinyStories-valid.head.txt"
@@ -142,11 +142,11 @@ def test_inspect_score(trained, tmp_path):
     with pytest.raises(UserError, match="nope.txt is not a file"):
         score(str(trained / "runs" / "mini"), "nope.txt")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
-    proc = gptcli("inspect", "runs/mini", "--score", str(tmp_path / "bin.txt"), cwd=trained)
+    proc = gptcli_inproc("inspect", "runs/mini", "--score", str(tmp_path / "bin.txt"), cwd=trained)
     assert_one_line_error(proc, "not UTF-8")
 
 
-def test_inspect_bad_checkpoints(trained, tmp_path):
+def test_inspect_bad_checkpoints(trained, tmp_path, gptcli_inproc):
     import shutil
 
     src = trained / "runs" / "mini" / "checkpoints" / "step-0000012"
@@ -154,19 +154,19 @@ def test_inspect_bad_checkpoints(trained, tmp_path):
     shutil.copytree(src, ck)
     weights = ck / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
-    assert_one_line_error(gptcli("inspect", str(ck)), "model.safetensors")
+    assert_one_line_error(gptcli_inproc("inspect", str(ck)), "model.safetensors")
     with pytest.raises(UserError, match="model.safetensors: unreadable"):
-        interop.load(ck)  # what sample, finetune, --score and export read through
+        load.load(ck)  # what sample, finetune, --score and export read through
     shutil.copyfile(src / "model.safetensors", weights)
     cfg = json.loads((src / "config.json").read_text())
     (ck / "config.json").write_text(json.dumps({**cfg, "n_experts": 8}))
-    assert_one_line_error(gptcli("inspect", str(ck)), "config.json", "n_experts")
+    assert_one_line_error(gptcli_inproc("inspect", str(ck)), "config.json", "n_experts")
     (ck / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
-    assert_one_line_error(gptcli("inspect", str(ck)), "config.json", "format_version 99")
+    assert_one_line_error(gptcli_inproc("inspect", str(ck)), "config.json", "format_version 99")
     (ck / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "norm_eps"}))
-    old = gptcli("inspect", str(ck), "--json")
+    old = gptcli_inproc("inspect", str(ck), "--json")
     assert old.returncode == 0 and "keys missing (norm_eps)" in old.stderr
     assert json.loads(old.stdout)["config"]["norm_eps"] == 1e-5
     shutil.copyfile(src / "config.json", ck / "config.json")
     (ck / "tokenizer.json").write_text('{"model": ')
-    assert_one_line_error(gptcli("inspect", str(ck)), "tokenizer.json", "not a valid")
+    assert_one_line_error(gptcli_inproc("inspect", str(ck)), "tokenizer.json", "not a valid")

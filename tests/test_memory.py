@@ -2,7 +2,9 @@
 estimate that matches what the model really saves for backward."""
 
 import json
+import resource
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -182,3 +184,128 @@ def test_ddp_run_with_checkpointing_reports_memory_per_rank(tmp_path):
     assert sorted(ddp) == sorted(plain) == [1, 2, 3]
     for step, loss in plain.items():
         assert ddp[step] == pytest.approx(loss, rel=1e-5), step
+
+
+# ----------------------------------------------------------------- refused before allocating
+
+LIMIT = 8 << 30  # RLIMIT_AS of the commands below: their estimates are far over it anywhere
+
+
+def gptcli_limited(*args: str, cwd, limit: int = LIMIT):
+    """The real `gptcli ARGS` in a fresh interpreter under `ulimit -v` (RLIMIT_AS = limit)."""
+
+    def limit_address_space() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+
+    return subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=run_env(),
+        timeout=300,
+        preexec_fn=limit_address_space,
+    )
+
+
+def test_an_oversized_pretrain_is_refused_before_the_model_is_built(tmp_path):
+    """n_layer=10000 (24 GiB in bf16) and block_size=1e8 once allocated until the OOM killer
+    came; now both stop with exit 2 and one line: the estimate, what is available, the
+    remedies and the key that starts the run anyway. Nothing is built."""
+    for override in ("model.n_layer=10000", "model.block_size=100000000"):
+        proc = gptcli_limited("pretrain", "smoke", "--set", override, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        error = proc.stderr.strip().splitlines()[-1]
+        assert error.startswith("error: training needs about "), proc.stderr
+        for needle in ("MiB (estimate)", "is available on cpu", "activation_checkpointing"):
+            assert needle in error, (needle, error)
+        assert "train.batch_size" in error and "train.memory_check: false" in error
+        assert "Traceback" not in proc.stderr and "building the model" not in proc.stderr
+        assert not (tmp_path / "runs" / "smoke" / "checkpoints").exists()
+
+
+def test_memory_check_false_starts_it_anyway_and_a_failed_allocation_is_one_line(tmp_path):
+    """Opted out, the run is built: an allocation the machine cannot give (a 120 GB matrix
+    under ulimit -v) is exit 1 with one line naming the remedy, not a traceback."""
+    args = ["--set", "model.n_embd=100000", "--set", "train.memory_check=false"]
+    proc = gptcli_limited("pretrain", "smoke", *args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "building the model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: out of memory allocating "), proc.stderr
+    assert "lower train.batch_size" in error and "activation_checkpointing" in error
+
+
+def test_sample_refuses_rows_whose_kv_cache_cannot_fit(trained):
+    """sample's own estimate (weights plus the KV cache of its rows) against ulimit -v."""
+    proc = gptcli_limited(
+        "sample", "-c", "runs/mini", "--prompt", "Once", "--num-samples", "1000000", cwd=trained
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sample needs about "), proc.stderr
+    assert "(estimate)" in lines[0] and "is available on cpu" in lines[0]
+    assert "fewer rows at a time (--num-samples)" in lines[0]
+
+
+def test_check_fits_names_the_estimate_the_limit_and_the_remedies(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: memory.Available(3 << 20, "X"))
+    memory.check_fits(3 << 20, cpu, "training", ["fewer"])  # exactly what is there fits
+    with pytest.raises(UserError) as refused:
+        memory.check_fits((3 << 20) + 1, cpu, "training", ["fewer", "smaller"])
+    assert str(refused.value) == (
+        "training needs about 3.0 MiB (estimate) but 3.0 MiB is available on cpu (X): "
+        "fewer; smaller"
+    )
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512)
+    with pytest.raises(UserError, match=r"or set train\.memory_check: false to try anyway"):
+        memory.check_training(cfg, TrainConfig(batch_size=8), cpu)
+    memory.check_training(cfg, TrainConfig(batch_size=8, memory_check=False), cpu)
+    with pytest.raises(UserError, match=r"sample needs .*fewer rows at a time \(--num-samples\)"):
+        memory.check_inference(cfg, 1000, "auto", cpu, "sample", "--num-samples")
+
+
+def test_the_estimate_before_building_is_the_built_models(tmp_path):
+    """One block on the meta device, counted n_layer times, gives the whole model's estimate,
+    and inference counts its fp32 weights and the cache generate allocates."""
+    for kw in VARIANTS.values():
+        torch.manual_seed(0)
+        cfg = ModelConfig(n_layer=3, n_head=4, n_embd=64, block_size=T, vocab_size=512, **kw)
+        model = GPT(cfg)
+        for t, world, sharded in [
+            (TrainConfig(batch_size=B), 1, False),
+            (TrainConfig(batch_size=B, optimizer="muon"), 2, False),
+            (TrainConfig(batch_size=B, activation_checkpointing=True), 2, True),
+        ]:
+            before = memory.estimate_counts(
+                cfg, memory.counts_before_building(cfg), t, None, world, sharded
+            )
+            assert before == memory.estimate(model, t, None, world, sharded)
+        cache = model.new_cache(5)
+        weights = 4 * model.num_params()
+        cache_bytes = 2 * cache.k.numel() * 4
+        assert memory.inference_bytes(cfg, 5, torch.float32) == weights + cache_bytes
+
+
+def test_cgroup_limits_count_usage_less_reclaimable_cache(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("1000000\n")
+    (v2 / "memory.current").write_text("600000\n")
+    (v2 / "memory.stat").write_text("anon 400000\ninactive_file 100000\n")
+    room = memory.cgroup_folder_room(v2, "memory.max", "memory.current", "inactive_file")
+    assert room == 1000000 - (600000 - 100000)
+    (v2 / "memory.max").write_text("max\n")
+    assert memory.cgroup_folder_room(v2, "memory.max", "memory.current", "inactive_file") is None
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text(str(9223372036854771712))  # v1's "no limit"
+    files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    assert memory.cgroup_folder_room(v1, *files) is None
+    (v1 / "memory.limit_in_bytes").write_text("2000")
+    (v1 / "memory.usage_in_bytes").write_text("500")
+    (v1 / "memory.stat").write_text("cache 300\ntotal_inactive_file 200\n")
+    assert memory.cgroup_folder_room(v1, *files) == 2000 - 300
+    assert memory.cgroup_folder_room(tmp_path / "absent", *files) is None

@@ -7,23 +7,24 @@ import re
 import shutil
 import signal
 import subprocess
-import textwrap
 import time
 
 import pytest
 import torch
 from conftest import (
+    HOLD_IN_SAVE,
     TINY_RECIPE,
     TORCHRUN_ENV,
     gptcli,
     run_env,
     torchrun,
     torchrun_command,
+    wait_for_hold,
     write_recipe,
 )
 from safetensors.torch import load_file
 
-from gptcli import checkpoint, parallel, trainer
+from gptcli import checkpoint, checkpoint_tensors, parallel, trainer
 from gptcli.console import UserError
 from gptcli.device import Dist
 from gptcli.recipe import TrainConfig
@@ -197,30 +198,6 @@ def test_resuming_on_four_ranks_keeps_the_global_batch_and_the_batches(runs, tmp
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-4), step
 
 
-# gptcli under torchrun, rank 0 held inside the save of one step (after the optimizer shards,
-# before the weights), so that a test can kill -9 every process in the middle of a save
-HOLD_IN_SAVE = textwrap.dedent(
-    """\
-    import os, runpy, sys, time
-    from pathlib import Path
-    from gptcli import checkpoint
-
-    marker, hold_step = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
-    Path(f"{marker}.pid{os.environ['RANK']}").write_text(str(os.getpid()))
-    write_main_files = checkpoint.write_main_files
-
-    def held(tmp, step, *args, **kwargs):
-        if step == hold_step:
-            marker.write_text(str(tmp))
-            time.sleep(300)
-        return write_main_files(tmp, step, *args, **kwargs)
-
-    checkpoint.write_main_files = held
-    runpy.run_module("gptcli", run_name="__main__")
-    """
-)
-
-
 def test_kill_9_during_an_fsdp_save_keeps_the_previous_checkpoint(runs, tokenized, tmp_path):
     """Every process killed while the step-4 save is half written: step 2 stays the newest
     checkpoint, and a resumed 2-rank run continues from it as if never stopped."""
@@ -229,17 +206,14 @@ def test_kill_9_during_an_fsdp_save_keeps_the_previous_checkpoint(runs, tokenize
     hook, marker = tmp_path / "hold.py", tmp_path / "held"
     hook.write_text(HOLD_IN_SAVE)
     launch = torchrun_command(2)[:-2]  # the hook script in place of -m gptcli
-    cmd = [*launch, str(hook), str(marker), "4", "pretrain", "mini.yaml"]
+    cmd = [*launch, str(hook), str(marker), "4", "before", "pretrain", "mini.yaml"]
     cmd += sets("train.parallel=fsdp", "train.save_every=2", "train.max_steps=6")
     proc = subprocess.Popen(
         cmd, cwd=folder, env=run_env(**TORCHRUN_ENV), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), proc.stderr.read() if proc.poll() is not None else "no save"
+        half = folder / wait_for_hold(proc, marker)  # relative to the run's working folder
     finally:
         for rank in range(2):  # the ranks run in sessions of their own: each by its pid
             pid = tmp_path / f"held.pid{rank}"
@@ -248,7 +222,6 @@ def test_kill_9_during_an_fsdp_save_keeps_the_previous_checkpoint(runs, tokenize
         proc.kill()
         proc.communicate(timeout=60)
     ckpts = folder / "runs" / "mini" / "checkpoints"
-    half = folder / marker.read_text()  # relative to the run's working folder
     assert half.parent == ckpts and half.is_dir() and not (half / "state.json").exists()
     assert [p.name for p in checkpoint.run_checkpoints(ckpts.parent)] == ["step-0000002"]
     again = torchrun(
@@ -333,20 +306,20 @@ def test_optimizer_shards_saved_by_two_ranks_read_back_for_three(tmp_path):
 
     whole = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)
     for rank in range(2):
-        start, stop = checkpoint.shard_rows(7, 2, rank)
+        start, stop = checkpoint_tensors.shard_rows(7, 2, rank)
         tensors = {
             "optim0.0.exp_avg": whole[start:stop].contiguous(),
             "optim0.0.step": torch.ones(()),
         }
-        save_file(tensors, str(tmp_path / checkpoint.shard_file(rank, 2)))
+        save_file(tensors, str(tmp_path / checkpoint_tensors.shard_file(rank, 2)))
     entries = {
         "optim0.0.exp_avg": {"shape": [7, 2], "sharded": True},
         "optim0.0.step": {"shape": [], "sharded": False},
     }
     index = {"format_version": 1, "world": 2, "tensors": entries}
-    (tmp_path / checkpoint.OPTIM_INDEX).write_text(json.dumps(index))
-    saved = checkpoint.OptimizerState(tmp_path)
-    rows = [checkpoint.shard_rows(7, 3, rank) for rank in range(3)]
+    (tmp_path / checkpoint_tensors.OPTIM_INDEX).write_text(json.dumps(index))
+    saved = checkpoint_tensors.OptimizerState(tmp_path)
+    rows = [checkpoint_tensors.shard_rows(7, 3, rank) for rank in range(3)]
     assert rows == [(0, 3), (3, 6), (6, 7)]
     parts = [saved.read("optim0.0.exp_avg", start, stop) for start, stop in rows]
     assert torch.equal(torch.cat(parts), whole)

@@ -84,8 +84,23 @@ def _gptcli_args(line: str) -> list[str]:
     return args
 
 
+def _usage_error() -> type[Exception]:
+    """Click's UsageError as the installed Typer raises it (newer Typers vendor Click under a
+    module of their own)."""
+    import importlib
+
+    import typer.main
+
+    from gptcli import cli
+
+    group = type(typer.main.get_command(cli.app))
+    core = next(c for c in group.__mro__ if c.__name__ == "Command").__module__
+    return importlib.import_module(core.rsplit(".", 1)[0] + ".exceptions").UsageError
+
+
 def _parse(line: str, cwd: Path) -> None:
-    """Check a line that is not run: a known command, known flags, a recipe with known keys."""
+    """Check a line that is not run: a known command, known flags, a recipe with known keys.
+    Raises Click's UsageError for an unknown command or flag, UserError for a bad recipe."""
     import click
     import typer.main
 
@@ -95,7 +110,8 @@ def _parse(line: str, cwd: Path) -> None:
     args = _gptcli_args(line)
     group = typer.main.get_command(cli.app)
     command = group.get_command(click.Context(group), args[0])
-    assert command is not None, f"unknown command in: {line}"
+    if command is None:
+        raise _usage_error()(f"no such command {args[0]!r} in: {line}")
     ctx = command.make_context(args[0], args[1:])
     if "recipe_path" in ctx.params:
         recipe_mod.load(cwd / ctx.params["recipe_path"], ctx.params.get("sets") or [])
@@ -234,13 +250,19 @@ def test_lines_wait_for_the_lines_that_make_what_they_read():
 
 
 @pytest.mark.parametrize(
-    "line",
+    "line, error, needle",
     [
-        "gptcli pretrain recipes/tiny.yaml --bogus  # needs: gpu",
-        "gptcli pretrain recipes/tiny.yaml --set train.nope=1  # needs: gpu",
-        "gptcli sampel --prompt x  # needs: gpu",
+        ("gptcli pretrain recipes/tiny.yaml --bogus  # needs: gpu", "usage", "--bogus"),
+        (
+            "gptcli pretrain recipes/tiny.yaml --set train.nope=1  # needs: gpu",
+            "recipe",
+            "train.nope",
+        ),
+        ("gptcli sampel --prompt x  # needs: gpu", "usage", "sampel"),
     ],
 )
-def test_a_marked_line_that_would_fail_does_not_parse(line):
-    with pytest.raises(Exception):  # noqa: B017 - Click's usage errors or a recipe's UserError
+def test_a_marked_line_that_would_fail_does_not_parse(line, error, needle):
+    from gptcli.console import UserError
+
+    with pytest.raises(_usage_error() if error == "usage" else UserError, match=needle):
         _parse(line, REPO)

@@ -1,6 +1,10 @@
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gptcli import bundled, recipe
 from gptcli.console import UserError
@@ -113,3 +117,86 @@ def test_string_keys_take_set_text_as_written():
     assert listed.data.source == ["a.txt", {"path": "b.txt", "weight": 2}]
     assert recipe.from_dict({}, ["train.compile=on", "task.kind=sft"]).train.compile == "on"
     assert recipe.from_dict({}, ["sample.stop=[The end]"]).sample.stop == ["The end"]
+
+
+def readme_key_table() -> dict[str, str]:
+    """Each key the README's recipe table names (a row may name several of one section:
+    `train.lr` / `min_lr_ratio`), with the default the row states."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    table = text.split("\n## Recipes\n", 1)[1].split("\n### ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        keys = [k.strip("` ") for k in cells[0].split(" / ")]
+        defaults = [d.strip("` ").replace("\\|", "|") for d in cells[1].split(" / ")]
+        section = keys[0].rpartition(".")[0]
+        names = [keys[0]] + [f"{section}.{k}" for k in keys[1:]]
+        rows.update(zip(names, defaults, strict=True))  # a row states a default per key
+    return rows
+
+
+def _yaml_value(text: str):
+    value = yaml.safe_load(text) if text else ""
+    try:
+        return float(value) if isinstance(value, str) else value  # YAML 1.1 reads 1e-3 as text
+    except ValueError:
+        return value
+
+
+def test_readme_table_names_every_key_with_its_default():
+    defaults = recipe.flat(recipe.Recipe())
+    rows = readme_key_table()
+    assert sorted(set(defaults) - set(rows)) == [], "keys the README's table does not name"
+    assert sorted(set(rows) - set(defaults)) == [], "README rows that name no recipe key"
+    for key, text in rows.items():
+        value, default = _yaml_value(text), defaults[key]
+        assert value == default and isinstance(value, bool) == isinstance(default, bool), key
+
+
+def _leaf_fields(cls: type) -> list[dataclasses.Field]:
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            out.extend(_leaf_fields(hint))
+        elif f.name not in recipe.NOT_KEYS:
+            out.append(f)
+    return out
+
+
+def test_every_key_carries_a_one_line_help():
+    fields = _leaf_fields(recipe.Recipe) + list(dataclasses.fields(recipe.SourceConfig))
+    assert len(fields) == len(recipe.all_keys()) + len(recipe.SOURCE_KEYS + recipe.HUB_KEYS)
+    for f in fields:
+        help = f.metadata.get("help", "")
+        assert help and "\n" not in help and len(help) < 120, f.name
+
+
+@pytest.mark.parametrize(
+    "item, needle",
+    [
+        ("", "'data.source' must be a non-empty string"),
+        ({"path": "x.txt", "split": "dev"}, "'data.source' must be a mapping with keys path"),
+        ({"path": "hf:a/b", "weight": 0}, "'data.source.weight' must be a number > 0"),
+        ({"path": "x.txt", "sha256": "abc"}, "'data.source.sha256' must be 64 hex digits"),
+    ],
+)
+def test_a_source_is_checked_where_it_is_parsed(item, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        recipe.DataConfig(source=item).sources()
+
+
+def test_a_source_string_takes_the_sections_text_field_and_sha256():
+    sha = "a" * 64
+    cfg = recipe.DataConfig(source="https://x/y.txt", text_field="body", sha256=sha)
+    assert cfg.sources() == [recipe.SourceConfig("https://x/y.txt", sha256=sha, text_field="body")]
+    sources = ["a.txt", {"path": "hf:o/n", "split": "test"}, {"path": "b.txt", "weight": 2}]
+    listed = recipe.DataConfig(source=sources, sha256=sha).sources()
+    assert listed == [
+        recipe.SourceConfig("a.txt"),
+        recipe.SourceConfig("hf:o/n", split="test"),
+        recipe.SourceConfig("b.txt", weight=2.0),
+    ]
+    assert isinstance(listed[2].weight, float)  # the fingerprint writes 2.0 as before

@@ -40,16 +40,16 @@ def test_a_checkpoint_outside_a_run_has_no_recipe(trained, tmp_path):
     assert run.recipe_of(stray) is None
 
 
-def test_a_failed_start_leaves_no_run_folder(tmp_path):
-    from conftest import TINY_RECIPE, assert_one_line_error, gptcli, write_recipe
+def test_a_failed_start_leaves_no_run_folder(tmp_path, gptcli_inproc):
+    from conftest import TINY_RECIPE, assert_one_line_error, write_recipe
 
     recipe = write_recipe(tmp_path, TINY_RECIPE.replace("builtin:stories", "missing.txt"))
     for command in ("tokenize", "pretrain"):
-        assert_one_line_error(gptcli(command, str(recipe), cwd=tmp_path), "missing.txt")
+        assert_one_line_error(gptcli_inproc(command, str(recipe), cwd=tmp_path), "missing.txt")
         assert not (tmp_path / "runs").exists()  # nor the runs/ folder it made
     kept = tmp_path / "runs" / "mini"  # a folder the command did not create is never removed
     kept.mkdir(parents=True)
-    assert_one_line_error(gptcli("pretrain", str(recipe), cwd=tmp_path), "missing.txt")
+    assert_one_line_error(gptcli_inproc("pretrain", str(recipe), cwd=tmp_path), "missing.txt")
     assert kept.is_dir()
 
 
@@ -67,16 +67,16 @@ def test_a_finished_run_keeps_its_recipe_when_nothing_trains(trained, tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
-def test_an_unavailable_device_is_refused_before_any_work(trained, tmp_path):
-    from conftest import TINY_RECIPE, assert_one_line_error, gptcli, write_recipe
+def test_an_unavailable_device_is_refused_before_any_work(trained, tmp_path, gptcli_inproc):
+    from conftest import TINY_RECIPE, assert_one_line_error, write_recipe
 
     recipe = write_recipe(tmp_path, TINY_RECIPE)
-    proc = gptcli("pretrain", str(recipe), "--set", "train.device=cuda", cwd=tmp_path)
+    proc = gptcli_inproc("pretrain", str(recipe), "--set", "train.device=cuda", cwd=tmp_path)
     assert_one_line_error(proc, "train.device", "cuda")
     assert not (tmp_path / "runs").exists()  # nothing tokenized
     finetune = write_recipe(
         tmp_path, f"name: ft\ninit: {trained / 'runs' / 'mini'}\ntask: lm\n", "ft.yaml"
     )
-    proc = gptcli("finetune", str(finetune), "--set", "train.device=cuda", cwd=tmp_path)
+    proc = gptcli_inproc("finetune", str(finetune), "--set", "train.device=cuda", cwd=tmp_path)
     assert_one_line_error(proc, "train.device", "cuda")
     assert not (tmp_path / "runs").exists()

@@ -266,10 +266,10 @@ def test_api_key_chat_template_and_second_signal(trained, chat_trained):
         served.stop()
 
 
-def test_serve_refuses_a_classifier_and_needs_its_extra(trained, tmp_path):
+def test_serve_refuses_a_classifier_and_needs_its_extra(trained, tmp_path, gptcli_inproc):
     from test_chat import fake_classifier
 
-    proc = gptcli("serve", "-c", str(fake_classifier(trained, tmp_path)), cwd=trained)
+    proc = gptcli_inproc("serve", "-c", str(fake_classifier(trained, tmp_path)), cwd=trained)
     assert_one_line_error(proc, "classifier")
     proc = gptcli_without("fastapi", "serve", "-c", "runs/mini", cwd=trained)
     assert_one_line_error(proc, "pip install 'gptcli[serve]'")

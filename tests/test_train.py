@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    HOLD_IN_SAVE,
     TINY_RECIPE,
     TORCHRUN_ENV,
     assert_one_line_error,
@@ -19,11 +20,11 @@ from conftest import (
     run_env,
     torchrun,
     torchrun_command,
+    wait_for_hold,
     write_recipe,
 )
 
-from gptcli import checkpoint
-from gptcli.model import Block
+from gptcli import checkpoint, checkpoint_tensors
 from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
 
@@ -188,16 +189,6 @@ def test_wsd_schedule_is_flat_then_decays_linearly():
     assert lr_at(90, t) == pytest.approx(0.5) and lr_at(100, t) == pytest.approx(0.0)
 
 
-def test_auto_dtype_on_cpu_is_bf16_only_where_native_and_measured_faster():
-    from gptcli.device import autocast_dtype, cpu_has_native_bf16
-
-    cpu = torch.device("cpu")
-    faster = torch.bfloat16 if cpu_has_native_bf16() else None
-    assert autocast_dtype(cpu, "auto", bf16_speedup=lambda: 2.0) == faster
-    assert autocast_dtype(cpu, "auto", bf16_speedup=lambda: 0.5) is None
-    assert autocast_dtype(cpu, "fp32") is None
-
-
 def test_cpu_training_keeps_freed_memory_for_the_next_step():
     """After keep_freed_memory (called when CPU training starts), a freed 200 MB array stays
     resident for reuse instead of going back to the OS (and faulting in again next step)."""
@@ -220,7 +211,7 @@ def test_cpu_training_keeps_freed_memory_for_the_next_step():
     assert resident_mb() > with_array - 50
 
 
-def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
+def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path, gptcli_inproc):
     recipe = write_recipe(tmp_path)
     sets = [
         "--set",
@@ -245,7 +236,7 @@ def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
     assert again.returncode == 0, again.stderr
     resumed = losses(run)
     assert resumed[7] == full[7] and resumed[8] == full[8]
-    switched = gptcli(
+    switched = gptcli_inproc(
         "pretrain",
         str(recipe),
         *sets[:-2],
@@ -258,29 +249,38 @@ def test_muon_run_resumes_exactly_and_keep_last_prunes(tmp_path):
     assert_one_line_error(switched, "train.optimizer", "--fresh")
 
 
-def test_kill_9_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
-    """With a save after every step, most kills land inside a save."""
+def test_kill_9_during_a_save_never_leaves_a_broken_checkpoint(tmp_path):
+    """Killed with -9 inside a save, first before its files are written, then (resumed) after
+    they are but before the folder is renamed into place: a reader sees only the earlier
+    checkpoints, each loads, and each rerun resumes from the newest and clears the half-made
+    folder."""
     recipe = write_recipe(tmp_path)
     run = tmp_path / "runs" / "mini"
-    for attempt in range(3):
-        proc, _ = _start_long_run(tmp_path, ["--set", "train.save_every=1"])
-        time.sleep(0.3 + 0.37 * attempt)
-        proc.kill()
-        proc.wait()
-        for ckpt in checkpoint.run_checkpoints(run):  # every visible checkpoint loads
-            checkpoint.load(ckpt)
-    newest = checkpoint.newest_in_run(run)
-    again = gptcli(
-        "pretrain",
-        str(recipe),
-        "--quiet",
-        "--json",
-        "--set",
-        f"train.max_steps={checkpoint.step_of(newest) + 1}",
-        cwd=tmp_path,
-    )
+    hook = tmp_path / "hold.py"
+    hook.write_text(HOLD_IN_SAVE)
+    sets = ["--set", "train.save_every=1", "--set", "train.compile=off"]
+    for step, when in ((3, "before"), (4, "after")):
+        marker = tmp_path / f"held-{when}"
+        cmd = [sys.executable, str(hook), str(marker), str(step), when, "pretrain", str(recipe)]
+        proc = subprocess.Popen(
+            [*cmd, *sets], cwd=tmp_path, env=run_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            half = tmp_path / wait_for_hold(proc, marker)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=60)
+        assert half.parent == run / "checkpoints" and half.name.startswith(f".tmp-step-{step:07d}")
+        assert (half / "state.json").exists() == (when == "after")
+        visible = [p.name for p in checkpoint.run_checkpoints(run)]
+        assert visible == [f"step-{s:07d}" for s in range(1, step)]
+        for ckpt in checkpoint.run_checkpoints(run):
+            checkpoint_tensors.load(ckpt)
+    again = gptcli("pretrain", str(recipe), "--json", "--set", "train.max_steps=4", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["step"] == checkpoint.step_of(newest) + 1
+    assert "resuming from runs/mini/checkpoints/step-0000003" in again.stderr.replace("\n", "")
+    assert json.loads(again.stdout)["step"] == 4
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
@@ -307,7 +307,7 @@ def test_full_disk_during_save_keeps_previous_checkpoint(trained, tmp_path):
         assert "step-0000006 is intact" in proc.stderr and "Traceback" not in proc.stderr
         assert [p.name for p in checkpoint.run_checkpoints(mnt / "mini")] == ["step-0000006"]
         assert not list((mnt / "mini" / "checkpoints").glob(".tmp-*"))
-        checkpoint.load(mnt / "mini")
+        checkpoint_tensors.load(mnt / "mini")
     finally:
         subprocess.run(["umount", str(mnt)])
 
@@ -373,19 +373,19 @@ def test_batched_muon_steps_like_torch_muon():
     assert batched.state_dict()["state"].keys() == torch_muon.state_dict()["state"].keys()
 
 
-def test_final_checkpoint_carries_the_final_evaluation(trained):
+def test_final_checkpoint_carries_the_final_evaluation(trained_copy):
     """The last step's evaluation is in the final checkpoint: its state.json, inspect and a
     re-run of a finished pretrain all report the val_loss that metrics.jsonl ends with."""
-    run = trained / "runs" / "mini"
+    run = trained_copy / "runs" / "mini"  # a copy: the re-run opens the run to train it
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     last_val = [r for r in records if "val_loss" in r][-1]
     assert last_val["step"] == 12
     final = checkpoint.newest_in_run(run)
     assert checkpoint.read_state(final)["metrics"]["val_loss"] == last_val["val_loss"]
-    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained).stdout)
+    info = json.loads(gptcli("inspect", str(run), "--json", cwd=trained_copy).stdout)
     assert info["newest_checkpoint"]["metrics"]["val_loss"] == last_val["val_loss"]
     assert info["last_metrics"]["val_loss"] == last_val["val_loss"]
-    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained)
+    again = gptcli("pretrain", "mini.yaml", "--json", cwd=trained_copy)
     assert again.returncode == 0, again.stderr
     assert "already at step 12" in again.stderr
     assert json.loads(again.stdout)["val_loss"] == last_val["val_loss"]
@@ -417,28 +417,6 @@ def test_failing_final_evaluation_still_saves_the_final_checkpoint(tmp_path, mon
     assert checkpoint.read_state(final)["metrics"]["step"] == 4
 
 
-def test_compile_auto_compiles_only_when_the_eager_time_left_repays_it(tmp_path, monkeypatch):
-    from gptcli import trainer
-    from gptcli.device import write_probe
-    from gptcli.recipe import ModelConfig
-    from gptcli.trainer import PAYBACK, compile_pays, expected_compile_s
-
-    enough = PAYBACK * 40.0
-    assert compile_pays(1000, 2 * enough / 1000, 40.0)[0]
-    wanted, why = compile_pays(1000, enough / 2000, 40.0)
-    assert not wanted and "1000 steps left" in why and "under" in why
-    assert not compile_pays(0, 10.0, 0.0)[0]
-    # the expected compile does not grow with the layers (one block is compiled) until a run
-    # here has measured this shape's
-    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path))
-    small, deep = (ModelConfig(n_layer=n, n_head=2, n_embd=16) for n in (2, 12))
-    assert expected_compile_s(deep, 4, None)[0] == expected_compile_s(small, 4, None)[0]
-    assert expected_compile_s(deep, 4, None)[1] == "estimated"
-    write_probe(trainer.PROBES, trainer.compile_cost_key(deep, 4, None, "LMTask"), 3.5)
-    assert expected_compile_s(deep, 4, None) == (3.5, "as measured here")
-    assert expected_compile_s(deep, 4, torch.bfloat16)[1] == "estimated"
-
-
 def test_slowdown_watch_warns_once_when_tokens_per_s_collapses():
     from gptcli.trainer import SlowdownWatch
 
@@ -450,130 +428,3 @@ def test_slowdown_watch_warns_once_when_tokens_per_s_collapses():
     assert "OMP_WAIT_POLICY=PASSIVE" in warnings[8] and "16,000" in warnings[8]
     steady = SlowdownWatch()
     assert not any(steady.check(r) for r in [100.0] + [16000, 9000, 12000] * 5)
-
-
-# the tiny recipe, long enough for compile: auto to time 3 eager steps, compile at step 4 and
-# time compiled and eager steps in turn (5-10) before the checkpoint at step 10
-TIMED_RECIPE = TINY_RECIPE.replace("max_steps: 12", "max_steps: 20").replace(
-    "save_every: 6", "save_every: 10"
-)
-
-
-def fake_compile(monkeypatch, compiled_ms: float) -> list:
-    """torch.compile as a wrapper and compile: auto's clock set so that an eager step takes
-    10 ms, the first compiled step 2 s more and later ones compiled_ms; returns the compiled
-    forwards of the first block, one per compile (each counts its calls: one per step)."""
-    from gptcli import trainer
-
-    clock, compiles = [0.0], []
-
-    def tick() -> float:
-        clock[0] += 0.01
-        return clock[0]
-
-    class Compiled:
-        def __init__(self, forward):
-            self.forward, self.calls = forward, 0
-
-        def __call__(self, *args, **kwargs):
-            clock[0] += 2.0 if self.calls == 0 else (compiled_ms - 10) / 1000
-            self.calls += 1
-            return self.forward(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "step_clock", tick)
-    monkeypatch.setattr(trainer, "why_no_compile", lambda d: None)
-
-    def wrap(forward):
-        owner = forward.__self__  # a block (forward) or the model (loss)
-        if not isinstance(owner, Block) or owner.attn.layer > 0:
-            return forward  # the first block's forward times the step
-        compiles.append(Compiled(forward))
-        return compiles[-1]
-
-    monkeypatch.setattr(torch, "compile", wrap)
-    return compiles
-
-
-def test_auto_decisions_are_recorded_and_reused_on_resume(tmp_path, monkeypatch):
-    """dtype: auto and compile: auto decide once (probes, eager then compiled steps timed);
-    state.json keeps what they decided and a resume on the same device type takes it without
-    deciding again."""
-    from gptcli import device, pretrain, recipe, trainer
-
-    monkeypatch.setenv("GPTCLI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 2.0)
-    monkeypatch.setattr(trainer, "compile_pays", lambda *args: (True, "repays"))
-    compiles = fake_compile(monkeypatch, compiled_ms=5)
-    monkeypatch.chdir(tmp_path)
-    path = write_recipe(tmp_path, TIMED_RECIPE)
-    pretrain.pretrain(recipe.load(path))
-    run = tmp_path / "runs" / "mini"
-    full = losses(run)
-    decided = {
-        "device": "cpu",
-        "dtype": "bf16",
-        "compile": True,
-        "compiled_step_ms": 5.0,
-        "eager_step_ms": 10.0,
-    }
-    for step in (10, 20):
-        ckpt = run / "checkpoints" / f"step-{step:07d}"
-        assert checkpoint.read_state(ckpt)["auto"] == decided
-    assert len(compiles) == 1  # after the timed eager steps
-
-    def no_probe(*args):
-        raise AssertionError("a resumed run decided again")
-
-    monkeypatch.setattr(trainer, "bf16_training_speedup", no_probe)
-    monkeypatch.setattr(trainer, "compile_pays", no_probe)
-    shutil.rmtree(run / "checkpoints" / "step-0000020")
-    pretrain.pretrain(recipe.load(path))
-    assert len(compiles) == 2 and compiles[1].calls == 10  # every resumed step
-    resumed = losses(run)
-    assert all(resumed[s] == full[s] for s in full if s > 10), (resumed, full)
-    assert trainer.recorded_auto(run, torch.device("cpu")) == decided
-    assert trainer.recorded_auto(run, torch.device("cuda")) == {}  # another device decides anew
-
-
-def test_compile_auto_goes_back_to_eager_when_compiled_steps_are_slower(
-    tmp_path, monkeypatch, capsys
-):
-    """The compiled step is timed against the eager one; slower, the run trains on eagerly
-    (the same losses as a run that never compiled), records why, and keeps the measured compile
-    cost for the next run's rule."""
-    from gptcli import device, pretrain, recipe, trainer
-
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("GPTCLI_CACHE", str(cache))
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 2.0)
-    monkeypatch.setattr(trainer, "compile_pays", lambda *args: (True, "repays"))
-    compiles = fake_compile(monkeypatch, compiled_ms=20)
-    monkeypatch.chdir(tmp_path)
-    pretrain.pretrain(recipe.load(write_recipe(tmp_path, TIMED_RECIPE)))
-    assert "compiled step 20 ms vs eager 10 ms: back to eager" in capsys.readouterr().err
-    run = tmp_path / "runs" / "mini"
-    for step in (10, 20):
-        auto = checkpoint.read_state(run / "checkpoints" / f"step-{step:07d}")["auto"]
-        assert auto["compile"] is False and auto["compiled_step_ms"] == 20.0
-    assert [c.calls for c in compiles] == [4]  # compiling, then 3 timed steps beside 3 eager
-    eager = write_recipe(tmp_path, TIMED_RECIPE.replace("name: mini", "name: eager"), "e.yaml")
-    pretrain.pretrain(recipe.load(eager, ["train.compile=off"]))
-    assert losses(run) == losses(tmp_path / "runs" / "eager")
-    entries = json.loads((cache / trainer.PROBES).read_text()).values()
-    costs = [e for e in entries if e["key"].startswith("compile s|LMTask|4|torch.bfloat16")]
-    assert [e["value"] for e in costs] == [2.0] and costs[0]["measured"]
-
-
-def test_dtype_auto_trains_in_fp32_where_bf16_measures_slower(tmp_path, monkeypatch):
-    from gptcli import device, pretrain, recipe, trainer
-
-    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(trainer, "bf16_training_speedup", lambda cfg, batch: 0.8)
-    monkeypatch.chdir(tmp_path)
-    text = TINY_RECIPE.replace("max_steps: 12", "max_steps: 3").replace("save_every: 6", "")
-    pretrain.pretrain(recipe.load(write_recipe(tmp_path, text)))
-    final = checkpoint.newest_in_run(tmp_path / "runs" / "mini")
-    # 3 steps are too few to time: compile stays undecided, for a longer resume to decide
-    assert checkpoint.read_state(final)["auto"] == {"device": "cpu", "dtype": "fp32"}

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 
 from gptcli import stories
 from gptcli.console import UserError
-from gptcli.recipe import EOT
+from gptcli.data.streams import Reading
+from gptcli.recipe import EOT, DataConfig, SourceConfig
 
 SEP_BYTES = len(EOT.encode()) + 2
 
@@ -29,3 +30,21 @@ def documents(mb: float, seed: int, on_bytes: Callable[[int], None]) -> Iterator
         on_bytes(n)
         if story.strip():
             yield story.strip()
+
+
+# --------------------------------------------------------------------------- as a source kind
+
+
+def read(src: SourceConfig, cfg: DataConfig, seed: int, reading: Reading) -> Iterator[str]:
+    check_name(src.path)
+    return documents(cfg.builtin_mb, seed, reading.on_bytes)
+
+
+def stated_bytes(src: SourceConfig, cfg: DataConfig) -> int:
+    return int(cfg.builtin_mb * 1e6)
+
+
+def fingerprint(src: SourceConfig, cfg: DataConfig, known_sources: list[dict]) -> dict:
+    """The size asked for and the generator's version: the same text comes out of both."""
+    check_name(src.path)
+    return {"mb": cfg.builtin_mb, "generator": stories.VERSION}

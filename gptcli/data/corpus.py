@@ -1,131 +1,76 @@
 """A corpus: the recipe's sources, the files each names, their documents and fingerprint.
 
-Every source goes through one interface whatever its kind: the files it names (a download, the
-spooled stdin, a file, directory or glob), their documents or records by the reader the
-registry picks, their fingerprint and their size. builtin: corpora are generated instead, and
-hf: datasets are streamed from the Hub.
+Every source goes through one interface whatever its kind (registry.KINDS picks the module
+that reads it): a kind that names files (a download, the spooled stdin, a file, directory or
+glob) has them read by the reader of their format; any other kind (builtin: corpora are
+generated, hf: datasets streamed from the Hub) yields its own documents, size and identity.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
 
-from gptcli import stories
 from gptcli.console import UserError
-from gptcli.data import builtin, hub, registry, stdin, text, url
+from gptcli.data import registry, text
 from gptcli.data.streams import Reading
 from gptcli.files import sha256_file
-from gptcli.recipe import DataConfig
+from gptcli.recipe import DataConfig, SourceConfig
 
 
-@dataclass
-class Source:
-    """One entry of data.source: where the text is, how often to repeat it, its checksum, the
-    field that holds its text and, for an hf: dataset, its config, split and revision."""
-
-    spec: str
-    weight: float = 1.0
-    sha256: str = ""
-    text_field: str = "text"
-    config: str = ""
-    split: str = "train"
-    revision: str = ""
-
-    @property
-    def kind(self) -> str:
-        return registry.spec_kind(self.spec)
-
-    @property
-    def label(self) -> str:
-        """The source in words: its string, and an hf: dataset's split."""
-        return f"{self.spec} ({self.split})" if self.kind == "hf" else self.spec
-
-    @property
-    def dataset(self) -> hub.Dataset:
-        """The Hub dataset an hf: source names."""
-        return hub.Dataset(hub.dataset_name(self.spec), self.config, self.split, self.revision)
+def kind(src: SourceConfig) -> registry.Kind:
+    """The kind of source src.path selects."""
+    return registry.kind_of(src.path)
 
 
-def source_of(item: str | dict, text_field: str, sha256: str = "") -> Source:
-    """A source from its string or its {path, weight, sha256, text_field, config, split,
-    revision} mapping."""
-    if not isinstance(item, dict):
-        return Source(item, sha256=sha256, text_field=text_field)
-    return Source(
-        item["path"],
-        float(item.get("weight", 1.0)),
-        item.get("sha256", sha256),
-        item.get("text_field", text_field),
-        item.get("config", ""),
-        item.get("split", "train"),
-        item.get("revision", ""),
-    )
+def _module(src: SourceConfig) -> ModuleType:
+    return registry.kind_module(kind(src))
 
 
-def sources(cfg: DataConfig) -> list[Source]:
-    if isinstance(cfg.source, list):
-        return [source_of(i, cfg.text_field) for i in cfg.source]
-    return [source_of(cfg.source, cfg.text_field, cfg.sha256)]
+def label(src: SourceConfig) -> str:
+    """The source in words: its string, and an hf: dataset's split."""
+    return kind(src).label.format(**asdict(src))
 
 
-def dev_source(cfg: DataConfig) -> Source | None:
-    """data.dev as a source (a file, URL or hf: dataset), or None when unset."""
-    return source_of(cfg.dev, cfg.text_field) if cfg.dev else None
+def files_of(src: SourceConfig, cfg: DataConfig, run_dir: Path | None) -> list[Path] | None:
+    """The files a source names (a URL downloaded first), or None for a kind that yields its
+    own documents."""
+    return _module(src).files(src, cfg, run_dir) if kind(src).names_files else None
 
 
-def source_files(spec: str) -> list[Path]:
-    """A file, a directory (recursively) or a glob, as a sorted list of files.
-
-    Directories and globs keep the files whose name gives a known format; a file named
-    directly is read whatever its name (as text when the name says nothing).
-    """
-    p = Path(spec).expanduser()
-    if p.is_file():
-        return [p]
-    if p.is_dir():
-        candidates = p.rglob("*")
-    else:
-        candidates = (Path(f) for f in glob.glob(os.path.expanduser(spec), recursive=True))
-    files = sorted(f for f in candidates if f.is_file() and registry.known_format(f))
-    if not files:
-        raise UserError(
-            f"data.source {spec!r}: no such file, or no {registry.listed_suffixes()} files in "
-            "it (pass a file, directory, glob, URL, - for stdin, or builtin:stories)"
-        )
-    return files
-
-
-def files_of(src: Source, run_dir: Path | None, cfg: DataConfig) -> list[Path]:
-    """The files a (non-builtin) source names, downloading a URL first."""
-    if src.kind == "stdin":
-        return [stdin.path(run_dir)]
-    if src.kind == "url":
-        return [url.fetch(src.spec, src.sha256, cfg.max_download_mb, cfg.allow_html)]
-    return source_files(src.spec)
-
-
-def kind_name(src: Source, files: list[Path]) -> str:
-    """The source's kind in words: builtin, or the formats of its files (and how they came)."""
-    if src.kind in ("builtin", "hf"):
-        return src.kind
-    formats = sorted({registry.format_of(f).name for f in files})
-    zipped = sorted({registry.compression(f) for f in files} - {""})
+def read_as(src: SourceConfig, files: list[Path] | None) -> str:
+    """How the source was read, in words: its kind, or the formats of its files (and how they
+    came)."""
+    formats = sorted({registry.format_of(f).name for f in files or []})
+    zipped = sorted({registry.compression(f) for f in files or []} - {""})
     words = ", ".join(formats) + (f" ({', '.join(zipped)})" if zipped else "")
-    return words if src.kind == "path" else f"{src.kind}: {words}"
+    return kind(src).tally.format(name=kind(src).name, formats=words)
 
 
-def _tally_entry(tally: dict | None, src: Source) -> dict:
+def _tally_entry(tally: dict | None, src: SourceConfig) -> dict:
     if tally is None:
         return {"documents": 0, "skipped": Counter()}
+    name = label(src)
     return tally.setdefault(
-        src.label, {"source": src.label, "kind": "", "documents": 0, "skipped": Counter()}
+        name, {"source": name, "kind": "", "documents": 0, "skipped": Counter()}
     )
+
+
+def _documents(
+    src: SourceConfig, cfg: DataConfig, seed: int, run_dir: Path | None, reading: Reading
+) -> tuple[str, Iterator[str]]:
+    """How the source is read, in words, and its documents."""
+    files = files_of(src, cfg, run_dir)
+    if files is None:
+        return read_as(src, None), _module(src).read(src, cfg, seed, reading)
+    docs = (
+        doc for f in files for doc in registry.reader(registry.format_of(f)).documents(f, reading)
+    )
+    return read_as(src, files), docs
 
 
 def iter_documents(
@@ -134,52 +79,39 @@ def iter_documents(
     run_dir: Path | None = None,
     on_bytes: Callable[[int], None] = lambda n: None,
     tally: dict | None = None,
-) -> Iterator[tuple[Source, str]]:
+) -> Iterator[tuple[SourceConfig, str]]:
     """Every document of every source, in order, one at a time.
 
     With tally, each source's kind, documents read and rows skipped (by reason) are counted
     into it, keyed by the source string (and an hf: dataset's split).
     """
-    for src in sources(cfg):
+    for src in cfg.sources():
         entry = _tally_entry(tally, src)
-        if src.kind == "builtin":
-            builtin.check_name(src.spec)
-            entry["kind"] = "builtin"
-            docs: Iterator[str] = builtin.documents(cfg.builtin_mb, seed, on_bytes)
-            for doc in docs:
-                entry["documents"] += 1
-                yield src, doc
-            continue
         reading = Reading(src.text_field, cfg.errors, on_bytes, entry["skipped"])
-        if src.kind == "hf":
-            entry["kind"] = "hf"
-            for doc in hub.documents(src.dataset, reading):
-                entry["documents"] += 1
-                yield src, doc
-            continue
-        files = files_of(src, run_dir, cfg)
-        entry["kind"] = kind_name(src, files)
-        for f in files:
-            for doc in registry.reader(registry.format_of(f)).documents(f, reading):
-                entry["documents"] += 1
-                yield src, doc
+        entry["kind"], docs = _documents(src, cfg, seed, run_dir, reading)
+        for doc in docs:
+            entry["documents"] += 1
+            yield src, doc
 
 
-def records(src: Source, cfg: DataConfig, run_dir: Path | None = None) -> list[tuple[str, dict]]:
+def records(
+    src: SourceConfig, cfg: DataConfig, run_dir: Path | None = None
+) -> list[tuple[str, dict]]:
     """(where, record) for each example of a task's source (data.source or data.dev)."""
-    if not src.spec:
+    if not src.path:
         raise UserError(
             "data.source is empty: name the task's training file (.jsonl, .csv, .tsv, .parquet)"
         )
-    if src.kind in ("builtin", "stdin"):
+    if not kind(src).examples:
         raise UserError(
-            f"data.source {src.spec!r}: a task reads its examples from files or URLs "
+            f"data.source {src.path!r}: a task reads its examples from files or URLs "
             "(.jsonl, .csv, .tsv, .parquet, .arrow)"
         )
-    if src.kind == "hf":
-        return list(hub.records(src.dataset))
+    files = files_of(src, cfg, run_dir)
+    if files is None:
+        return list(_module(src).examples(src))
     out: list[tuple[str, dict]] = []
-    for f in files_of(src, run_dir, cfg):
+    for f in files:
         out.extend(registry.reader(registry.records_format(f)).records(f))
     return out
 
@@ -188,15 +120,14 @@ def corpus_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     """Bytes the sources hold on disk (compressed size for .gz/.zst): the progress bars' total
     (None when an hf: dataset's info does not state its size)."""
     total = 0
-    for src in sources(cfg):
-        if src.kind == "builtin":
-            total += int(cfg.builtin_mb * 1e6)
-        elif src.kind == "hf":
-            if (n := hub.size(src.dataset)) is None:
-                return None
-            total += n
+    for src in cfg.sources():
+        files = files_of(src, cfg, run_dir)
+        if files is not None:
+            total += sum(f.stat().st_size for f in files)
+        elif (n := _module(src).stated_bytes(src, cfg)) is None:
+            return None
         else:
-            total += sum(f.stat().st_size for f in files_of(src, run_dir, cfg))
+            total += n
     return total
 
 
@@ -205,16 +136,14 @@ def text_bytes(cfg: DataConfig, run_dir: Path | None = None) -> int | None:
     compression, other files' size on disk, an hf: dataset's stated size (None when an hf:
     dataset's info does not state it)."""
     total = 0
-    for src in sources(cfg):
-        if src.kind == "builtin":
-            total += int(cfg.builtin_mb * 1e6)
-            continue
-        if src.kind == "hf":
-            if (n := hub.size(src.dataset)) is None:
+    for src in cfg.sources():
+        files = files_of(src, cfg, run_dir)
+        if files is None:
+            if (n := _module(src).stated_bytes(src, cfg)) is None:
                 return None
             total += n
             continue
-        for f in files_of(src, run_dir, cfg):
+        for f in files:
             total += registry.reader(registry.format_of(f)).size(f, src.text_field)
     return total
 
@@ -226,38 +155,25 @@ def fingerprint(
 
     Files are identified by path, size and sha256. The hash is recomputed only when size or
     mtime differ from `known` (the previous manifest's corpus), so an unchanged corpus is
-    checked without reading it. An hf: dataset is identified by its name, config, split and
-    the revision its builder resolved, also without reading it.
+    checked without reading it. Other kinds say what identifies them (an hf: dataset: its
+    name, config, split and the revision its builder resolved), also without reading them.
     """
+    known_sources = (known or {}).get("sources", [])
     old = {
         (f["path"], f["bytes"], f["mtime_ns"]): f["sha256"]
-        for s in (known or {}).get("sources", [])
+        for s in known_sources
         for f in s.get("files", [])
         if "mtime_ns" in f
     }
     entries = []
-    dev = dev_source(cfg)
-    for src in sources(cfg) + ([dev] if dev else []):
-        entry: dict = {"source": src.spec, "weight": src.weight}
-        if src.kind == "builtin":
-            builtin.check_name(src.spec)
-            entry.update(mb=cfg.builtin_mb, generator=stories.VERSION)
-        elif src.kind == "hf":
-            entry.update(hub.identity(src.dataset, (known or {}).get("sources", [])))
+    dev = cfg.dev_source()
+    for src in cfg.sources() + ([dev] if dev else []):
+        entry: dict = {"source": src.path, "weight": src.weight}
+        files = files_of(src, cfg, run_dir)
+        if files is None:
+            entry.update(_module(src).fingerprint(src, cfg, known_sources))
         else:
-            files = []
-            for f in files_of(src, run_dir, cfg):
-                st = f.stat()
-                digest = old.get((str(f), st.st_size, st.st_mtime_ns)) or sha256_file(f)
-                files.append(
-                    {
-                        "path": str(f),
-                        "bytes": st.st_size,
-                        "mtime_ns": st.st_mtime_ns,
-                        "sha256": digest,
-                    }
-                )
-            entry["files"] = files
+            entry["files"] = [_file_identity(f, old) for f in files]
         entries.append(entry)
     return {
         "source": cfg.source,
@@ -268,6 +184,13 @@ def fingerprint(
         "val_fraction": cfg.val_fraction,
         "sources": entries,
     }
+
+
+def _file_identity(f: Path, old: dict) -> dict:
+    """A file's path, size, mtime and sha256 (taken from old while size and mtime match)."""
+    st = f.stat()
+    digest = old.get((str(f), st.st_size, st.st_mtime_ns)) or sha256_file(f)
+    return {"path": str(f), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
 
 
 def same_corpus(a: dict | None, b: dict) -> bool:
@@ -289,10 +212,11 @@ def has_many_text_documents(cfg: DataConfig, run_dir: Path | None, many: int) ->
     """True when plain-text files at the start of the corpus hold `many` documents, found by
     scanning bytes (no decoding). False means: count the slow way."""
     count = 0
-    for src in sources(cfg):
-        if src.kind in ("builtin", "hf"):
+    for src in cfg.sources():
+        files = files_of(src, cfg, run_dir)
+        if files is None:
             return False
-        for f in files_of(src, run_dir, cfg):
+        for f in files:
             if registry.format_of(f) is not registry.TEXT:
                 return False
             count += text.count_documents(f, cfg.errors, many - count)

@@ -22,6 +22,7 @@ from gptcli import console, tokenizer
 from gptcli.console import UserError
 from gptcli.data.streams import Reading
 from gptcli.files import get_field
+from gptcli.recipe import DataConfig, SourceConfig
 
 PREFIX = "hf:"
 DEFAULT_ENDPOINT = "https://huggingface.co"  # where huggingface_hub goes unless HF_ENDPOINT says
@@ -321,3 +322,27 @@ def identity(ds: Dataset, known: list[dict]) -> dict:
         f"hf:{ds.name}: HF_HUB_OFFLINE is set, so it is taken as unchanged since it was tokenized"
     )
     return {**asked, "resolved": prior["resolved"]}
+
+
+# --------------------------------------------------------------------------- as a source kind
+
+
+def dataset_of(src: SourceConfig) -> Dataset:
+    """The Hub dataset an hf: source names."""
+    return Dataset(dataset_name(src.path), src.config, src.split, src.revision)
+
+
+def read(src: SourceConfig, cfg: DataConfig, seed: int, reading: Reading) -> Iterator[str]:
+    return documents(dataset_of(src), reading)
+
+
+def examples(src: SourceConfig) -> Iterator[tuple[str, dict]]:
+    return records(dataset_of(src))
+
+
+def stated_bytes(src: SourceConfig, cfg: DataConfig) -> int | None:
+    return size(dataset_of(src))
+
+
+def fingerprint(src: SourceConfig, cfg: DataConfig, known_sources: list[dict]) -> dict:
+    return identity(dataset_of(src), known_sources)

@@ -1,14 +1,15 @@
 """What kind a data source is, decided in one place: the string's form, then the file's name.
 
 A source string is builtin:NAME, hf:OWNER/NAME (a Hub dataset), an http(s) URL, - (stdin) or a
-path (a file, directory or glob). The files a source names are read by the format their name
-gives (after a .gz or .zst compression suffix); a new format is one reader module and one line
-in FORMATS.
+path (a file, directory or glob); a new kind is one module and one line in KINDS. The files a
+source names are read by the format their name gives (after a .gz or .zst compression suffix);
+a new format is one reader module and one line in FORMATS.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,17 +36,73 @@ FORMATS = (
 TEXT = FORMATS[0]
 
 
+@dataclass(frozen=True)
+class Kind:
+    """A kind of source: the strings that select it and the module that reads it.
+
+    A kind that names files has a module with files(src, cfg, run_dir), and its files are read
+    by their format. Any other kind yields its own documents: its module has read(src, cfg,
+    seed, reading), examples(src) (where it gives task examples), stated_bytes(src, cfg) (None
+    when unknown) and fingerprint(src, cfg, known_sources) (what identifies them unread).
+    The strings are str.format templates over the source's fields (and formats, the names of
+    its files' formats): label names it in the manifest, tally says how it was read, listing
+    says what `inspect --recipes` shows.
+    """
+
+    name: str
+    selects: Callable[[str], bool]
+    module: str
+    names_files: bool
+    examples: bool = True
+    label: str = "{path}"
+    tally: str = "{name}: {formats}"
+    listing: str = "{path}"
+
+
+KINDS = (
+    Kind(
+        "builtin",
+        lambda s: s.startswith("builtin:"),
+        "builtin",
+        names_files=False,
+        examples=False,
+        tally="builtin",
+        listing="{path} (generated)",
+    ),
+    Kind(
+        "hf",
+        lambda s: s.startswith("hf:"),
+        "hub",
+        names_files=False,
+        label="{path} ({split})",
+        tally="hf",
+        listing="stream {path}",
+    ),
+    Kind(
+        "url",
+        lambda s: s.startswith(("http://", "https://")),
+        "url",
+        names_files=True,
+        listing="download {path}",
+    ),
+    Kind("stdin", lambda s: s == "-", "stdin", names_files=True, examples=False),
+    Kind("path", lambda s: True, "paths", names_files=True, tally="{formats}"),  # the rest
+)
+
+
+def kind_of(spec: str) -> Kind:
+    """The kind a source string selects: the first in KINDS."""
+    return next(k for k in KINDS if k.selects(spec))
+
+
 def spec_kind(spec: str) -> str:
     """builtin, hf, url, stdin or path: how a source string is read."""
-    if spec.startswith("builtin:"):
-        return "builtin"
-    if spec.startswith("hf:"):
-        return "hf"
-    if spec.startswith(("http://", "https://")):
-        return "url"
-    if spec == "-":
-        return "stdin"
-    return "path"
+    return kind_of(spec).name
+
+
+def kind_module(kind: Kind) -> ModuleType:
+    """The module that reads sources of this kind."""
+    return importlib.import_module(f"gptcli.data.{kind.module}")
 
 
 def is_local(spec: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from gptcli import console
 from gptcli.console import UserError
 from gptcli.data.streams import READ_CHUNK
+from gptcli.recipe import DataConfig, SourceConfig
 
 STDIN_FILE = "stdin.txt"
 
@@ -19,6 +20,11 @@ def path(run_dir: Path | None) -> Path:
     if run_dir is None:
         raise UserError("data.source '-' (stdin) needs a run folder to spool it into")
     return run_dir / "data" / STDIN_FILE
+
+
+def files(src: SourceConfig, cfg: DataConfig, run_dir: Path | None) -> list[Path]:
+    """The spooled copy, read as a text file."""
+    return [path(run_dir)]
 
 
 def spool_stdin(run_dir: Path) -> Path:

@@ -13,8 +13,8 @@ import numpy as np
 
 from gptcli import console, tokenizer
 from gptcli.console import UserError
-from gptcli.data import stdin
-from gptcli.data.corpus import corpus_bytes, fingerprint, same_corpus, sources, text_bytes
+from gptcli.data import registry, stdin
+from gptcli.data.corpus import corpus_bytes, fingerprint, label, same_corpus, text_bytes
 from gptcli.data.manifest import MANIFEST_VERSION, read_manifest, write_manifest
 from gptcli.data.shards import ShardWriter, partial_paths, safe_pieces, unigram_bits_from_counts
 from gptcli.data.split import routed, tail_split_chars
@@ -41,7 +41,7 @@ def _tokenizer_key(recipe: Recipe, given_tokenizer: Path | None) -> dict:
 
 
 def _uses_stdin(recipe: Recipe) -> bool:
-    return any(s.kind == "stdin" for s in sources(recipe.data))
+    return any(registry.spec_kind(s.path) == "stdin" for s in recipe.data.sources())
 
 
 def is_up_to_date(
@@ -283,7 +283,7 @@ def prepare(
     settings = _tokenizer_key(recipe, given_tokenizer)
     max_tokens = recipe.data.max_tokens
     started = time.perf_counter()
-    console.info(f"tokenize: reading {', '.join(s.label for s in sources(recipe.data))}")
+    console.info(f"tokenize: reading {', '.join(label(s) for s in recipe.data.sources())}")
     if given_tokenizer is not None:
         tokenizer.save(tokenizer.load(given_tokenizer), tok_path)
     progress = read_progress(run_dir, fp, settings, max_tokens)

@@ -15,6 +15,7 @@ from gptcli import console
 from gptcli.console import UserError
 from gptcli.data.streams import READ_CHUNK
 from gptcli.files import cache_dir, sha256_file, write_atomic
+from gptcli.recipe import DataConfig, SourceConfig
 
 # cached downloads verified by this process: path -> (size, mtime_ns, sha256); a corpus is read
 # several times per command, and one check of a file that has not changed is enough
@@ -92,6 +93,11 @@ def fetch(url: str, sha256: str = "", max_mb: float = 10240.0, allow_html: bool 
     if problem:
         console.warn(f"{target} (cached {url}) {problem}; it was downloaded again")
     return target
+
+
+def files(src: SourceConfig, cfg: DataConfig, run_dir: Path | None) -> list[Path]:
+    """The source's one file: its download, made or checked once."""
+    return [fetch(src.path, src.sha256, cfg.max_download_mb, cfg.allow_html)]
 
 
 def _is_html(content_type: str, head: bytes) -> bool:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gptcli import console, tokenizer
-from gptcli.checkpoint import Loaded
+from gptcli.checkpoint_tensors import Loaded
 from gptcli.console import UserError
 from gptcli.device import autocast
 from gptcli.model import GPT

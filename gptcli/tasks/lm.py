@@ -7,17 +7,17 @@ from pathlib import Path
 
 import torch
 
-from gptcli import data
 from gptcli.console import UserError
+from gptcli.data import batches, shards
 from gptcli.model import GPT
 from gptcli.recipe import TrainConfig
 from gptcli.tasks.base import evaluate_loss
 
 
-def bits_per_byte(loss: float, manifest: dict, split: str = "val") -> float:
-    """Nats per token to bits per UTF-8 byte of the split's text: comparable across tokenizers."""
-    s = manifest[split]
-    return loss / math.log(2) * s["tokens"] / max(s["bytes"], 1)
+def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
+    """Nats per token, over text of n_bytes UTF-8 bytes cut into tokens, to bits per byte:
+    comparable across tokenizers."""
+    return loss / math.log(2) * tokens / max(n_bytes, 1)
 
 
 class LMTask:
@@ -27,14 +27,14 @@ class LMTask:
 
     def __init__(self, run_dir: Path, manifest: dict, block_size: int, t: TrainConfig, seed: int):
         self.manifest = manifest
-        self.train = data.Batches(
-            data.load_shard(run_dir, "train", manifest), block_size, t.batch_size, seed
+        self.train = batches.Batches(
+            shards.load_shard(run_dir, "train", manifest), block_size, t.batch_size, seed
         )
-        val_tokens = data.load_shard(run_dir, "val", manifest)
+        val_tokens = shards.load_shard(run_dir, "val", manifest)
         if len(val_tokens) < 3:
             raise UserError("the validation split has fewer than 3 tokens; raise data.val_fraction")
         val_block = min(block_size, len(val_tokens) - 2)
-        self.val = data.Batches(val_tokens, val_block, t.batch_size, seed).eval_batches(
+        self.val = batches.Batches(val_tokens, val_block, t.batch_size, seed).eval_batches(
             t.eval_batches
         )
 
@@ -46,9 +46,10 @@ class LMTask:
 
     def evaluate(self, model: GPT, device: torch.device, amp: torch.dtype | None) -> dict:
         val_loss = evaluate_loss(model, self.val, device, amp)
+        val = self.manifest["val"]
         return {
             "val_loss": round(val_loss, 5),
-            "val_bpb": round(bits_per_byte(val_loss, self.manifest), 5),
+            "val_bpb": round(bits_per_byte(val_loss, val["tokens"], val["bytes"]), 5),
         }
 
     def summary(self, last: dict) -> tuple[dict, str]:

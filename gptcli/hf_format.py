@@ -1,23 +1,16 @@
-"""Other tools' formats, and the one `load` every reader of a model calls.
+"""HF transformers folders, both ways: gptcli's checkpoints as GPT-2 or Llama, and back.
 
-`load` takes whatever a user names as a model (a gptcli checkpoint, a run folder, a LoRA
-checkpoint, an HF transformers folder, or nothing: the newest run under ./runs) and returns
-full weights, so sample, finetune's init, inspect and export never ask what the path was.
-
-HF transformers conversion goes both ways; GGUF (llama.cpp) is written only.
 gptcli's GPT is, by its switches, either GPT-2 (learned positions, LayerNorm, GELU-tanh) or a
 Llama (rotary on the two halves of each head, RMSNorm, SwiGLU). Those are exactly the two HF
 classes we write, so an exported folder loads with `AutoModelForCausalLM` and no custom code;
 any other mix of switches has no HF class and is refused. Weights are renamed (and, for GPT-2's
-Conv1D, transposed), never re-computed, so the logits agree to float32 rounding.
+Conv1D, transposed), never re-computed, so the logits agree to float32 rounding. A local HF
+folder of either class reads back as a gptcli checkpoint, converted in memory.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import processors
 
-from gptcli import __version__, checkpoint, console, tokenizer
+from gptcli import __version__, tokenizer
+from gptcli.checkpoint import weights_file
+from gptcli.checkpoint_tensors import Loaded, check_shapes, save_safetensors, untied_weights
 from gptcli.console import UserError
+from gptcli.files import write_folder
 from gptcli.model import GPT, mlp_hidden_size
 from gptcli.recipe import EOT, ModelConfig
 
@@ -100,17 +96,9 @@ def hf_config(cfg: ModelConfig, eot: int | None) -> dict[str, Any]:
     }
 
 
-def _full_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict with lm_head present (tied checkpoints store it once, as wte)."""
-    w = dict(weights)
-    if "lm_head.weight" not in w:
-        w["lm_head.weight"] = w["wte.weight"]
-    return w
-
-
 def to_hf_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename (and for GPT-2's Conv1D transpose) every tensor into the HF layout."""
-    w = _full_weights(cfg, weights)
+    w = untied_weights(weights)
     C = cfg.n_embd
     out: dict[str, torch.Tensor] = {}
     if family(cfg) == GPT2:
@@ -196,27 +184,7 @@ def export_tokenizer(tok_path: Path, out: Path) -> None:
     tok.save(str(out))
 
 
-def _write_folder(out: Path, write: Callable[[Path], None]) -> Path:
-    """Build the output in a temp sibling and rename it into place; never touch an existing DIR."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty (choose a new --out)")
-    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    try:
-        with console.writing(f"--out {out}"):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            write(tmp)
-            if out.exists():
-                out.rmdir()
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def export_hf(loaded: checkpoint.Loaded, out: Path) -> Path:
+def export_hf(loaded: Loaded, out: Path) -> Path:
     cfg = loaded.config
     family(cfg)  # refuse before writing anything
     tok_path = loaded.path / tokenizer.TOKENIZER_FILE
@@ -225,7 +193,7 @@ def export_hf(loaded: checkpoint.Loaded, out: Path) -> Path:
 
     def write(tmp: Path) -> None:
         weights = to_hf_weights(cfg, loaded.weights)
-        checkpoint.save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
+        save_safetensors(weights, tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, eot), indent=2))
         export_tokenizer(tok_path, tmp / tokenizer.TOKENIZER_FILE)
         tok_config = tokenizer_config(tok_path, cfg.block_size)
@@ -233,7 +201,7 @@ def export_hf(loaded: checkpoint.Loaded, out: Path) -> Path:
         gen = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
-    return _write_folder(out, write)
+    return write_folder(out, write)
 
 
 # --------------------------------------------------------------------------- HF -> gptcli
@@ -406,7 +374,7 @@ def from_hf_weights(cfg: ModelConfig, hf: dict[str, torch.Tensor], path: Path) -
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
-def load_hf(path: Path) -> checkpoint.Loaded:
+def load_hf(path: Path) -> Loaded:
     """A local HF GPT-2/Llama folder as a gptcli checkpoint (converted in memory)."""
     hf_weights = _read_hf_weights(path)
     try:
@@ -418,166 +386,6 @@ def load_hf(path: Path) -> checkpoint.Loaded:
         raise UserError(f"{path}: no tokenizer.json (gptcli needs a fast tokenizer file)")
     with torch.device("meta"):  # shapes only: no memory for a model that is never run
         expected = to_hf_weights(cfg, GPT(cfg).state_dict())
-    checkpoint.check_shapes(expected, hf_weights, checkpoint.weights_file(path), "config.json")
+    check_shapes(expected, hf_weights, weights_file(path), "config.json")
     weights = from_hf_weights(cfg, hf_weights, path)
-    return checkpoint.Loaded(path, cfg, weights, {"step": 0, "source": "hf"})
-
-
-# --------------------------------------------------------------------------- GGUF
-
-
-def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Rotate-half (HF/gptcli) -> interleaved pairs (llama.cpp), as convert_hf_to_gguf does."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
-def gguf_tensors(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our weights under llama.cpp's tensor names, Q and K rows permuted for its rope."""
-    if family(cfg) != LLAMA:
-        raise UserError(
-            "GGUF export writes the Llama family (positions: rope, norm: rmsnorm, mlp: swiglu); "
-            "use --format hf for GPT-2-style models"
-        )
-    if cfg.bias:
-        raise UserError("GGUF export needs bias: false (llama.cpp's llama has no MLP biases)")
-    w = _full_weights(cfg, weights)
-    C = cfg.n_embd
-    out = {"token_embd.weight": w["wte.weight"], "output_norm.weight": w["norm_f.weight"]}
-    if not cfg.tie_embeddings:
-        out["output.weight"] = w["lm_head.weight"]  # absent: llama.cpp reuses token_embd
-    for i in range(cfg.n_layer):
-        p, b = f"blocks.{i}.", f"blk.{i}."
-        q, k, v = w[p + "attn.qkv.weight"].split(C, dim=0)
-        out[b + "attn_norm.weight"] = w[p + "norm1.weight"]
-        out[b + "attn_q.weight"] = _permute_rope(q, cfg.n_head)
-        out[b + "attn_k.weight"] = _permute_rope(k, cfg.n_head)
-        out[b + "attn_v.weight"] = v
-        out[b + "attn_output.weight"] = w[p + "attn.proj.weight"]
-        out[b + "ffn_norm.weight"] = w[p + "norm2.weight"]
-        out[b + "ffn_gate.weight"] = w[p + "mlp.gate.weight"]
-        out[b + "ffn_up.weight"] = w[p + "mlp.up.weight"]
-        out[b + "ffn_down.weight"] = w[p + "mlp.down.weight"]
-    return {k: v.detach().float().contiguous() for k, v in out.items()}
-
-
-def _bpe_vocab(tok_path: Path) -> tuple[list[str], list[int], list[str]]:
-    """Tokens by id, their GGUF types, and merges as 'a b' strings, from tokenizer.json."""
-    data = json.loads(tok_path.read_text())
-    model = data.get("model", {})
-    if model.get("type") != "BPE":
-        raise UserError(f"{tok_path}: GGUF export needs a byte-level BPE tokenizer")
-    vocab: dict[str, int] = dict(model["vocab"])
-    special = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
-    vocab.update(special)
-    tokens = [""] * (max(vocab.values()) + 1)
-    for text, i in vocab.items():
-        tokens[i] = text
-    types = [3 if t in special else 1 for t in tokens]  # CONTROL for specials, NORMAL otherwise
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, types, merges
-
-
-def export_gguf(loaded: checkpoint.Loaded, out: Path) -> Path:
-    """One .gguf file (F32) in DIR with llama architecture metadata and the BPE tokenizer."""
-    try:
-        import gguf
-    except ImportError:
-        raise UserError(
-            "--format gguf needs the gguf package: pip install 'gptcli[export]'"
-        ) from None
-    cfg = loaded.config
-    tensors = gguf_tensors(cfg, loaded.weights)
-    tok_path = loaded.path / tokenizer.TOKENIZER_FILE
-    tokens, types, merges = _bpe_vocab(tok_path)
-    eot = tokenizer.eot_id(tokenizer.load(tok_path))
-    name = loaded.path.parent.parent.name if loaded.path.parent.name == "checkpoints" else "model"
-
-    def write(tmp: Path) -> None:
-        w = gguf.GGUFWriter(str(tmp / f"{name}.gguf"), "llama")
-        w.add_name(name)
-        w.add_context_length(cfg.block_size)
-        w.add_embedding_length(cfg.n_embd)
-        w.add_block_count(cfg.n_layer)
-        w.add_feed_forward_length(mlp_hidden_size(cfg))
-        w.add_head_count(cfg.n_head)
-        w.add_head_count_kv(cfg.n_head)
-        w.add_rope_dimension_count(cfg.n_embd // cfg.n_head)
-        w.add_rope_freq_base(cfg.rope_theta)
-        w.add_layer_norm_rms_eps(cfg.norm_eps)
-        w.add_vocab_size(cfg.vocab_size)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        w.add_bos_token_id(eot)
-        w.add_eos_token_id(eot)
-        w.add_add_bos_token(True)  # <|endoftext|> in front, as in training
-        for tname, t in tensors.items():
-            w.add_tensor(tname, t.numpy())
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-
-    return _write_folder(out, write)
-
-
-def export_gptcli(loaded: checkpoint.Loaded, out: Path) -> Path:
-    """A standalone gptcli checkpoint folder: LoRA adapters merged into full weights, so it
-    needs no base checkpoint (sample, finetune and inspect read it as any other)."""
-    info = {"task": loaded.info["task"]}
-    model = GPT(loaded.config)
-    checkpoint.load_weights(model, loaded.weights, checkpoint.weights_file(loaded.path))
-
-    def write(tmp: Path) -> None:
-        weights = checkpoint.weights_for_save(model, info)
-        meta = {"format": "pt", "merged_from": str(loaded.path)}
-        checkpoint.save_safetensors(weights, tmp / "model.safetensors", meta)
-        config = checkpoint.config_json(loaded.config, info)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        shutil.copyfile(loaded.path / tokenizer.TOKENIZER_FILE, tmp / tokenizer.TOKENIZER_FILE)
-        state = {k: v for k, v in loaded.state.items() if k != "optimizer_param_groups"}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-
-    return _write_folder(out, write)
-
-
-# --------------------------------------------------------------------------- any model, loaded
-
-
-def resolve(path: str | Path | None) -> Path:
-    """What a model path names: an HF folder as it is, a gptcli checkpoint or a run folder's
-    newest one, or (None) the newest complete checkpoint under ./runs."""
-    if path is None:
-        found = checkpoint.newest_under(Path("runs"))
-        if found is None:
-            raise UserError(
-                "no complete checkpoint under ./runs (train one with `gptcli pretrain RECIPE` "
-                "or pass --checkpoint PATH)"
-            )
-        return found
-    p = Path(path)
-    if p.exists() and is_hf_folder(p):
-        return p
-    return checkpoint.resolve(p)
-
-
-def load(path: str | Path | None, merge_lora: bool = True) -> checkpoint.Loaded:
-    """Any model a user can name, with full weights (see resolve). A LoRA checkpoint is
-    combined with its base (checked by sha256); merge_lora=False keeps the adapters apart, as
-    resuming their training needs."""
-    found = resolve(path)
-    if is_hf_folder(found):
-        return load_hf(found)
-    loaded = checkpoint.load(found)
-    lora_info = loaded.info.get("lora")
-    if lora_info is not None:
-        base = load(checkpoint.lora_base(found, lora_info))
-        loaded.weights = checkpoint.with_base(lora_info, loaded.weights, base.weights, merge_lora)
-    return loaded
+    return Loaded(path, cfg, weights, {"step": 0, "source": "hf"})
