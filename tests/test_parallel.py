@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 
 import pytest
