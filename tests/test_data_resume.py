@@ -41,6 +41,34 @@ STOP_AFTER_RECORD = textwrap.dedent(
 )
 
 
+# the same, killed (-9) in the middle of a chunk instead: after the Nth record, once the next
+# chunk's shard bytes are written and before its progress record, so the partial files hold
+# more than the last record says and the rerun must cut them back
+KILL_MID_WRITE = textwrap.dedent(
+    """\
+    import os, runpy, signal, sys
+    from gptcli.data import shards, tokenize
+
+    stop_at = int(sys.argv.pop(1))
+    tokenize.CHUNK_CHARS, tokenize.SYNC_CHARS = 50_000, 10_000
+    save, flush, calls = tokenize.save_progress, shards.ShardWriter.flush, []
+
+    def saving(run_dir, record):
+        save(run_dir, record)
+        calls.append(record["items"])
+
+    def flushing(self, durable=False):
+        sizes = flush(self, durable)
+        if len(calls) == stop_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return sizes
+
+    tokenize.save_progress, shards.ShardWriter.flush = saving, flushing
+    runpy.run_module("gptcli", run_name="__main__")
+    """
+)
+
+
 def _corpus(folder: Path, docs: int = 1200) -> None:
     """JSON lines of three Shakespeare paragraphs each (about 0.5 MB for 1200)."""
     paras = [p for p in (SHARED_DATA / "tinyshakespeare.txt").read_text().split("\n\n") if p]
@@ -63,11 +91,16 @@ def _tokenize(folder: Path, *sets: str):
     return proc
 
 
-def _stopped(folder: Path, records: int, sig: int, *sets: str) -> subprocess.CompletedProcess:
+def _stopped(
+    folder: Path, records: int, sig: int | None, *sets: str
+) -> subprocess.CompletedProcess:
+    """Tokenize, stopped by sig after the given number of progress records (sig None: killed
+    during the chunk after them, see KILL_MID_WRITE)."""
     hook = folder / "stop.py"
-    hook.write_text(STOP_AFTER_RECORD)
+    hook.write_text(STOP_AFTER_RECORD if sig else KILL_MID_WRITE)
     args = [a for s in sets for a in ("--set", s)]
-    cmd = [sys.executable, str(hook), str(records), str(int(sig)), "tokenize", "c.yaml", *args]
+    how = [str(records), str(int(sig))] if sig else [str(records)]
+    cmd = [sys.executable, str(hook), *how, "tokenize", "c.yaml", *args]
     return subprocess.run(cmd, cwd=folder, env=run_env(), capture_output=True, text=True)
 
 
@@ -107,6 +140,21 @@ def test_an_interrupted_tokenize_resumes_to_the_same_shards(tmp_path, uninterrup
     assert "training a 300-token" not in again.stderr
     assert re.search(r"resuming after [\d.]+ MB of text \([\d,]+ documents", again.stderr)
     assert _outputs(folder) == uninterrupted  # no partial files or progress record left
+
+
+def test_a_kill_in_the_middle_of_a_chunk_cuts_the_partial_shards_back(tmp_path, uninterrupted):
+    """Killed after a chunk's tokens reached the partial shards but before its progress record:
+    the rerun cuts them back to the recorded sizes and ends byte-identical."""
+    folder = _folder(tmp_path, "torn")
+    assert _stopped(folder, 2, None).returncode == -9
+    data = folder / "runs" / "c" / "data"
+    recorded = json.loads((data / ".progress.json").read_text())["sizes"]
+    written = {s: (data / f".{s}.bin.partial").stat().st_size for s in recorded}
+    assert all(written[s] >= recorded[s] for s in recorded)
+    assert written != recorded, (written, recorded)  # more than the record: cut back
+    again = _tokenize(folder)
+    assert "resuming after" in again.stderr, again.stderr[-2000:]
+    assert _outputs(folder) == uninterrupted
 
 
 def test_a_changed_corpus_discards_the_progress(tmp_path):

@@ -230,3 +230,67 @@ def test_dtype_auto_follows_the_forward_probe_of_the_models_shape(trained, monke
     monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda cfg, n: 1.3)
     assert load_model(run, "cpu", "auto", False, 8)[1].wte.weight.dtype == torch.bfloat16
     assert rows == [8]
+
+
+def test_apply_chat_template_on_an_sft_checkpoint(chat_trained, tmp_path, offline):
+    """--apply-chat-template wraps the prompt, its few-shot turns and the task's gen_prefix
+    (a final assistant turn, left open for the answer) in the SFT template, whose special
+    tokens reach the model as tokens; a checkpoint without the template exits 2."""
+    import torch
+
+    from gptcli.eval import GptcliLM, load_model
+    from gptcli.tasks import sft
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shots, test = tasks / "shots.jsonl", tasks / "test.jsonl"
+    shots.write_text(json.dumps({"q": "Count to 1.", "choices": ["1 2", "5 5"], "label": 0}))
+    docs = [{"q": f"Count to {i}.", "choices": [f"{i} {i + 1}", "9 9"], "label": 0} for i in (3, 4)]
+    test.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tasks / "chat.yaml").write_text(
+        "task: chat_local\ndataset_path: json\n"
+        f"dataset_kwargs: {{data_files: {{test: {test}, train: {shots}}}}}\n"
+        "output_type: multiple_choice\ntest_split: test\nfewshot_split: train\n"
+        "doc_to_text: '{{q}}'\ndoc_to_choice: choices\ndoc_to_target: label\n"
+        "gen_prefix: 'Answer:'\nmetric_list: [{metric: acc}]\n"
+    )
+    args = ("-t", "chat_local", "--include-path", str(tasks), "--num-fewshot", "1")
+    proc = _eval(str(chat_trained), *args, "--apply-chat-template", "--log-samples", "--json",
+                 env=offline)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["settings"]["chat_template"] is True
+    samples = result["samples"]["chat_local"]
+    assert len(samples) == 2
+
+    _, model, tok = load_model(str(chat_trained), "cpu", "fp32", True)
+    lm = GptcliLM(model, tok, chat=True)
+    for sample in samples:
+        q = sample["doc"]["q"]
+        context = {arg[0] for arg in sample["arguments"]}
+        assert context == {
+            "<|endoftext|><|user|>Count to 1.<|end|><|assistant|>Answer: 1 2<|end|>"
+            f"<|user|>{q}<|end|><|assistant|>Answer:"
+        }, context
+        (context,) = context
+        turns = [
+            {"role": "user", "content": "Count to 1."},
+            {"role": "assistant", "content": "Answer: 1 2"},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": "Answer:"},
+        ]
+        ids = sft.chat_ids(tok, turns)[0][:-1]  # the last turn without its <|end|>
+        assert lm.tok_encode(context) == ids  # each special token read back as one token
+        for (ctx, continuation), resp in zip(sample["arguments"], sample["resps"], strict=True):
+            whole = lm.tok_encode(ctx + continuation)
+            n = len(whole) - len(ids)
+            window = whole[-(model.cfg.block_size + 1) :]  # as the harness cuts a long context
+            with torch.inference_mode():
+                logits, _ = model(torch.tensor([window[:-1]]))
+            logprobs = logits[0, -n:].log_softmax(-1)
+            expected = logprobs[range(n), torch.tensor(window[-n:])].sum().item()
+            assert float(resp[0][0]) == pytest.approx(expected, abs=1e-4)
+
+    base = str(chat_trained.parent / "mini")
+    proc = _eval(base, *args, "--apply-chat-template", env=offline)
+    assert_one_line_error(proc, "--apply-chat-template", "no chat template")

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 
 import pytest
@@ -247,6 +248,35 @@ def test_activation_checkpointing_under_fsdp_keeps_the_losses(runs, tokenized, t
         assert checkpointed[step] == pytest.approx(plain[step], rel=1e-6), step
 
 
+@pytest.mark.skipif(not shutil.which("cc"), reason="inductor needs a C compiler")
+def test_compile_with_activation_checkpointing_under_fsdp_keeps_the_losses(
+    runs, tokenized, tmp_path
+):
+    """train.compile on, FSDP and activation checkpointing together on 2 ranks: inductor
+    compiles (into one cache the ranks share) and the losses are the eager run's."""
+    run, _, _ = runs
+    folder = copy_of(tokenized, tmp_path / "w")
+    # one cache for both ranks; compiling in each rank's own process, as a pool of compile
+    # workers costs more than it saves on a few cores
+    env = {
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+    }
+    settings = ["train.parallel=fsdp", "train.activation_checkpointing=true"]
+    settings += ["train.compile=on", "train.max_steps=2"]
+    proc = subprocess.run(
+        [*torchrun_command(2), "pretrain", "mini.yaml", *sets(*settings)], cwd=folder,
+        env=run_env(**TORCHRUN_ENV, **env), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.compile: the first step compiles" in proc.stderr, proc.stderr[-3000:]
+    compiled_code = list((tmp_path / "inductor").rglob("*.so"))
+    assert compiled_code, "inductor compiled nothing"
+    compiled, eager = losses(folder / "runs" / "mini"), losses(run["fsdp"])
+    for step in (1, 2):
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-4), step
+
+
 def test_auto_shards_only_when_the_training_state_outgrows_free_memory(capsys):
     two = Dist(rank=0, world=2)
     cpu = torch.device("cpu")
@@ -295,3 +325,94 @@ def test_optimizer_shards_saved_by_two_ranks_read_back_for_three(tmp_path):
     parts = [saved.read("optim0.0.exp_avg", start, stop) for start, stop in rows]
     assert torch.equal(torch.cat(parts), whole)
     assert saved.read("optim0.0.step").item() == 1.0
+
+
+# gptcli under torchrun with each rank held after one step (before the loop looks for a
+# signal) until a signal reaches it, and its exit status kept: a signal lands at a known step
+# without sleeping, and each rank's own exit code is seen past torchrun
+HOLD_FOR_SIGNAL = textwrap.dedent(
+    """\
+    import os, runpy, signal, sys, time
+    from pathlib import Path
+    from gptcli import trainer
+
+    marker, hold_step = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
+    rank = os.environ["RANK"]
+    train_step = trainer.Trainer.train_step
+
+    def held(self):
+        result = train_step(self)
+        if self.step == hold_step:
+            flag = signal.getsignal(signal.SIGTERM).__self__  # the trainer's SignalFlag
+            Path(f"{marker}.held{rank}").write_text("")
+            deadline = time.time() + 300
+            while flag.signum is None and time.time() < deadline:
+                time.sleep(0.01)
+        return result
+
+    trainer.Trainer.train_step = held
+    try:
+        runpy.run_module("gptcli", run_name="__main__")
+    except SystemExit as e:
+        Path(f"{marker}.exit{rank}").write_text(str(e.code))
+        raise
+    """
+)
+
+
+def stop_at(folder, hook, marker, step: int, sig: int, settings: list[str]):
+    """torchrun of 2 ranks held after step, then sent sig; (torchrun's exit code, each rank's,
+    torchrun's stderr)."""
+    cmd = [*torchrun_command(2)[:-2], str(hook), str(marker), str(step)]
+    cmd += ["pretrain", "mini.yaml", *settings]
+    proc = subprocess.Popen(
+        cmd, cwd=folder, env=run_env(**TORCHRUN_ENV), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    held = [marker.with_name(f"{marker.name}.held{rank}") for rank in range(2)]
+    try:
+        deadline = time.time() + 180
+        while not all(p.exists() for p in held) and proc.poll() is None:
+            assert time.time() < deadline, "no rank reached the step"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    exits = [marker.with_name(f"{marker.name}.exit{rank}") for rank in range(2)]
+    ranks = [int(p.read_text()) if p.exists() else None for p in exits]
+    return proc.returncode, ranks, err
+
+
+def test_sigterm_and_sigint_under_torchrun_stop_fsdp_ranks_at_one_step_and_resume(
+    tokenized, tmp_path
+):
+    """10 steps on 2 FSDP ranks: a SIGTERM to torchrun at step 5 (each rank exits 143 after
+    the save, torchrun itself 1), a resume stopped by SIGINT at step 7 (130), and a last
+    resume that completes the run, each step logged once."""
+    folder = copy_of(tokenized, tmp_path / "w")
+    hook = tmp_path / "hold.py"
+    hook.write_text(HOLD_FOR_SIGNAL)
+    settings = sets("train.parallel=fsdp", "train.max_steps=10")
+    run = folder / "runs" / "mini"
+    resumed = None
+    for step, sig, code in ((5, signal.SIGTERM, 143), (7, signal.SIGINT, 130)):
+        torchrun_code, ranks, err = stop_at(
+            folder, hook, tmp_path / f"s{step}", step, sig, settings
+        )
+        assert (torchrun_code, ranks) == (1, [code, code]), err[-3000:]
+        saved = f"interrupted at step {step}; saved runs/mini/checkpoints/step-{step:07d}"
+        assert saved in err.replace("\n", ""), err[-3000:]
+        assert f"interrupted at step {step}; rank 1: saved its shards" in err, err[-3000:]
+        if resumed is not None:
+            assert f"resuming from runs/mini/checkpoints/step-{resumed:07d}" in err.replace(
+                "\n", ""
+            )
+        assert checkpoint.step_of(checkpoint.newest_in_run(run)) == step
+        resumed = step
+    end = torchrun("pretrain", "mini.yaml", *settings, cwd=folder)
+    assert end.returncode == 0, end.stderr[-3000:]
+    assert "resuming from runs/mini/checkpoints/step-0000007" in end.stderr.replace("\n", "")
+    assert checkpoint.step_of(checkpoint.newest_in_run(run)) == 10
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 11)), logged

@@ -1,6 +1,6 @@
 """gptcli as users install it: an sdist that holds the recipes, a wheel built from that sdist,
-installed into a fresh virtual environment (which sees this one's torch and other
-dependencies rather than installing them again) and run from a folder outside the checkout."""
+installed with its dependencies into a fresh virtual environment and run from a folder outside
+the checkout."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, assert_one_line_error, run_env
 
 # What a build reads: pyproject.toml names README.md and LICENSE; the recipes are in gptcli/.
@@ -58,18 +58,30 @@ def _build(tmp: Path) -> tuple[Path, Path]:
     return sdist, wheel
 
 
+def wheel_cache() -> Path:
+    """A folder of the dependencies' wheels, kept between runs: filled once per machine (or
+    when a dependency changes), then every install reads it without an index."""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return home / "gptcli-tests" / "wheels"
+
+
 def _install(tmp: Path) -> tuple[Path, Path]:
-    """A new virtual environment that sees this one's packages (torch and the rest, not
-    installed again) after its own, and the wheel installed into it: (sdist, the env's bin/)."""
+    """A new virtual environment with the wheel installed as `pip install` would, its
+    dependencies resolved from the wheel's metadata: (sdist, the env's bin/). torch is pinned
+    to the build installed here (a bare `torch` may resolve to a multi-GB CUDA build)."""
     env = tmp / "env"
     _run(sys.executable, "-m", "venv", "--without-pip", env)
-    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
-    own = Path(_run(env / "bin" / "python", "-c", where).stdout.strip())
-    # a path line, not addsitedir: this checkout's editable install (a .pth here) stays unseen
-    (own / "host.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     sdist, wheel = _build(tmp)
-    pip = (sys.executable, "-m", "pip", "--python", env / "bin" / "python", "install", "-q")
-    _run(*pip, "--no-deps", "--force-reinstall", "--no-compile", wheel)
+    cache, pin = wheel_cache(), f"torch=={torch.__version__}"
+    cache.mkdir(parents=True, exist_ok=True)
+    pip = (sys.executable, "-m", "pip")
+    install = (*pip, "--python", env / "bin" / "python", "install", "-q", "--no-compile")
+    local = (*install, "--no-index", "--find-links", cache, wheel, pin)
+    if subprocess.run([str(c) for c in local], capture_output=True).returncode != 0:
+        _run(*pip, "download", "-q", "-d", cache, wheel, pin)  # what the cache lacks
+        for own in cache.glob("gptcli-*"):  # the wheel under test is never taken from there
+            own.unlink()
+        _run(*local)
     return sdist, env / "bin"
 
 
