@@ -142,20 +142,22 @@ STAND_IN_TEXT = "Once upon a time.\n<|endoftext|>\nThe end came soon.\n"
 
 # sha256 of record_of(name) for each bundled recipe, computed by the code before the data-source
 # schema moved into recipe.py: a change here makes every existing run of that recipe stale.
+# Re-pinned once since, when recipe.yaml gained `train.memory_check: true` (nothing else changed;
+# recipe.yaml records provenance, and a run's up-to-date check reads the fingerprint and manifest).
 RECORDED = {
-    "finetune-lm": "d44a8f13bb5d6b82431d367252ac500343da27d6b2b1803528ded2aca4181972",
-    "fineweb-edu": "f092a9caa145aca760eced9cde44cda433ac48b02090f0f67b845e4dcb24660d",
-    "gpt2-124m": "75612a292d1e74807544e002a6dbd87d06840c19785030023dcb8f12c5c5c934",
-    "shakespeare": "5bbea28ba075448c6e79c487c76d897df637e65778e3f04a0b48f73b4d92cd3d",
-    "smoke": "afa1995c756ef454f1bc534e6842b95a0e9d6b30c5014e58bfc5249e9785ba82",
-    "sst2-pretrain": "6b97c1a8f5048660614909bcc6b0333c57565ba00058c5c730d3cfdf1a097834",
-    "tiny": "a5a9de2bc6b1282f75f33fa4f1cdc5421b3d5d33e9056129baa55899b0b5650e",
-    "tinystories": "0049137021c58994654669083f49bacb0595d28a0e43321ae3c27ecf28d58c72",
-    "finetune/rte": "d6645ad4debaeb61f7316d36ef9d9f6ffb205321e6cf83520bc7652747384808",
-    "finetune/sft": "4007a2d7c427b7eb34a72a82727d497d29db94122f4fdc4aa9e5d6b892370935",
-    "finetune/similarity": "fa1638b0845788c5bcc53db8601151f75fe76eb1b584c7f598b9923d62b42704",
-    "finetune/sst2": "738ec2ff1397645bc7ba450651908072fec50df8f490517cdf4c411e83f7acda",
-    "finetune/story-choice": "afbec6710d02f5c39fc2e071b85764d4c370aea8bc619ec1fdf4252547c111fd",
+    "finetune-lm": "c1f759aee97a1de1e28dcabe46cc786e2f0f9e95f11951205e4da869eece68bf",
+    "fineweb-edu": "e2bcf136568c660232fb4e3a0c6a58856d5f7218e33c0a3c7d875bbedf08bd3f",
+    "gpt2-124m": "76d853f19e741f73663f884b4f7f4ba873554571343a71a642edc5285bfec8e8",
+    "shakespeare": "7732aa396c890b23b4bea68585a99318a7ac75ea9fcf752d0f074a5b231dc6a4",
+    "smoke": "51d58da57dad809e76d34b9f21133f81da51a31961ee6fa8e750ee301886a288",
+    "sst2-pretrain": "d620b25fc35db6c902df54d547f3c631995bcafda5e8b218a4d6cc51ddb5ea10",
+    "tiny": "b3a638d50b68bb2920c9a9683246f4b5f1fb7c20a7902aa9b86beea8cc82c750",
+    "tinystories": "1ef853769d0b7dc6a8be5d8e46cd8e2ac6915f17ee09f15dc57bc0eb7ba27b4e",
+    "finetune/rte": "805f4445cc58eb5964e193fd0e43eb34839ec565ab5f3ae29baa4ae91bcb039a",
+    "finetune/sft": "11779ee8fbbabfc67ac12ba36b450e400116ee9336db64eb30fd236e5dab0fce",
+    "finetune/similarity": "2514d67e7d07737a9141839f02b56a31d95872a57633ecd8868b84888473757c",
+    "finetune/sst2": "ade57e58d7afea3edf506464380fac4d452f48f72b2a070f5f60521cb8211ac0",
+    "finetune/story-choice": "1e03f535800b9972964433c87b4b26406f06d988e67673e9edf5cb2025785792",
 }
 
 
