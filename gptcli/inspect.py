@@ -538,17 +538,20 @@ def render_plan(info: dict[str, Any]) -> None:
         totals["available"] = f"{memory.mib(available['bytes'])} ({available['limit']})"
     table("memory per device", totals)
     auto = info["auto"]
-    table(
-        f"on this machine ({auto['device']})",
-        {
-            "dtype": auto["dtype"],
-            "compile": f"{'on' if auto['compile'] else 'off'} ({info['compile_reason']})",
-            "timed steps": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
-            "seconds per step": info["step_s"],
-            "estimated train time": duration(info["estimated_train_s"]),
-            "run folder": info["run_dir"],
-        },
-    )
+    here: dict[str, Any] = {"dtype": auto["dtype"]}
+    if info["step_s"] is None:
+        here["time"] = info["compile_reason"]
+    else:
+        here.update(
+            {
+                "compile": f"{'on' if auto['compile'] else 'off'} ({info['compile_reason']})",
+                "timed steps": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
+                "seconds per step": info["step_s"],
+                "estimated train time": duration(info["estimated_train_s"]),
+            }
+        )
+    here["run folder"] = info["run_dir"]
+    table(f"on this machine ({auto['device']})", here)
     if "on" in info:
         gpu = info["on"]
         table(

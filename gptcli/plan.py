@@ -212,6 +212,24 @@ def gpu_plan(
     }
 
 
+def time_here(
+    cfg: ModelConfig, t: TrainConfig, device: torch.device, amp: torch.dtype | None
+) -> dict[str, Any]:
+    """The run's time on this machine from timed steps, and what compile: auto would decide."""
+    rows = probe_batch(cfg, t)
+    probe_s = step_seconds(cfg, t, device, amp)
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size
+    step_s = probe_s * tokens_per_step / (rows * cfg.block_size)
+    compiled, why = compile_decision(t, cfg, device, amp, step_s)
+    return {
+        "compile": compiled,
+        "compile_reason": why,
+        "probe_tokens_per_s": round(rows * cfg.block_size / probe_s, 1),
+        "step_s": round(step_s, 4),
+        "estimated_train_s": round(step_s * t.max_steps, 1),
+    }
+
+
 # --------------------------------------------------------------------------- the plan
 
 
@@ -238,11 +256,10 @@ def plan(recipe: Recipe, command: str = "pretrain", on: str | None = None) -> di
     amp = training_amp(device, t.dtype, cfg, t.batch_size)
     tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size
     flops_per_token = model.flops_per_token()
-    rows = probe_batch(cfg, t)
-    probe_s = step_seconds(cfg, t, device, amp)
-    step_s = probe_s * tokens_per_step / (rows * cfg.block_size)
-    compiled, compile_why = compile_decision(t, cfg, device, amp, step_s)
     mem = memory_plan(cfg, t, amp, device, frozen)
+    # a run that cannot fit is not timed either: its steps would not fit
+    timed = mem["refusal"] is None and mem.get("fits") is not False
+    here = time_here(cfg, t, device, amp) if timed else {"compile": None}
     out: dict[str, Any] = {
         "command": command,
         "params": param_counts(shapes, cfg.tie_embeddings),
@@ -256,14 +273,15 @@ def plan(recipe: Recipe, command: str = "pretrain", on: str | None = None) -> di
         "memory_available": mem.get("available"),
         "memory_fits": mem.get("fits"),
         "refusal": mem["refusal"],
-        "auto": {"device": device.type, "dtype": dtype_name(amp), "compile": compiled},
-        "compile_reason": compile_why,
+        "auto": {"device": device.type, "dtype": dtype_name(amp), "compile": here.pop("compile")},
         "data": data,
         "run_dir": str(run_dir),
         "probe_device": device.type,
-        "probe_tokens_per_s": round(rows * cfg.block_size / probe_s, 1),
-        "step_s": round(step_s, 4),
-        "estimated_train_s": round(step_s * t.max_steps, 1),
+        "compile_reason": "not timed: the run does not fit in memory",
+        "probe_tokens_per_s": None,
+        "step_s": None,
+        "estimated_train_s": None,
+        **here,
     }
     if on is not None:
         out["on"] = gpu_plan(on, cfg, t, flops_per_token, frozen)
