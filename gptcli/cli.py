@@ -192,7 +192,9 @@ def tokenize(
     "  gptcli pretrain recipes/tiny.yaml\n\n"
     "  gptcli pretrain tiny   (the bundled recipe, from any folder)\n\n"
     "  gptcli pretrain recipes/tiny.yaml --set train.max_steps=100 --set model.n_layer=2\n\n"
-    "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json\n\n" + RUN_FOLDER_NOTE,
+    "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json\n\n"
+    "  gptcli pretrain gpt2-124m --dry-run --on h100   (the plan: memory, time; no training)\n\n"
+    + RUN_FOLDER_NOTE,
 )
 def pretrain(
     recipe_path: RecipeArg,
@@ -215,6 +217,7 @@ def pretrain(
     "  gptcli finetune recipes/finetune-lm.yaml --set init=runs/tiny\n\n"
     "  gptcli finetune recipes/finetune-lm.yaml --set data.source=my_texts/\n\n"
     "  gptcli finetune finetune/sst2 --set data.source=train.jsonl --set data.dev=dev.jsonl\n\n"
+    "  gptcli finetune finetune/sst2 --dry-run   (the plan of the finetune; no training)\n\n"
     + RUN_FOLDER_NOTE,
 )
 def finetune(

@@ -205,7 +205,7 @@ def gpu_plan(
         "mfu_source": gpu.mfu_source,
         "dtype": "bf16",
         "tokens_per_s": round(tokens_per_s, 1),
-        "estimated_train_s": round(total_tokens / tokens_per_s, 1),
+        "estimated_train_s": round(total_tokens / tokens_per_s, 3),
         "memory_total": need,
         "memory_bytes": gpu.memory_bytes,
         "fits": need <= gpu.memory_bytes,
@@ -252,11 +252,16 @@ def plan(recipe: Recipe, command: str = "pretrain", on: str | None = None) -> di
     if cfg.tie_embeddings:
         shapes.pop("lm_head.weight")
     t = recipe.train
-    device = pick_device(t.device)
+    try:
+        device, unavailable = pick_device(t.device), None
+    except UserError as e:  # e.g. a GPU recipe planned on a laptop: --on still estimates it
+        device, unavailable = torch.device("cpu"), str(e)
     amp = training_amp(device, t.dtype, cfg, t.batch_size)
     tokens_per_step = t.batch_size * t.grad_accum * cfg.block_size
     flops_per_token = model.flops_per_token()
     mem = memory_plan(cfg, t, amp, device, frozen)
+    if unavailable:
+        mem.update(refusal=unavailable, available=None, fits=None)
     # a run that cannot fit is not timed either: its steps would not fit
     timed = mem["refusal"] is None and mem.get("fits") is not False
     here = time_here(cfg, t, device, amp) if timed else {"compile": None}
@@ -273,11 +278,16 @@ def plan(recipe: Recipe, command: str = "pretrain", on: str | None = None) -> di
         "memory_available": mem.get("available"),
         "memory_fits": mem.get("fits"),
         "refusal": mem["refusal"],
-        "auto": {"device": device.type, "dtype": dtype_name(amp), "compile": here.pop("compile")},
+        "auto": {
+            "device": t.device if unavailable else device.type,
+            "dtype": dtype_name(amp),
+            "compile": here.pop("compile"),
+        },
         "data": data,
         "run_dir": str(run_dir),
         "probe_device": device.type,
-        "compile_reason": "not timed: the run does not fit in memory",
+        "compile_reason": "not timed: "
+        + ("the device is not here" if unavailable else "the run does not fit in memory"),
         "probe_tokens_per_s": None,
         "step_s": None,
         "estimated_train_s": None,

@@ -4,6 +4,8 @@ nothing and write nothing into the run folder; `--on GPU` estimates from the pac
 import json
 import re
 
+import pytest
+import torch
 from conftest import REPO, assert_one_line_error, files_of, gptcli, write_recipe
 
 from gptcli.device import CUDA_BF16_PEAKS
@@ -48,7 +50,7 @@ def test_dry_run_plans_without_tokenizing_or_writing(tmp_path):
     # --on: tokens over the card's peak times its MFU, from the package's table
     gpu, card = plan["on"], CARDS["h100"]
     tokens_per_s = CUDA_BF16_PEAKS[card.peak_key] * card.mfu / plan["flops_per_token"]
-    assert gpu["estimated_train_s"] == round(plan["tokens_total"] / tokens_per_s, 1)
+    assert gpu["estimated_train_s"] == round(plan["tokens_total"] / tokens_per_s, 3)
     assert gpu["fits"] and gpu["dtype"] == "bf16"
     text = gptcli("pretrain", str(recipe), "--dry-run", "--on", "h200", cwd=tmp_path)
     assert text.returncode == 0, text.stderr
@@ -102,3 +104,12 @@ def test_gpu_figures_match_benchmarks_readme():
         card = CARDS[name]
         assert CUDA_BF16_PEAKS[card.peak_key] == float(peak_tflops) * 1e12
         assert card.mfu == float(mfu_pct) / 100
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="plans a GPU recipe where no GPU is")
+def test_gpu_recipe_planned_without_a_gpu_still_estimates_the_card(tmp_path):
+    recipe = write_recipe(tmp_path)
+    plan = dry_run("pretrain", recipe, tmp_path, "--set", "train.device=cuda", "--on", "h200")
+    assert "no CUDA GPU" in plan["refusal"] and plan["step_s"] is None
+    assert plan["auto"]["device"] == "cuda" and plan["on"]["tokens_per_s"] > 0
+    assert not (tmp_path / "runs").exists()
