@@ -52,6 +52,22 @@ FreshOpt = Annotated[
     bool, typer.Option("--fresh", help="Start over in a new run folder (runs/NAME-2, ...).")
 ]
 RecipeArg = Annotated[str, typer.Argument(metavar="RECIPE", help=RECIPE_HELP)]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the plan (parameters, tokens, FLOPs, memory, auto's decisions, estimated "
+        "time from a few timed steps) and train nothing.",
+    ),
+]
+OnOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--on",
+        metavar="GPU",
+        help="Also estimate the run on this GPU: h100 or h200 (implies --dry-run).",
+    ),
+]
 CheckpointOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -176,7 +192,9 @@ def tokenize(
     "  gptcli pretrain recipes/tiny.yaml\n\n"
     "  gptcli pretrain tiny   (the bundled recipe, from any folder)\n\n"
     "  gptcli pretrain recipes/tiny.yaml --set train.max_steps=100 --set model.n_layer=2\n\n"
-    "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json\n\n" + RUN_FOLDER_NOTE,
+    "  gptcli pretrain recipes/smoke.yaml --fresh --quiet --json\n\n"
+    "  gptcli pretrain gpt2-124m --dry-run --on h100   (the plan: memory, time; no training)\n\n"
+    + RUN_FOLDER_NOTE,
 )
 def pretrain(
     recipe_path: RecipeArg,
@@ -184,9 +202,14 @@ def pretrain(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+    on: OnOpt = None,
 ) -> None:
     """Tokenize if needed, then train from scratch (resuming from the newest checkpoint)."""
-    _train("pretrain", recipe_path, sets, fresh, quiet, as_json)
+    if dry_run or on is not None:
+        _plan("pretrain", recipe_path, sets, on, quiet, as_json)
+    else:
+        _train("pretrain", recipe_path, sets, fresh, quiet, as_json)
 
 
 @app.command(
@@ -194,6 +217,7 @@ def pretrain(
     "  gptcli finetune recipes/finetune-lm.yaml --set init=runs/tiny\n\n"
     "  gptcli finetune recipes/finetune-lm.yaml --set data.source=my_texts/\n\n"
     "  gptcli finetune finetune/sst2 --set data.source=train.jsonl --set data.dev=dev.jsonl\n\n"
+    "  gptcli finetune finetune/sst2 --dry-run   (the plan of the finetune; no training)\n\n"
     + RUN_FOLDER_NOTE,
 )
 def finetune(
@@ -202,9 +226,14 @@ def finetune(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+    on: OnOpt = None,
 ) -> None:
     """Continue training the checkpoint named by the recipe's `init` on task data."""
-    _train("finetune", recipe_path, sets, fresh, quiet, as_json)
+    if dry_run or on is not None:
+        _plan("finetune", recipe_path, sets, on, quiet, as_json)
+    else:
+        _train("finetune", recipe_path, sets, fresh, quiet, as_json)
 
 
 def _train(
@@ -222,6 +251,23 @@ def _train(
     summary = train(recipe, fresh=fresh)
     if as_json and summary is not None:  # under torchrun, rank 0 alone speaks for the job
         _print_json(summary)
+
+
+def _plan(
+    command: str,
+    recipe_path: str,
+    sets: list[str] | None,
+    on: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """--dry-run: the run's plan, printed; nothing trained, nothing written in the run folder."""
+    console.set_quiet(quiet)
+    from gptcli import bundled
+    from gptcli import plan as plan_mod
+
+    recipe = bundled.load(recipe_path, sets or [])
+    _show({"kind": "plan", "path": recipe_path, **plan_mod.plan(recipe, command, on)}, as_json)
 
 
 # --------------------------------------------------------------------------- sample

@@ -5,47 +5,23 @@ describe() returns plain data (what --json prints); render() turns it into table
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.table import Table
 from rich.text import Text
 
-from gptcli import bundled, checkpoint, console, load, memory, run, tokenizer
+from gptcli import bundled, checkpoint, console, load, memory, tokenizer
 from gptcli import recipe as recipe_mod
-from gptcli.autotune import time_training_steps, training_amp
 from gptcli.checkpoint_tensors import OptimizerState
 from gptcli.console import UserError
 from gptcli.data import tokenize
-from gptcli.device import pick_device
 from gptcli.files import atomic_target
 from gptcli.hf_format import is_hf_folder
-from gptcli.model import GPT
-from gptcli.recipe import ModelConfig, Recipe
+from gptcli.plan import param_counts, plan
 from gptcli.tasks.lm import bits_per_byte
-
-_LAYER = re.compile(r"^blocks\.\d+\.")
-
-
-def param_counts(shapes: dict[str, list[int]], tied: bool) -> dict[str, int]:
-    """Parameters per module kind, summed over layers; 'total' counts tied weights once."""
-    groups: dict[str, int] = {}
-    for name, shape in shapes.items():
-        n = 1
-        for d in shape:
-            n *= d
-        key = _LAYER.sub("blocks.*.", name).rsplit(".", 1)[0]
-        key = key.replace("norm1", "norm").replace("norm2", "norm")
-        groups[key] = groups.get(key, 0) + n
-    if tied:
-        groups.setdefault("lm_head", 0)  # shares wte's matrix
-    groups["total"] = sum(v for k, v in groups.items())
-    return groups
 
 
 def _dir_size(path: Path) -> int:
@@ -225,45 +201,14 @@ def describe_tokenizer(path: Path, text: str | None = None) -> dict[str, Any]:
 
 
 def describe_recipe(path: Path) -> dict[str, Any]:
+    """A recipe and what pretraining it would cost (the plan `pretrain --dry-run` prints)."""
     recipe = recipe_mod.load(path)
-    cfg = dataclasses.replace(
-        recipe.model, vocab_size=recipe.model.vocab_size or recipe.tokenizer.vocab_size
-    )
-    with torch.device("meta"):
-        model = GPT(cfg)
-    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    if cfg.tie_embeddings:
-        shapes.pop("lm_head.weight")
-    t = recipe.train
-    amp = training_amp(pick_device(t.device), t.dtype, cfg, t.batch_size)
     return {
         "kind": "recipe",
         "path": str(path),
         "recipe": recipe_mod.to_dict(recipe),
         "non_default_keys": recipe_mod.non_defaults(recipe),
-        "params": param_counts(shapes, cfg.tie_embeddings),
-        "flops_per_token": model.flops_per_token(),
-        "tokens_per_step": t.batch_size * t.grad_accum * cfg.block_size,
-        "memory": memory.estimate(model, t, amp),
-        "run_dir": str(run.folder(recipe)),
-        **probe(recipe, cfg),
-    }
-
-
-def probe(recipe: Recipe, cfg: ModelConfig, steps: int = 2) -> dict[str, Any]:
-    """Time a few real training steps on this device to estimate the run's duration."""
-    t = recipe.train
-    device = pick_device(t.device)
-    amp = training_amp(device, t.dtype, cfg, t.batch_size)
-    batch = max(1, min(t.batch_size, 4096 // cfg.block_size))  # the recipe's, capped
-    # the first two steps warm up allocators and kernels
-    [step_s] = time_training_steps(cfg, batch, device, [amp], t, rounds=steps, warmup=2)
-    tokens_per_s = batch * cfg.block_size / step_s
-    total_tokens = t.max_steps * t.batch_size * t.grad_accum * cfg.block_size
-    return {
-        "probe_device": device.type,
-        "probe_tokens_per_s": round(tokens_per_s, 1),
-        "estimated_train_s": round(total_tokens / tokens_per_s, 1),
+        **plan(recipe),
     }
 
 
@@ -553,20 +498,78 @@ def render_checkpoint(info: dict[str, Any]) -> None:
 
 
 def render_recipe(info: dict[str, Any]) -> None:
-    """A recipe: its keys, parameters and what training it would cost."""
+    """A recipe: its keys, then the plan of training it."""
     table("recipe (keys that differ from the defaults)", info["non_default_keys"])
+    render_plan(info)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as people read a run's length."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def render_plan(info: dict[str, Any]) -> None:
+    """The plan (pretrain/finetune --dry-run, inspect RECIPE): size, tokens, FLOPs, memory,
+    what auto decides, time here and on a named GPU, and whether the real run would start."""
     table("parameters", info["params"])
+    data = info["data"]
+    table(f"data ({data['status']})", {k: v for k, v in data.items() if k != "status"})
     table(
-        "cost",
+        "work",
         {
-            "FLOPs per token (train)": info["flops_per_token"],
             "tokens per step": info["tokens_per_step"],
-            "train memory (estimate)": memory.mib(info["memory"]["total"]),
-            f"probe on {info['probe_device']}": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
-            "estimated train time": f"{info['estimated_train_s'] / 60:,.1f} min",
-            "run folder": info["run_dir"],
+            "steps": info["max_steps"],
+            "tokens in all": info["tokens_total"],
+            "FLOPs per token (train)": info["flops_per_token"],
+            "FLOPs in all": f"{info['flops_total']:.3g}",
         },
     )
+    render_memory(info["memory"])
+    totals = {
+        f"total, checkpointing {k.replace('_', ' ')}": memory.mib(n)
+        for k, n in info["memory_totals"].items()
+    }
+    available = info["memory_available"]
+    if available:
+        totals["available"] = f"{memory.mib(available['bytes'])} ({available['limit']})"
+    table("memory per device", totals)
+    auto = info["auto"]
+    here: dict[str, Any] = {"dtype": auto["dtype"]}
+    if info["step_s"] is None:
+        here["time"] = info["compile_reason"]
+    else:
+        here.update(
+            {
+                "compile": f"{'on' if auto['compile'] else 'off'} ({info['compile_reason']})",
+                "timed steps": f"{info['probe_tokens_per_s']:,.0f} tokens/s",
+                "seconds per step": info["step_s"],
+                "estimated train time": duration(info["estimated_train_s"]),
+            }
+        )
+    here["run folder"] = info["run_dir"]
+    table(f"on this machine ({auto['device']})", here)
+    if "on" in info:
+        gpu = info["on"]
+        table(
+            f"on one {gpu['card']} (estimate)",
+            {
+                "tokens/s": f"{gpu['tokens_per_s']:,.0f} (bf16, MFU {gpu['mfu']:.0%}: "
+                f"{gpu['mfu_source']})",
+                "estimated train time": duration(gpu["estimated_train_s"]),
+                "memory (bf16)": f"{memory.mib(gpu['memory_total'])} of "
+                f"{memory.mib(gpu['memory_bytes'])}" + ("" if gpu["fits"] else ": does not fit"),
+            },
+        )
+    if info["refusal"]:
+        console.stdout.print(
+            f"[bold red]the run would not start here:[/bold red] {info['refusal']}"
+        )
+    elif info["memory_fits"] is False:
+        console.stdout.print("[yellow]memory: over what is available (memory_check is off)[/]")
 
 
 def render_tokenizer(info: dict[str, Any]) -> None:
@@ -621,6 +624,7 @@ RENDERERS = {
     "run": render_run,
     "checkpoint": render_checkpoint,
     "recipe": render_recipe,
+    "plan": render_plan,
     "tokenizer": render_tokenizer,
     "shards": render_shards,
     "score": render_score,
