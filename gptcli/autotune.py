@@ -269,6 +269,7 @@ class AutoCompile:
         self.check_s: dict[str, list[float]] = {"compiled": [], "eager": []}
         self.compile_step_s: float | None = None
         self.regions: CompiledRegions | None = None
+        self.traced = False  # whether a step has run the compiled regions (compiling them)
 
     def start(self, step: int) -> None:
         """Compile the regions or not, as train.compile says, at a run's first step; auto on a
@@ -310,6 +311,16 @@ class AutoCompile:
     def on(self) -> bool:
         """Whether the compiled regions run now."""
         return self.regions is not None and self.regions.on
+
+    @property
+    def compiles_next(self) -> bool:
+        """Whether the next step is the first through the compiled regions: the one that
+        compiles them."""
+        return self.on and not self.traced
+
+    def compiled(self) -> None:
+        """The compiling step has run: later steps reuse its graphs."""
+        self.traced = True
 
     def after_timed_step(self, seconds: float, step: int) -> bool:
         """compile: auto on CPU, after a step (`step` taken) that took seconds: after

@@ -8,12 +8,13 @@ resumed run continues exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -29,7 +30,7 @@ from gptcli import (
     run,
 )
 from gptcli.checkpoint_tensors import Loaded, Sharding, Snapshot
-from gptcli.console import Interrupted, UserError
+from gptcli.console import Interrupted, Terminated, UserError
 from gptcli.data import tokenize
 from gptcli.device import (
     Dist,
@@ -97,11 +98,14 @@ class TaskStep(torch.nn.Module):
 
 
 class SignalFlag:
-    """SIGINT/SIGTERM set a flag the loop checks after each step, so it can save and exit."""
+    """SIGINT/SIGTERM set a flag the loop checks after each step, so it can save and exit.
+    Inside raising() they raise at once instead (KeyboardInterrupt, Terminated): for work
+    that writes nothing and may stop anywhere, such as the 30 s and more a first compile takes."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
+        self.raises = False
 
     def __enter__(self) -> SignalFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,10 +114,28 @@ class SignalFlag:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signum = signum
+        if self.raises:
+            self.raises = False  # once: a second signal finds the stop under way
+            raise_for(signum)
+
+    @contextlib.contextmanager
+    def raising(self) -> Iterator[None]:
+        if self.signum is not None:  # came before: stop before starting the work
+            raise_for(self.signum)
+        self.raises = True
+        try:
+            yield
+        finally:
+            self.raises = False
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def raise_for(signum: int) -> NoReturn:
+    """What SIGINT and SIGTERM raise outside the loop's flag: the CLI exits 130 or 143."""
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def check_resumable(
@@ -322,8 +344,29 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, int]:
         """Forward and backward over grad_accum micro-batches, then one optimizer step.
         Returns the summed loss (on device: no sync) and the tokens trained on, all ranks."""
+        return self.apply_gradients(*self.accumulate_gradients())
+
+    def compiling_step(self, flag: SignalFlag) -> tuple[torch.Tensor, int]:
+        """The step that compiles the regions (30 s and more on a CPU) stops at once on a
+        signal rather than after the compile: its forward and backward change no weight, no
+        optimizer state and no file, so with the RNG put back the run stops as after the step
+        before (stop_on_signal). One process only: ranks stopped mid-backward would leave the
+        others waiting in its collectives."""
+        console.info(f"train: compiling step {self.step + 1} (torch.compile) ...")
+        rng = checkpoint_tensors.rng_tensors()
+        try:
+            with flag.raising():
+                loss_sum, tokens = self.accumulate_gradients()
+        except KeyboardInterrupt:
+            checkpoint_tensors.restore_rng(rng)
+            self.stop_on_signal(flag.signum)
+            raise  # no signal recorded: a KeyboardInterrupt of some other origin
+        self.compiling.compiled()
+        return self.apply_gradients(loss_sum, tokens)
+
+    def accumulate_gradients(self) -> tuple[torch.Tensor, int]:
+        """Forward and backward over grad_accum micro-batches: (summed loss, tokens)."""
         t, dist, device = self.t, self.dist, self.device
-        optim.set_lr(self.optimizers, optim.lr_factor(self.step, t))
         loss_sum = torch.zeros((), device=device)
         tokens = 0
         try:
@@ -346,6 +389,12 @@ class Trainer:
                 f"CUDA out of memory at train.batch_size={t.batch_size}: lower it and "
                 "raise train.grad_accum to keep the tokens per step"
             ) from None
+        return loss_sum, tokens
+
+    def apply_gradients(self, loss_sum: torch.Tensor, tokens: int) -> tuple[torch.Tensor, int]:
+        """The optimizer step on the accumulated gradients; passes on (loss_sum, tokens)."""
+        t = self.t
+        optim.set_lr(self.optimizers, optim.lr_factor(self.step, t))
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         for opt in self.optimizers:
@@ -444,7 +493,10 @@ class Trainer:
                 )
                 while self.step < t.max_steps:
                     step_start = autotune.step_clock()
-                    loss_sum, tokens = self.train_step()
+                    if self.compiling.compiles_next and self.dist.world == 1:
+                        loss_sum, tokens = self.compiling_step(flag)
+                    else:
+                        loss_sum, tokens = self.train_step()
                     if self.compiling.timing:
                         self.after_timed_step(autotune.step_clock() - step_start)
                     if self.step == self.start_step + 1:
@@ -523,8 +575,10 @@ class Trainer:
         stop = parallel.agree_on_signal(signum, self.dist)
         if stop is None:
             return
-        path = self.save() if self.saves_here else None
         code = 130 if stop == signal.SIGINT else 143
+        if self.step == 0:  # stopped in the first step: nothing trained, nothing to save
+            raise Interrupted(code, "interrupted before step 1 finished; nothing saved")
+        path = self.save() if self.saves_here else None
         saver = "saved its shards" if self.parallel.shards else "rank 0 saves"
         saved = f"saved {path}" if self.dist.main else f"rank {self.dist.rank}: {saver}"
         raise Interrupted(code, f"interrupted at step {self.step}; {saved}")

@@ -354,6 +354,35 @@ def test_compile_without_a_cpp_compiler_warns_and_trains_eagerly(tmp_path):
     assert "no C++ compiler" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.skipif(not shutil.which("cc"), reason="inductor needs a C compiler")
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_compile_stops_it_at_once(tmp_path, sig, code):
+    """A first compile runs 30 s and more on a CPU: a signal then stops the run at once,
+    not once the compiled step is done; no step was trained, so nothing is saved."""
+    recipe = write_recipe(tmp_path)
+    cold = {"TORCHINDUCTOR_COMPILE_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ic")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptcli", "pretrain", str(recipe), "--set", "train.compile=on"],
+        cwd=tmp_path, env=run_env(**cold), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    err = ""
+    while "train: compiling step 1" not in err:
+        line = proc.stderr.readline()
+        assert line, f"exited before compiling:\n{err}"
+        err += line
+    proc.send_signal(sig)
+    try:
+        err += proc.communicate(timeout=30)[1]  # generous: a signal boundary is within a second
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the compile was not stopped")
+    assert proc.returncode == code, err
+    assert "interrupted before step 1 finished; nothing saved" in err and "Traceback" not in err
+    run = tmp_path / "runs" / "mini"
+    assert checkpoint.run_checkpoints(run) == []
+    assert not list(run.glob("checkpoints/.tmp-*"))  # nothing half-written either
+
+
 def test_batched_muon_steps_like_torch_muon():
     # tall (24, 8) matrices are batched with wide (8, 24) ones, transposed, as torch does alone
     torch.manual_seed(0)
