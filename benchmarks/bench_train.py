@@ -3,16 +3,19 @@
 Same shapes, same batches, same optimizer (fused AdamW, lr 1e-3, weight decay 0.1), same step
 (forward, backward, clip to 1.0, optimizer step), each engine in fp32 and in bf16 autocast;
 timed windows of the engines of one precision alternate in one process, so machine noise hits
-them alike and the ratios (always at equal precision) stay meaningful. A last row per precision
-is gptcli as its trainer runs: compiled when `compile: auto` would compile a run of --run-steps
-steps (then nanoGPT compiled is timed too) and the compiled step times faster than eager, as the
-trainer keeps it only then. Then a bf16-vs-fp32 loss-curve check.
+them alike and the ratios (always at equal precision) stay meaningful. gptcli runs twice: with
+`mlp: gelu_erf`, the exact GELU nanoGPT uses (the equal-architecture ratio), and with the gpt2
+preset's `gelu`, GPT-2's tanh form that HF's `gelu_new` also computes (the preset's ratio). A
+last column is gptcli as its trainer runs: compiled when `compile: auto` would compile a run of
+--run-steps steps (then nanoGPT compiled is timed too) and the compiled step times faster than
+eager, as the trainer keeps it only then. Then a bf16-vs-fp32 loss-curve check.
 
 nanoGPT is read from a local checkout (--nanogpt DIR, else $NANOGPT_DIR); without one its rows
 are skipped with a note. Its code is loaded from there, never copied here.
 
     python benchmarks/bench_train.py                  # configs (a) and (b), fp32 and bf16
     python benchmarks/bench_train.py --quick          # a few steps, to check that it runs
+    python benchmarks/bench_train.py --quick --precisions fp32   # where bf16 is emulated (slow)
     python benchmarks/bench_train.py --nanogpt ../nanoGPT --configs b --run-steps 5000
 """
 
@@ -51,17 +54,24 @@ CONFIGS = {
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 DEFAULT_NANOGPT = Path("/work/main/build/nanoGPT")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# gptcli's MLP activations, each a row: nanoGPT's exact GELU (equal architecture: nanoGPT's
+# nn.GELU()), then the gpt2 preset's tanh GELU (equal to HF's gelu_new)
+GELUS = {"gelu_erf": "gelu_erf (= nanoGPT)", "gelu": "gelu (gpt2 preset)"}
 
 
-def gptcli_config(c: dict) -> ModelConfig:
+def gptcli_config(c: dict, mlp: str = "gelu") -> ModelConfig:
     return ModelConfig(
         n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
-        block_size=c["block_size"], vocab_size=c["vocab"], **PRESETS["gpt2"],
+        block_size=c["block_size"], vocab_size=c["vocab"], **{**PRESETS["gpt2"], "mlp": mlp},
     )  # fmt: skip
 
 
-def gptcli_model(c: dict) -> GPT:
-    return GPT(gptcli_config(c))
+def gptcli_model(c: dict, mlp: str = "gelu") -> GPT:
+    return GPT(gptcli_config(c, mlp))
+
+
+def gptcli_builder(mlp: str) -> Callable[[dict], GPT]:
+    return lambda c: gptcli_model(c, mlp)
 
 
 def hf_model(c: dict) -> torch.nn.Module:
@@ -140,38 +150,38 @@ def timed_windows(runners: dict, batch: tuple, tokens: int, windows: int, steps:
 
 
 def build_runners(c: dict, amp: torch.dtype | None, nanogpt) -> dict:
-    """Each engine's step from the same initial seed (the models differ in layout anyway)."""
+    """Each engine's step from the same initial seed (the models differ in layout anyway):
+    gptcli once per GELU (`gptcli gelu_erf`, `gptcli gelu`), nanoGPT, HF."""
+    engines = [(f"gptcli {mlp}", gptcli_builder(mlp), "gptcli") for mlp in GELUS]
+    engines += [("nanoGPT", nanogpt, "nanogpt"), ("HF", hf_model, "hf")]
     runners = {}
-    for name, build, kind in (
-        ("gptcli", gptcli_model, "gptcli"),
-        ("nanoGPT", nanogpt, "nanogpt"),
-        ("HF", hf_model, "hf"),
-    ):
+    for name, build, kind in engines:
         if build is not None:
             torch.manual_seed(0)
             runners[name] = make_step(build(c), kind, amp)
     return runners
 
 
-def as_trained(c: dict, amp, nanogpt, eager_rate: float, run_steps: int) -> tuple[dict, str]:
-    """gptcli compiled as compile: auto would for a run of run_steps steps (its blocks, as the
-    trainer compiles them; nanoGPT compiled whole beside it); ({}, why) when it stays eager."""
+def as_trained(c: dict, amp, nanogpt, rates: dict, run_steps: int) -> tuple[dict, dict]:
+    """gptcli of each GELU compiled as compile: auto would for a run of run_steps steps (its
+    blocks, as the trainer compiles them; nanoGPT compiled whole beside them), and why per
+    GELU; no runner for a GELU whose run stays eager."""
     tokens = c["batch"] * c["block_size"]
-    compile_s = expected_compile_s(gptcli_config(c), c["batch"], amp)
-    wanted, why = compile_pays(run_steps, tokens / eager_rate, *compile_s)
-    if not wanted:
-        return {}, why
-    runners = {}
-    for name, build, kind in (("gptcli", gptcli_model, "gptcli"), ("nanoGPT", nanogpt, "nanogpt")):
-        if build is not None:
+    runners, whys = {}, {}
+    for mlp in GELUS:
+        compile_s = expected_compile_s(gptcli_config(c, mlp), c["batch"], amp)
+        step_s = tokens / rates[f"gptcli {mlp}"]
+        wanted, whys[mlp] = compile_pays(run_steps, step_s, *compile_s)
+        if wanted:
             torch.manual_seed(0)
-            model = build(c)
-            if kind == "gptcli":
-                CompiledRegions(model).use(True)
-                runners[f"{name} compiled"] = make_step(model, kind, amp)
-            else:
-                runners[f"{name} compiled"] = make_step(model, kind, amp, torch.compile(model))
-    return runners, why
+            model = gptcli_model(c, mlp)
+            CompiledRegions(model).use(True)
+            runners[f"gptcli {mlp} compiled"] = make_step(model, "gptcli", amp)
+    if runners and nanogpt is not None:
+        torch.manual_seed(0)
+        model = nanogpt(c)
+        runners["nanoGPT compiled"] = make_step(model, "nanogpt", amp, torch.compile(model))
+    return runners, whys
 
 
 def throughput(c: dict, amp, nanogpt, windows: int, steps: int, run_steps: int) -> dict:
@@ -185,7 +195,7 @@ def throughput(c: dict, amp, nanogpt, windows: int, steps: int, run_steps: int) 
         for _ in range(2):
             run(*batch)
     rates = timed_windows(runners, batch, tokens, windows, steps)
-    compiled, why = as_trained(c, amp, nanogpt, rates["gptcli"], run_steps)
+    compiled, whys = as_trained(c, amp, nanogpt, rates, run_steps)
     for name, run in compiled.items():
         start = time.perf_counter()
         run(*batch)
@@ -198,21 +208,32 @@ def throughput(c: dict, amp, nanogpt, windows: int, steps: int, run_steps: int) 
         # the eager engines again, beside the compiled ones, for same-run ratios
         rates.update(timed_windows(runners, batch, tokens, windows, steps))
     # the trainer keeps the compiled module only where its steps time faster than eager ones
-    kept = rates.get("gptcli compiled", 0.0) > rates["gptcli"]
-    rates["trained"] = rates["gptcli compiled"] if kept else rates["gptcli"]
-    path = "compiled" if kept else "compiled, slower, back to eager" if compiled else "eager"
-    rates["why"] = f"{path}: {why}"
+    for mlp in GELUS:
+        eager, tried = rates[f"gptcli {mlp}"], f"gptcli {mlp} compiled"
+        kept = rates.get(tried, 0.0) > eager
+        rates[f"trained {mlp}"] = rates[tried] if kept else eager
+        path = (
+            "compiled" if kept else "compiled, slower, back to eager" if tried in rates else "eager"
+        )
+        rates[f"why {mlp}"] = f"{path}: {whys[mlp]}"
     return rates
 
 
-def report(name: str, label: str, rates: dict) -> None:
-    def ratio(a: str, b: str) -> str:
-        return f"{rates[a] / rates[b]:.2f}x" if a in rates and b in rates else "-"
+def table_row(rates: dict, mlp: str) -> dict:
+    """The rates one row shows: gptcli with this GELU, nanoGPT (whose GELU is the exact one),
+    and HF only in the tanh GELU's row, the GELU its gelu_new computes."""
+    row = {"gptcli": rates[f"gptcli {mlp}"], "trained": rates[f"trained {mlp}"]}
+    shared = ("nanoGPT", "nanoGPT compiled") + (("HF",) if mlp == "gelu" else ())
+    return row | {k: rates[k] for k in shared if k in rates}
 
-    cells = [f"{rates[k]:,.0f}" if k in rates else "-" for k in ENGINES]  # not run
-    ratios = [ratio(a, b) for a, b in RATIOS]
-    print(f"| ({name}) | {label} | " + " | ".join(cells + ratios) + " |")
-    print(f"  ({name}) {label} trainer: {rates['why']}", file=sys.stderr)
+
+def report(name: str, label: str, rates: dict) -> None:
+    for mlp, row_label in GELUS.items():
+        row = table_row(rates, mlp)
+        cells = [f"{row[k]:,.0f}" if k in row else "-" for k in ENGINES]  # not run
+        ratios = [f"{row[a] / row[b]:.2f}x" if a in row and b in row else "-" for a, b in RATIOS]
+        print(f"| ({name}) | {label} | {row_label} | " + " | ".join(cells + ratios) + " |")
+        print(f"  ({name}) {label} {mlp} trainer: {rates[f'why {mlp}']}", file=sys.stderr)
 
 
 ENGINES = ("gptcli", "nanoGPT", "HF", "trained", "nanoGPT compiled")
@@ -231,7 +252,7 @@ def loss_curve(c: dict, steps: int, amp: torch.dtype | None) -> list[float]:
     data = torch.tensor([chars.index(ch) for ch in text[:200_000]], dtype=torch.long)
     torch.manual_seed(0)
     model = gptcli_model({**c, "vocab": len(chars)})
-    step = make_step(model, False, amp)
+    step = make_step(model, "gptcli", amp)
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(steps):
@@ -247,11 +268,17 @@ def main() -> None:
     parser.add_argument("--nanogpt", help="a nanoGPT checkout (default: $NANOGPT_DIR)")
     parser.add_argument("--configs", default="ab", help="which of the configs a, b to run")
     parser.add_argument(
+        "--precisions",
+        default=",".join(PRECISIONS),
+        help="comma-separated, of fp32, bf16 (default both; bf16 also runs the loss-curve check)",
+    )
+    parser.add_argument(
         "--run-steps",
         type=int,
         help="the run length compile: auto decides for (default 2000; --quick: 0, eager)",
     )
     args = parser.parse_args()
+    precisions = {p: PRECISIONS[p] for p in args.precisions.split(",")}
     windows, steps = (1, 2) if args.quick else (6, 5)
     run_steps = args.run_steps if args.run_steps is not None else (0 if args.quick else 2000)
     folder = nanogpt_dir(args.nanogpt)
@@ -264,15 +291,18 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ", end="")
     print(f"load average {os.getloadavg()[0]:.1f}; trainer row: a {run_steps}-step run")
     heads = [f"{e} tok/s" for e in ENGINES] + [f"{a} / {b}" for a, b in RATIOS]
-    print("| config | precision | " + " | ".join(heads) + " |")
-    print("| --- | --- |" + " ---: |" * len(heads))
+    print("| config | precision | gptcli mlp | " + " | ".join(heads) + " |")
+    print("| --- | --- | --- |" + " ---: |" * len(heads))
     for name in args.configs:
         c = CONFIGS[name]
-        for label, amp in PRECISIONS.items():
+        for label, amp in precisions.items():
             report(name, label, throughput(c, amp, nanogpt, windows, steps, run_steps))
-        cfg = gptcli_model(c).cfg
-        pick = "bf16" if bf16_training_speedup(cfg, c["batch"]) > 1.0 else "fp32"
-        print(f"  ({name}) dtype auto on this CPU trains in {pick}", file=sys.stderr)
+        if "bf16" in precisions:
+            cfg = gptcli_config(c)
+            pick = "bf16" if bf16_training_speedup(cfg, c["batch"]) > 1.0 else "fp32"
+            print(f"  ({name}) dtype auto on this CPU trains in {pick}", file=sys.stderr)
+    if "bf16" not in precisions:
+        return  # the loss-curve check compares bf16 with fp32
     curve_steps = 20 if args.quick else 300
     fp32 = loss_curve(CONFIGS["a"], curve_steps, None)
     bf16 = loss_curve(CONFIGS["a"], curve_steps, torch.bfloat16)

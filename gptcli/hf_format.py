@@ -1,11 +1,12 @@
 """HF transformers folders, both ways: gptcli's checkpoints as GPT-2 or Llama, and back.
 
-gptcli's GPT is, by its switches, either GPT-2 (learned positions, LayerNorm, GELU-tanh) or a
-Llama (rotary on the two halves of each head, RMSNorm, SwiGLU). Those are exactly the two HF
-classes we write, so an exported folder loads with `AutoModelForCausalLM` and no custom code;
-any other mix of switches has no HF class and is refused. Weights are renamed (and, for GPT-2's
-Conv1D, transposed), never re-computed, so the logits agree to float32 rounding. A local HF
-folder of either class reads back as a gptcli checkpoint, converted in memory.
+gptcli's GPT is, by its switches, either GPT-2 (learned positions, LayerNorm, GELU in GPT-2's
+tanh form or the exact one, which HF's `activation_function` names) or a Llama (rotary on the
+two halves of each head, RMSNorm, SwiGLU). Those are exactly the two HF classes we write, so an
+exported folder loads with `AutoModelForCausalLM` and no custom code; any other mix of switches
+has no HF class and is refused. Weights are renamed (and, for GPT-2's Conv1D, transposed), never
+re-computed, so the logits agree to float32 rounding. A local HF folder of either class reads
+back as a gptcli checkpoint, converted in memory.
 """
 
 from __future__ import annotations
@@ -29,19 +30,21 @@ from gptcli.recipe import EOT, ModelConfig
 
 GPT2 = "gpt2"
 LLAMA = "llama"
+# HF's GPT-2 activation_function names for each of our GELUs (the first is what export writes)
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+GELU_ERF = ("gelu", "gelu_python")
+HF_ACTIVATION = {"gelu": GELU_TANH[0], "gelu_erf": GELU_ERF[0]}
 
 
 def family(cfg: ModelConfig) -> str:
     """GPT2 or LLAMA, or a UserError naming the switch that no HF class expresses."""
-    switches = (cfg.positions, cfg.norm, cfg.mlp)
-    if switches == ("learned", "layernorm", "gelu"):
+    if (cfg.positions, cfg.norm) == ("learned", "layernorm") and cfg.mlp in HF_ACTIVATION:
         return GPT2
-    if switches == ("rope", "rmsnorm", "swiglu"):
+    if (cfg.positions, cfg.norm, cfg.mlp) == ("rope", "rmsnorm", "swiglu"):
         return LLAMA
     raise UserError(
         f"positions={cfg.positions}, norm={cfg.norm}, mlp={cfg.mlp} has no HF transformers "
-        "class (GPT-2 is learned/layernorm/gelu, Llama is rope/rmsnorm/swiglu); "
+        "class (GPT-2 is learned/layernorm/gelu or gelu_erf, Llama is rope/rmsnorm/swiglu); "
         "train with one of those combinations to export"
     )
 
@@ -67,7 +70,7 @@ def hf_config(cfg: ModelConfig, eot: int | None) -> dict[str, Any]:
             "n_embd": cfg.n_embd,
             "n_positions": cfg.block_size,
             "n_inner": mlp_hidden_size(cfg),
-            "activation_function": "gelu_new",
+            "activation_function": HF_ACTIVATION[cfg.mlp],
             "layer_norm_epsilon": cfg.norm_eps,
             "resid_pdrop": 0.0,
             "embd_pdrop": 0.0,
@@ -234,7 +237,8 @@ def model_config_from_hf(path: Path) -> ModelConfig:
     kind = c.get("model_type")
     if kind == "gpt2":
         act = c.get("activation_function", "gelu_new")
-        _need(act in GELU_TANH, cfg_path, f"activation_function {act!r} is not tanh-GELU")
+        known = act in GELU_TANH + GELU_ERF
+        _need(known, cfg_path, f"activation_function {act!r} is neither tanh nor exact GELU")
         _need(
             not c.get("scale_attn_by_inverse_layer_idx") and not c.get("reorder_and_upcast_attn"),
             cfg_path,
@@ -247,6 +251,7 @@ def model_config_from_hf(path: Path) -> ModelConfig:
             n_embd=c["n_embd"],
             block_size=c.get("n_positions", 1024),
             vocab_size=c["vocab_size"],
+            mlp="gelu" if act in GELU_TANH else "gelu_erf",
             mlp_hidden=c.get("n_inner") or 4 * c["n_embd"],
             bias=True,
             tie_embeddings=c.get("tie_word_embeddings", True),

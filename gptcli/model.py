@@ -148,7 +148,9 @@ class MLP(nn.Module):
             h = F.silu(self.gate(x)) * self.up(x)
         elif self.kind == "relu2":  # squared ReLU (Primer, modded-nanoGPT)
             h = F.relu(self.up(x)).square()
-        else:
+        elif self.kind == "gelu_erf":  # the exact GELU (nanoGPT's, BERT's)
+            h = F.gelu(self.up(x))
+        else:  # "gelu": GPT-2's tanh approximation, which its checkpoints were trained with
             h = F.gelu(self.up(x), approximate="tanh")
         return F.dropout(self.down(h), self.dropout, self.training)
 

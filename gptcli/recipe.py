@@ -176,9 +176,11 @@ class ModelConfig:
     )
     positions: Literal["learned", "rope"] = doc("learned", "learned or rotary (rope) positions")
     norm: Literal["layernorm", "rmsnorm"] = doc("layernorm", "the normalisation layers")
-    mlp: Literal["gelu", "swiglu", "relu2"] = doc("gelu", "the MLP's activation")
+    mlp: Literal["gelu", "gelu_erf", "swiglu", "relu2"] = doc(
+        "gelu", "the MLP's activation: gelu (GPT-2's tanh form), gelu_erf (exact), swiglu, relu2"
+    )
     mlp_hidden: int = doc(
-        0, "0 = 4 * n_embd (gelu, relu2) or 8/3 * n_embd rounded up to 64 (swiglu)"
+        0, "0 = 4 * n_embd (gelu, gelu_erf, relu2) or 8/3 * n_embd rounded up to 64 (swiglu)"
     )
     bias: bool = doc(True, "biases in the linear layers and norms")
     tie_embeddings: bool = doc(True, "the output head shares the token embedding's weights")

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import SHARED_DATA, assert_one_line_error, gptcli, write_recipe
+from conftest import SHARED_DATA, assert_one_line_error, gptcli, small_checkpoint, write_recipe
 
 from gptcli import hf_format, load, tokenizer
 from gptcli.checkpoint_tensors import build_model
@@ -21,10 +21,13 @@ TEXTS = [
 ]
 
 
-@pytest.fixture
-def models(format_models):
-    """conftest's checkpoints of both families (runs/mini is the GPT-2 one)."""
-    return format_models
+@pytest.fixture(scope="module")
+def models(format_models, tmp_path_factory):
+    """conftest's checkpoints of both families (runs/mini is the GPT-2 one), and a GPT-2 with
+    the exact GELU (nanoGPT's; HF's activation_function "gelu")."""
+    tok_path = format_models["gpt2"] / "tokenizer.json"
+    root = tmp_path_factory.mktemp("gelu-erf")
+    return {**format_models, "gpt2-erf": small_checkpoint(root, "ge", tok_path, mlp="gelu_erf")}
 
 
 def _ours(path):
@@ -46,6 +49,7 @@ def _assert_logits_equal(ours, hf, vocab):
     [
         ("gpt2", "GPT2LMHeadModel"),
         ("gpt2-nobias-untied", "GPT2LMHeadModel"),
+        ("gpt2-erf", "GPT2LMHeadModel"),
         ("llama", "LlamaForCausalLM"),
         ("llama-bias-untied", "LlamaForCausalLM"),
     ],
@@ -58,6 +62,8 @@ def test_export_hf_logits_and_tokenizer_parity(models, tmp_path, name, cls):
     assert "model.safetensors" in info["files"] and "tokenizer.json" in info["files"]
     hf, loading = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert type(hf).__name__ == cls
+    if cls == "GPT2LMHeadModel":  # the logits alone barely tell the two GELUs apart here
+        assert hf.config.activation_function == ("gelu" if name == "gpt2-erf" else "gelu_new")
     assert not loading["missing_keys"] and not loading["unexpected_keys"], loading
     ours = _ours(models[name])
     _assert_logits_equal(ours, hf.eval(), ours.cfg.vocab_size)
@@ -90,13 +96,23 @@ def test_export_hf_logits_and_tokenizer_parity(models, tmp_path, name, cls):
         assert json.loads(proc.stdout)["text"] == hf_text, model_path
 
 
+# GPT-2 folders by their activation_function: GPT-2's own tanh GELU, and the exact one
+HF_GPT2_GELU = {"gpt2": "gelu_new", "gpt2-erf": "gelu"}
+MLP_READ = {"gpt2": "gelu", "gpt2-erf": "gelu_erf", "llama": "swiglu"}
+
+
 def _hf_made_by_transformers(folder, tok_path, family):
     """A model created and saved by transformers itself (not by our exporter)."""
     torch.manual_seed(2)
     vocab = tokenizer.load(tok_path).get_vocab_size()
-    if family == "gpt2":
+    if family in HF_GPT2_GELU:
         config = transformers.GPT2Config(
-            vocab_size=vocab, n_positions=32, n_embd=32, n_layer=2, n_head=2
+            vocab_size=vocab,
+            n_positions=32,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            activation_function=HF_GPT2_GELU[family],
         )
         model = transformers.GPT2LMHeadModel(config)
     else:
@@ -118,13 +134,14 @@ def _hf_made_by_transformers(folder, tok_path, family):
     return model.eval()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "gpt2-erf", "llama"])
 def test_import_hf_folder_parity_sample_and_finetune(models, trained, tmp_path, family):
     tok_path = trained / "runs" / "mini" / "tokenizer.json"
     folder = tmp_path / f"hf-{family}"
     hf = _hf_made_by_transformers(folder, tok_path, family)
     ours = _ours(folder)
-    assert ours.cfg.positions == ("learned" if family == "gpt2" else "rope")
+    assert ours.cfg.positions == ("learned" if family in HF_GPT2_GELU else "rope")
+    assert ours.cfg.mlp == MLP_READ[family]
     info = describe(str(folder))  # inspect explains an HF folder as gptcli reads it
     assert info["source"] == "hf" and info["params"]["total"] == ours.num_params()
     _assert_logits_equal(ours, hf, ours.cfg.vocab_size)

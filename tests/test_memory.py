@@ -18,6 +18,7 @@ from gptcli.recipe import ModelConfig, TrainConfig
 
 VARIANTS = {
     "gpt2": {},
+    "gelu-erf": {"mlp": "gelu_erf"},
     "llama": {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
     "relu2-qk-norm": {"positions": "rope", "mlp": "relu2", "qk_norm": True},
     "dropout": {"dropout": 0.1},

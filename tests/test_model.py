@@ -14,6 +14,7 @@ VARIANTS = [
     {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
     {"positions": "rope", "mlp": "relu2", "qk_norm": True, "zero_init_proj": True},
     {"tie_embeddings": False, "dropout": 0.1},
+    {"mlp": "gelu_erf"},
 ]
 
 
@@ -112,6 +113,20 @@ def test_zero_init_projections_make_blocks_start_as_identity():
     assert model.blocks[1].mlp.down.weight.abs().sum() == 0
     x = torch.randn(1, 4, 32)
     assert torch.equal(model.blocks[0](x), x)
+
+
+@pytest.mark.parametrize(
+    "mlp, form, other", [("gelu", "tanh", "none"), ("gelu_erf", "none", "tanh")]
+)
+def test_each_gelu_computes_its_own_form(mlp, form, other):
+    layer = make(mlp=mlp).blocks[0].mlp
+    x = torch.randn(2, 5, 32) * 3  # wide enough that the tanh and exact (erf) forms differ
+    with torch.no_grad():
+        up, y = layer.up(x), layer(x)
+        assert torch.allclose(y, layer.down(nn.functional.gelu(up, approximate=form)), atol=1e-6)
+        assert not torch.allclose(
+            y, layer.down(nn.functional.gelu(up, approximate=other)), atol=1e-6
+        )
 
 
 def test_model_takes_the_chunked_loss_path_when_logits_are_many(monkeypatch):

@@ -96,6 +96,15 @@ def test_presets_fill_switches_but_explicit_keys_win():
     assert gpt2.model.positions == "learned" and gpt2.model.mlp == "gelu"
 
 
+def test_mlp_takes_both_gelus_by_name():
+    exact = recipe.from_dict({"model": {"preset": "gpt2", "mlp": "gelu_erf"}})
+    assert exact.model.mlp == "gelu_erf" and exact.model.positions == "learned"
+    assert recipe.from_dict({}, ["model.mlp=gelu_erf"]).model.mlp == "gelu_erf"
+    assert recipe.from_dict({}).model.mlp == "gelu"  # GPT-2's tanh form, as before
+    with pytest.raises(UserError, match="'model.mlp' must be one of 'gelu', 'gelu_erf'"):
+        recipe.from_dict({"model": {"mlp": "gelu_tanh"}})
+
+
 def test_bare_on_off_in_yaml_mean_on_off():
     assert recipe.from_dict({"train": {"compile": True}}).train.compile == "on"
     assert recipe.from_dict({}, ["train.compile=off"]).train.compile == "off"
