@@ -182,3 +182,23 @@ def test_ddp_run_with_checkpointing_reports_memory_per_rank(tmp_path):
     assert sorted(ddp) == sorted(plain) == [1, 2, 3]
     for step, loss in plain.items():
         assert ddp[step] == pytest.approx(loss, rel=1e-5), step
+
+
+def test_the_memory_report_reads_back_and_a_bad_one_is_refused(tmp_path):
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=280))
+    report = memory.estimate(model, TrainConfig(batch_size=2), None)
+    memory.save(tmp_path, report)
+    assert memory.load(tmp_path) == report
+    bad = [
+        ("total", "1 GB", "'total'"),
+        ("micro_batch", [2], "'micro_batch'"),
+        ("activations", {"none": "x"}, "'activations'"),
+        ("sharded", 1, "'sharded'"),
+    ]
+    for key, value, needle in bad:
+        memory.save(tmp_path, {**report, key: value})
+        with pytest.raises(UserError, match=needle):
+            memory.load(tmp_path)
+    memory.save(tmp_path, {k: v for k, v in report.items() if k != "total"})
+    with pytest.raises(UserError, match="missing key 'total'"):
+        memory.load(tmp_path)
