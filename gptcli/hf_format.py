@@ -273,6 +273,11 @@ def read_hf_config(cfg_path: Path) -> dict:
     typed = typed_fields(cfg_path, c, HF_KEYS[kind], "hf.")
     present = {k: c[k] for k in HF_OPTIONAL_INTS if c.get(k) is not None}
     typed |= typed_fields(cfg_path, present, dict.fromkeys(present, int), "hf.")
+    for nested in ("rope_parameters", "rope_scaling"):  # null or a mapping; its theta a number
+        if c.get(nested) is not None:
+            entry = typed_fields(cfg_path, {nested: c[nested]}, {nested: dict}, "hf.")[nested]
+            theta = {k: v for k, v in entry.items() if k == "rope_theta"}
+            typed_fields(cfg_path, theta, {"rope_theta": float}, f"hf.{nested}.", strip="hf.")
     with naming_file(cfg_path, "hf."):
         for key in [*HF_SHAPE_KEYS[kind], *present]:  # before any division by them
             need(f"hf.{key}", typed[key], typed[key] > 0, "a positive integer")
