@@ -196,6 +196,7 @@ def lora_info(path: Path, data: dict) -> dict:
 
 
 def model_config_from_json(path: Path) -> ModelConfig:
+    """The model config of a checkpoint's config.json, checked as read_config does."""
     return read_config(path)[0]
 
 
