@@ -10,30 +10,40 @@ torch, so finding checkpoints stays fast: an up-to-date `gptcli tokenize` never 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import typing
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
 from gptcli import console
 from gptcli.console import UserError
-from gptcli.recipe import ModelConfig
+from gptcli.files import naming_file, read_json, typed_fields
+from gptcli.recipe import LoraConfig, ModelConfig, TaskConfig, need
 
-FORMAT_VERSION = 1
+# config.json and the optimizer index keep version 1; state.json has its own version, so
+# a state key added later never makes a reader refuse an unchanged config.json.
+CONFIG_VERSION = 1
+STATE_VERSION = 2  # 2: global_batch and auto (version 1 files exist with and without them)
 CKPT_PREFIX = "step-"
 REQUIRED_FILES = ("model.safetensors", "config.json", "tokenizer.json", "state.json")
-STATE_KEYS = {
-    "step",
-    "tokens_seen",
-    "elapsed_s",
-    "data_position",
-    "metrics",
-    "train",
-    "versions",
-    "optimizer_param_groups",
-    "global_batch",
-    "auto",  # what dtype: auto and compile: auto decided, and on which device type
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
+# Without these the weights' shapes are unknown: a config.json lacking one is refused.
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+# state.json's keys and their types (JSON's: the trainer's numbers, and mappings of them)
+STATE_TYPES: dict[str, Any] = {
+    "step": int,
+    "tokens_seen": int,
+    "elapsed_s": float,
+    "data_position": int,
+    "metrics": dict,
+    "train": dict,
+    "versions": dict,
+    "optimizer_param_groups": list,
+    "global_batch": int,
+    "auto": dict,  # what dtype: auto and compile: auto decided, and on which device type
+    "source": str,  # "hf": a checkpoint exported from a transformers folder
 }
 
 
@@ -113,67 +123,120 @@ def weights_file(path: Path) -> Path:
 # --------------------------------------------------------------------------- JSON with versions
 
 
-def read_versioned_json(path: Path, known: set[str] | None = None) -> dict:
-    """Read config/state JSON: refuse a newer format or unknown keys, exit-2 style."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    version = data.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+def read_versioned_json(
+    path: Path, known: set[str] | None = None, newest: int = CONFIG_VERSION
+) -> dict:
+    """Read config/index JSON: refuse a newer format or unknown keys, exit-2 style."""
+    return read_json(path, newest, known)
+
+
+def is_hf_config(data: dict) -> bool:
+    """A transformers config.json (model_type, no format_version), not one gptcli wrote."""
+    return "model_type" in data and "format_version" not in data
+
+
+def read_config(path: Path) -> tuple[ModelConfig, dict]:
+    """A checkpoint's config.json, every key checked with the recipe's own types and checks:
+    the model config and what it was trained for ({"task": {...}}, plus "lora" for adapters).
+    A missing key takes its default with a warning, except the shape keys without which the
+    weights cannot be read."""
+    data = read_versioned_json(path, known=MODEL_KEYS | {"task", "lora", "gptcli_version"})
+    missing = [k for k in SHAPE_KEYS if k not in data]
+    if missing:
         raise UserError(
-            f"{path}: format_version {version!r} is newer than this gptcli reads "
-            f"({FORMAT_VERSION}); upgrade gptcli"
+            f"{path}: missing key '{missing[0]}' (the weights cannot be read without the "
+            f"model's shape: {', '.join(SHAPE_KEYS)})"
         )
-    if known is not None:
-        unknown = sorted(set(data) - known - {"format_version"})
-        if unknown:
-            raise UserError(f"{path}: unknown key {unknown[0]!r} (written by a newer gptcli?)")
-    return data
+    missing = sorted(MODEL_KEYS - set(data))
+    if missing:
+        console.warn(f"{path}: keys missing ({', '.join(missing)}), using their defaults")
+    kwargs = typed_fields(path, data, typing.get_type_hints(ModelConfig), "model.")
+    typed_fields(path, data, {"gptcli_version": str})
+    with naming_file(path, "model."):
+        cfg = ModelConfig(**kwargs)
+        cfg.check()
+        need("model.vocab_size", cfg.vocab_size, cfg.vocab_size > 0, "a positive integer")
+    return cfg, {"task": task_info(path, data.get("task", "lm")), **lora_info(path, data)}
+
+
+def task_info(path: Path, task: object) -> dict:
+    """config.json's task: a kind ("lm") or a mapping of the task's keys (an SFT one also
+    names its chat template)."""
+    hints = {**typing.get_type_hints(TaskConfig), "template": str}
+    entry = task if isinstance(task, dict) else {"kind": task}
+    unknown = sorted(set(entry) - set(hints))
+    if unknown:
+        raise UserError(f"{path}: unknown key 'task.{unknown[0]}' (written by a newer gptcli?)")
+    with naming_file(path):
+        typed = typed_fields(path, entry, hints, "task.", strip="")
+        need("task.kind", entry.get("kind"), "kind" in entry, "one of 'lm', 'sft', 'classify'")
+        known = {k: v for k, v in typed.items() if k != "template"}
+        TaskConfig(**known).check()
+    return typed
+
+
+def lora_info(path: Path, data: dict) -> dict:
+    """config.json's lora entry ({} when none): the adapters' settings and their base."""
+    if "lora" not in data:
+        return {}
+    lora = data["lora"]
+    hints = {**typing.get_type_hints(LoraConfig), "base": dict, "base_vocab": int}
+    with naming_file(path):
+        need("lora", lora, isinstance(lora, dict), "a mapping (JSON object)")
+        ok = set(lora) == set(hints)
+        need("lora", lora, ok, f"a mapping with keys {', '.join(sorted(hints))}")
+        typed = typed_fields(path, lora, hints, "lora.", strip="")
+        LoraConfig(**{k: typed[k] for k in typing.get_type_hints(LoraConfig)}).check()
+        need("lora.rank", typed["rank"], typed["rank"] > 0, "a positive integer")
+        base = typed["base"]
+        ok = all(isinstance(base.get(k), str) for k in ("path", "sha256"))
+        need("lora.base", base, ok, "a mapping of path and sha256 (strings)")
+        need("lora.base_vocab", typed["base_vocab"], typed["base_vocab"] > 0, "a positive integer")
+    return {"lora": typed}
 
 
 def model_config_from_json(path: Path) -> ModelConfig:
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    data = read_versioned_json(path, known=fields | {"task", "lora", "gptcli_version"})
-    missing = sorted(fields - set(data))
-    if missing:
-        console.warn(f"{path}: keys missing ({', '.join(missing)}), using their defaults")
-    hints = typing.get_type_hints(ModelConfig)
-    kwargs = {}
-    for name in fields & set(data):
-        value = data[name]
-        if hints[name] is float and isinstance(value, int):
-            value = float(value)
-        kwargs[name] = value
-    return ModelConfig(**kwargs)
+    """The model config of a checkpoint's config.json, checked as read_config does."""
+    return read_config(path)[0]
+
+
+def read_info(ckpt: Path) -> dict:
+    """The task (and LoRA base) a checkpoint records; {"task": {"kind": "lm"}} for plain ones
+    and for HF folders."""
+    path = ckpt / "config.json"
+    if not path.is_file() or is_hf_config(read_json(path)):
+        return {"task": {"kind": "lm"}}
+    return read_config(path)[1]
 
 
 def read_state(ckpt: Path) -> dict:
-    return read_versioned_json(ckpt / "state.json", known=STATE_KEYS)
+    """state.json, each key it has checked by type. Version 1 files exist with and without
+    global_batch and auto (added later): both read, and without them a resume keeps the
+    pre-version-2 behaviour. The records (metrics, versions, train, ...) are absent from a
+    checkpoint exported from another format and stay so; a missing step is the folder's."""
+    path = ckpt / "state.json"
+    data = read_versioned_json(path, known=set(STATE_TYPES), newest=STATE_VERSION)
+    state = {**data, **typed_fields(path, data, STATE_TYPES)}
+    with naming_file(path):
+        for key in ("step", "tokens_seen", "data_position", "elapsed_s"):
+            value = state.get(key, 0)
+            need(key, value, value >= 0 and math.isfinite(value), "a number >= 0")
+        batch = state.get("global_batch", 1)
+        need("global_batch", batch, batch > 0, "a positive integer")
+    if "step" not in state and ckpt.name.removeprefix(CKPT_PREFIX).isdigit():
+        state["step"] = step_of(ckpt)
+        console.warn(f"{path}: key 'step' missing, using {state['step']} (the folder's step)")
+    return state
 
 
 def config_json(cfg: ModelConfig, info: dict | None = None) -> dict:
     """config.json: the model config plus what it was trained for (info: task, lora)."""
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": CONFIG_VERSION,
         **dataclasses.asdict(cfg),
         "task": "lm",
         **(info or {}),
     }
-
-
-def read_info(ckpt: Path) -> dict:
-    """The task (and LoRA base) a checkpoint records; {"task": {"kind": "lm"}} for plain ones."""
-    if not (ckpt / "config.json").is_file():
-        return {"task": {"kind": "lm"}}
-    data = read_versioned_json(ckpt / "config.json")
-    task = data.get("task", "lm")
-    info = {"task": task if isinstance(task, dict) else {"kind": task}}
-    if "lora" in data:
-        info["lora"] = data["lora"]
-    return info
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[list[int], str]]:

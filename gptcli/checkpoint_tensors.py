@@ -26,12 +26,12 @@ from safetensors.torch import load_file, save_file
 
 from gptcli import __version__, lora, tokenizer
 from gptcli.checkpoint import (
-    FORMAT_VERSION,
+    CONFIG_VERSION,
+    STATE_VERSION,
     checkpoint_folder,
     config_json,
-    model_config_from_json,
     newest_in_run,
-    read_info,
+    read_config,
     read_state,
     read_versioned_json,
     resolve,
@@ -40,9 +40,9 @@ from gptcli.checkpoint import (
     weights_file,
 )
 from gptcli.console import Failure, UserError
-from gptcli.files import fsync_dir, sha256_file, umask_mode, write_folder
+from gptcli.files import fsync_dir, naming_file, sha256_file, umask_mode, write_folder
 from gptcli.model import GPT
-from gptcli.recipe import ModelConfig
+from gptcli.recipe import ModelConfig, need
 
 OPTIM_INDEX = "optim-index.json"
 
@@ -73,9 +73,10 @@ def load(path: str | Path) -> Loaded:
     """Read a gptcli checkpoint's weights (safetensors only), config and state, as stored: a
     LoRA checkpoint holds its adapters alone (load_full combines it with its base)."""
     ckpt = resolve(path)
-    cfg = model_config_from_json(ckpt / "config.json")
+    cfg, info = read_config(ckpt / "config.json")
+    state = read_state(ckpt)
     weights = read_weights(ckpt / "model.safetensors")
-    return Loaded(ckpt, cfg, weights, read_state(ckpt), read_info(ckpt))
+    return Loaded(ckpt, cfg, weights, state, info)
 
 
 def lora_base(ckpt: Path, lora_info: dict) -> Path:
@@ -281,6 +282,15 @@ def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
     return start, min(start + size, rows)
 
 
+def is_index_entry(entry: object) -> bool:
+    """One tensor of optim-index.json: its whole shape and whether it is sharded."""
+    if not isinstance(entry, dict) or set(entry) != {"shape", "sharded"}:
+        return False
+    shape = entry["shape"]
+    dims_ok = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+    return dims_ok and isinstance(entry["sharded"], bool)
+
+
 def shard_file(rank: int, world: int) -> str:
     return f"optim-{rank:05d}-of-{world:05d}.safetensors"
 
@@ -293,9 +303,13 @@ class OptimizerState:
         self.ckpt = ckpt
         index_path = ckpt / OPTIM_INDEX
         if index_path.is_file():
-            index = read_versioned_json(index_path)
-            self.world = int(index["world"])
-            self.entries = index["tensors"]
+            index = read_versioned_json(index_path, known={"world", "tensors"})
+            with naming_file(index_path):
+                world, entries = index.get("world"), index.get("tensors")
+                need("world", world, type(world) is int and world > 0, "a positive integer")
+                ok = isinstance(entries, dict) and all(map(is_index_entry, entries.values()))
+                need("tensors", "...", ok, "a mapping of names to {shape, sharded}")
+            self.world, self.entries = world, entries
             self.files = [ckpt / shard_file(r, self.world) for r in range(self.world)]
         else:
             self.world = 1
@@ -432,7 +446,7 @@ def write_main_files(
     (tmp / "config.json").write_text(json.dumps(config_json(cfg, info), indent=2))
     shutil.copyfile(snapshot.tokenizer_path, tmp / tokenizer.TOKENIZER_FILE)
     save_safetensors(trainer_tensors, tmp / "trainer.safetensors")
-    state = {"format_version": FORMAT_VERSION, **state, "step": step}
+    state = {"format_version": STATE_VERSION, **state, "step": step}
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
 
 
@@ -502,7 +516,7 @@ def save_sharded(run_dir: Path, snapshot: Snapshot, sharding: Sharding) -> Path:
         tensors, entries, groups = local_optimizer_tensors(snapshot.optimizers)
         save_safetensors(tensors, tmp / shard_file(rank, world))
         if rank == 0:
-            index = {"format_version": FORMAT_VERSION, "world": world, "tensors": entries}
+            index = {"format_version": CONFIG_VERSION, "world": world, "tensors": entries}
             (tmp / OPTIM_INDEX).write_text(json.dumps(index, indent=2))
             state = {**snapshot.state, "optimizer_param_groups": groups}
             write_main_files(tmp, snapshot, rng_tensors(), state)

@@ -1,5 +1,6 @@
-"""Small file helpers every layer uses: hashing, atomic writes, gptcli's cache folder, and
-the dotted fields of JSON records read from files.
+"""Small file helpers every layer uses: hashing, atomic writes, gptcli's cache folder, the
+dotted fields of JSON records read from files, and the one reader of the JSON files gptcli
+writes into run and checkpoint folders (typed with the recipe's own rules).
 
 Atomic means a reader (or a crash, even kill -9) sees the old file or the new one, never half
 of one: the bytes go to a temp name in the same folder, are synced, then renamed into place.
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from gptcli import console
 from gptcli.console import UserError
+from gptcli.recipe import BadValue, typed_value
 
 READ_CHUNK = 1 << 20  # bytes hashed at a time
 
@@ -103,3 +107,54 @@ def get_field(record: object, dotted: str) -> object:
             return None
         record = record[part]
     return record
+
+
+# --------------------------------------------------------------------------- JSON gptcli wrote
+
+
+def read_json(path: Path, newest: int | None = None, known: set[str] | None = None) -> dict:
+    """A JSON object gptcli wrote, or exit 2 naming path: not valid JSON, not an object, a
+    format_version newer than `newest` (when given), or a key outside `known` (when given)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if newest is not None:
+        version = data.get("format_version", 0)
+        if type(version) is not int or version < 0:
+            raise UserError(f"{path}: key 'format_version' must be an integer, got {version!r}")
+        if version > newest:
+            raise UserError(
+                f"{path}: format_version {version} is newer than this gptcli reads "
+                f"({newest}); upgrade gptcli"
+            )
+    if known is not None:
+        unknown = sorted(set(data) - known - {"format_version"})
+        if unknown:
+            raise UserError(f"{path}: unknown key {unknown[0]!r} (written by a newer gptcli?)")
+    return data
+
+
+@contextmanager
+def naming_file(path: Path, prefix: str = "") -> Iterator[None]:
+    """Turn a bad value found by the recipe's types and checks into one line naming the file
+    and its own key (the recipe key's prefix, e.g. 'model.', taken off)."""
+    try:
+        yield
+    except BadValue as e:
+        key = e.key.removeprefix(prefix)
+        raise UserError(f"{path}: key '{key}' must be {e.expected}, got {e.value!r}") from None
+
+
+def typed_fields(
+    path: Path, data: dict, hints: dict[str, Any], prefix: str = "", strip: str | None = None
+) -> dict:
+    """data's entries that hints names, each checked against its type as a recipe key of that
+    type would be (prefix + name): exit 2 naming the file, the key (less strip, by default
+    the prefix) and what was expected."""
+    with naming_file(path, prefix if strip is None else strip):
+        return {k: typed_value(prefix + k, v, hints[k]) for k, v in data.items() if k in hints}

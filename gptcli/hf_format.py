@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 from tokenizers import processors
 
 from gptcli import __version__, tokenizer
-from gptcli.checkpoint import weights_file
+from gptcli.checkpoint import is_hf_config, weights_file
 from gptcli.checkpoint_tensors import Loaded, check_shapes, save_safetensors, untied_weights
 from gptcli.console import UserError
-from gptcli.files import write_folder
+from gptcli.files import naming_file, read_json, typed_fields, write_folder
 from gptcli.model import GPT, mlp_hidden_size
-from gptcli.recipe import EOT, ModelConfig
+from gptcli.recipe import EOT, ModelConfig, need
 
 GPT2 = "gpt2"
 LLAMA = "llama"
@@ -219,7 +219,80 @@ def is_hf_folder(path: Path) -> bool:
         data = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return False
-    return isinstance(data, dict) and "model_type" in data and "format_version" not in data
+    return isinstance(data, dict) and is_hf_config(data)
+
+
+# The HF config keys gptcli maps, with their types; the shape keys must be present.
+HF_KEYS: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "n_layer": int,
+        "n_head": int,
+        "n_embd": int,
+        "vocab_size": int,
+        "n_positions": int,
+        "tie_word_embeddings": bool,
+        "layer_norm_epsilon": float,
+    },
+    "llama": {
+        "num_hidden_layers": int,
+        "num_attention_heads": int,
+        "hidden_size": int,
+        "vocab_size": int,
+        "intermediate_size": int,
+        "max_position_embeddings": int,
+        "num_key_value_heads": int,
+        "tie_word_embeddings": bool,
+        "rope_theta": float,
+        "rms_norm_eps": float,
+        "attention_bias": bool,
+        "mlp_bias": bool,
+    },
+}
+HF_SHAPE_KEYS = {
+    "gpt2": ("n_layer", "n_head", "n_embd", "vocab_size"),
+    "llama": (
+        "num_hidden_layers",
+        "num_attention_heads",
+        "hidden_size",
+        "vocab_size",
+        "intermediate_size",
+    ),
+}
+HF_OPTIONAL_INTS = ("n_inner", "head_dim")  # null means "the default"
+
+
+def read_hf_config(cfg_path: Path) -> dict:
+    """An HF config.json with the keys gptcli maps checked by type (as recipe keys are), and
+    the shape keys required: exit 2 naming the file, the key and what was expected."""
+    c = read_json(cfg_path)
+    kind = c.get("model_type")
+    if kind not in HF_KEYS:
+        raise UserError(
+            f"{cfg_path}: model_type {kind!r} is not supported (gptcli imports gpt2 and llama)"
+        )
+    missing = [k for k in HF_SHAPE_KEYS[kind] if k not in c]
+    if missing:
+        raise UserError(f"{cfg_path}: missing key '{missing[0]}' (the model's shape)")
+    typed = typed_fields(cfg_path, c, HF_KEYS[kind], "hf.")
+    present = {k: c[k] for k in HF_OPTIONAL_INTS if c.get(k) is not None}
+    typed |= typed_fields(cfg_path, present, dict.fromkeys(present, int), "hf.")
+    for nested in ("rope_parameters", "rope_scaling"):  # null or a mapping; its theta a number
+        if c.get(nested) is not None:
+            entry = typed_fields(cfg_path, {nested: c[nested]}, {nested: dict}, "hf.")[nested]
+            theta = {k: v for k, v in entry.items() if k == "rope_theta"}
+            typed_fields(cfg_path, theta, {"rope_theta": float}, f"hf.{nested}.", strip="hf.")
+    with naming_file(cfg_path, "hf."):
+        for key in [*HF_SHAPE_KEYS[kind], *present]:  # before any division by them
+            need(f"hf.{key}", typed[key], typed[key] > 0, "a positive integer")
+    return {**c, **typed}
+
+
+def checked_model_config(cfg_path: Path, cfg: ModelConfig) -> ModelConfig:
+    """cfg (translated from an HF config) through the recipe's own checks, named by the file."""
+    with naming_file(cfg_path, "model."):
+        cfg.check()
+        need("model.vocab_size", cfg.vocab_size, cfg.vocab_size > 0, "a positive integer")
+    return cfg
 
 
 def _need(cond: bool, path: Path, what: str) -> None:
@@ -230,10 +303,7 @@ def _need(cond: bool, path: Path, what: str) -> None:
 def model_config_from_hf(path: Path) -> ModelConfig:
     """Translate an HF GPT-2 or Llama config.json, refusing anything our GPT cannot express."""
     cfg_path = path / "config.json"
-    try:
-        c = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    c = read_hf_config(cfg_path)
     kind = c.get("model_type")
     if kind == "gpt2":
         act = c.get("activation_function", "gelu_new")
@@ -245,17 +315,20 @@ def model_config_from_hf(path: Path) -> ModelConfig:
             "scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported",
         )
         _need(c.get("scale_attn_weights", True), cfg_path, "scale_attn_weights=false")
-        return ModelConfig(
-            n_layer=c["n_layer"],
-            n_head=c["n_head"],
-            n_embd=c["n_embd"],
-            block_size=c.get("n_positions", 1024),
-            vocab_size=c["vocab_size"],
-            mlp="gelu" if act in GELU_TANH else "gelu_erf",
-            mlp_hidden=c.get("n_inner") or 4 * c["n_embd"],
-            bias=True,
-            tie_embeddings=c.get("tie_word_embeddings", True),
-            norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
+        return checked_model_config(
+            cfg_path,
+            ModelConfig(
+                n_layer=c["n_layer"],
+                n_head=c["n_head"],
+                n_embd=c["n_embd"],
+                block_size=c.get("n_positions", 1024),
+                vocab_size=c["vocab_size"],
+                mlp="gelu" if act in GELU_TANH else "gelu_erf",
+                mlp_hidden=c.get("n_inner") or 4 * c["n_embd"],
+                bias=True,
+                tie_embeddings=c.get("tie_word_embeddings", True),
+                norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
+            ),
         )
     if kind == "llama":
         heads = c["num_attention_heads"]
@@ -273,20 +346,23 @@ def model_config_from_hf(path: Path) -> ModelConfig:
         _need(rope_type == "default", cfg_path, f"rope_type {rope_type!r}")
         attn_bias, mlp_bias = c.get("attention_bias", False), c.get("mlp_bias", False)
         _need(attn_bias == mlp_bias, cfg_path, "attention_bias differs from mlp_bias")
-        return ModelConfig(
-            n_layer=c["num_hidden_layers"],
-            n_head=heads,
-            n_embd=c["hidden_size"],
-            block_size=c.get("max_position_embeddings", 2048),
-            vocab_size=c["vocab_size"],
-            positions="rope",
-            norm="rmsnorm",
-            mlp="swiglu",
-            mlp_hidden=c["intermediate_size"],
-            bias=bool(attn_bias),
-            tie_embeddings=c.get("tie_word_embeddings", False),
-            rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
-            norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+        return checked_model_config(
+            cfg_path,
+            ModelConfig(
+                n_layer=c["num_hidden_layers"],
+                n_head=heads,
+                n_embd=c["hidden_size"],
+                block_size=c.get("max_position_embeddings", 2048),
+                vocab_size=c["vocab_size"],
+                positions="rope",
+                norm="rmsnorm",
+                mlp="swiglu",
+                mlp_hidden=c["intermediate_size"],
+                bias=bool(attn_bias),
+                tie_embeddings=c.get("tie_word_embeddings", False),
+                rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
+                norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            ),
         )
     raise UserError(
         f"{cfg_path}: model_type {kind!r} is not supported (gptcli imports gpt2 and llama)"
@@ -298,7 +374,11 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     files = [path / "model.safetensors"]
     index = path / "model.safetensors.index.json"
     if not files[0].is_file() and index.is_file():
-        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        ok = isinstance(weight_map, dict) and all(isinstance(v, str) for v in weight_map.values())
+        if not ok or not weight_map:
+            raise UserError(f"{index}: key 'weight_map' must be a mapping of tensor names to files")
+        shard_names = sorted(set(weight_map.values()))
         files = [path / name for name in shard_names]
     if not files[0].is_file():
         pickled = [f.name for f in path.glob("*.bin")]

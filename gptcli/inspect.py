@@ -18,6 +18,7 @@ from gptcli import recipe as recipe_mod
 from gptcli.checkpoint_tensors import OptimizerState
 from gptcli.console import UserError
 from gptcli.data import tokenize
+from gptcli.data.manifest import read_manifest, read_manifest_file
 from gptcli.files import atomic_target
 from gptcli.hf_format import is_hf_folder
 from gptcli.plan import param_counts, plan
@@ -126,9 +127,9 @@ def describe_run(path: Path) -> dict[str, Any]:
         recipe = recipe_mod.load(path / "recipe.yaml")
         out["recipe"] = recipe_mod.to_dict(recipe)
         out["non_default_keys"] = recipe_mod.non_defaults(recipe)
-    manifest_path = path / "data" / "manifest.json"
-    if manifest_path.is_file():
-        out["data"] = json.loads(manifest_path.read_text())
+    manifest = read_manifest(path)
+    if manifest is not None:
+        out["data"] = manifest
     ckpts = checkpoint.run_checkpoints(path)
     out["checkpoints"] = [c.name for c in ckpts]
     if ckpts:
@@ -173,7 +174,7 @@ def _val_sample(tok_path: Path, n_tokens: int = 20_000) -> tuple[str, str] | Non
         manifest = folder / "data" / "manifest.json"
         val = folder / "data" / "val.bin"
         if manifest.is_file() and val.is_file():
-            dtype = np.dtype(json.loads(manifest.read_text())["dtype"])
+            dtype = np.dtype(read_manifest_file(manifest)["dtype"])
             ids = np.fromfile(val, dtype=dtype, count=n_tokens)
             return str(val), tokenizer.decode(tokenizer.load(tok_path), ids.tolist())
     return None
@@ -221,11 +222,8 @@ def sample_row(manifest: dict) -> dict[str, str]:
 
 def describe_shards(path: Path, top: int = 10, sample: int = 5_000_000) -> dict[str, Any]:
     """Token counts and dtype from the manifest; the most frequent ids from the train shard."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        dtype = np.dtype(manifest["dtype"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path / 'manifest.json'}: not a gptcli shard manifest ({e})") from None
+    manifest = read_manifest_file(path / "manifest.json")
+    dtype = np.dtype(manifest["dtype"])
     out: dict[str, Any] = {"kind": "shards", "path": str(path), **manifest}
     train = path / "train.bin"
     if train.is_file():

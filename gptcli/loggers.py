@@ -23,8 +23,8 @@ from pathlib import Path
 
 from gptcli import console
 from gptcli.console import UserError
-from gptcli.files import write_atomic
-from gptcli.recipe import Recipe, dump, flat, to_dict
+from gptcli.files import read_json, typed_fields, write_atomic
+from gptcli.recipe import LOGGERS, Recipe, dump, flat, to_dict
 
 METRICS_FILE = "metrics.jsonl"
 TRACKER_IDS_FILE = "trackers.json"
@@ -144,12 +144,16 @@ def tracker_ids(run_dir: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
-        ids = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        ids = None
-    if not isinstance(ids, dict):
-        raise UserError(f"{path}: not a JSON object of tracker run ids (delete it for new runs)")
-    return ids
+        ids = read_json(path)
+    except UserError as e:
+        raise UserError(f"{e} (delete it for new tracker runs)") from None
+    known = set(LOGGERS) - {"jsonl"}
+    unknown = sorted(set(ids) - known)
+    if unknown:
+        raise UserError(
+            f"{path}: unknown key {unknown[0]!r} (trackers: {', '.join(sorted(known))})"
+        )
+    return typed_fields(path, ids, dict.fromkeys(known, str))
 
 
 def save_tracker_id(run_dir: Path, name: str, run_id: str) -> None:

@@ -20,9 +20,9 @@ import torch
 
 from gptcli import kernels
 from gptcli.console import UserError
-from gptcli.files import write_atomic
+from gptcli.files import naming_file, read_json, typed_fields, write_atomic
 from gptcli.model import GPT, mlp_hidden_size
-from gptcli.recipe import ModelConfig, TrainConfig
+from gptcli.recipe import ModelConfig, TrainConfig, need
 
 try:  # the address-space limit (ulimit -v) where the platform has one
     import resource
@@ -219,14 +219,42 @@ def save(run_dir: Path, report: dict[str, Any]) -> None:
     write_atomic(run_dir / MEMORY_FILE, (json.dumps(report, indent=1) + "\n").encode())
 
 
+# The report's keys as `inspect RUN` reads them, with their types (the first seven always
+# present); more keys may follow, and are shown only by --json.
+REPORT_TYPES: dict[str, Any] = {
+    "parameters": int,
+    "gradients": int,
+    "optimizer": int,
+    "total": int,
+    "micro_batch": list[int],
+    "activations": dict,
+    "activation_checkpointing": str,
+    "ranks": int,
+    "sharded": bool,
+    "gathered": int,
+    "ddp_buckets": int,
+    "recompute": int,
+    "peak_allocated": int,
+}
+
+
 def load(run_dir: Path) -> dict[str, Any] | None:
+    """The run's memory report, each key checked by type (exit 2 naming the file and key)."""
     path = run_dir / MEMORY_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    report = read_json(path)
+    missing = [k for k in list(REPORT_TYPES)[:7] if k not in report]
+    if missing:
+        raise UserError(f"{path}: missing key '{missing[0]}' (delete it: it is only a report)")
+    report.update(typed_fields(path, report, REPORT_TYPES))
+    with naming_file(path):
+        ok = len(report["micro_batch"]) == 2
+        need("micro_batch", report["micro_batch"], ok, "[batch size, sequence length]")
+        acts = report["activations"]
+        ok = all(type(v) is int for v in acts.values())
+        need("activations", acts, ok, "a mapping of checkpointing modes to byte counts")
+    return report
 
 
 # --------------------------------------------------------------------------- does it fit

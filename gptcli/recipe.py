@@ -33,10 +33,19 @@ def doc(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+class BadValue(UserError):
+    """A value no run could use: its dotted key, what it must be and what it got. A reader of
+    a checkpoint's JSON catches it to name its own file and key instead of a recipe key."""
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"recipe key '{key}' must be {expected}, got {value!r}")
+
+
 def need(key: str, value: Any, ok: bool, expected: str) -> None:
     """Exit 2 naming the key, what it must be and what it got, unless ok."""
     if not ok:
-        raise UserError(f"recipe key '{key}' must be {expected}, got {value!r}")
+        raise BadValue(key, value, expected)
 
 
 def is_sha256(value: str) -> bool:
@@ -207,6 +216,9 @@ class ModelConfig:
             "0 (from tokenizer) or positive",
         )
         need("model.mlp_hidden", self.mlp_hidden, self.mlp_hidden >= 0, "0 (default) or positive")
+        for key in ("dropout", "rope_theta", "norm_eps"):  # inf passes any >
+            value = getattr(self, key)
+            need(f"model.{key}", value, math.isfinite(value), "a finite number")
         need("model.dropout", self.dropout, 0.0 <= self.dropout < 1.0, "in [0, 1)")
         need("model.norm_eps", self.norm_eps, self.norm_eps > 0, "> 0")
         ok = self.n_classes >= 0
@@ -526,13 +538,13 @@ def _type_name(hint: Any) -> str:
         return "one of " + ", ".join(names)
     if typing.get_origin(hint) is list:
         return f"a list of {typing.get_args(hint)[0].__name__}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        hint, str(hint)
-    )
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return {**names, dict: "a mapping (JSON object)", list: "a list"}.get(hint, str(hint))
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check one leaf value against its type hint; ints are accepted where floats are."""
+def typed_value(key: str, value: Any, hint: Any) -> Any:
+    """Check one leaf value against its type hint (recipe keys and the JSON files gptcli
+    writes alike); ints are accepted where floats are, and come back as floats."""
     origin = typing.get_origin(hint)
     ok = False
     if origin is Literal:
@@ -551,12 +563,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
-    elif hint is str:
-        ok = isinstance(value, str)
+    elif hint in (str, dict, list):
+        ok = isinstance(value, hint)
     elif isinstance(hint, types.UnionType):
         ok = True
     if not ok:
-        raise UserError(f"recipe key '{key}' must be {_type_name(hint)}, got {value!r}")
+        raise BadValue(key, value, _type_name(hint))
     return value
 
 
@@ -575,7 +587,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 value = {"kind": value}  # `task: lm` is short for `task: {kind: lm}`
             kwargs[key] = _build(hint, value if value is not None else {}, f"{dotted}.")
         else:
-            kwargs[key] = _coerce(dotted, value, hint)
+            kwargs[key] = typed_value(dotted, value, hint)
     return cls(**kwargs)
 
 

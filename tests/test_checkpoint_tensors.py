@@ -6,7 +6,7 @@ import os
 import torch
 from conftest import save_tiny
 
-from gptcli import checkpoint_tensors
+from gptcli import checkpoint, checkpoint_tensors
 
 
 def test_round_trip_weights_optimizer_rng(tiny_run):
@@ -51,7 +51,7 @@ def test_a_snapshot_without_optimizers_saves_weights_and_state(tiny_run):
     )
     path = checkpoint_tensors.save(folder / "other", snapshot)
     state = json.loads((path / "state.json").read_text())
-    assert state == {"format_version": 1, "tokens_seen": 9, "step": 4}
+    assert state == {"format_version": checkpoint.STATE_VERSION, "tokens_seen": 9, "step": 4}
     assert checkpoint_tensors.OptimizerState(path).names() == []
     assert checkpoint_tensors.load_trainer_tensors(path).keys() == {"rng.torch"}
 

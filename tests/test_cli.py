@@ -62,7 +62,7 @@ def test_run_folder_layout(trained):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer.safetensors"):
         assert (run / "checkpoints" / "step-0000012" / name).is_file()
     state = json.loads((run / "checkpoints" / "step-0000012" / "state.json").read_text())
-    assert state["step"] == 12 and state["format_version"] == 1
+    assert state["step"] == 12 and state["format_version"] == 2
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     for key in ("step", "loss", "lr", "tokens_per_s", "tokens_seen", "elapsed_s"):
         assert all(key in r for r in records), key

@@ -7,7 +7,7 @@ import torch
 
 from gptcli import recipe
 from gptcli.console import UserError
-from gptcli.data import batches, corpus, shards, split, streams
+from gptcli.data import batches, corpus, manifest, shards, split, streams
 
 
 def _docs(cfg, seed=0):
@@ -212,3 +212,62 @@ def test_builtin_fingerprint_ignores_the_generator_source(tmp_path, monkeypatch)
     copy.write_text(open(stories.__file__).read() + "\n# reformatted\n")
     monkeypatch.setattr(stories, "__file__", str(copy))
     assert corpus.fingerprint(cfg, 0) == before
+
+
+# --------------------------------------------------------------------------- data/manifest.json
+
+MANIFEST = {
+    "format_version": 5,
+    "corpus": {"sources": []},
+    "tokenizer_settings": {"vocab_size": 400},
+    "tokenizer_sha256": "ab" * 32,
+    "vocab_size": 400,
+    "dtype": "uint16",
+    "encoder": "tokenizers",
+    "train": {"documents": 3, "bytes": 90, "tokens": 30},
+    "val": {"documents": 1, "bytes": 30, "tokens": 10},
+    "bytes_per_token": 3,
+    "val_unigram_bpb": 4.5,
+    "elapsed_s": 0.5,
+    "sources": [],
+    "max_tokens": 0,
+    "stopped_early": False,
+}
+BAD_MANIFEST = {
+    "format_version": 6,
+    "corpus": [],
+    "tokenizer_settings": "bpe",
+    "tokenizer_sha256": None,
+    "vocab_size": 0,
+    "dtype": "int8",
+    "encoder": 1,
+    "train": {"tokens": "30"},
+    "val": {"documents": -1, "tokens": 1},
+    "bytes_per_token": "3",
+    "val_unigram_bpb": None,
+    "elapsed_s": [],
+    "sources": {},
+    "max_tokens": 0.5,
+    "stopped_early": "no",
+}
+
+
+def test_a_manifest_reads_typed(tmp_path):
+    assert set(BAD_MANIFEST) == set(MANIFEST) == manifest.MANIFEST_KEYS
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(MANIFEST))
+    assert manifest.read_manifest_file(path) == {**MANIFEST, "bytes_per_token": 3.0}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_MANIFEST))
+def test_a_bad_manifest_value_is_refused_naming_file_and_key(tmp_path, key):
+    path = tmp_path / "data" / "manifest.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({**MANIFEST, key: BAD_MANIFEST[key]}))
+    with pytest.raises(UserError, match=key.replace("format_version", "format_version 6")) as e:
+        manifest.read_manifest(tmp_path)
+    assert str(path) in str(e.value)
+    if key in ("dtype", "vocab_size", "train", "val"):
+        path.write_text(json.dumps({k: v for k, v in MANIFEST.items() if k != key}))
+        with pytest.raises(UserError, match=f"missing key '{key}'"):
+            manifest.read_manifest(tmp_path)

@@ -217,3 +217,50 @@ def test_hf_folder_whose_config_disagrees_with_its_weights(models, tmp_path, gpt
     proc = gptcli_inproc("sample", "-c", str(folder), "-p", "hi")
     vocab = config["vocab_size"]
     assert_one_line_error(proc, "'transformer.wte.weight'", f"[{vocab}, 32]", f"[{vocab}, 48]")
+
+
+# the smallest configs of each family gptcli imports
+HF_CONFIGS = {
+    "gpt2": {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "vocab_size": 300},
+    "llama": {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "hidden_size": 32,
+        "vocab_size": 300,
+        "intermediate_size": 64,
+    },
+}
+
+
+def _bad_values(family):
+    """One bad value for every HF key gptcli maps, by the key's type (and for a shape key,
+    0), plus a null where null means 'the default'."""
+    by_type = {int: "2", float: "x", bool: "no"}
+    for key, hint in hf_format.HF_KEYS[family].items():
+        yield family, key, by_type[hint]
+    for key in hf_format.HF_SHAPE_KEYS[family]:
+        yield family, key, 0
+    if family == "llama":
+        yield family, "rope_parameters", {"rope_theta": "x"}
+        yield family, "rope_scaling", "linear"
+
+
+@pytest.mark.parametrize(("family", "key", "value"), [*_bad_values("gpt2"), *_bad_values("llama")])
+def test_a_bad_hf_config_value_is_refused_naming_file_and_key(tmp_path, family, key, value):
+    (tmp_path / "config.json").write_text(json.dumps({**HF_CONFIGS[family], key: value}))
+    with pytest.raises(UserError, match=f"'{key}[.']") as e:
+        hf_format.model_config_from_hf(tmp_path)
+    assert str(tmp_path / "config.json") in str(e.value)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_hf_config_reads_with_nulls_and_refuses_missing_shape_keys(tmp_path, family):
+    config = {**HF_CONFIGS[family], "n_inner": None, "head_dim": None}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert hf_format.model_config_from_hf(tmp_path).vocab_size == 300
+    for key in hf_format.HF_SHAPE_KEYS[family]:
+        missing = {k: v for k, v in config.items() if k != key}
+        (tmp_path / "config.json").write_text(json.dumps(missing))
+        with pytest.raises(UserError, match=f"missing key '{key}'"):
+            hf_format.model_config_from_hf(tmp_path)

@@ -253,3 +253,19 @@ def test_wandb_resumes_the_stored_run_id(tmp_path, monkeypatch):
     assert calls[0]["id"] == "abc123xy" and calls[0]["resume"] == "allow"
     assert calls[0]["settings"] == {"silent": True, "console": "off"}
     assert calls[0]["config"]["train"]["loggers"] == ["jsonl", "wandb"]
+
+
+def test_tracker_ids_are_tracker_names_to_run_id_strings(tmp_path):
+    path = tmp_path / loggers.TRACKER_IDS_FILE
+    path.write_text('{"wandb": "abc123xy", "mlflow": "0f"}')
+    assert loggers.tracker_ids(tmp_path) == {"wandb": "abc123xy", "mlflow": "0f"}
+    for text, needle in [
+        ('{"wandb": 5}', "'wandb' must be a string"),
+        ('{"neptune": "x"}', "unknown key 'neptune'"),
+        ('["abc"]', "expected a JSON object"),
+        ("{", "not valid JSON"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(UserError, match=needle) as e:
+            loggers.tracker_ids(tmp_path)
+        assert str(path) in str(e.value)

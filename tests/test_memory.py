@@ -310,3 +310,23 @@ def test_cgroup_limits_count_usage_less_reclaimable_cache(tmp_path):
     (v1 / "memory.stat").write_text("cache 300\ntotal_inactive_file 200\n")
     assert memory.cgroup_folder_room(v1, *files) == 2000 - 300
     assert memory.cgroup_folder_room(tmp_path / "absent", *files) is None
+
+
+def test_the_memory_report_reads_back_and_a_bad_one_is_refused(tmp_path):
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=280))
+    report = memory.estimate(model, TrainConfig(batch_size=2), None)
+    memory.save(tmp_path, report)
+    assert memory.load(tmp_path) == report
+    bad = [
+        ("total", "1 GB", "'total'"),
+        ("micro_batch", [2], "'micro_batch'"),
+        ("activations", {"none": "x"}, "'activations'"),
+        ("sharded", 1, "'sharded'"),
+    ]
+    for key, value, needle in bad:
+        memory.save(tmp_path, {**report, key: value})
+        with pytest.raises(UserError, match=needle):
+            memory.load(tmp_path)
+    memory.save(tmp_path, {k: v for k, v in report.items() if k != "total"})
+    with pytest.raises(UserError, match="missing key 'total'"):
+        memory.load(tmp_path)
