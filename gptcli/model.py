@@ -64,6 +64,11 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 def rope_tables(cfg: ModelConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (length, head_dim) of each position's angles, both halves alike."""
     head_dim = cfg.n_embd // cfg.n_head
+    if torch.empty(0).device.type == "meta":
+        # a model built on the meta device for its shapes (the memory estimate, the plan):
+        # arange and outer there would first import torch's Python meta kernels, about 3 s
+        empty = torch.empty(length, head_dim)
+        return empty, empty
     inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
     angles = torch.outer(torch.arange(length).float(), inv_freq)  # (T, head_dim/2)
     angles = torch.cat((angles, angles), dim=-1)
