@@ -61,7 +61,8 @@ def engines(ckpt: Path, hf: Path, dtype: str, batch: int) -> dict:
     """name -> a ready lm_eval LM: gptcli's adapter and the harness's hf backend."""
     from lm_eval.models.huggingface import HFLM
 
-    _, model, tok = ev.load_model(str(ckpt), "cpu", dtype, chat=False)
+    loaded = ev.load_model(str(ckpt), "cpu", dtype, chat=False)
+    model, tok = loaded.model, loaded.tok
     ours = ev.GptcliLM(model, tok, batch_size=batch)
     theirs = HFLM(
         pretrained=str(hf),

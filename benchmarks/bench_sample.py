@@ -26,11 +26,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from gptcli import generate as gen  # noqa: E402
+from gptcli import engine as gen  # noqa: E402
 from gptcli.device import cpu_has_native_bf16, dtype_name  # noqa: E402
+from gptcli.engine import Engine, Request  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
-from gptcli.recipe import ModelConfig  # noqa: E402
+from gptcli.recipe import (
+    ModelConfig,  # noqa: E402
+    SampleConfig,  # noqa: E402
+)
 
 # name: (n_layer, n_head, n_embd, vocab, new tokens)
 SHAPES = {
@@ -62,12 +67,23 @@ def build(n_layer: int, n_head: int, n_embd: int, vocab: int):
     return ours, hf
 
 
+def word_tokenizer(size: int) -> Tokenizer:
+    """Token i is the word w<i>: any id decodes, as the engine's text streams need."""
+    vocab = {f"w{i}": i for i in range(size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
 def ours_runner(model: GPT, batch: int, new: int):
-    params = gen.SampleConfig(max_new_tokens=new, temperature=0.8, top_k=50)
+    """The engine as `gptcli sample --num-samples batch` drives it: one request of batch rows,
+    text streamed and decoded, end-of-text ignored so every row makes `new` tokens."""
+    params = SampleConfig(max_new_tokens=new, temperature=0.8, top_k=50)
     prompt = torch.randint(0, model.cfg.vocab_size, (PROMPT_LEN,)).tolist()
+    engine = Engine(model, word_tokenizer(model.cfg.vocab_size), batch)
 
     def run() -> None:
-        for _ in gen.generate(model, prompt, params, seed=0, num_samples=batch):
+        for _ in engine.generate(Request(prompt, params, 0, batch, ignore_eos=True)):
             pass
 
     return run

@@ -1,30 +1,21 @@
-"""`gptcli chat`: a conversation with a checkpoint, and the reply engine `serve` shares.
+"""`gptcli chat`: a conversation with a checkpoint, in a terminal or one JSON line at a time.
 
 An SFT checkpoint renders the conversation with its chat template and a reply ends at the
 template's end token; a base language model has no template, so it continues the
-conversation's text as one document. Replies stream as events (text pieces, then a finish per
-row) that the terminal, the JSON-lines mode and the HTTP server each present their own way.
+conversation's text as one document. Replies come from the inference engine as events (text
+pieces, then a finish) that the terminal and the JSON-lines mode each present their own way.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import torch
-
-from gptcli import console, generate, memory, tokenizer
-from gptcli.checkpoint_tensors import build_model
+from gptcli import console
 from gptcli.console import Terminated, UserError
-from gptcli.device import dtype_name, pick_device
-from gptcli.load import load as load_model
-from gptcli.load import resolve as resolve_model
-from gptcli.model import GPT
+from gptcli.engine import Engine, Event, LoadedModel, Piece, Request, load_model
 from gptcli.recipe import SampleConfig
 from gptcli.tasks import sft
 
@@ -37,206 +28,62 @@ HELP = "/reset clears the conversation, /system TEXT sets the system message, /e
 
 
 @dataclass
-class Engine:
-    """A loaded checkpoint ready to reply: its model, tokenizer and how a reply ends."""
+class Talk:
+    """A model to talk to: the loaded checkpoint and the engine that writes its replies."""
 
-    ckpt: Path
-    name: str  # the model's name in the API: its run folder's name
-    model: GPT
-    tok: Any
-    template: bool  # SFT checkpoints reply in the chat template; others continue text
-    defaults: SampleConfig  # the run's `sample:` settings with the command's flags on top
-    dtype: str
+    lm: LoadedModel
+    engine: Engine
 
-    @property
-    def block(self) -> int:
-        return self.model.cfg.block_size
-
-    @property
-    def eot(self) -> int:
-        return tokenizer.eot_id(self.tok)
-
-    def text_ids(self, text: str) -> list[int]:
-        """A plain prompt: documents in training follow <|endoftext|>, as in `gptcli sample`."""
-        return tokenizer.document_ids(self.tok, text)
-
-    def chat_ids(self, messages: list[dict]) -> list[int]:
-        """The conversation as the model reads it before its reply."""
-        if not self.template:
-            return self.text_ids("".join(m["content"] for m in messages))
-        ids, _ = sft.chat_ids(self.tok, messages, add_generation_prompt=True)
-        return ids
-
-    def enders(self, chat: bool) -> set[int]:
-        """Tokens that end a reply: <|endoftext|>, and in a chat any token that opens a turn."""
-        if not (chat and self.template):
-            return {self.eot}
-        return {self.eot, *(self.tok.token_to_id(t) for t in sft.CHAT_TOKENS)}
-
-    def eos(self, chat: bool) -> int:
-        return self.tok.token_to_id(sft.END) if chat and self.template else self.eot
-
-
-def model_name(ckpt: Path) -> str:
-    """RUN/checkpoints/step-N is called RUN; any other folder by its own name."""
-    return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
+    def reply(self, ids: list[int], params: SampleConfig, seed: int | None) -> Iterator[Event]:
+        """One reply to ids: text pieces as they become final, then its Finish."""
+        return self.engine.generate(Request(ids, params, seed, 1, self.lm.enders(chat=True)))
 
 
 def load(
     checkpoint_path: str | None, overrides: dict[str, object], dtype: str, command: str
-) -> Engine:
-    """Load a language model for replies; a classifier is refused (it has no text to give)."""
-    ckpt = resolve_model(checkpoint_path)
-    defaults = generate.load_params(ckpt, overrides)
-    device = pick_device("auto")
-    generate.pick_dtype(dtype, device)  # a bad --dtype fails before anything loads
-    loaded = load_model(ckpt)
-    task = loaded.info["task"]
-    kind = task.get("kind", "lm")
-    if kind == "classify":
-        raise UserError(
-            f"{command}: {ckpt} is a classifier (it predicts labels, not text); "
-            "pick a language model with -c"
-        )
-    template = kind == "sft"
-    if template and task.get("template", sft.CHAT_TEMPLATE) != sft.CHAT_TEMPLATE:
-        raise UserError(
-            f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
-            f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
-        )
-    memory.check_inference(loaded.config, 1, dtype, device, command)
-    model = build_model(loaded, device).eval()  # first: it names weights that disagree
-    weights = generate.pick_dtype(dtype, device, loaded.config)
-    model = model.to(weights)
-    tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
-    if checkpoint_path is None:
-        console.info(f"{command}: using {ckpt}")
-    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name(weights))
+) -> Talk:
+    """A language model ready for replies, one at a time (a classifier is refused)."""
+    lm = load_model(checkpoint_path, command, overrides, dtype)
+    return Talk(lm, Engine(lm.model, lm.tok, slots=1))
 
 
-# --------------------------------------------------------------------------- reply events
-
-
-@dataclass
-class Piece:
-    """New text of one row, and the log-probabilities of the tokens it came from."""
-
-    row: int
-    text: str
-    logprobs: list[dict] = dataclasses.field(default_factory=list)
-
-
-@dataclass
-class Finish:
-    """A row is done: why ('stop' or 'length') and how many tokens it generated."""
-
-    row: int
-    reason: str
-    tokens: int
-
-
-def token_logprob(tok, token: int, scores: torch.Tensor, top: int) -> dict:
-    """One generated token's text, log-probability and the `top` likeliest alternatives."""
-    entry = {"token": tokenizer.decode(tok, [token]), "logprob": scores[token].item()}
-    if top:
-        values, ids = torch.topk(scores, min(top, scores.numel()))
-        entry["top"] = {
-            tokenizer.decode(tok, [i]): v
-            for i, v in zip(ids.tolist(), values.tolist(), strict=True)
-        }
-    return entry
-
-
-def reply_events(
-    engine: Engine,
-    ids: list[int],
-    params: SampleConfig,
-    seed: int | None = None,
-    n: int = 1,
-    chat: bool = True,
-    cancelled: Callable[[], bool] = lambda: False,
-    top_logprobs: int | None = None,
-) -> Iterator[Piece | Finish]:
-    """Generate n replies to ids as one batch: text pieces as they become final (never part of
-    a stop string), then one Finish per row. Stops early, without a Finish, once cancelled()."""
-    ids = ids[-engine.block :]  # the window keeps a long prompt's last tokens
-    enders = engine.enders(chat)
-    streams = [generate.TextStream(engine.tok, ids, params.stop) for _ in range(n)]
-    finished, done = [False] * n, [False] * n
-    counts = [0] * n
-    pending: list[list[dict]] = [[] for _ in range(n)]
-    scores: list[torch.Tensor] | None = [] if top_logprobs is not None else None
-
-    def finish(row: int, reason: str) -> Iterator[Piece | Finish]:
-        finished[row] = done[row] = True
-        tail = streams[row].finish()
-        if tail or pending[row]:
-            yield Piece(row, tail, pending[row])
-        yield Finish(row, "stop" if streams[row].stopped else reason, counts[row])
-
-    steps = generate.generate(
-        engine.model, ids, params, seed, engine.eos(chat), n, finished, scores
-    )
-    try:
-        for step in steps:
-            if cancelled():
-                return
-            step_scores = scores.pop() if scores else None
-            for row, token in enumerate(step):
-                if token is None or done[row]:
-                    continue
-                if token in enders:
-                    yield from finish(row, "stop")
-                    continue
-                counts[row] += 1
-                if step_scores is not None:
-                    entry = token_logprob(engine.tok, token, step_scores[row], top_logprobs or 0)
-                    pending[row].append(entry)
-                text = streams[row].push(token)
-                if streams[row].stopped:
-                    yield from finish(row, "stop")
-                elif text:
-                    yield Piece(row, text, pending[row])
-                    pending[row] = []
-        for row in range(n):
-            if not done[row]:
-                yield from finish(row, "length")
-    finally:
-        steps.close()
-
-
-def collect_reply(engine: Engine, messages: list[dict], params: SampleConfig, seed) -> dict:
+def collect_reply(talk: Talk, messages: list[dict], params: SampleConfig, seed) -> dict:
     """One whole reply to a conversation (the JSON-lines mode's answer)."""
-    ids = fit(engine, messages, params)
+    ids = fit(talk.lm, messages, params)
     text, reason, tokens = "", "length", 0
-    for event in reply_events(engine, ids, params, seed):
+    for event in talk.reply(ids, params, seed):
         if isinstance(event, Piece):
             text += event.text
         else:
-            reason, tokens = event.reason, event.tokens
+            reason, tokens = reply_reason(event.reason), event.tokens
     return {"role": "assistant", "content": text, "finish_reason": reason, "tokens": tokens}
+
+
+def reply_reason(reason: str) -> str:
+    """The end token is a reply's natural stop: OpenAI and the JSON-lines mode say "stop"."""
+    return "stop" if reason == "eos" else reason
 
 
 # --------------------------------------------------------------------------- the conversation
 
 
-def fit(engine: Engine, messages: list[dict], params: SampleConfig) -> list[int]:
+def fit(lm: LoadedModel, messages: list[dict], params: SampleConfig) -> list[int]:
     """The prompt for messages, dropping the oldest turns (never the system message or the last
     message) until it leaves room for a reply in the context; says so when it drops any."""
-    room = engine.block - min(params.max_new_tokens, engine.block // 2)
+    room = lm.block - min(params.max_new_tokens, lm.block // 2)
     dropped = 0
-    ids = engine.chat_ids(messages)
+    ids = lm.chat_ids(messages)
     while len(ids) > room:
         first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
         if first is None or first == len(messages) - 1:
             break
         messages.pop(first)
         dropped += 1
-        ids = engine.chat_ids(messages)
+        ids = lm.chat_ids(messages)
     if dropped:
         console.info(
             f"chat: dropped the oldest {dropped} message{'s' if dropped > 1 else ''} to fit the "
-            f"context ({engine.block} tokens)"
+            f"context ({lm.block} tokens)"
         )
     return ids
 
@@ -259,7 +106,7 @@ def parse_messages(value: object, where: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def json_lines(engine: Engine, lines: Iterable[str], seed: int | None) -> Iterator[dict]:
+def json_lines(talk: Talk, lines: Iterable[str], seed: int | None) -> Iterator[dict]:
     """The scriptable mode: each line a JSON message list, each answer one reply object."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -269,14 +116,14 @@ def json_lines(engine: Engine, lines: Iterable[str], seed: int | None) -> Iterat
         except ValueError:
             value = None
         messages = parse_messages(value, f"stdin line {number}")
-        yield collect_reply(engine, messages, engine.defaults, seed)
+        yield collect_reply(talk, messages, talk.lm.defaults, seed)
 
 
 class Conversation:
     """The interactive session's state: the system message and the turns so far."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, talk: Talk) -> None:
+        self.talk = talk
         self.system: str | None = None
         self.turns: list[dict] = []
 
@@ -304,11 +151,11 @@ class Conversation:
         still ends the program: it is how a supervisor stops it)."""
         self.turns.append({"role": "user", "content": text})
         messages = self.messages()
-        ids = fit(self.engine, messages, self.engine.defaults)
+        ids = fit(self.talk.lm, messages, self.talk.lm.defaults)
         self.turns = [m for m in messages if m["role"] != "system"]
         answer = ""
         try:
-            for event in reply_events(self.engine, ids, self.engine.defaults, seed):
+            for event in self.talk.reply(ids, self.talk.lm.defaults, seed):
                 if isinstance(event, Piece):
                     answer += event.text
                     show(event.text)
@@ -331,16 +178,16 @@ def read_line() -> str:
     return input("> ")
 
 
-def interactive(engine: Engine, seed: int | None) -> None:
+def interactive(talk: Talk, seed: int | None) -> None:
     """The terminal loop. Ctrl-C at an empty prompt and SIGTERM anywhere propagate (exit 130,
     143); Ctrl-D or a closed stdin returns (exit 0)."""
-    if not engine.template:
+    if not talk.lm.template:
         console.info(
-            f"chat: {engine.ckpt} has no chat template (not an SFT checkpoint): the model "
+            f"chat: {talk.lm.ckpt} has no chat template (not an SFT checkpoint): the model "
             "continues your text"
         )
-    console.info(f"chat with {engine.name}: {HELP}")
-    talk = Conversation(engine)
+    console.info(f"chat with {talk.lm.name}: {HELP}")
+    conversation = Conversation(talk)
     while True:
         try:
             line = read_line()
@@ -357,10 +204,10 @@ def interactive(engine: Engine, seed: int | None) -> None:
         if not line:
             continue
         if line.startswith("/"):
-            if not talk.command(line):
+            if not conversation.command(line):
                 return
             continue
-        talk.reply(line, seed, lambda piece: console.out(piece, end=""))
+        conversation.reply(line, seed, lambda piece: console.out(piece, end=""))
 
 
 def run(
@@ -372,12 +219,15 @@ def run(
     on_reply: Callable[[dict], None] | None = None,
 ) -> None:
     """`gptcli chat`: the terminal loop, or (lines given) one JSON reply per JSON input line."""
-    engine = load(checkpoint_path, overrides, dtype, "chat")
-    if lines is None:
-        interactive(engine, seed)
-        return
-    if not engine.template:
-        console.info(f"chat: {engine.ckpt} has no chat template: replies continue the text")
-    for reply in json_lines(engine, lines, seed):
-        (on_reply or (lambda r: console.out(json.dumps(r, ensure_ascii=False))))(reply)
-    sys.stdout.flush()
+    talk = load(checkpoint_path, overrides, dtype, "chat")
+    try:
+        if lines is None:
+            interactive(talk, seed)
+            return
+        if not talk.lm.template:
+            console.info(f"chat: {talk.lm.ckpt} has no chat template: replies continue the text")
+        for reply in json_lines(talk, lines, seed):
+            (on_reply or (lambda r: console.out(json.dumps(r, ensure_ascii=False))))(reply)
+        sys.stdout.flush()
+    finally:
+        talk.engine.close()

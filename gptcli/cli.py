@@ -81,6 +81,13 @@ DtypeOpt = Annotated[
 MaxNewTokensOpt = Annotated[
     Optional[int], typer.Option(help="Tokens to generate at most, per sample or reply.")
 ]
+ParallelOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Rows decoded together (requests and samples share them; default: 8 on a CPU, "
+        "32 on a GPU). More rows: more throughput, slower rows."
+    ),
+]
 TemperatureOpt = Annotated[Optional[float], typer.Option(help="0 = greedy.")]
 TopKOpt = Annotated[Optional[int], typer.Option(help="Keep the k likeliest tokens (0 = off).")]
 TopPOpt = Annotated[Optional[float], typer.Option(help="Nucleus mass in (0, 1] (1 = off).")]
@@ -314,6 +321,7 @@ def sample(
         Optional[int], typer.Option(help="Same seed and flags give the same text.")
     ] = None,
     dtype: DtypeOpt = "auto",
+    parallel: ParallelOpt = None,
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")
     ] = True,
@@ -365,6 +373,7 @@ def sample(
         on_text=(lambda piece: console.out(piece, end="")) if live else None,
         on_result=show,
         chat=chat,
+        parallel=parallel,
     )
 
 
@@ -706,17 +715,20 @@ def serve(
         int, typer.Option(help="Requests that may wait for the model; more get 429.")
     ] = 16,
     dtype: DtypeOpt = "auto",
+    parallel: ParallelOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve the model over OpenAI's HTTP API: /v1/models, /v1/completions and
     /v1/chat/completions, streaming or not. SIGTERM or Ctrl-C finishes the requests in flight
     (at most 30 s) and exits 0."""
     console.set_quiet(quiet)
-    from gptcli import chat as chat_mod
+    from gptcli import engine
     from gptcli import serve as serve_mod
+    from gptcli.device import pick_device
 
-    engine = chat_mod.load(checkpoint_path, {}, dtype, "serve")
-    serve_mod.serve(engine, host, port, api_key, max_queue)
+    rows = parallel or engine.default_slots(pick_device("auto"))
+    lm = engine.load_model(checkpoint_path, "serve", dtype=dtype, rows=rows, rows_flag="--parallel")
+    serve_mod.serve(lm, host, port, api_key, max_queue, rows)
 
 
 # --------------------------------------------------------------------------- entry point

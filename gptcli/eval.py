@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from gptcli import __version__, console, hf_format, load, memory, tokenizer
-from gptcli.checkpoint_tensors import build_model
+from gptcli import __version__, console, hf_format, tokenizer
 from gptcli.console import UserError
 from gptcli.data import hub
-from gptcli.device import dtype_name, pick_device
+from gptcli.device import dtype_name
+from gptcli.engine import Engine, LoadedModel, Piece, Request
+from gptcli.engine import load_model as engine_load
 from gptcli.files import write_atomic
-from gptcli.generate import TextStream, generate, pick_dtype
 from gptcli.model import GPT
 from gptcli.recipe import EOT, SampleConfig
 from gptcli.tasks import sft
@@ -277,20 +277,26 @@ class GptcliLM(TemplateLM):
     # ----------------------------------------------------------------- generation
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (unless the task samples) until a stop string, the end token or max_gen_toks."""
+        """Greedy (unless the task samples) until a stop string, the end token or max_gen_toks;
+        the requests run side by side in the engine, batch_size rows at a time."""
         end = self.tok.token_to_id(sft.END) if self.chat else self.eot
+        engine = Engine(self.model, self.tok, max(1, min(self.batch_size, len(requests))))
         out = []
-        with console.progress(enabled=not disable_tqdm) as bar:
-            task = bar.add_task("generate", total=len(requests))
-            for req in requests:
-                context, gen_kwargs = req.args
-                text = self._generate(context, dict(gen_kwargs), end)
-                self.cache_hook.add_partial("generate_until", req.args, text)
-                out.append(text)
-                bar.advance(task)
+        try:
+            handles = [engine.submit(self.request(*req.args, end)) for req in requests]
+            with console.progress(enabled=not disable_tqdm) as bar:
+                task = bar.add_task("generate", total=len(requests))
+                for req, handle in zip(requests, handles, strict=True):
+                    text = "".join(e.text for e in handle if isinstance(e, Piece))
+                    self.cache_hook.add_partial("generate_until", req.args, text)
+                    out.append(text)
+                    bar.advance(task)
+        finally:
+            engine.close()
         return out
 
-    def _generate(self, context: str, kwargs: dict, end: int) -> str:
+    def request(self, context: str, kwargs: dict, end: int) -> Request:
+        """The harness's generation settings as an engine request."""
         until = kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         sampled = kwargs.get("do_sample", False)
@@ -301,17 +307,7 @@ class GptcliLM(TemplateLM):
             top_p=float(kwargs.get("top_p") or 1.0),
             stop=until,
         )
-        ids = self.tok_encode(context)
-        stream = TextStream(self.tok, ids[-self.block :], until)
-        finished = [False]
-        for step in generate(self.model, ids, params, self.seed, end, 1, finished):
-            token = step[0]
-            if token is None or token == end:
-                break
-            stream.push(token)
-            finished[0] = stream.stopped
-        stream.finish()
-        return stream.text
+        return Request(self.tok_encode(context), params, self.seed, 1, frozenset({end}))
 
 
 # --------------------------------------------------------------------------- tasks
@@ -519,30 +515,26 @@ def check_options(
 
 
 def load_model(
-    path: str, device_name: str, dtype: str, chat: bool, batch_size: int = 16
-) -> tuple[Path, GPT, Any]:
+    path: str | None, device_name: str, dtype: str, chat: bool, batch_size: int = 16
+) -> LoadedModel:
     """The model (LoRA merged on load), in its dtype on its device, and its tokenizer. dtype auto
     is sampling's: bf16 where native unless forward passes of batch_size rows of this model's
     shape measure it slower (the same cached probe)."""
-    ckpt = load.resolve(path)
-    loaded = load.load(ckpt)
-    kind = loaded.info["task"].get("kind", "lm")
-    if kind == "classify":
+    lm = engine_load(
+        path,
+        "eval",
+        dtype=dtype,
+        rows=batch_size,
+        rows_flag="--batch-size",
+        device=device_name,
+        doing="evaluation",
+    )
+    if chat and lm.kind != "sft":
         raise UserError(
-            f"{ckpt} is a classifier (finetune task: classify): eval scores text with a "
-            "language model; evaluate its base checkpoint instead"
+            f"--apply-chat-template: {lm.ckpt} has no chat template (it is not an SFT checkpoint)"
         )
-    if chat and kind != "sft":
-        raise UserError(
-            f"--apply-chat-template: {ckpt} has no chat template (it is not an SFT checkpoint)"
-        )
-    device = pick_device(device_name)
-    memory.check_inference(loaded.config, batch_size, dtype, device, "eval", "--batch-size")
-    model = build_model(loaded, device)
-    weights = pick_dtype(dtype, device, loaded.config, batch_size, doing="evaluation")
-    model = model.to(weights).eval().prepack()
-    tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
-    return ckpt, model, tok
+    lm.model.prepack()
+    return lm
 
 
 @dataclass(frozen=True)
@@ -578,17 +570,16 @@ def evaluate(path: str | None, options: EvalOptions) -> dict[str, Any]:
         raise UserError(
             f"--out: {options.out} is a folder; name a file to write the JSON result to"
         )
-    ckpt, model, tok = load_model(
-        path, options.device, options.dtype, options.chat, options.batch_size
-    )
+    lm = load_model(path, options.device, options.dtype, options.chat, options.batch_size)
+    ckpt, model = lm.ckpt, lm.model
     with quiet_harness():
         manager = task_manager(names, include)
     check_data(manager, names)
-    lm = GptcliLM(model, tok, options.batch_size, options.chat, options.seed)
+    harness_lm = GptcliLM(model, lm.tok, options.batch_size, options.chat, options.seed)
     started = time.perf_counter()
     with quiet_harness():
         results = lm_eval.simple_evaluate(
-            model=lm,
+            model=harness_lm,
             tasks=names,
             num_fewshot=options.num_fewshot,
             limit=limit,
@@ -664,9 +655,8 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
         ) from None
     if not text.strip():
         raise UserError(f"--score: {path} is empty")
-    loaded = load.load(checkpoint_path)
-    model = build_model(loaded).eval()
-    tok = tokenizer.load(loaded.path / tokenizer.TOKENIZER_FILE)
+    lm = engine_load(checkpoint_path, "inspect --score", dtype="fp32", rows=batch)
+    model, tok = lm.model, lm.tok
     ids = torch.tensor(tokenizer.document_ids(tok, text))
     T = model.cfg.block_size
     windows = [ids[s : s + T + 1] for s in range(0, len(ids) - 1, T)]
@@ -688,7 +678,7 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
     n_bytes = len(text.encode("utf-8"))
     return {
         "kind": "score",
-        "path": str(loaded.path),
+        "path": str(lm.ckpt),
         "file": str(path),
         "tokens": count,
         "bytes": n_bytes,

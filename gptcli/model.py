@@ -10,6 +10,7 @@ gptcli.kernels.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -84,7 +85,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys and values for every layer, so decoding one token costs O(T), not O(T²)."""
+    """Preallocated keys and values for every layer, so decoding one token costs O(T), not O(T²).
+
+    Row r of the cache is one sequence; `rows` views a range of them, so an engine serving
+    many requests keeps one cache and gives each request its own rows (slots)."""
 
     def __init__(self, cfg: ModelConfig, batch: int, length: int, device, dtype) -> None:
         head_dim = cfg.n_embd // cfg.n_head
@@ -92,6 +96,35 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = length
+
+    def rows(self, start: int, stop: int, length: int | None = None) -> KVCache:
+        """Rows start..stop-1 and their first `length` positions, sharing this cache's memory."""
+        view = copy.copy(self)
+        view.length = length or self.length
+        view.k = self.k[:, start:stop, :, : view.length]
+        view.v = self.v[:, start:stop, :, : view.length]
+        return view
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: int | torch.Tensor):
+        """Write the keys and values (B, H, T, D) of positions pos.. and return every key and
+        value these rows' queries read, with the mask of what each query may see (None: all).
+
+        pos is one position for every row, or (B,) positions, one per row, for one token each:
+        rows of a batch then sit at different points of their sequences (continuous batching)."""
+        B, _, T, _ = k.shape
+        if isinstance(pos, int):
+            self.k[layer, :B, :, pos : pos + T] = k
+            self.v[layer, :B, :, pos : pos + T] = v
+            mask = None  # one new token sees everything before it
+            if T > 1:  # a chunk after a prefix: query i sees keys up to pos + i
+                mask = torch.ones(T, pos + T, dtype=torch.bool, device=k.device).tril(pos)
+            return self.k[layer, :B, :, : pos + T], self.v[layer, :B, :, : pos + T], mask
+        rows = torch.arange(B, device=k.device)
+        self.k[layer][rows, :, pos] = k[:, :, 0]
+        self.v[layer][rows, :, pos] = v[:, :, 0]
+        keys = torch.arange(self.length, device=k.device)
+        mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, length)
+        return self.k[layer, :B], self.v[layer, :B], mask
 
 
 class CausalSelfAttention(nn.Module):
@@ -109,7 +142,7 @@ class CausalSelfAttention(nn.Module):
             self.k_norm = RMSNorm(head_dim, cfg.norm_eps)
         self.qk_norm = cfg.qk_norm
 
-    def forward(self, x, rope, cache: KVCache | None, pos: int, mask=None) -> torch.Tensor:
+    def forward(self, x, rope, cache: KVCache | None, pos, mask=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -123,15 +156,8 @@ class CausalSelfAttention(nn.Module):
         elif cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
-            cache.k[self.layer, :B, :, pos : pos + T] = k
-            cache.v[self.layer, :B, :, pos : pos + T] = v
-            k = cache.k[self.layer, :B, :, : pos + T]
-            v = cache.v[self.layer, :B, :, : pos + T]
-            if T == 1:  # one new token sees everything before it: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
-            else:  # a chunk after a prefix: query i sees keys up to pos + i
-                mask = torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            k, v, mask = cache.store(self.layer, k, v, pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return F.dropout(self.proj(y), self.dropout, self.training)
 
@@ -169,7 +195,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(
-        self, x, rope=None, cache: KVCache | None = None, pos: int = 0, mask=None
+        self, x, rope=None, cache: KVCache | None = None, pos: int | torch.Tensor = 0, mask=None
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope, cache, pos, mask)
         return x + self.mlp(self.norm2(x))
@@ -226,7 +252,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        pos: int = 0,
+        pos: int | torch.Tensor = 0,
         last_only: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for idx (B, T) whose first token sits at position pos, or, when targets are
@@ -251,16 +277,19 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         cache: KVCache | None = None,
-        pos: int = 0,
+        pos: int | torch.Tensor = 0,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final (normalised) hidden states (B, T, n_embd): what the LM and task heads read.
 
         positions (B, T) and mask (B, 1, T, T), True where a token may attend, lay several
-        sequences in one row (e.g. the choices of a question after one shared context).
+        sequences in one row (e.g. the choices of a question after one shared context). With a
+        cache, pos may be (B,) positions, one per row, for one token each (batched decoding).
         """
         B, T = idx.shape
+        if isinstance(pos, torch.Tensor):  # one token per row, each at its own position
+            positions = pos[:, None]
         if positions is None and pos + T > self.cfg.block_size:
             raise ValueError(
                 f"sequence of {pos + T} tokens exceeds block_size {self.cfg.block_size}"

@@ -1,8 +1,10 @@
 """`gptcli serve`: OpenAI's HTTP API (models, completions, chat completions) over one checkpoint.
 
-Requests wait in a bounded queue and are generated one at a time on a worker thread, so the
-event loop keeps answering (429 when the queue is full, 401, 400) while a reply is generated.
-Every input is checked by hand into OpenAI-style errors: bad input is never a 500.
+Every request runs on the one inference engine, side by side with the others (continuous
+batching: a request joins the running batch at the next decode step and leaves it when done or
+when its client goes away). The event loop only parses, admits (429 beyond the engine's rows
+plus --max-queue) and formats; every input is checked by hand into OpenAI-style errors, so bad
+input is never a 500.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ import math
 import os
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gptcli import console
-from gptcli.chat import Engine, Finish, Piece, reply_events
+from gptcli.chat import reply_reason
 from gptcli.console import UserError
+from gptcli.engine import Engine, Event, Finish, LoadedModel, Piece, default_slots
+from gptcli.engine import Request as EngineRequest
 from gptcli.recipe import SampleConfig
 
 try:
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 except ImportError as e:  # the optional extra
     raise UserError("gptcli serve needs FastAPI and uvicorn: pip install 'gptcli[serve]'") from e
@@ -40,6 +42,7 @@ MAX_BODY = 1 << 20  # bytes: far more than any prompt that fits a context
 MAX_N = 16  # choices per request (each one is a row of the batch)
 MAX_STOP = 16
 MAX_PROMPTS = 16
+DISCONNECT_CHECK_S = 0.05  # how often a waiting non-streaming request checks its client
 DRAIN_S = 30  # in-flight requests get this long after SIGTERM/SIGINT, then they are cut off
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # the API's names for the sampling settings
@@ -167,29 +170,29 @@ class Job:
     usage_chunk: bool  # stream_options.include_usage
 
 
-def parse_job(engine: Engine, body: dict, chat: bool) -> Job:
+def parse_job(lm: LoadedModel, body: dict, chat: bool) -> Job:
     model = field(body, "model", "string")
     if model is None:
         raise ApiError(400, "'model' is required: GET /v1/models lists it", "model")
-    if model != engine.name:
+    if model != lm.name:
         raise ApiError(
             404,
-            f"the model '{model}' does not exist; this server serves '{engine.name}'",
+            f"the model '{model}' does not exist; this server serves '{lm.name}'",
             "model",
             "model_not_found",
         )
-    params, n, seed = sampling(body, engine.defaults, chat)
+    params, n, seed = sampling(body, lm.defaults, chat)
     stream = field(body, "stream", "bool", False)
     options = field(body, "stream_options", "object", {})
     usage_chunk = field(options, "include_usage", "bool", False)
     logprobs = None
     if chat:
-        prompts = [engine.chat_ids(chat_messages(body))]
+        prompts = [lm.chat_ids(chat_messages(body))]
     else:
         texts = string_list(body, "prompt", MAX_PROMPTS)
         if texts is None:
             raise ApiError(400, "'prompt' is required", "prompt")
-        prompts = [engine.text_ids(t) for t in texts]
+        prompts = [lm.text_ids(t) for t in texts]
         logprobs = field(body, "logprobs", "int")
         if logprobs is not None and not 0 <= logprobs <= 5:
             raise ApiError(400, f"'logprobs' must be between 0 and 5, got {logprobs}", "logprobs")
@@ -201,24 +204,69 @@ def parse_job(engine: Engine, body: dict, chat: bool) -> Job:
 # --------------------------------------------------------------------------- generation
 
 
-def job_events(
-    engine: Engine, job: Job, cancel: threading.Event
-) -> Iterator[tuple[int, Piece | Finish]]:
-    """Every prompt's replies in turn, each event tagged with its choice index."""
-    for p, ids in enumerate(job.prompts):
-        events = reply_events(
-            engine, ids, job.params, job.seed, job.n, job.chat, cancel.is_set, job.logprobs
-        )
-        for event in events:
-            yield p * job.n + event.row, event
+class Batcher:
+    """Admits requests (at most the engine's slots plus max_queue at once; more get 429) and
+    runs them side by side on the one engine, their events delivered on the event loop."""
+
+    def __init__(self, lm: LoadedModel, engine: Engine, max_queue: int) -> None:
+        self.lm, self.engine = lm, engine
+        self.limit = engine.slots + max_queue
+        self.admitted = 0
+
+    def admit(self) -> None:
+        if self.admitted >= self.limit:
+            raise ApiError(
+                429,
+                f"the server is busy ({self.admitted} requests in flight); retry shortly",
+                code="queue_full",
+            )
+        self.admitted += 1
+
+    def release(self) -> None:
+        self.admitted -= 1
+
+    async def events(
+        self, job: Job, client: Request | None = None
+    ) -> AsyncIterator[tuple[int, Event]]:
+        """Every choice's events, tagged with its index, as the engine produces them. A client
+        that goes away (checked between events) cancels every row of its request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        handles = []
+        for p, ids in enumerate(job.prompts):
+            request = EngineRequest(
+                ids, job.params, job.seed, job.n, self.lm.enders(job.chat), job.logprobs
+            )
+
+            def sink(event, p=p) -> None:
+                loop.call_soon_threadsafe(events.put_nowait, (p, event))
+
+            handles.append(self.engine.submit(request, sink))
+        remaining = len(job.prompts) * job.n
+        checked = time.monotonic()
+        try:
+            while remaining:
+                try:
+                    p, event = await asyncio.wait_for(events.get(), DISCONNECT_CHECK_S)
+                except TimeoutError:
+                    p, event = None, None
+                if client is not None and time.monotonic() - checked >= DISCONNECT_CHECK_S:
+                    checked = time.monotonic()
+                    if await client.is_disconnected():
+                        return
+                if event is None:
+                    continue
+                if isinstance(event, Exception):
+                    raise event
+                remaining -= isinstance(event, Finish)
+                yield p * job.n + event.row, event
+        finally:
+            for handle in handles:
+                handle.cancel()
 
 
-def prompt_tokens(engine: Engine, job: Job) -> int:
-    return sum(min(len(ids), engine.block) for ids in job.prompts)
-
-
-def usage(engine: Engine, job: Job, completion: int) -> dict:
-    used = prompt_tokens(engine, job)
+def usage(job: Job, prompt_tokens: list[int], completion: int) -> dict:
+    used = sum(prompt_tokens)
     return {
         "prompt_tokens": used,
         "completion_tokens": completion,
@@ -240,17 +288,25 @@ def completion_logprobs(entries: list[dict], offset: int) -> dict:
     }
 
 
-def whole_reply(engine: Engine, job: Job, cancel: threading.Event) -> tuple[list[dict], dict]:
-    """The worker's side of a non-streaming request: every choice and the usage."""
+async def whole_reply(
+    batcher: Batcher, job: Job, client: Request
+) -> tuple[list[dict], dict] | None:
+    """A non-streaming request's choices and usage (None: the client went away)."""
     size = len(job.prompts) * job.n
     texts, entries = [""] * size, [[] for _ in range(size)]
     reasons, counts = ["length"] * size, [0] * size
-    for index, event in job_events(engine, job, cancel):
+    prompt_tokens = [0] * len(job.prompts)
+    finished = 0
+    async for index, event in batcher.events(job, client):
         if isinstance(event, Piece):
             texts[index] += event.text
             entries[index] += event.logprobs
         else:
-            reasons[index], counts[index] = event.reason, event.tokens
+            reasons[index], counts[index] = reply_reason(event.reason), event.tokens
+            prompt_tokens[index // job.n] = event.prompt_tokens
+            finished += 1
+    if finished < size:
+        return None
     choices = []
     for i in range(size):
         if job.chat:
@@ -263,47 +319,12 @@ def whole_reply(engine: Engine, job: Job, cancel: threading.Event) -> tuple[list
             )
         choice["finish_reason"] = reasons[i]
         choices.append(choice)
-    return choices, usage(engine, job, sum(counts))
-
-
-class Scheduler:
-    """Admits at most max_queue waiting requests beyond the one being generated, and runs
-    generation on one worker thread (the model is not shared between threads)."""
-
-    def __init__(self, max_queue: int) -> None:
-        self.limit = max_queue + 1
-        self.admitted = 0
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="gptcli-generate")
-
-    def admit(self) -> None:
-        if self.admitted >= self.limit:
-            raise ApiError(
-                429,
-                f"the server is busy ({self.admitted} requests queued); retry shortly",
-                code="queue_full",
-            )
-        self.admitted += 1
-
-    def release(self) -> None:
-        self.admitted -= 1
-
-    async def run(self, work: Callable[[threading.Event], object]) -> object:
-        """Run work(cancel) on the worker; if the awaiting request goes away, cancel it."""
-        cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, work, cancel)
-        try:
-            return await future
-        finally:
-            cancel.set()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+    return choices, usage(job, prompt_tokens, sum(counts))
 
 
 class AdmittedStream(StreamingResponse):
-    """A streaming response that gives its queue place back however it ends (done, client
-    gone before or during the stream, server shutting down)."""
+    """A streaming response that gives its place back however it ends (done, client gone
+    before or during the stream, server shutting down)."""
 
     def __init__(self, content: AsyncGenerator[str, None], release: Callable[[], None]) -> None:
         super().__init__(content, media_type="text/event-stream")
@@ -334,55 +355,33 @@ def chunk(job: Job, head: dict, index: int, text: str, reason, logprobs=None, ro
     return {**head, "choices": [choice]}
 
 
-async def stream_reply(
-    engine: Engine, job: Job, head: dict, scheduler: Scheduler
-) -> AsyncIterator[str]:
-    """Server-sent events: the worker pushes reply events, this side turns them into chunks."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    def work(cancel: threading.Event) -> None:
-        try:
-            for item in job_events(engine, job, cancel):
-                if cancel.is_set():
-                    return
-                loop.call_soon_threadsafe(events.put_nowait, item)
-        except Exception as e:  # noqa: BLE001 - reported to the client as an error event
-            loop.call_soon_threadsafe(events.put_nowait, e)
-        finally:
-            loop.call_soon_threadsafe(events.put_nowait, done)
-
+async def stream_reply(batcher: Batcher, job: Job, head: dict) -> AsyncIterator[str]:
+    """Server-sent events: each engine event becomes a chunk as soon as it comes."""
     size = len(job.prompts) * job.n
     if job.chat:
         for i in range(size):
             yield sse(chunk(job, head, i, "", None, role=True))
     offsets, total = [0] * size, 0
-    task = asyncio.ensure_future(scheduler.run(work))
+    prompt_tokens = [0] * len(job.prompts)
     try:
-        while (item := await events.get()) is not done:
-            if isinstance(item, Exception):
-                console.warn(f"serve: generation failed: {type(item).__name__}: {item}")
-                error = {"message": "generation failed", "type": "server_error"}
-                yield sse({"error": error})
-                return
-            index, event = item
+        async for index, event in batcher.events(job):
             if isinstance(event, Finish):
                 total += event.tokens
-                yield sse(chunk(job, head, index, "", event.reason))
+                prompt_tokens[index // job.n] = event.prompt_tokens
+                yield sse(chunk(job, head, index, "", reply_reason(event.reason)))
                 continue
             logprobs = None
             if job.logprobs is not None:
                 logprobs = completion_logprobs(event.logprobs, offsets[index])
             offsets[index] += len(event.text)
             yield sse(chunk(job, head, index, event.text, None, logprobs))
-        if job.usage_chunk:
-            yield sse({**head, "choices": [], "usage": usage(engine, job, total)})
-        yield "data: [DONE]\n\n"
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    except Exception as e:  # noqa: BLE001 - reported to the client as an error event
+        console.warn(f"serve: generation failed: {type(e).__name__}: {e}")
+        yield sse({"error": {"message": "generation failed", "type": "server_error"}})
+        return
+    if job.usage_chunk:
+        yield sse({**head, "choices": [], "usage": usage(job, prompt_tokens, total)})
+    yield "data: [DONE]\n\n"
 
 
 # --------------------------------------------------------------------------- the app
@@ -407,9 +406,10 @@ async def read_json(request: Request, limit: int) -> dict:
     return value
 
 
-def create_app(engine: Engine, api_key: str | None, scheduler: Scheduler) -> FastAPI:
+def create_app(batcher: Batcher, api_key: str | None) -> FastAPI:
     """The FastAPI app: the three OpenAI routes, auth, and errors in OpenAI's shape."""
     app = FastAPI(title="gptcli", docs_url=None, redoc_url=None, openapi_url=None)
+    lm = batcher.lm
     created = int(time.time())
 
     def authorize(request: Request) -> None:
@@ -440,23 +440,33 @@ def create_app(engine: Engine, api_key: str | None, scheduler: Scheduler) -> Fas
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         authorize(request)
-        card = {"id": engine.name, "object": "model", "created": created, "owned_by": "gptcli"}
+        card = {"id": lm.name, "object": "model", "created": created, "owned_by": "gptcli"}
         return {"object": "list", "data": [card]}
 
     async def answer(request: Request, chat: bool):
         authorize(request)
-        job = parse_job(engine, await read_json(request, MAX_BODY), chat)
-        scheduler.admit()
+        job = parse_job(lm, await read_json(request, MAX_BODY), chat)
+        if job.n > batcher.engine.slots:
+            raise ApiError(
+                400,
+                f"'n' is {job.n}, more than the server's {batcher.engine.slots} parallel rows "
+                "(--parallel)",
+                "n",
+            )
+        batcher.admit()
         prefix, kind = ("chatcmpl", "chat.completion") if chat else ("cmpl", "text_completion")
         head = {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
-        head |= {"model": engine.name}
+        head |= {"model": lm.name}
         if job.stream:
             head["object"] = kind + ".chunk" if chat else kind
-            return AdmittedStream(stream_reply(engine, job, head, scheduler), scheduler.release)
+            return AdmittedStream(stream_reply(batcher, job, head), batcher.release)
         try:
-            choices, used = await scheduler.run(lambda cancel: whole_reply(engine, job, cancel))
+            reply = await whole_reply(batcher, job, request)
         finally:
-            scheduler.release()
+            batcher.release()
+        if reply is None:  # the client has gone: nobody reads an answer
+            return Response(status_code=499)
+        choices, used = reply
         return {**head, "object": kind, "choices": choices, "usage": used}
 
     @app.post("/v1/completions")
@@ -513,7 +523,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(engine: Engine, host: str, port: int, api_key: str | None, max_queue: int) -> None:
+def serve(
+    lm: LoadedModel,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_queue: int,
+    parallel: int | None = None,
+) -> None:
     """`gptcli serve`: listen until SIGTERM/SIGINT, then drain and return (exit 0)."""
     if max_queue < 0:
         raise UserError(f"--max-queue must be >= 0, got {max_queue}")
@@ -525,8 +542,8 @@ def serve(engine: Engine, host: str, port: int, api_key: str | None, max_queue: 
             "the model (set --api-key KEY)"
         )
     sock = bind(host, port)
-    scheduler = Scheduler(max_queue)
-    app = create_app(engine, api_key, scheduler)
+    engine = Engine(lm.model, lm.tok, parallel or default_slots(lm.model.wte.weight.device))
+    app = create_app(Batcher(lm, engine, max_queue), api_key)
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -536,18 +553,19 @@ def serve(engine: Engine, host: str, port: int, api_key: str | None, max_queue: 
     )
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    if not engine.template:
+    if not lm.template:
         console.info(
-            f"serve: {engine.ckpt} has no chat template (not an SFT checkpoint): chat "
+            f"serve: {lm.ckpt} has no chat template (not an SFT checkpoint): chat "
             "completions continue the conversation's text"
         )
     console.info(
-        f"serve: {engine.name} ({engine.dtype}) on http://{shown}:{bound}/v1 "
+        f"serve: {lm.name} ({lm.dtype}, {engine.slots} parallel rows) on "
+        f"http://{shown}:{bound}/v1 "
         "(Ctrl-C stops after the requests in flight)"
     )
     try:
         Server(config).run(sockets=[sock])
     finally:
-        scheduler.close()
+        engine.close()
         sock.close()
     console.info("serve: stopped")

@@ -220,15 +220,15 @@ def test_dtype_auto_follows_the_forward_probe_of_the_models_shape(trained, monke
     import torch
 
     from gptcli import device
-    from gptcli import generate as gen
+    from gptcli import engine as gen
     from gptcli.eval import load_model
 
     run, rows = str(trained / "runs" / "mini"), []
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda cfg, n: rows.append(n) or 0.6)
-    assert load_model(run, "cpu", "auto", False, 8)[1].wte.weight.dtype == torch.float32
+    assert load_model(run, "cpu", "auto", False, 8).model.wte.weight.dtype == torch.float32
     monkeypatch.setattr(gen, "bf16_sampling_speedup", lambda cfg, n: 1.3)
-    assert load_model(run, "cpu", "auto", False, 8)[1].wte.weight.dtype == torch.bfloat16
+    assert load_model(run, "cpu", "auto", False, 8).model.wte.weight.dtype == torch.bfloat16
     assert rows == [8]
 
 
@@ -263,8 +263,9 @@ def test_apply_chat_template_on_an_sft_checkpoint(chat_trained, tmp_path, offlin
     samples = result["samples"]["chat_local"]
     assert len(samples) == 2
 
-    _, model, tok = load_model(str(chat_trained), "cpu", "fp32", True)
-    lm = GptcliLM(model, tok, chat=True)
+    loaded = load_model(str(chat_trained), "cpu", "fp32", True)
+    model, tok = loaded.model, loaded.tok
+    lm = GptcliLM(loaded.model, tok, chat=True)
     for sample in samples:
         q = sample["doc"]["q"]
         context = {arg[0] for arg in sample["arguments"]}

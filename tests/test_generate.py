@@ -1,4 +1,5 @@
-"""Samplers and the loop (in process), and every control through the real `gptcli sample`."""
+"""`gptcli sample`: every control through the real command, on models with known logits and on
+a trained one; text streams of real tokenizers."""
 
 import json
 import os
@@ -11,157 +12,10 @@ from conftest import SHARED_DATA, TINY_RECIPE, assert_one_line_error, gptcli, wr
 
 from gptcli import tokenizer
 from gptcli.checkpoint_tensors import Snapshot, build_model, load, save
-from gptcli.generate import (
-    TextStream,
-    filter_logits,
-    generate,
-    next_token,
-    top1_agreement,
-)
+from gptcli.engine import top1_agreement
 from gptcli.model import GPT
-from gptcli.recipe import ModelConfig, SampleConfig
-
-
-def make(**kw) -> GPT:
-    torch.manual_seed(0)
-    return GPT(
-        ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40, **kw)
-    ).eval()
-
-
-def tokens(model, prompt, params, **kw) -> list[int]:
-    """Row 0 of generate(), eos not included."""
-    eos = kw.get("eos_id")
-    return [t[0] for t in generate(model, prompt, params, **kw) if t[0] not in (None, eos)]
-
-
-def test_greedy_equals_argmax_of_full_forward():
-    model = make()
-    prompt = [1, 2, 3]
-    out = tokens(model, prompt, SampleConfig(max_new_tokens=8, temperature=0))
-    seq = list(prompt)
-    for _ in range(8):
-        logits, _ = model(torch.tensor([seq]))
-        seq.append(int(logits[0, -1].argmax()))
-    assert out == seq[3:]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prepacked_linears_give_the_unpacked_logits(dtype, monkeypatch):
-    """generate() prepacks CPU weights for oneDNN: same logits (up to summation order) at one
-    row and at several, nothing added to the state dict, copies work, a stale pack is unused."""
-    import copy
-
-    from gptcli import kernels
-
-    # the test model's fp32 matrices are below the size that prepacks by default
-    monkeypatch.setattr(kernels, "FP32_PREPACK_MIN", 0)
-    model = make().to(dtype)
-    ids = torch.randint(0, 40, (3, 12), generator=torch.Generator().manual_seed(1))
-    keys = list(model.state_dict())
-    reference, _ = model(ids)  # gradients on: the plain F.linear path
-    model.prepack()
-    # oneDNN packs bf16 only with AVX-512 or AVX-NE-CONVERT; elsewhere bf16 stays on F.linear
-    can_pack = dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert (model.lm_head.packed is not None) == can_pack
-    with torch.inference_mode():
-        packed, _ = model(ids)
-        one, _ = model(ids[:1, :1])
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(packed, reference, atol=tol, rtol=tol)
-    torch.testing.assert_close(one[0, -1], reference[0, 0], atol=tol, rtol=tol)
-    assert list(model.state_dict()) == keys
-    assert copy.deepcopy(model).lm_head.packed is None
-    with torch.inference_mode():
-        other = torch.bfloat16 if dtype == torch.float32 else torch.float32
-        model.to(other)  # new weights: the old pack must not be used
-        moved, _ = model(ids)
-    assert moved.dtype == other
-    torch.testing.assert_close(moved.float(), reference.float(), atol=5e-2, rtol=5e-2)
-
-
-@pytest.mark.parametrize("positions", ["rope", "learned"])
-def test_generation_past_the_context_is_exact_to_the_sliding_window(positions):
-    model = make(positions=positions)
-    out = tokens(model, [1, 2], SampleConfig(max_new_tokens=40, temperature=0))
-    window, expected = [1, 2], []  # reference: a full forward over the current window
-    for _ in range(40):
-        logits, _ = model(torch.tensor([window]))
-        expected.append(int(logits[0, -1].argmax()))
-        window = window + expected[-1:]
-        if len(window) > 16:  # full: keep the newest block_size/2
-            window = window[-8:]
-    assert out == expected
-
-
-def test_same_seed_same_tokens_other_seed_differs():
-    model = make()
-    params = SampleConfig(max_new_tokens=12, temperature=1.0, top_k=0)
-    a = tokens(model, [5], params, seed=7)
-    b = tokens(model, [5], params, seed=7)
-    c = tokens(model, [5], params, seed=8)
-    assert a == b and a != c
-
-
-def test_eos_stops_generation():
-    model = make()
-    greedy = SampleConfig(max_new_tokens=5, temperature=0)
-    first = tokens(model, [1], greedy)[0]
-    assert tokens(model, [1], greedy, eos_id=first) == []
-
-
-def test_top_k_and_top_p_keep_only_their_set():
-    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
-    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=2)).isfinite()
-    assert kept.tolist() == [[True, True, False, False, False]]
-    probs = logits.softmax(-1)[0]  # 0.64, 0.23, 0.09, ...
-    assert probs[0] < 0.7 < probs[0] + probs[1]
-    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=0, top_p=0.7)).isfinite()
-    assert kept.tolist() == [[True, True, False, False, False]]
-    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=0, top_p=0.5)).isfinite()
-    assert kept.tolist() == [[True, False, False, False, False]]
-
-
-def test_sampled_tokens_stay_inside_top_k():
-    model = make()
-    logits, _ = model(torch.tensor([[3]]))
-    allowed = set(torch.topk(logits[0, -1], 3).indices.tolist())
-    params = SampleConfig(max_new_tokens=1, temperature=2.0, top_k=3)
-    seen = {tokens(model, [3], params, seed=s)[0] for s in range(40)}
-    assert seen <= allowed and len(seen) > 1
-
-
-def test_min_p_keeps_tokens_above_the_floor():
-    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
-    probs = logits.softmax(-1)[0]
-    assert probs[1] > 0.3 * probs[0] > probs[2]  # 0.37 > 0.3 > 0.14
-    kept = filter_logits(logits, SampleConfig(temperature=1.0, top_k=0, min_p=0.3)).isfinite()
-    assert kept.tolist() == [[True, True, False, False, False]]
-
-
-def test_repetition_penalty_makes_seen_tokens_less_likely():
-    logits = torch.tensor([[2.0, -1.0, 1.5, 0.5]])
-    seen = torch.tensor([[True, True, False, False]])
-    params = SampleConfig(temperature=0, repetition_penalty=2.0)
-    gen = torch.Generator()
-    assert next_token(logits, params, gen, seen).item() == 2  # 2/2 = 1.0 < 1.5
-    assert next_token(logits, SampleConfig(temperature=0), gen, seen).item() == 0
-
-
-def test_batch_rows_finish_on_their_own():
-    model = make()
-    params = SampleConfig(max_new_tokens=30, temperature=1.5, top_k=0)
-    finished = [False] * 4
-    steps = list(generate(model, [1], params, seed=3, eos_id=7, num_samples=4, finished=finished))
-    rows = list(zip(*steps, strict=True))
-    assert len({r for r in rows}) > 1  # rows sample independently
-    for row in rows:
-        if 7 in row:  # after its eos a row yields nothing more
-            assert all(t is None for t in row[row.index(7) + 1 :])
-    solo = tokens(model, [1], SampleConfig(max_new_tokens=30, temperature=0))
-    batch = [t[1] for t in generate(model, [1], SampleConfig(30, 0), num_samples=3)]
-    assert batch == solo  # greedy rows of a batch equal a batch of one
-
+from gptcli.recipe import ModelConfig
+from gptcli.sampling import TextStream
 
 # --------------------------------------------------------------------------- text streams
 
@@ -454,7 +308,7 @@ def test_prompt_file_final_newline_is_not_part_of_the_prompt(trained, tmp_path):
 
 def test_sampling_dtype_auto_follows_the_probe_of_the_models_shape(monkeypatch, tmp_path):
     from gptcli import device
-    from gptcli import generate as gen
+    from gptcli import engine as gen
 
     cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=64)
     cpu = torch.device("cpu")

@@ -63,7 +63,9 @@ class Served:
 
 @pytest.fixture(scope="module")
 def base(trained):
-    served = Served(trained, "-c", "runs/mini", "--dtype", "fp32", "--max-queue", "3")
+    served = Served(
+        trained, "-c", "runs/mini", "--dtype", "fp32", "--parallel", "2", "--max-queue", "2"
+    )
     yield served
     served.stop()
 
@@ -143,7 +145,7 @@ def test_four_concurrent_streaming_clients(client):
 
 def test_full_queue_answers_429_and_a_client_that_leaves_frees_its_place(base):
     endless = {"model": "mini", "prompt": PROMPT, "max_tokens": 10**6, "temperature": 0}
-    streams = [base.open_stream(endless) for _ in range(4)]  # one generating, three waiting
+    streams = [base.open_stream(endless) for _ in range(4)]  # two generating, two waiting
     assert [response.status for _, response in streams] == [200] * 4
     assert streams[0][1].readline().startswith(b"data: ")  # the first one is generating
     status, body = base.request("POST", "/v1/completions", {**endless, "max_tokens": 1})
