@@ -23,7 +23,18 @@ LAYERS = [
     {"checkpoint", "checkpoint_tensors", "hf_format", "gguf_format", "load"},
     {"run", "data", "bundled"},  # data: a package, one module per source kind
     {"optim", "tasks", "parallel", "loggers", "autotune", "trainer"},
-    {"generate", "eval", "serve", "chat", "pretrain", "finetune", "inspect", "export", "plan"},
+    {
+        "generate",
+        "constrain",
+        "eval",
+        "serve",
+        "chat",
+        "pretrain",
+        "finetune",
+        "inspect",
+        "export",
+        "plan",
+    },
     {"cli", "__main__"},
 ]
 
