@@ -143,8 +143,13 @@ def problem(message: str) -> str:
     unimplemented JSON Schema keyword by name, else the first line without its position."""
     unimplemented = re.search(r"Unimplemented keys: (\[.*?\])", message)
     if unimplemented:
-        keys = ", ".join(json.loads(unimplemented.group(1)))
-        return f"JSON Schema keyword {keys} is not supported (drop it or use anyOf/enum/pattern)"
+        keys = json.loads(unimplemented.group(1))
+        named = ", ".join(repr(k) for k in keys)
+        verb = "is" if len(keys) == 1 else "are"
+        return (
+            f"JSON Schema keyword{'s' * (len(keys) > 1)} {named} {verb} not supported (drop "
+            "it, or say it with anyOf, enum or pattern)"
+        )
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     detail = next((ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")), None)
     if detail is not None:

@@ -194,9 +194,10 @@ def test_batched_masks_match_each_rows_own(compiler, tok, monkeypatch, pool):
         (lambda: constrain.regex("(?=a)b", "--regex"), ["--regex", "look-around", "Rust regex"]),
         (lambda: constrain.regex("(a)\\1", "--regex"), ["backreferences are not supported"]),
         (lambda: constrain.regex("[a-", "--regex"), ["unclosed character class"]),
-        (lambda: constrain.json_schema({"if": {}}, "s.json"), ["s.json", "keyword if"]),
+        (lambda: constrain.json_schema({"if": {}}, "s.json"), ["s.json", "keyword 'if' is not"]),
         (lambda: constrain.json_schema({"type": "string", "format": "x"}, "s"), ["format: x"]),
         (lambda: constrain.json_schema({"type": "frob"}, "s"), ["Invalid type: frob"]),
+        (lambda: constrain.json_schema({"if": {}, "not": {}}, "s"), ["keywords 'if', 'not' are"]),
         (lambda: constrain.json_schema([1], "s"), ["must be a JSON object, got an array"]),
         (
             lambda: constrain.json_schema({"minimum": 3, "maximum": 1, "type": "integer"}, "s"),
@@ -259,7 +260,7 @@ def test_from_request_reads_openai_and_vllm_fields():
         ({"response_format": "json"}, "expected an object, got a string"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"schema": {"if": {}}}}},
-            "response_format.json_schema.schema: the schema is not usable: JSON Schema keyword if",
+            "response_format.json_schema.schema: the schema is not usable: JSON Schema keyword",
         ),
         ({"structured_outputs": {"grammar": "start: x"}}, "structured_outputs.grammar is not"),
         ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "give one of regex, choice"),
