@@ -23,8 +23,8 @@ LAYERS = [
     {"checkpoint", "checkpoint_tensors", "hf_format", "gguf_format", "load"},
     {"run", "data", "bundled"},  # data: a package, one module per source kind
     {"optim", "tasks", "parallel", "loggers", "autotune", "trainer"},
-    {"sampling", "engine", "generate", "eval", "serve", "chat", "pretrain", "finetune", "inspect"}
-    | {"export", "plan"},
+    {"sampling", "constrain", "engine", "generate", "eval", "serve", "chat"}
+    | {"pretrain", "finetune", "inspect", "export", "plan"},
     {"cli", "__main__"},
 ]
 
