@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 # the test extras: pytest, ruff, hypothesis, transformers and lm-eval[hf] (parity tests), openai
 # and pexpect (serve and chat tests), gguf, matplotlib, fastapi and uvicorn (serve), the trackers
 # (tensorboard, wandb, mlflow-skinny with its sqlite store), lm-eval (gptcli eval), pyarrow
-# (Parquet and Arrow sources), datasets (hf: sources)
+# (Parquet and Arrow sources), datasets (hf: sources), rensa (data.dedup: near)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,parquet,plot,serve,tensorboard,wandb,mlflow,eval,hf]'
+	$(BIN)/pip install -q -e '.[dev,export,parquet,plot,serve,tensorboard,wandb,mlflow,eval,hf,curate]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)

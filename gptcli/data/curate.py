@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -247,14 +248,13 @@ class Curator:
             "near": self.near.file.rows if self.near is not None else 0,
         }
 
-    def close(self, remove: bool = False) -> None:
-        """Close the files; with remove, delete them (the pass finished)."""
+    def close(self) -> None:
+        """Close the files (a progress record may still need them)."""
         self.drops_file.close()
-        for index in (self.exact, self.near and self.near.file):
-            if index is not None:
-                index.close()
-        if remove:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.exact is not None:
+            self.exact.close()
+        if self.near is not None:
+            self.near.file.close()
 
     def removed(self) -> dict[str, dict[str, dict[str, int]]]:
         """Per source, per reason: documents and bytes removed in the last pass."""
@@ -310,7 +310,7 @@ def read_removed(run_dir: Path) -> dict | None:
 
 
 def task_examples(
-    cfg: DataConfig, train: list[tuple[str, T]], dev: list[Any] | None, folder: Path
+    cfg: DataConfig, train: list[tuple[str, T]], dev: list[Any] | None
 ) -> tuple[list[T], Curator]:
     """A finetune task's training examples, (source, (where, record)) each, less those that
     decontamination and exact dedup remove; a training copy of a dev example goes too, and the
@@ -326,11 +326,14 @@ def task_examples(
             "data.filters apply to text corpora (pretraining, task: lm), not to a task's "
             "examples: remove them from the recipe"
         )
-    curator = Curator(cfg, folder)
-    try:
-        if dev is not None and cfg.dedup != "none":
-            curator.reserve(decontam.record_text(record) for _, record in dev)
-        kept = curator.curated(train, lambda it: decontam.record_text(it[1][1]), lambda it: it[0])
-        return [example for _, example in kept], curator
-    finally:
-        curator.close(remove=True)
+    with tempfile.TemporaryDirectory(prefix="gptcli-curate-") as folder:
+        curator = Curator(cfg, Path(folder))  # each process its own: torchrun ranks all read
+        try:
+            if dev is not None:
+                curator.reserve(decontam.record_text(record) for _, record in dev)
+            kept = curator.curated(
+                train, lambda it: decontam.record_text(it[1][1]), lambda it: it[0]
+            )
+            return [example for _, example in kept], curator
+        finally:
+            curator.close()

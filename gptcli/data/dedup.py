@@ -32,7 +32,7 @@ NUM_PERM = 128  # signature slots: 512 bytes a document on disk
 SHINGLE = 5  # words per shingle
 SEED = 1337  # rensa's permutations: part of the fingerprint through rensa's version
 MEMORY_BUDGET = 1 << 30  # bytes of sorted index runs held in RAM (near and exact together)
-MERGE_LIMIT = 1 << 26  # runs of more keys than this are never merged (bounds a merge's memory)
+MERGE_LIMIT = 1 << 23  # runs of more keys than this are never merged (bounds a merge's memory)
 
 
 def near_version() -> str:

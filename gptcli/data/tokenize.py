@@ -417,7 +417,9 @@ def _manifest(
         "max_tokens": recipe.data.max_tokens,
         "stopped_early": stopped,
     }
-    if curator is not None:
+    if curator is None:
+        (run_dir / "data" / curate.REMOVED_FILE).unlink(missing_ok=True)  # of a curated run
+    else:
         manifest["curation"] = {
             "removed": curate.totals_by_reason(removed or {}),
             "examples": f"data/{curate.REMOVED_FILE}",
