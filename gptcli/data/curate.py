@@ -173,26 +173,30 @@ class Curator:
     def _decide(
         self, pending: list[tuple[int, T]], text_of: Callable[[T], str], source_of
     ) -> Iterator[T]:
-        """Decide a batch of new documents, record the decisions, yield the kept items."""
+        """Decide a batch of new documents and record the decisions, then yield the kept items
+        (a pass that stops early has still recorded the whole batch)."""
         if not pending:
             return
         numbers = [n for n, _ in pending]
-        texts = [text_of(item) for _, item in pending]
-        reasons, copies = self.reasons(numbers, texts)
-        records = []
+        reasons, copies = self.reasons(numbers, [text_of(item) for _, item in pending])
+        records = [
+            (number, REASONS.index(reason), copy)
+            for number, reason, copy in zip(numbers, reasons, copies, strict=True)
+            if reason is not None
+        ]
+        for number, code, copy in records:
+            self.drop_docs.append(number)
+            self.drop_reasons.append(code)
+            self.drop_of.append(copy)
+        if records:
+            self.drops_file.write(np.array(records, dtype=DROP).tobytes())
+        self.decided = numbers[-1] + 1
         for (number, item), reason, copy in zip(pending, reasons, copies, strict=True):
             if reason is None:
                 self.kept += 1
                 yield item
-                continue
-            records.append((number, REASONS.index(reason), copy))
-            self.drop_docs.append(number)
-            self.drop_reasons.append(REASONS.index(reason))
-            self.drop_of.append(copy)
-            self._count(item, text_of, source_of, reason, number, copy)
-        if records:
-            self.drops_file.write(np.array(records, dtype=DROP).tobytes())
-        self.decided = numbers[-1] + 1
+            else:
+                self._count(item, text_of, source_of, reason, number, copy)
 
     def reasons(self, numbers: list[int], texts: list[str]) -> tuple[list, list[int]]:
         """Each document's reason to go (None: kept) and the number of the document it copies

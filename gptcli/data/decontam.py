@@ -11,9 +11,11 @@ and digits (shingles.words); an evaluation document shorter than n words cannot 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import sys
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +85,15 @@ def identity(entries: list[str]) -> list[dict]:
 
 
 def _lm_eval_version(task: str) -> str:
+    """lm-eval's version (what reads a task's documents), or exit 2 with the install line."""
     try:
-        from importlib import metadata
-
-        return metadata.version("lm_eval")
-    except Exception:  # noqa: BLE001 - not installed, under whatever name
+        importlib.import_module("lm_eval.tasks")  # heavy: only where a task is named
+    except ImportError:
         raise UserError(
             f"data.decontaminate: {task!r} is not a file, so it is read as an lm-eval task, "
             f"which needs lm-evaluation-harness: {INSTALL}"
         ) from None
+    return metadata.version("lm_eval")
 
 
 def file_documents(f: Path) -> Iterator[str]:
@@ -105,16 +107,22 @@ def file_documents(f: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def _quiet_harness() -> Iterator[None]:
     """lm-eval logs at INFO and may print: its lines stay off stdout (the command's product)."""
+    import datasets  # lm-eval's own dependency
+
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # "Generating validation split" is no news to the user
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def task_documents(name: str) -> list[str]:

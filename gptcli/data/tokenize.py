@@ -198,12 +198,15 @@ def discard_progress(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "data" / curate.STATE_DIR, ignore_errors=True)
 
 
-def save_progress(run_dir: Path, record: dict, curator: Curator | None = None) -> None:
-    """Record, atomically, how far the encoding pass got (called after a durable flush), and
-    with a curator how much of its decisions and indexes is durable."""
-    if curator is not None:
-        record = {**record, "curation": curator.save()}
+def save_progress(run_dir: Path, record: dict) -> None:
+    """Record, atomically, how far the encoding pass got (called after a durable flush)."""
     write_atomic(_progress_path(run_dir), json.dumps(record).encode())
+
+
+def with_curation(record: dict, curator: Curator | None) -> dict:
+    """A progress record that also says how much of the curator's decisions and indexes is
+    durable (they are synced first)."""
+    return record if curator is None else {**record, "curation": curator.save()}
 
 
 def _next_step(writer: ShardWriter, chars: int, max_tokens: int) -> int:
@@ -272,7 +275,8 @@ def _encode(
             durable = since >= CHUNK_CHARS or not max_tokens
             sizes = writer.flush(durable=durable)
             if durable:
-                save_progress(run_dir, {**record, "items": items, "sizes": sizes}, curator)
+                done = {**record, "items": items, "sizes": sizes}
+                save_progress(run_dir, with_curation(done, curator))
             if max_tokens and writer.tokens >= max_tokens:
                 return True
             since, step = 0, _next_step(writer, chars, max_tokens)
@@ -319,6 +323,9 @@ def prepare(
         curator = Curator(recipe.data, run_dir / "data" / curate.STATE_DIR, state)
     try:
         manifest = _tokenize(recipe, run_dir, given_tokenizer, manifest, fp, progress, curator)
+    except UserError:
+        discard_progress(run_dir)  # the input must change: nothing to continue
+        raise
     finally:
         if curator is not None:
             curator.close()
@@ -369,15 +376,11 @@ def _tokenize(
     workers = max(1, os.cpu_count() or 1)
     writer = ShardWriter(run_dir / "data", encoder, workers, progress and progress["sizes"])
     if progress is None:
-        save_progress(run_dir, record, curator)  # a rerun reuses the tokenizer trained above
+        save_progress(run_dir, with_curation(record, curator))  # a rerun reuses the tokenizer
     tally: dict = {}
     try:
         stopped = _encode(recipe, run_dir, tail, writer, record, tally, curator)
         stats = writer.commit()
-    except UserError:
-        writer.close()
-        discard_progress(run_dir)  # the input must change: nothing to continue
-        raise
     except BaseException:
         writer.close()
         raise
