@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/export_parity.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_curate.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
