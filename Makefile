@@ -39,7 +39,7 @@ test: lint
 # the speed benchmarks (each prints ratios against a peer measured in the same run); the
 # quality ones (quality_shakespeare.py, sweep_arch.py) take minutes and run separately
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench,export]'
+	$(BIN)/pip install -q -e '.[bench,export,curate]'
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_tokenize.py
