@@ -141,34 +141,35 @@ class SignatureFile:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as f:
             f.truncate(rows * self.ROW)  # rows past the last saved state were never recorded
-        self.fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        self.f = open(path, "a+b", buffering=0)  # writes go to the end, reads seek
         self.rows = rows
 
     def append(self, docs: np.ndarray, sigs: np.ndarray) -> None:
         ids = docs.astype(np.uint64)
         low = (ids & np.uint64(0xFFFFFFFF)).astype(np.uint32)
         table = np.column_stack([low, (ids >> np.uint64(32)).astype(np.uint32), sigs])
-        os.write(self.fd, np.ascontiguousarray(table).tobytes())
+        self.f.write(np.ascontiguousarray(table).tobytes())
         self.rows += len(docs)
 
+    def _read(self, first: int, count: int) -> np.ndarray:
+        self.f.seek(first * self.ROW)
+        raw = np.frombuffer(self.f.read(count * self.ROW), dtype=np.uint32)
+        return raw.reshape(count, NUM_PERM + 2)
+
     def row(self, i: int) -> tuple[int, np.ndarray]:
-        raw = np.frombuffer(os.pread(self.fd, self.ROW, i * self.ROW), dtype=np.uint32)
+        raw = self._read(i, 1)[0]
         return int(raw[0]) | (int(raw[1]) << 32), raw[2:]
 
     def chunks(self, size: int = 1 << 16):
         """(first row, signatures) of every row, size rows at a time."""
         for start in range(0, self.rows, size):
-            n = min(size, self.rows - start)
-            raw = np.frombuffer(os.pread(self.fd, n * self.ROW, start * self.ROW), np.uint32)
-            yield start, raw.reshape(n, NUM_PERM + 2)[:, 2:]
+            yield start, self._read(start, min(size, self.rows - start))[:, 2:]
 
     def sync(self) -> None:
-        os.fsync(self.fd)
+        os.fsync(self.f.fileno())
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.f.close()
 
 
 class NearIndex:
