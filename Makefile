@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 # and pexpect (serve and chat tests), gguf, matplotlib, fastapi and uvicorn (serve), the trackers
 # (tensorboard, wandb, mlflow-skinny with its sqlite store), lm-eval (gptcli eval), pyarrow
 # (Parquet and Arrow sources), datasets (hf: sources), llguidance (structured output; jsonschema
-# in dev checks its samples)
+# in dev checks its samples), rensa (data.dedup: near)
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,export,parquet,plot,serve,tensorboard,wandb,mlflow,eval,hf,structured]'
+	$(BIN)/pip install -q -e '.[dev,export,parquet,plot,serve,tensorboard,wandb,mlflow,eval,hf,structured,curate]'
 	touch $(TEST_STAMP)
 
 venv: $(STAMP)
@@ -40,12 +40,13 @@ test: lint
 # the speed benchmarks (each prints ratios against a peer measured in the same run); the
 # quality ones (quality_shakespeare.py, sweep_arch.py) take minutes and run separately
 bench: $(STAMP)
-	$(BIN)/pip install -q -e '.[bench,export]'
+	$(BIN)/pip install -q -e '.[bench,export,curate]'
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_sample.py
 	$(BIN)/python benchmarks/bench_tokenize.py
 	$(BIN)/python benchmarks/export_parity.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_curate.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -438,7 +438,8 @@ def _prompts(prompt: str | None, prompt_file: str | None, each_line: bool):
     "  gptcli inspect --recipes\n\n"
     '  gptcli inspect runs/tiny --text "Once upon a time"\n\n'
     "  gptcli inspect runs/tiny --score ../shared/data/tinystories/TinyStories-valid.head.txt\n\n"
-    "  gptcli inspect runs/tiny --plot loss.png",
+    "  gptcli inspect runs/tiny --plot loss.png\n\n"
+    "  gptcli inspect runs/fineweb-edu --removed near_duplicate",
 )
 def inspect_cmd(
     path: Annotated[
@@ -466,6 +467,14 @@ def inspect_cmd(
         Optional[str],
         typer.Option("--plot", metavar="FILE.png", help="Write the run's loss curve as a PNG."),
     ] = None,
+    removed: Annotated[
+        Optional[str],
+        typer.Option(
+            "--removed",
+            metavar="REASON",
+            help="Show the first documents curation removed for REASON (e.g. near_duplicate).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -474,10 +483,10 @@ def inspect_cmd(
     from gptcli import inspect as inspect_mod
     from gptcli import tokenizer
 
-    if sum(x is not None for x in (text, score_file, plot)) > 1:
-        raise UserError("use one of --text, --score, --plot at a time")
+    if sum(x is not None for x in (text, score_file, plot, removed)) > 1:
+        raise UserError("use one of --text, --score, --plot, --removed at a time")
     if recipes:
-        if any(x is not None for x in (path, text, score_file, plot)):
+        if any(x is not None for x in (path, text, score_file, plot, removed)):
             raise UserError("--recipes lists the bundled recipes: it takes no PATH or option")
         _show(inspect_mod.bundled_recipes(), as_json)
         return
@@ -490,6 +499,8 @@ def inspect_cmd(
         from gptcli import eval as eval_mod
 
         info = eval_mod.score(path, score_file)
+    elif removed is not None:
+        info = inspect_mod.describe_removed(path, removed)
     else:
         info = inspect_mod.describe(path, text=text)
     if plot is not None:

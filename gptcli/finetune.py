@@ -17,7 +17,7 @@ from gptcli import checkpoint, console, load, loggers, lora, parallel, run, toke
 from gptcli.checkpoint import weights_file
 from gptcli.checkpoint_tensors import Loaded, load_weights
 from gptcli.console import UserError
-from gptcli.data import corpus, tokenize
+from gptcli.data import corpus, curate, tokenize
 from gptcli.data.manifest import read_manifest
 from gptcli.device import Dist, init_distributed, pick_device
 from gptcli.files import sha256_file
@@ -97,11 +97,28 @@ def lm_task(recipe: Recipe, run_dir: Path, loaded: Loaded, cfg: ModelConfig, dis
 
 def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     """The examples of data.source (each of its sources in turn) and of data.dev (None when
-    unset), read through the data layer like a pretraining corpus."""
+    unset), read through the data layer like a pretraining corpus; with data.dedup: exact or
+    data.decontaminate, less the training examples those remove (never a dev example)."""
     cfg = recipe.data
-    train = [r for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
+    labelled = [(src.path, r) for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
     dev_src = cfg.dev_source()
     dev = corpus.records(dev_src, cfg, run_dir) if dev_src else None
+    data_dir = run_dir / "data"
+    if not cfg.curated():
+        (data_dir / curate.REMOVED_FILE).unlink(missing_ok=True)  # of an earlier, curated run
+        return [r for _, r in labelled], dev
+    train, curator = curate.task_examples(cfg, labelled, dev)
+    removed = curator.removed()
+    for source, by in removed.items():
+        why = ", ".join(f"{v['documents']:,} {reason}" for reason, v in by.items())
+        console.info(
+            f"finetune: {source}: {sum(v['documents'] for v in by.values()):,} "
+            f"training examples removed ({why})"
+        )
+    if not train:
+        raise curator.empty_error(f"data.source {cfg.source!r}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    curate.write_removed(data_dir, removed, curator.examples)
     return train, dev
 
 

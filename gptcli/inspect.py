@@ -17,7 +17,7 @@ from gptcli import bundled, checkpoint, console, load, memory, tokenizer
 from gptcli import recipe as recipe_mod
 from gptcli.checkpoint_tensors import OptimizerState
 from gptcli.console import UserError
-from gptcli.data import tokenize
+from gptcli.data import curate, tokenize
 from gptcli.data.manifest import read_manifest, read_manifest_file
 from gptcli.files import atomic_target
 from gptcli.hf_format import is_hf_folder
@@ -130,6 +130,12 @@ def describe_run(path: Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     if manifest is not None:
         out["data"] = manifest
+    removed = curate.read_removed(path)
+    if removed is not None:
+        out["removed"] = {
+            "by_reason": curate.totals_by_reason(removed["removed"]),
+            "by_source": removed["removed"],
+        }
     ckpts = checkpoint.run_checkpoints(path)
     out["checkpoints"] = [c.name for c in ckpts]
     if ckpts:
@@ -269,6 +275,35 @@ def describe(path_str: str, text: str | None = None) -> dict[str, Any]:
     if path.suffix == ".json":
         return describe_tokenizer(path)
     raise UserError(f"{path}: not a recipe (.yaml), tokenizer (.json), run or checkpoint")
+
+
+def describe_removed(path_str: str, reason: str) -> dict[str, Any]:
+    """inspect RUN --removed REASON: the first documents curation removed for that reason."""
+    path = Path(path_str)
+    if not path.is_dir():
+        raise UserError(f"{path}: --removed needs a run folder")
+    removed = curate.read_removed(path)
+    if removed is None:
+        raise UserError(
+            f"{path}: no document was removed by curation (data.dedup, data.filters and "
+            "data.decontaminate were off, or it was not tokenized since)"
+        )
+    totals = curate.totals_by_reason(removed["removed"])
+    if reason not in curate.REASONS:
+        raise UserError(
+            f"--removed {reason!r}: not a reason; the reasons are {', '.join(curate.REASONS)}"
+        )
+    examples = removed["examples"].get(reason, [])
+    if not examples:
+        there = ", ".join(f"{r} ({v['documents']:,})" for r, v in totals.items()) or "none"
+        raise UserError(f"{path}: nothing was removed as {reason} (removed: {there})")
+    return {
+        "kind": "removed",
+        "path": str(path),
+        "reason": reason,
+        "removed": totals.get(reason, {"documents": 0, "bytes": 0}),
+        "examples": examples,
+    }
 
 
 # --------------------------------------------------------------------------- bundled recipes
@@ -412,6 +447,12 @@ def render_run(info: dict[str, Any]) -> None:
         )
         if d.get("sources"):
             table("sources read", {e["source"]: tokenize.describe_source(e) for e in d["sources"]})
+    if "removed" in info:
+        gone = info["removed"]["by_reason"]
+        rows = {
+            r: f"{v['documents']:,} documents ({v['bytes'] / 1e6:,.2f} MB)" for r, v in gone.items()
+        }
+        table("removed by curation (inspect RUN --removed REASON shows examples)", rows or {"-": 0})
     table("last metrics", info["last_metrics"])
     if "memory" in info:
         render_memory(info["memory"])
@@ -608,6 +649,21 @@ def render_score(info: dict[str, Any]) -> None:
     )
 
 
+def render_removed(info: dict[str, Any]) -> None:
+    """inspect RUN --removed REASON: each example's number, source and text."""
+    out, gone = console.stdout, info["removed"]
+    out.print(
+        f"{gone['documents']:,} documents ({gone['bytes'] / 1e6:,.2f} MB) removed as "
+        f"{info['reason']}; the first {len(info['examples'])}:"
+    )
+    for ex in info["examples"]:
+        copy = f", a copy of document {ex['copy_of']:,}" if "copy_of" in ex else ""
+        head = f"document {ex['document']:,} of {ex['source']} ({ex['bytes']:,} bytes{copy})"
+        out.print(f"\n[bold]{head}[/bold]", highlight=False)
+        cut = " [...]" if ex["bytes"] > len(ex["text"].encode("utf-8", "replace")) else ""
+        out.print(Text(ex["text"] + cut), highlight=False)
+
+
 def render(info: dict[str, Any]) -> None:
     """describe()'s data as tables for people, on stdout."""
     if info["kind"] == "recipes":  # one plain line each, for people and for grep
@@ -626,4 +682,5 @@ RENDERERS = {
     "tokenizer": render_tokenizer,
     "shards": render_shards,
     "score": render_score,
+    "removed": render_removed,
 }

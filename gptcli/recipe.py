@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -99,6 +100,79 @@ def source_config(key: str, item: object, text_field: str, sha256: str = "") -> 
     return SourceConfig(**{"sha256": sha256, "text_field": text_field, **given})
 
 
+# What a filter switched on with `true` takes: the Gopher rules' thresholds (Rae et al. 2021),
+# but min_alpha_fraction, which counts characters (Gopher counts words holding a letter).
+FILTER_DEFAULTS: dict[str, Any] = {
+    "min_words": 50,
+    "max_words": 100_000,
+    "mean_word_length": [3.0, 10.0],
+    "min_alpha_fraction": 0.7,
+    "max_repeated_lines": 0.3,
+    "repeated_ngrams": True,
+}
+
+
+@dataclass
+class FiltersConfig:
+    """Quality rules that drop whole documents, each off unless named: `true` takes the
+    threshold in FILTER_DEFAULTS, a number (or [min, max]) sets it."""
+
+    min_words: bool | int = doc(False, "drop documents of fewer words (true = 50)")
+    max_words: bool | int = doc(
+        False, "drop documents of more words (true = 100000; a one-document corpus loses it all)"
+    )
+    mean_word_length: bool | list = doc(
+        False, "drop documents whose mean word length is outside [min, max] (true = [3, 10])"
+    )
+    min_alpha_fraction: bool | float = doc(
+        False,
+        "drop documents whose letters are under this share of non-space characters (true = 0.7)",
+    )
+    max_repeated_lines: bool | float = doc(
+        False, "drop documents whose repeated lines pass this share of their lines (true = 0.3)"
+    )
+    repeated_ngrams: bool = doc(
+        False, "drop documents whose repeated word n-grams (2 to 10) pass the Gopher thresholds"
+    )
+    drop_regex: str = doc("", "drop documents in which this Python regular expression matches")
+
+    def on(self) -> dict[str, Any]:
+        """The rules switched on, with their thresholds (`true` resolved)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is True:
+                out[f.name] = FILTER_DEFAULTS[f.name]
+            elif value is not False and value != "":
+                out[f.name] = value
+        return out
+
+    def check(self) -> None:
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for key in ("min_words", "max_words"):
+            v = getattr(self, key)
+            ok = isinstance(v, bool) or (type(v) is int and v >= 1)
+            need(f"data.filters.{key}", v, ok, "true, false or a number of words >= 1")
+        span = self.mean_word_length
+        ok = isinstance(span, bool) or (
+            isinstance(span, list)
+            and len(span) == 2
+            and all(number(x) for x in span)
+            and 0 <= span[0] < span[1]
+        )
+        need("data.filters.mean_word_length", span, ok, "true, false or [min, max], min < max")
+        for key in ("min_alpha_fraction", "max_repeated_lines"):
+            v = getattr(self, key)
+            ok = isinstance(v, bool) or (number(v) and 0 <= v <= 1)
+            need(f"data.filters.{key}", v, ok, "true, false or a share in [0, 1]")
+        try:
+            re.compile(self.drop_regex)
+        except re.error as e:
+            need("data.filters.drop_regex", self.drop_regex, False, f"a valid regex ({e})")
+
+
 @dataclass
 class DataConfig:
     # each source a string or a mapping of SourceConfig's keys (path, weight, sha256,
@@ -121,6 +195,15 @@ class DataConfig:
     max_download_mb: float = doc(10240.0, "a URL source larger than this is refused")
     allow_html: bool = doc(False, "a URL that serves an HTML page is refused unless this is true")
     max_tokens: int = doc(0, "stop after this many tokens, train + val, whole documents (0 = all)")
+    dedup: Literal["none", "exact", "near"] = doc(
+        "none", "drop later copies: exact (same normalised text) or near (MinHash on word 5-grams)"
+    )
+    dedup_threshold: float = doc(0.8, "near: the word-5-gram Jaccard similarity that makes a copy")
+    filters: FiltersConfig = field(default_factory=FiltersConfig)
+    decontaminate: list[str] = doc(
+        [], "files or lm-eval task names: training documents sharing an n-gram with them go"
+    )
+    decontaminate_ngram: int = doc(13, "decontaminate: the words in each n-gram compared")
 
     def sources(self) -> list[SourceConfig]:
         """data.source, each entry checked and parsed: a non-empty string or mapping, or a list
@@ -145,6 +228,17 @@ class DataConfig:
         need("data.builtin_mb", self.builtin_mb, self.builtin_mb > 0, "> 0")
         need("data.max_download_mb", self.max_download_mb, self.max_download_mb > 0, "> 0")
         need("data.max_tokens", self.max_tokens, self.max_tokens >= 0, ">= 0 (0 = all)")
+        t = self.dedup_threshold
+        need("data.dedup_threshold", t, 0.0 < t <= 1.0, "a Jaccard similarity in (0, 1]")
+        n = self.decontaminate_ngram
+        need("data.decontaminate_ngram", n, n >= 1, "a number of words >= 1")
+        bad = [x for x in self.decontaminate if not x.strip()]
+        need("data.decontaminate", self.decontaminate, not bad, "a list of files or task names")
+        self.filters.check()
+
+    def curated(self) -> bool:
+        """Whether any curation rule is on (dedup, filters or decontaminate)."""
+        return self.dedup != "none" or bool(self.filters.on()) or bool(self.decontaminate)
 
 
 @dataclass
@@ -740,5 +834,21 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Keys added after runs were made: recipe.yaml leaves them out while they hold their defaults,
+# so the recipe.yaml of such a run stays byte for byte what it was (reading it gives them back).
+OMITTED_AT_DEFAULT = (
+    "data.dedup",
+    "data.dedup_threshold",
+    "data.filters",
+    "data.decontaminate",
+    "data.decontaminate_ngram",
+)
+
+
 def dump(recipe: Recipe) -> str:
-    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    tree, default = to_dict(recipe), to_dict(Recipe())
+    for dotted in OMITTED_AT_DEFAULT:
+        section, _, key = dotted.rpartition(".")
+        if tree[section][key] == default[section][key]:
+            del tree[section][key]
+    return yaml.safe_dump(tree, sort_keys=False)

@@ -232,9 +232,10 @@ MANIFEST = {
     "sources": [],
     "max_tokens": 0,
     "stopped_early": False,
+    "curation": {"removed": {}, "examples": "data/removed.json"},  # only with curation (6)
 }
 BAD_MANIFEST = {
-    "format_version": 6,
+    "format_version": 7,
     "corpus": [],
     "tokenizer_settings": "bpe",
     "tokenizer_sha256": None,
@@ -249,6 +250,7 @@ BAD_MANIFEST = {
     "sources": {},
     "max_tokens": 0.5,
     "stopped_early": "no",
+    "curation": [],
 }
 
 
@@ -264,7 +266,7 @@ def test_a_bad_manifest_value_is_refused_naming_file_and_key(tmp_path, key):
     path = tmp_path / "data" / "manifest.json"
     path.parent.mkdir()
     path.write_text(json.dumps({**MANIFEST, key: BAD_MANIFEST[key]}))
-    with pytest.raises(UserError, match=key.replace("format_version", "format_version 6")) as e:
+    with pytest.raises(UserError, match=key.replace("format_version", "format_version 7")) as e:
         manifest.read_manifest(tmp_path)
     assert str(path) in str(e.value)
     if key in ("dtype", "vocab_size", "train", "val"):

@@ -209,3 +209,14 @@ def test_a_source_string_takes_the_sections_text_field_and_sha256():
         recipe.SourceConfig("b.txt", weight=2.0),
     ]
     assert isinstance(listed[2].weight, float)  # the fingerprint writes 2.0 as before
+
+
+def test_curation_keys_stay_out_of_recipe_yaml_at_their_defaults(tmp_path):
+    """A run made before data.dedup, filters and decontaminate existed keeps its recipe.yaml
+    byte for byte; a recipe that sets them writes them and reads back the same."""
+    plain = recipe.dump(recipe.Recipe())
+    assert "dedup" not in plain and "filters" not in plain and "decontaminate" not in plain
+    r = recipe.from_dict({"data": {"dedup": "near", "filters": {"min_words": True}}})
+    (tmp_path / "r.yaml").write_text(recipe.dump(r))
+    again = recipe.load(tmp_path / "r.yaml")
+    assert again.data == r.data and again.data.filters.on() == {"min_words": 50}

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from gptcli.console import UserError
-from gptcli.data import registry, text
+from gptcli.data import curate, registry, text
 from gptcli.data.streams import Reading
 from gptcli.files import sha256_file
 from gptcli.recipe import DataConfig, SourceConfig
@@ -157,6 +157,7 @@ def fingerprint(
     mtime differ from `known` (the previous manifest's corpus), so an unchanged corpus is
     checked without reading it. Other kinds say what identifies them (an hf: dataset: its
     name, config, split and the revision its builder resolved), also without reading them.
+    The curation rules, when any is on, are part of it (see curate.settings).
     """
     known_sources = (known or {}).get("sources", [])
     old = {
@@ -175,7 +176,7 @@ def fingerprint(
         else:
             entry["files"] = [_file_identity(f, old) for f in files]
         entries.append(entry)
-    return {
+    out = {
         "source": cfg.source,
         "dev": cfg.dev,
         "text_field": cfg.text_field,
@@ -184,6 +185,8 @@ def fingerprint(
         "val_fraction": cfg.val_fraction,
         "sources": entries,
     }
+    curation = curate.settings(cfg)  # absent while every rule is off: older runs stay up to date
+    return out if curation is None else {**out, "curation": curation}
 
 
 def _file_identity(f: Path, old: dict) -> dict:

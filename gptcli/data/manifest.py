@@ -13,6 +13,9 @@ from gptcli.recipe import need
 
 MANIFEST_VERSION = 5  # 3: builtin corpora fingerprinted by stories.VERSION; 4: sources read;
 # 5: max_tokens and stopped_early
+# 6: curation (documents removed by data.dedup, filters, decontaminate). Only a manifest that has
+# it is written as 6, so the manifest of an uncurated corpus stays what older gptcli reads.
+CURATED_VERSION = 6
 # The manifest's keys and their types (checked as recipe keys of these types are).
 MANIFEST_TYPES: dict[str, Any] = {
     "format_version": int,
@@ -30,6 +33,7 @@ MANIFEST_TYPES: dict[str, Any] = {
     "sources": list,
     "max_tokens": int,
     "stopped_early": bool,
+    "curation": dict,
 }
 MANIFEST_KEYS = set(MANIFEST_TYPES)
 SPLIT_COUNTS = ("documents", "bytes", "tokens")  # each split's entry: counts, all >= 0
@@ -45,7 +49,7 @@ def read_manifest_file(path: Path) -> dict:
     """A shard folder's manifest.json: each key checked by type, the shape of the shards
     (dtype, vocab_size, each split's counts) by value; exit 2 naming the file and key."""
     try:
-        manifest = read_json(path, MANIFEST_VERSION, MANIFEST_KEYS)
+        manifest = read_json(path, CURATED_VERSION, MANIFEST_KEYS)
     except UserError as e:
         if "not valid JSON" in str(e):
             raise UserError(f"{e} (delete it to rebuild the shards)") from None

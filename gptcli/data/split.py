@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gptcli.console import UserError
-from gptcli.data.corpus import has_many_text_documents, iter_documents
-from gptcli.recipe import DataConfig
+from gptcli.data.corpus import has_many_text_documents, iter_documents, label
+from gptcli.data.curate import Curator
+from gptcli.recipe import DataConfig, SourceConfig
 
 MIN_DOCS_FOR_DOC_SPLIT = 100
 
@@ -68,20 +70,46 @@ class Splitter:
             yield "val", text[cut - start :], True
 
 
-def tail_split_chars(cfg: DataConfig, seed: int, run_dir: Path | None = None) -> int | None:
-    """With fewer than 100 documents: characters that go to train (the rest is val)."""
+def tail_split_chars(
+    cfg: DataConfig, seed: int, run_dir: Path | None = None, curator: Curator | None = None
+) -> int | None:
+    """With fewer than 100 documents (counted before curation): characters that go to train
+    (the rest is val), of the documents the curator keeps."""
     if cfg.dev or has_many_text_documents(cfg, run_dir, MIN_DOCS_FOR_DOC_SPLIT):
         return None
-    count, splitter = 0, Splitter(cfg.val_fraction, seed, tail_chars=2**62)
-    for src, doc in iter_documents(cfg, seed, run_dir):
-        count += 1
-        if count >= MIN_DOCS_FOR_DOC_SPLIT:
-            return None
+    docs = list(itertools.islice(iter_documents(cfg, seed, run_dir), MIN_DOCS_FOR_DOC_SPLIT))
+    if len(docs) >= MIN_DOCS_FOR_DOC_SPLIT:
+        return None
+    if not docs:
+        raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
+    if curator is not None:
+        docs = list(curator.curated(docs, text_of, source_of))
+        if not docs:
+            raise curator.empty_error(f"data.source {cfg.source!r}")
+    splitter = Splitter(cfg.val_fraction, seed, tail_chars=2**62)
+    for src, doc in docs:
         for _ in splitter.route(doc, src.weight):
             pass
-    if count == 0:
-        raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
     return splitter.total - max(1, int(splitter.total * cfg.val_fraction))
+
+
+def text_of(pair: tuple[SourceConfig, str]) -> str:
+    return pair[1]
+
+
+def source_of(pair: tuple[SourceConfig, str]) -> str:
+    return label(pair[0])
+
+
+def dev_config(cfg: DataConfig) -> DataConfig:
+    """data.dev read as a corpus of its own, with the section's reading settings."""
+    return DataConfig(
+        source=[cfg.dev],
+        text_field=cfg.text_field,
+        errors=cfg.errors,
+        max_download_mb=cfg.max_download_mb,
+        allow_html=cfg.allow_html,
+    )
 
 
 def routed(
@@ -91,29 +119,38 @@ def routed(
     tail: int | None,
     on_bytes: Callable[[int], None] = lambda n: None,
     tally: dict | None = None,
+    curator: Curator | None = None,
 ) -> Iterator[tuple[str, str, bool]]:
     """The whole corpus as (split, text, ends_document); with data.dev, source -> train.
 
-    tally, when given, counts each source's documents and skipped rows (see iter_documents).
+    tally, when given, counts each source's documents and skipped rows (see iter_documents);
+    a curator, when given, removes documents before a weight repeats them (data.dev's are
+    never removed, but a training copy of one is).
     """
     splitter = Splitter(cfg.val_fraction, seed, tail)
-    empty = True
-    for src, doc in iter_documents(cfg, seed, run_dir, on_bytes, tally):
-        empty = False
+    read = 0
+
+    def counted() -> Iterator[tuple[SourceConfig, str]]:
+        nonlocal read
+        for pair in iter_documents(cfg, seed, run_dir, on_bytes, tally):
+            read += 1
+            yield pair
+
+    docs = counted()
+    if curator is not None:
+        if cfg.dev:
+            curator.reserve(doc for _, doc in iter_documents(dev_config(cfg), seed, run_dir))
+        docs = curator.curated(docs, text_of, source_of)
+    for src, doc in docs:
         if cfg.dev:
             for _ in range(splitter.copies(src.weight)):
                 yield "train", doc, True
         else:
             yield from splitter.route(doc, src.weight)
-    if empty:
+    if not read:
         raise UserError(f"data.source {cfg.source!r}: the corpus is empty")
+    if curator is not None and not curator.kept:
+        raise curator.empty_error(f"data.source {cfg.source!r}")
     if cfg.dev:
-        dev = DataConfig(
-            source=[cfg.dev],
-            text_field=cfg.text_field,
-            errors=cfg.errors,
-            max_download_mb=cfg.max_download_mb,
-            allow_html=cfg.allow_html,
-        )
-        for _, doc in iter_documents(dev, seed, run_dir, on_bytes, tally):
+        for _, doc in iter_documents(dev_config(cfg), seed, run_dir, on_bytes, tally):
             yield "val", doc, True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,10 @@ import numpy as np
 
 from gptcli import console, tokenizer
 from gptcli.console import UserError
-from gptcli.data import registry, stdin
+from gptcli.data import curate, registry, stdin
 from gptcli.data.corpus import corpus_bytes, fingerprint, label, same_corpus, text_bytes
-from gptcli.data.manifest import MANIFEST_VERSION, read_manifest, write_manifest
+from gptcli.data.curate import Curator
+from gptcli.data.manifest import CURATED_VERSION, MANIFEST_VERSION, read_manifest, write_manifest
 from gptcli.data.shards import ShardWriter, partial_paths, safe_pieces, unigram_bits_from_counts
 from gptcli.data.split import routed, tail_split_chars
 from gptcli.files import sha256_file, write_atomic
@@ -72,12 +74,18 @@ def is_up_to_date(
     return True
 
 
-def train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int | None):
+def train_tokenizer(
+    recipe: Recipe,
+    run_dir: Path,
+    tail: int | None,
+    total: int | None,
+    curator: Curator | None = None,
+):
     """BPE on the train split, or on a seeded sample of it when the corpus is big (total: the
     progress bar's file bytes; the sample's share comes from the text's size; of a corpus of
     unknown size, its first train_bytes). With data.max_tokens only the start of the corpus
     that the shards will take is sampled, so a small sample of a huge corpus does not read
-    all of it."""
+    all of it. The curator's rules apply (the BPE learns from the text the shards keep)."""
     cfg = recipe.tokenizer
     reach = text_bytes(recipe.data, run_dir)
     if recipe.data.max_tokens:
@@ -99,7 +107,8 @@ def train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int 
             taken = 0
             advance = lambda n: bar.advance(task, n)  # noqa: E731
             seen = 0
-            for split_name, text, _ in routed(recipe.data, recipe.seed, run_dir, tail, advance):
+            docs = routed(recipe.data, recipe.seed, run_dir, tail, advance, curator=curator)
+            for split_name, text, _ in docs:
                 seen += len(text)
                 if reach is not None and seen > reach:
                     break
@@ -119,12 +128,16 @@ def train_tokenizer(recipe: Recipe, run_dir: Path, tail: int | None, total: int 
     return tok
 
 
-def sources_read(tally: dict) -> list[dict]:
-    """Each source's kind, documents read and rows skipped by reason, for the manifest."""
-    return [
+def sources_read(tally: dict, removed: dict | None = None) -> list[dict]:
+    """Each source's kind, documents read and rows skipped by reason, for the manifest; with
+    removed (curation's counts), the documents and bytes each rule removed from it."""
+    out = [
         {**e, "skipped": {k: n for k, n in sorted(e["skipped"].items()) if n}}
         for e in tally.values()
     ]
+    if removed is not None:
+        out = [{**e, "removed": removed.get(e["source"], {})} for e in out]
+    return out
 
 
 def describe_source(entry: dict) -> str:
@@ -132,6 +145,12 @@ def describe_source(entry: dict) -> str:
     skipped = entry.get("skipped", {})
     why = ", ".join(f"{n:,} {reason}" for reason, n in skipped.items())
     rows = f"; {sum(skipped.values()):,} rows skipped ({why})" if skipped else ""
+    gone = entry.get("removed", {})
+    if gone:
+        why = ", ".join(f"{v['documents']:,} {reason}" for reason, v in gone.items())
+        total = sum(v["documents"] for v in gone.values())
+        size = sum(v["bytes"] for v in gone.values())
+        rows += f"; {total:,} documents ({size / 1e6:,.2f} MB) removed ({why})"
     return f"{entry['kind']}, {entry['documents']:,} documents read{rows}"
 
 
@@ -176,11 +195,18 @@ def discard_progress(run_dir: Path) -> None:
     _progress_path(run_dir).unlink(missing_ok=True)
     for p in partial_paths(run_dir / "data").values():
         p.unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "data" / curate.STATE_DIR, ignore_errors=True)
 
 
 def save_progress(run_dir: Path, record: dict) -> None:
     """Record, atomically, how far the encoding pass got (called after a durable flush)."""
     write_atomic(_progress_path(run_dir), json.dumps(record).encode())
+
+
+def with_curation(record: dict, curator: Curator | None) -> dict:
+    """A progress record that also says how much of the curator's decisions and indexes is
+    durable (they are synced first)."""
+    return record if curator is None else {**record, "curation": curator.save()}
 
 
 def _next_step(writer: ShardWriter, chars: int, max_tokens: int) -> int:
@@ -214,6 +240,7 @@ def _encode(
     writer: ShardWriter,
     record: dict,
     tally: dict,
+    curator: Curator | None = None,
 ) -> bool:
     """Route and encode the corpus into writer, recording progress after every chunk; items
     an interrupted run already wrote (record["items"]) are read and counted, not encoded.
@@ -228,7 +255,7 @@ def _encode(
 
         items, chars, since, step = 0, 0, 0, -1
         for split_name, text, ends in routed(
-            recipe.data, recipe.seed, run_dir, tail, advance, tally
+            recipe.data, recipe.seed, run_dir, tail, advance, tally, curator
         ):
             items += 1
             chars += len(text)
@@ -248,7 +275,8 @@ def _encode(
             durable = since >= CHUNK_CHARS or not max_tokens
             sizes = writer.flush(durable=durable)
             if durable:
-                save_progress(run_dir, {**record, "items": items, "sizes": sizes})
+                done = {**record, "items": items, "sizes": sizes}
+                save_progress(run_dir, with_curation(done, curator))
             if max_tokens and writer.tokens >= max_tokens:
                 return True
             since, step = 0, _next_step(writer, chars, max_tokens)
@@ -289,7 +317,39 @@ def prepare(
     progress = read_progress(run_dir, fp, settings, max_tokens)
     if progress is None:
         discard_progress(run_dir)
-    tail = tail_split_chars(recipe.data, recipe.seed, run_dir)
+    curator = None
+    if recipe.data.curated():  # after the progress record: it says what of the curation is whole
+        state = progress and progress.get("curation")
+        curator = Curator(recipe.data, run_dir / "data" / curate.STATE_DIR, state)
+    try:
+        manifest = _tokenize(recipe, run_dir, given_tokenizer, manifest, fp, progress, curator)
+    except UserError:
+        discard_progress(run_dir)  # the input must change: nothing to continue
+        raise
+    finally:
+        if curator is not None:
+            curator.close()
+    if curator is not None:  # finished: the decisions and indexes are not needed any more
+        shutil.rmtree(run_dir / "data" / curate.STATE_DIR, ignore_errors=True)
+    manifest["elapsed_s"] = round(time.perf_counter() - started, 3)
+    write_manifest(run_dir, manifest)
+    _report(manifest, recipe)
+    return manifest, True
+
+
+def _tokenize(
+    recipe: Recipe,
+    run_dir: Path,
+    given_tokenizer: Path | None,
+    manifest: dict | None,
+    fp: dict,
+    progress: dict | None,
+    curator: Curator | None,
+) -> dict:
+    """The tokenizer (trained, reused or given) and the shards; returns their manifest."""
+    tok_path = run_dir / tokenizer.TOKENIZER_FILE
+    settings = _tokenizer_key(recipe, given_tokenizer)
+    tail = tail_split_chars(recipe.data, recipe.seed, run_dir, curator)
     if given_tokenizer is not None:
         tok = tokenizer.load(tok_path)
     elif progress is not None or (
@@ -301,12 +361,13 @@ def prepare(
         tok = tokenizer.load(tok_path)
         console.info("tokenize: reusing the tokenizer trained on this corpus")
     else:
-        tok = train_tokenizer(recipe, run_dir, tail, corpus_bytes(recipe.data, run_dir))
+        total = corpus_bytes(recipe.data, run_dir)
+        tok = train_tokenizer(recipe, run_dir, tail, total, curator)
         tokenizer.save(tok, tok_path)
     record = progress or {
         "corpus": fp,
         "tokenizer_settings": settings,
-        "max_tokens": max_tokens,
+        "max_tokens": recipe.data.max_tokens,
         "tokenizer_sha256": sha256_file(tok_path),
         "items": 0,
         "sizes": {"train": 0, "val": 0},
@@ -315,23 +376,19 @@ def prepare(
     workers = max(1, os.cpu_count() or 1)
     writer = ShardWriter(run_dir / "data", encoder, workers, progress and progress["sizes"])
     if progress is None:
-        save_progress(run_dir, record)  # a rerun reuses the tokenizer trained above
+        save_progress(run_dir, with_curation(record, curator))  # a rerun reuses the tokenizer
     tally: dict = {}
     try:
-        stopped = _encode(recipe, run_dir, tail, writer, record, tally)
+        stopped = _encode(recipe, run_dir, tail, writer, record, tally, curator)
         stats = writer.commit()
-    except UserError:
-        writer.close()
-        discard_progress(run_dir)  # the input must change: nothing to continue
-        raise
     except BaseException:
         writer.close()
         raise
     _progress_path(run_dir).unlink(missing_ok=True)
-    return _finish(run_dir, recipe, writer, stats, fp, settings, stopped, tally, started), True
+    return _manifest(run_dir, recipe, writer, stats, fp, settings, stopped, tally, curator)
 
 
-def _finish(
+def _manifest(
     run_dir: Path,
     recipe: Recipe,
     writer: ShardWriter,
@@ -340,13 +397,14 @@ def _finish(
     settings: dict,
     stopped: bool,
     tally: dict,
-    started: float,
+    curator: Curator | None,
 ) -> dict:
-    """Write the manifest of the committed shards and log what was made."""
+    """The manifest of the committed shards (and, with curation, data/removed.json)."""
     t, v = stats["train"], stats["val"]
     n_bytes, n_tokens = t["bytes"] + v["bytes"], t["tokens"] + v["tokens"]
+    removed = curator.removed() if curator is not None else None
     manifest = {
-        "format_version": MANIFEST_VERSION,
+        "format_version": MANIFEST_VERSION if curator is None else CURATED_VERSION,
         "corpus": fp,
         "tokenizer_settings": settings,
         "tokenizer_sha256": sha256_file(run_dir / tokenizer.TOKENIZER_FILE),
@@ -357,15 +415,29 @@ def _finish(
         "val": v,
         "bytes_per_token": round(n_bytes / max(n_tokens, 1), 4),
         "val_unigram_bpb": unigram_bits_from_counts(writer.val_counts, v["bytes"]),
-        "elapsed_s": round(time.perf_counter() - started, 3),
-        "sources": sources_read(tally),
+        "elapsed_s": 0.0,
+        "sources": sources_read(tally, removed),
         "max_tokens": recipe.data.max_tokens,
         "stopped_early": stopped,
     }
-    write_manifest(run_dir, manifest)
+    if curator is None:
+        (run_dir / "data" / curate.REMOVED_FILE).unlink(missing_ok=True)  # of a curated run
+    else:
+        manifest["curation"] = {
+            "removed": curate.totals_by_reason(removed or {}),
+            "examples": f"data/{curate.REMOVED_FILE}",
+        }
+        curate.write_removed(run_dir / "data", removed or {}, curator.examples)
+    return manifest
+
+
+def _report(manifest: dict, recipe: Recipe) -> None:
+    """Log what was made: each source, what curation removed, the shards."""
+    t, v = manifest["train"], manifest["val"]
+    n_bytes, n_tokens = t["bytes"] + v["bytes"], t["tokens"] + v["tokens"]
     for entry in manifest["sources"]:
         console.info(f"tokenize: {entry['source']}: {describe_source(entry)}")
-    if stopped:
+    if manifest["stopped_early"]:
         console.info(
             f"tokenize: stopped at {n_tokens:,} tokens (data.max_tokens "
             f"{recipe.data.max_tokens:,}); the rest of the corpus was not read"
@@ -376,6 +448,5 @@ def _finish(
         f"train {t['tokens']:,} tokens ({t['bytes'] / 1e6:.2f} MB) / "
         f"val {v['tokens']:,} tokens ({v['bytes'] / 1e6:.2f} MB); "
         f"{manifest['bytes_per_token']:.2f} bytes per token; {elapsed:.1f}s "
-        f"({n_bytes / 1e6 / max(elapsed, 1e-9):.1f} MB/s, {writer.encoder.name})"
+        f"({n_bytes / 1e6 / max(elapsed, 1e-9):.1f} MB/s, {manifest['encoder']})"
     )
-    return manifest
