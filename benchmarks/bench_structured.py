@@ -2,14 +2,16 @@
 
 A random-weight model of the 124M shape (llama preset: 12 layers, 12 heads, 768 wide, vocab
 50304) samples 128 new tokens after a 16-token prompt at batch 1 and 8 (top-k 50, temperature
-0.8) in a plain KV-cache loop: logits -> constrain.mask_logits -> generate.next_token ->
-Matcher.advance. "free" passes no matcher (the path every unconstrained row takes), "schema"
-one matcher per row under a JSON Schema of nested objects (an array of people: maxLength
-names, bounded ages, an enum) that never runs out within the budget; a row whose JSON is
-complete starts a new one, so both runs sample the same number of tokens. The mask's time
-(llguidance's bitmask, unpacking it, -inf outside the set, advancing each row) is also shown
-per step and per token. The vocabulary is a byte-level BPE trained on Python's standard
-library (cached in the temp folder): its size, not its text, sets the mask's cost.
+0.8) through the inference engine, as `gptcli sample --num-samples 8` does: one request of
+`batch` rows, each row masked by its own matcher (Matcher.apply on its logits), then the
+sampling controls, then Matcher.advance. "free" passes no matcher (the path every
+unconstrained request takes, eval's included), "schema" one matcher per row under a JSON Schema
+of nested objects (an array of people: maxLength names, bounded ages, an enum); a row whose
+JSON is complete starts a new one, so both runs sample the same number of tokens. The
+constraint's own time (llguidance's bitmask, unpacking it, -inf outside the set, advancing the
+row) is also shown per step and per token. The vocabulary is a byte-level BPE trained on
+Python's standard library (cached in the temp folder): its size, not its text, sets the mask's
+cost.
 
 Run from the repository root (needs the structured extra: pip install -e '.[structured]'):
     python benchmarks/bench_structured.py            # the 124M shape (minutes on 2 cores)
@@ -30,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from gptcli import constrain, generate, tokenizer  # noqa: E402
+from gptcli import constrain, tokenizer  # noqa: E402
+from gptcli.engine import Engine, Finish, Request  # noqa: E402
 from gptcli.model import GPT  # noqa: E402
 from gptcli.recipe import PRESETS, ModelConfig, SampleConfig  # noqa: E402
 from gptcli.tasks import sft  # noqa: E402
@@ -73,34 +76,46 @@ def bpe(vocab: int, megabytes: int):
     return tok
 
 
-class Loop:
-    """One batch sampled with a KV cache; with a template matcher, every row is constrained."""
+class Again:
+    """One row's matcher that starts a fresh JSON once one is complete (so it is never done),
+    timing its own work: the engine's Matcher protocol."""
 
-    def __init__(self, model: GPT, batch: int, new: int, template: constrain.Matcher | None):
-        self.model, self.batch, self.new, self.template = model, batch, new, template
-        self.params = SampleConfig(temperature=0.8, top_k=50)
-        self.prompt = torch.randint(0, 256, (batch, PROMPT_LEN))
+    def __init__(self, template: constrain.Matcher) -> None:
+        self.template, self.matcher = template, template.fork()
+        self.seconds = 0.0
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        masked = self.matcher.apply(logits)
+        self.seconds += time.perf_counter() - start
+        return masked
+
+    def advance(self, token: int) -> None:
+        start = time.perf_counter()
+        self.matcher.advance(token)
+        if self.matcher.is_done():
+            self.matcher = self.template.fork()
+        self.seconds += time.perf_counter() - start
+
+    def is_done(self) -> bool:
+        return False
+
+
+class Run:
+    """One request of `batch` rows through the engine; with a template, every row constrained."""
+
+    def __init__(self, engine: Engine, batch: int, new: int, template: constrain.Matcher | None):
+        self.engine, self.batch, self.template = engine, batch, template
+        self.params = SampleConfig(temperature=0.8, top_k=50, max_new_tokens=new)
+        self.prompt = torch.randint(0, 256, (PROMPT_LEN,)).tolist()
         self.mask_s = 0.0  # seconds spent in the constraint, summed over runs
 
-    @torch.inference_mode()
     def __call__(self) -> None:
-        rows = self.batch
-        matchers = [self.template.fork() if self.template else None for _ in range(rows)]
-        gen = torch.Generator().manual_seed(0)
-        cache = self.model.new_cache(rows)
-        logits, _ = self.model(self.prompt, cache=cache, last_only=True)
-        for pos in range(PROMPT_LEN, PROMPT_LEN + self.new):
-            start = time.perf_counter()
-            masked = constrain.mask_logits(logits[:, -1], matchers)
-            took = time.perf_counter() - start
-            token = generate.next_token(masked, self.params, gen)
-            start = time.perf_counter()
-            if self.template is not None:
-                for row, done in enumerate(constrain.advance(matchers, token.view(-1).tolist())):
-                    if done:  # this JSON is complete: the row starts another
-                        matchers[row] = self.template.fork()
-            self.mask_s += took + time.perf_counter() - start
-            logits, _ = self.model(token, cache=cache, pos=pos)
+        rows = [Again(self.template) for _ in range(self.batch)] if self.template else None
+        request = Request(self.prompt, self.params, 0, self.batch, ignore_eos=True, matchers=rows)
+        tokens = sum(e.tokens for e in self.engine.submit(request) if isinstance(e, Finish))
+        assert tokens == self.batch * self.params.max_new_tokens, tokens
+        self.mask_s += sum(row.seconds for row in rows or [])
 
 
 def measure(shape: str, rounds: int) -> list[dict]:
@@ -110,22 +125,24 @@ def measure(shape: str, rounds: int) -> list[dict]:
     cfg = ModelConfig(
         n_layer, n_head, n_embd, PROMPT_LEN + new, vocab_size=vocab, **PRESETS["llama"]
     )
-    model = GPT(cfg).eval().prepack()
+    model = GPT(cfg).eval()
     started = time.perf_counter()
     compiler = constrain.Compiler(tok, vocab, constrain.end_ids(tok, chat=False))
     built = time.perf_counter() - started
     template = compiler.matcher(constrain.json_schema(SCHEMA, "bench"))
     rows = []
     for batch in (1, 8):
-        free, schema = Loop(model, batch, new, None), Loop(model, batch, new, template)
+        engine = Engine(model, tok, batch)
+        free, schema = Run(engine, batch, new, None), Run(engine, batch, new, template)
         times: dict[str, list[float]] = {"free": [], "schema": []}
         free(), schema()  # warm-up
         schema.mask_s = 0.0
         for _ in range(rounds):  # interleaved: a busy machine slows both alike
-            for name, loop in (("free", free), ("schema", schema)):
+            for name, run in (("free", free), ("schema", schema)):
                 start = time.perf_counter()
-                loop()
+                run()
                 times[name].append(time.perf_counter() - start)
+        engine.close()
         free_s, schema_s = (statistics.median(times[k]) for k in ("free", "schema"))
         step_us = schema.mask_s / (rounds * new) * 1e6
         rows.append(

@@ -4,6 +4,7 @@ An SFT checkpoint renders the conversation with its chat template and a reply en
 template's end token; a base language model has no template, so it continues the
 conversation's text as one document. Replies come from the inference engine as events (text
 pieces, then a finish) that the terminal and the JSON-lines mode each present their own way.
+Under a constraint (--json-schema) every reply is output it allows.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gptcli import console
+from gptcli import console, constrain
 from gptcli.console import Terminated, UserError
-from gptcli.engine import Engine, Event, LoadedModel, Piece, Request, load_model
+from gptcli.constrain import Constraint
+from gptcli.engine import Engine, Event, Finish, LoadedModel, Piece, Request, load_model
 from gptcli.recipe import SampleConfig
 from gptcli.tasks import sft
 
@@ -29,22 +31,44 @@ HELP = "/reset clears the conversation, /system TEXT sets the system message, /e
 
 @dataclass
 class Talk:
-    """A model to talk to: the loaded checkpoint and the engine that writes its replies."""
+    """A model to talk to: the loaded checkpoint, the engine that writes its replies, and the
+    constraint every reply keeps (None: free text)."""
 
     lm: LoadedModel
     engine: Engine
+    constraint: Constraint | None = None
+    matcher: constrain.Matcher | None = None  # the last reply's, under a constraint
+    compilers: constrain.Compilers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compilers = constrain.Compilers(self.lm.tok, self.lm.model.cfg.vocab_size)
 
     def reply(self, ids: list[int], params: SampleConfig, seed: int | None) -> Iterator[Event]:
         """One reply to ids: text pieces as they become final, then its Finish."""
-        return self.engine.generate(Request(ids, params, seed, 1, self.lm.enders(chat=True)))
+        matchers = None
+        if self.constraint is not None:
+            matchers = self.compilers.matchers(self.constraint, 1, self.lm.template)
+            self.matcher = matchers[0]
+        request = Request(ids, params, seed, 1, self.lm.enders(chat=True), matchers=matchers)
+        return self.engine.generate(request)
+
+    def warn_if_cut(self, finish: Finish, params: SampleConfig) -> None:
+        """A constrained reply that --max-new-tokens ended early is named on stderr."""
+        constrain.warn_if_cut(self.matcher, finish.reason, "the reply", params.max_new_tokens)
 
 
 def load(
-    checkpoint_path: str | None, overrides: dict[str, object], dtype: str, command: str
+    checkpoint_path: str | None,
+    overrides: dict[str, object],
+    dtype: str,
+    command: str,
+    constraint: Constraint | None = None,
 ) -> Talk:
     """A language model ready for replies, one at a time (a classifier is refused)."""
+    constrain.check_stop(constraint, overrides.get("stop"), "--stop")
     lm = load_model(checkpoint_path, command, overrides, dtype)
-    return Talk(lm, Engine(lm.model, lm.tok, slots=1))
+    lm.defaults = constrain.without_stops(lm.defaults, constraint)
+    return Talk(lm, Engine(lm.model, lm.tok, slots=1), constraint)
 
 
 def collect_reply(talk: Talk, messages: list[dict], params: SampleConfig, seed) -> dict:
@@ -56,6 +80,7 @@ def collect_reply(talk: Talk, messages: list[dict], params: SampleConfig, seed) 
             text += event.text
         else:
             reason, tokens = reply_reason(event.reason), event.tokens
+            talk.warn_if_cut(event, params)
     return {"role": "assistant", "content": text, "finish_reason": reason, "tokens": tokens}
 
 
@@ -153,12 +178,14 @@ class Conversation:
         messages = self.messages()
         ids = fit(self.talk.lm, messages, self.talk.lm.defaults)
         self.turns = [m for m in messages if m["role"] != "system"]
-        answer = ""
+        answer, finish = "", None
         try:
             for event in self.talk.reply(ids, self.talk.lm.defaults, seed):
                 if isinstance(event, Piece):
                     answer += event.text
                     show(event.text)
+                else:
+                    finish = event
         except Terminated:
             raise
         except KeyboardInterrupt:
@@ -167,6 +194,8 @@ class Conversation:
             self.turns.pop()
             return
         show("\n")
+        if finish is not None:
+            self.talk.warn_if_cut(finish, self.talk.lm.defaults)
         self.turns.append({"role": "assistant", "content": answer})
 
 
@@ -217,9 +246,11 @@ def run(
     dtype: str = "auto",
     lines: Iterable[str] | None = None,
     on_reply: Callable[[dict], None] | None = None,
+    constraint: Constraint | None = None,
 ) -> None:
-    """`gptcli chat`: the terminal loop, or (lines given) one JSON reply per JSON input line."""
-    talk = load(checkpoint_path, overrides, dtype, "chat")
+    """`gptcli chat`: the terminal loop, or (lines given) one JSON reply per JSON input line;
+    under a constraint every reply is output it allows."""
+    talk = load(checkpoint_path, overrides, dtype, "chat", constraint)
     try:
         if lines is None:
             interactive(talk, seed)

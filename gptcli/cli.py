@@ -103,6 +103,15 @@ StopOpt = Annotated[
     Optional[list[str]],
     typer.Option("--stop", help="Stop before this text (repeatable); it is not shown."),
 ]
+# structured output (the `structured` extra): every sample or reply is output these allow
+JsonSchemaOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--json-schema",
+        metavar="FILE",
+        help="Output is JSON valid against this JSON Schema file (the structured extra).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -288,7 +297,9 @@ def _plan(
     "  gptcli sample --prompt-file prompt.txt --num-samples 4 --json\n\n"
     '  gptcli sample -c runs/sst2 --prompt "a gorgeous, witty film"   (a classifier)\n\n'
     "  gptcli sample -c runs/rte --json < rte_dev.jsonl | jq .correct\n\n"
-    "  cat prompts.txt | gptcli sample --each-line --seed 1 --json",
+    "  cat prompts.txt | gptcli sample --each-line --seed 1 --json\n\n"
+    '  gptcli sample --prompt "A person:" --json-schema person.json --json\n\n'
+    '  gptcli sample --prompt "The cat was" --choice " happy" --choice " sad" --num-samples 4',
 )
 def sample(
     checkpoint_path: CheckpointOpt = None,
@@ -332,16 +343,36 @@ def sample(
             help="Wrap the prompt in the SFT chat template (default: on for SFT checkpoints).",
         ),
     ] = None,
+    json_schema: JsonSchemaOpt = None,
+    json_object: Annotated[
+        bool, typer.Option("--json-object", help="Output is a JSON object (any keys).")
+    ] = False,
+    regex: Annotated[
+        Optional[str],
+        typer.Option(
+            "--regex",
+            metavar="RE",
+            help="Output matches this regex as a whole (Rust regex syntax: no lookaround, no "
+            "backreferences).",
+        ),
+    ] = None,
+    choice: Annotated[
+        Optional[list[str]],
+        typer.Option("--choice", help="Output is exactly one of these (repeatable)."),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate text from a checkpoint, streaming to stdout; --json: one object per sample.
 
-    A classifier checkpoint prints each input's label distribution (the likeliest first);
-    pairs and choices come as JSON lines on stdin, one prediction per line."""
+    --json-schema, --json-object, --regex or --choice constrain every sample to output that
+    parses (it ends when complete; one cut by --max-new-tokens gets a warning). A classifier
+    checkpoint prints each input's label distribution (the likeliest first); pairs and
+    choices come as JSON lines on stdin, one prediction per line."""
     console.set_quiet(quiet)
-    from gptcli import generate, tokenizer
+    from gptcli import constrain, generate, tokenizer
 
+    constraint = constrain.from_cli(json_schema, json_object, regex, choice)
     prompts = _prompts(prompt, prompt_file, each_line)
     stop = [tokenizer.check_text(s, "--stop") for s in stop or []] or None
     live = stream and not as_json and num_samples == 1
@@ -358,7 +389,8 @@ def sample(
         elif live:
             console.out("")
         else:
-            shown = result["text"] if result.get("chat") else result["prompt"] + result["text"]
+            alone = result.get("chat") or constraint is not None  # a reply; output that parses
+            shown = result["text"] if alone else result["prompt"] + result["text"]
             console.out(shown + "\n" + separator, end="")
 
     generate.run(
@@ -374,6 +406,7 @@ def sample(
         on_result=show,
         chat=chat,
         parallel=parallel,
+        constraint=constraint,
     )
 
 
@@ -664,6 +697,7 @@ def export(
     "  gptcli chat -c runs/sft\n\n"
     "  gptcli chat -c runs/sft --temperature 0.7 --max-new-tokens 100\n\n"
     '  echo \'[{"role": "user", "content": "Hi"}]\' | gptcli chat -c runs/sft\n\n'
+    "  gptcli chat -c runs/sft --json-schema answer.json   (every reply is such JSON)\n\n"
     "At the prompt: /reset clears the conversation, /system TEXT sets the system message, "
     "/exit or Ctrl-D quits; Ctrl-C cancels a reply (at an empty prompt it quits with 130).",
 )
@@ -678,16 +712,20 @@ def chat(
     stop: StopOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="Sample every reply with this seed.")] = None,
     dtype: DtypeOpt = "auto",
+    json_schema: JsonSchemaOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Talk to a model in its chat template, replies streaming; with stdin not a terminal, each
     line is a JSON message list and each answer one JSON reply line.
 
     The history is kept (the oldest turns dropped when it outgrows the context). A base model
-    without a chat template continues the conversation's text."""
+    without a chat template continues the conversation's text. --json-schema makes every reply
+    JSON valid against the schema."""
     console.set_quiet(quiet)
     from gptcli import chat as chat_mod
+    from gptcli import constrain
 
+    constraint = constrain.from_cli(json_schema)
     scripted = sys.stdin is not None and not sys.stdin.isatty()
     chat_mod.run(
         checkpoint_path,
@@ -697,6 +735,7 @@ def chat(
         seed=seed,
         dtype=dtype,
         lines=sys.stdin if scripted else None,
+        constraint=constraint,
     )
 
 

@@ -8,7 +8,7 @@ tokenizer.json, the model's vocabulary size, its end tokens), built once per mod
 
 The engine's step, per row with a matcher:
     logits -> mask_logits (-inf outside the allowed set) -> repetition penalty, temperature,
-    top-k/p, min-p (generate.next_token) -> token -> matcher.advance(token)
+    top-k/p, min-p (sampling.next_token) -> token -> matcher.advance(token)
 The mask comes first, on the raw logits, so every sampling control acts within the allowed
 set and can never empty it. A row ends when its matcher `is_done()` (the constraint is
 complete and nothing may follow: finish reason "stop"); while the output so far is complete
@@ -23,16 +23,19 @@ import dataclasses
 import functools
 import json
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from gptcli import tokenizer
+from gptcli import console, tokenizer
 from gptcli.console import UserError
 from gptcli.files import read_json
+from gptcli.recipe import SampleConfig
 from gptcli.tasks import sft
 
 try:  # the optional extra: every use names the install line when it is missing
@@ -74,6 +77,11 @@ class Constraint:
     value: Any
     where: str
     grammar: str = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def flag(self) -> str:
+        """Where it came from, without its value: "--json-schema", "response_format"."""
+        return self.where.split()[0]
 
     def describe(self) -> str:
         """A short line for logs and results: what every output must be."""
@@ -122,6 +130,24 @@ def choice(options: Any, where: str) -> Constraint:
     grammar = lib.grammar_from("choice", list(options))
     _check(grammar, where, "the choices")
     return Constraint("choice", tuple(options), where, grammar)
+
+
+def check_stop(constraint: Constraint | None, stop: Any, field: str) -> None:
+    """Stop strings do not go with a constraint: one could cut the output before it is
+    complete (the constraint ends it there)."""
+    if constraint is not None and stop:
+        raise UserError(
+            f"{field} does not go with {constraint.flag}: a stop string could cut "
+            f"the output before it is complete (the constraint ends it there); drop {field}"
+        )
+
+
+def without_stops(params: SampleConfig, constraint: Constraint | None) -> SampleConfig:
+    """A run's own `sample.stop` strings are left out under a constraint, saying so."""
+    if constraint is None or not params.stop:
+        return params
+    console.info(f"the run's sample.stop strings are not used under {constraint.flag}")
+    return dataclasses.replace(params, stop=[])
 
 
 def _type(value: Any) -> str:
@@ -305,6 +331,29 @@ class Compiler:
         return [first, *(first.fork() for _ in range(n - 1))]
 
 
+class Compilers:
+    """One model's Compilers, one per kind of output it ends (a plain continuation ends at
+    <|endoftext|>, a chat reply at the template's end token), each built on first use and kept:
+    a command or a server holds one for the model it loaded."""
+
+    def __init__(self, tok: Tokenizer, vocab_size: int) -> None:
+        self.tok, self.vocab_size = tok, vocab_size
+        self.built: dict[bool, Compiler] = {}
+        self.lock = threading.Lock()  # a server's request threads share it
+
+    def get(self, chat: bool) -> Compiler:
+        """chat: the output is a reply in the chat template (the model has one)."""
+        with self.lock:
+            if chat not in self.built:
+                end = end_ids(self.tok, chat)
+                self.built[chat] = Compiler(self.tok, self.vocab_size, end)
+            return self.built[chat]
+
+    def matchers(self, constraint: Constraint, n: int, chat: bool) -> list[Matcher]:
+        """A request's matchers: one per row."""
+        return self.get(chat).matchers(constraint, n)
+
+
 class Matcher:
     """One row's position in its constraint: which tokens may come next, and the token taken."""
 
@@ -337,8 +386,20 @@ class Matcher:
         return allowed_masks([self], self.compiler.vocab_size, torch.device(device))[0]
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits (V,) with -inf outside the allowed set (a new tensor)."""
-        return mask_logits(logits.unsqueeze(0), [self])[0]
+        """logits (V,) with -inf outside the allowed set (a new tensor). On the CPU the bits
+        are unpacked by numpy: one row's mask in a few operations (the engine masks each row
+        on its own)."""
+        if logits.device.type != "cpu":
+            return mask_logits(logits.unsqueeze(0), [self])[0]
+        if logits.numel() != self.compiler.vocab_size:
+            raise ValueError(
+                f"{logits.numel()} logits for a vocabulary of {self.compiler.vocab_size}"
+            )
+        bitmask = torch.empty(self.compiler.words, dtype=torch.int32)
+        self.fill(bitmask)
+        # token 32*i+j is bit j of word i: the words' bytes, least significant bit first
+        bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
+        return logits.masked_fill(torch.from_numpy(bits[: logits.numel()]) == 0, float("-inf"))
 
     def advance(self, token: int) -> None:
         """Take the sampled token. A token outside the allowed set is a bug in the caller."""
@@ -356,6 +417,28 @@ class Matcher:
     def _raise_if_error(self) -> None:
         if self.ll.is_error():
             raise RuntimeError(f"constraint matcher failed: {self.ll.get_error()}")
+
+
+def cut_message(matcher: Matcher, which: str, budget: str) -> str:
+    """The warning for an output the token budget (e.g. "--max-new-tokens 20") ended before its
+    constraint did: finish reason "length"."""
+    what = matcher.constraint.describe()
+    if matcher.is_accepting():
+        return (
+            f"{which} reached {budget} where it was complete but could go on: it is {what}, "
+            "perhaps cut short (finish reason length)"
+        )
+    return (
+        f"{which} is cut: {budget} ended it before it was complete, so it is not {what} "
+        f"(finish reason length); raise {budget.split()[0]}"
+    )
+
+
+def warn_if_cut(matcher: Matcher | None, reason: str, which: str, max_new_tokens: int) -> None:
+    """A constrained output that --max-new-tokens ended ("length") is named on stderr."""
+    if matcher is not None and reason == "length":
+        budget = f"--max-new-tokens {max_new_tokens}"
+        console.warn(cut_message(matcher, which, budget))
 
 
 # --------------------------------------------------------------------------- batched masks

@@ -227,7 +227,9 @@ def default_slots(device: torch.device) -> int:
 
 
 class Matcher(Protocol):
-    """One row's output constraint (structured output): which tokens may come next."""
+    """One row's output constraint (structured output): which tokens may come next. It allows
+    an end token only where its output is complete, and never a padding id (past the
+    tokenizer's vocabulary), so a constrained row ends in "stop" or is cut ("length")."""
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor: ...
     def advance(self, token: int) -> None: ...
@@ -247,7 +249,9 @@ class Request:
     timeout_s: float | None = None  # then every row ends with what it has ("length")
     slide: bool = True  # past the context keep the newest half and go on; False: end ("length")
     ignore_eos: bool = False  # enders are ordinary tokens (fixed-length benchmarks)
-    matchers: list[Matcher] | None = None  # structured output: one per row
+    # structured output: one per row, each allowing only tokens that keep its output valid;
+    # enders must hold its end tokens (a constrained row ending on one finishes "stop")
+    matchers: list[Matcher] | None = None
 
 
 @dataclass
@@ -335,6 +339,11 @@ class Row:
     def request(self) -> Request:
         return self.handle.request
 
+    @property
+    def matcher(self) -> Matcher | None:
+        matchers = self.handle.request.matchers
+        return None if matchers is None else matchers[self.index]
+
 
 def row_seed(seed: int | None, index: int) -> int:
     if seed is None:
@@ -374,6 +383,8 @@ class Engine:
             raise ValueError("a request needs at least one prompt token")
         if not 1 <= request.n <= self.slots:
             raise ValueError(f"n={request.n} needs more rows than the {self.slots} slots")
+        if request.matchers is not None and len(request.matchers) != request.n:
+            raise ValueError(f"{len(request.matchers)} matchers for n={request.n} rows")
         handle = Handle(request, sink)
         with self.wake:
             if self.closed:
@@ -543,30 +554,37 @@ class Engine:
             scores = torch.log_softmax(logits, dim=-1)
         for i, row in enumerate(rows):
             row.logits = None
+            if self.rows[row.slot] is not row:  # its request failed on an earlier row
+                continue
             request = row.request
             row_logits = logits[i : i + 1]
-            matcher = request.matchers[row.index] if request.matchers else None
-            if matcher is not None:  # the constraint first: every control acts within it
-                row_logits = matcher.apply(row_logits[0])[None]
             seen = None
             if row.seen is not None:
                 row.seen[list(request.enders)] = False  # a penalised row can still end
                 seen = row.seen[None]
-            token = next_token(row_logits, request.params, row.gen, seen).item()
-            self.take(row, token, None if scores is None else scores[i])
+            try:
+                if row.matcher is not None:  # the constraint first: every control acts within it
+                    row_logits = row.matcher.apply(row_logits[0])[None]
+                token = next_token(row_logits, request.params, row.gen, seen).item()
+                self.take(row, token, None if scores is None else scores[i])
+            except Exception as e:
+                if row.matcher is None:
+                    raise
+                self.fail(row.handle, e)  # a failed constraint ends its own request only
 
     def take(self, row: Row, token: int, scores: torch.Tensor | None) -> None:
         """Hand a sampled token to the row's caller and decide what the row does next."""
         request = row.request
+        matcher = row.matcher
         if row.first_token is None:
             row.first_token = time.perf_counter()
-        if token in request.enders and not request.ignore_eos:
-            self.finish(row, "eos")
+        if token in request.enders and (matcher is not None or not request.ignore_eos):
+            # a matcher allows an end token only where its output is complete: a "stop"
+            self.finish(row, "eos" if matcher is None else "stop")
             return
         row.count += 1
         if row.seen is not None:
             row.seen[token] = True
-        matcher = request.matchers[row.index] if request.matchers else None
         if matcher is not None:
             matcher.advance(token)
         if scores is not None:
@@ -608,6 +626,13 @@ class Engine:
             Finish(row.index, reason, row.count, prompt, queued, first, now - handle.submitted)
         )
         self.free(row)
+
+    def fail(self, handle: Handle, error: Exception) -> None:
+        """One request's error (its constraint failed): its caller gets it, its rows end."""
+        handle.sink(error)
+        for row in self.active():
+            if row.handle is handle:
+                self.free(row)
 
     def free(self, row: Row) -> None:
         """A row's slot is free from the next step (its request's other rows end with it when

@@ -2,7 +2,8 @@
 
 Prompts (one, a file's, or every line of stdin as it arrives) go to the inference engine, where
 they run side by side in its slots; results come back in input order. One sample of one prompt
-streams its text as it is generated.
+streams its text as it is generated. Under a constraint (structured output) every sample has
+its own matcher, and one cut by --max-new-tokens is named on stderr.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from gptcli import checkpoint, console, load
+from gptcli import checkpoint, console, constrain, load
 from gptcli.console import UserError
+from gptcli.constrain import Constraint
 from gptcli.device import pick_device
 from gptcli.engine import (
     Engine,
@@ -31,7 +33,13 @@ from gptcli.tasks import classify
 
 
 def prompt_request(
-    lm: LoadedModel, prompt: str, params: SampleConfig, seed: int | None, n: int, chat: bool
+    lm: LoadedModel,
+    prompt: str,
+    params: SampleConfig,
+    seed: int | None,
+    n: int,
+    chat: bool,
+    matchers: list[constrain.Matcher] | None = None,
 ) -> Request:
     """A prompt as the model reads it: after <|endoftext|>, or (chat) in the chat template."""
     ids = lm.chat_ids([{"role": "user", "content": prompt}]) if chat else lm.text_ids(prompt)
@@ -40,7 +48,7 @@ def prompt_request(
             f"the prompt has {len(ids)} tokens, more than the context ({lm.block}); "
             f"keeping the last {lm.block}"
         )
-    return Request(ids, params, seed, n, lm.enders(chat))
+    return Request(ids, params, seed, n, lm.enders(chat), matchers=matchers)
 
 
 def in_order(
@@ -78,12 +86,13 @@ def in_order(
 def collect(
     handle: Handle, prompt: str, chat: bool, live: Callable[[str], None] | None
 ) -> list[dict]:
-    """One prompt's samples, as result dicts; live (one sample only) gets the prompt and then
-    each piece of text as it becomes final."""
+    """One prompt's samples, as result dicts; live (one sample only) gets the prompt (unless
+    the output is a chat reply or constrained: then it stands alone) and then each piece of
+    text as it becomes final."""
     n = handle.request.n
     texts, reasons, counts = [""] * n, ["length"] * n, [0] * n
     seconds = [1e-9] * n
-    if live is not None and not chat:
+    if live is not None and not chat and handle.request.matchers is None:
         live(prompt)
     max_tokens = handle.request.params.max_new_tokens
     with console.progress(enabled=live is None) as bar:
@@ -137,14 +146,17 @@ def run(
     on_result: Callable[[dict], None] | None = None,
     chat: bool | None = None,
     parallel: int | None = None,
+    constraint: Constraint | None = None,
 ) -> list[dict]:
     """`gptcli sample`: load a checkpoint once, then sample every prompt (lazily consumed, so
     stdin lines are answered as they arrive; up to `parallel` rows decode together, default:
     the device's). on_result receives each sample's result dict, in input order.
 
     A classifier checkpoint answers each input line with its label distribution instead; an
-    SFT checkpoint applies its chat template unless chat is False."""
+    SFT checkpoint applies its chat template unless chat is False. Under a constraint every
+    sample is output it allows."""
     ckpt = load.resolve(checkpoint_path)
+    constrain.check_stop(constraint, overrides.get("stop"), "--stop")
     if num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {num_samples}")
     if parallel is not None and parallel < 1:
@@ -160,6 +172,7 @@ def run(
     if kind == "classify":
         given = [f"--{key.replace('_', '-')}" for key, v in overrides.items() if v is not None]
         given += ["--num-samples"] * (num_samples != 1) + ["--seed"] * (seed is not None)
+        given += [constraint.flag] if constraint is not None else []
         check_classifier_use(ckpt, checkpoint_path is None, given + ["--chat"] * bool(chat))
     elif chat and kind != "sft":
         raise UserError(f"--chat: {ckpt} has no chat template (it is not an SFT checkpoint)")
@@ -171,21 +184,30 @@ def run(
         return classify.classify_run(lm.source, lm.tok, lm.model, prompts, on_result)
     chat = lm.kind == "sft" if chat is None else chat
     live = on_text if num_samples == 1 else None
+    params = constrain.without_stops(lm.defaults, constraint)
+    compilers = constrain.Compilers(lm.tok, lm.model.cfg.vocab_size)
+
+    def request_of(prompt: str) -> Request:
+        matchers = None
+        if constraint is not None:
+            matchers = compilers.matchers(constraint, num_samples, chat)
+        return prompt_request(lm, prompt, params, seed, num_samples, chat, matchers)
+
     engine = Engine(lm.model, lm.tok, slots)
     results = []
     try:
-        requests = in_order(
-            engine,
-            prompts,
-            lambda prompt: prompt_request(lm, prompt, lm.defaults, seed, num_samples, chat),
-            max(1, slots // num_samples) + 1,
-        )
+        requests = in_order(engine, prompts, request_of, max(1, slots // num_samples) + 1)
         for prompt, handle in requests:
-            for result in collect(handle, prompt, chat, live):
+            for row, result in enumerate(collect(handle, prompt, chat, live)):
                 result = {"checkpoint": str(lm.ckpt), "dtype": lm.dtype, **result}
                 results.append(result)
                 if on_result is not None:
                     on_result(result)
+                if handle.request.matchers:
+                    which = f"sample {row + 1} of {prompt[:40]!r}"
+                    which = "the output" if one_prompt and num_samples == 1 else which
+                    matcher, reason = handle.request.matchers[row], result["finish_reason"]
+                    constrain.warn_if_cut(matcher, reason, which, params.max_new_tokens)
     finally:
         engine.close()
     return results

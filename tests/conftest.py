@@ -416,6 +416,33 @@ TINY_RECIPE = textwrap.dedent(
 )
 
 
+# a bounded JSON Schema (nested objects, maxLength strings, a maxItems array, enums, bounded
+# integers, required keys) for structured output: its longest output, even spelled byte by
+# byte, fits in SCHEMA_BUDGET new tokens, so a constrained sample always completes in it
+BOUNDED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "mood": {"enum": ["happy", "sad", "calm"]},
+        "pet": {
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["cat", "dog"]},
+                "legs": {"type": "integer", "minimum": 0, "maximum": 4},
+            },
+            "required": ["kind", "legs"],
+            "additionalProperties": False,
+        },
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["name", "age", "mood", "pet", "tags"],
+    "additionalProperties": False,
+}
+SCHEMA_BUDGET = 160
+
+
 def write_recipe(folder: Path, text: str = TINY_RECIPE, name: str = "mini.yaml") -> Path:
     path = folder / name
     path.write_text(text)

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pexpect
-from conftest import assert_one_line_error, gptcli, run_env
+import pytest
+from conftest import BOUNDED_SCHEMA, SCHEMA_BUDGET, assert_one_line_error, gptcli, run_env
 
 
 def fake_classifier(trained, folder):
@@ -51,6 +52,24 @@ def test_chat_json_lines_reply_in_the_template(trained, chat_trained):
     proc = gptcli("chat", *base, input=lines + "{}\n", cwd=trained)
     assert_one_line_error(proc, "stdin line 4", "role")
     assert len(proc.stdout.splitlines()) == 2
+
+
+def test_chat_json_schema_makes_every_reply_json(trained, chat_trained, gptcli_inproc):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = trained / "chat-schema.json"
+    schema.write_text(json.dumps(BOUNDED_SCHEMA))
+    asks = [[{"role": "user", "content": f"Count to {i}."}] for i in (3, 5)]
+    lines = "".join(json.dumps(ask) + "\n" for ask in asks)
+    args = ("-c", str(chat_trained), "--json-schema", str(schema), "--seed", "1")
+    proc = gptcli("chat", *args, "--max-new-tokens", str(SCHEMA_BUDGET), input=lines, cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["finish_reason"] for r in replies] == ["stop", "stop"]
+    for reply in replies:
+        jsonschema.validate(json.loads(reply["content"]), BOUNDED_SCHEMA)
+    proc = gptcli_inproc("chat", *args, "--stop", "}", input=lines, cwd=trained)
+    assert_one_line_error(proc, "--stop does not go with --json-schema")
 
 
 def test_chat_on_a_terminal(trained, chat_trained):

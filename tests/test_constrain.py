@@ -1,21 +1,23 @@
 """Constrained decoding: whatever the model would say, the constraint makes the output parse.
 
 The model here is a random tiny GPT over the shared trained run's tokenizer (its vocabulary
-padded past the tokenizer's), so nothing but the constraint makes the samples valid.
+padded past the tokenizer's), so nothing but the constraint makes the samples valid; it samples
+through the inference engine, each row with its own matcher, as every command does.
 """
 
 import json
 import re
-import subprocess
-import sys
 
 import jsonschema
 import pytest
 import torch
-from conftest import assert_one_line_error, run_env
+from conftest import BOUNDED_SCHEMA as SCHEMA
+from conftest import SCHEMA_BUDGET as BUDGET
+from conftest import assert_one_line_error, gptcli_without
 
-from gptcli import constrain, generate, tokenizer
+from gptcli import constrain, tokenizer
 from gptcli.console import UserError
+from gptcli.engine import Engine, Finish, Piece, Request
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.tasks import base, sft
@@ -23,28 +25,6 @@ from gptcli.tasks import base, sft
 pytest.importorskip("llguidance")
 
 PAD = 48  # model ids past the tokenizer's: padding, never allowed
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 8},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "mood": {"enum": ["happy", "sad", "calm"]},
-        "pet": {
-            "type": "object",
-            "properties": {
-                "kind": {"enum": ["cat", "dog"]},
-                "legs": {"type": "integer", "minimum": 0, "maximum": 4},
-            },
-            "required": ["kind", "legs"],
-            "additionalProperties": False,
-        },
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
-        "ok": {"type": "boolean"},
-    },
-    "required": ["name", "age", "mood", "pet", "tags"],
-    "additionalProperties": False,
-}
-BUDGET = 160  # new tokens: the schema's longest output is shorter, even byte by byte
 
 
 @pytest.fixture(scope="module")
@@ -65,36 +45,31 @@ def compiler(tok, model):
     return constrain.Compiler(tok, model.cfg.vocab_size, constrain.end_ids(tok, chat=False))
 
 
-@torch.inference_mode()
 def sample(model, compiler, tok, constraint, rows=50, params=None, budget=BUDGET):
-    """rows samples under the constraint, one batch with a matcher per row: the engine's step
-    (mask, then the sampling controls, then advance). Returns texts and rows cut by the budget."""
+    """rows samples of one request under the constraint, a matcher per row, through the engine
+    (mask, then the sampling controls, then advance). Returns the texts and how many rows the
+    budget cut ("length"); a row that ends otherwise ends "stop", its output complete."""
     params = params or SampleConfig(temperature=1.0, top_k=0)
+    params = SampleConfig(**{**params.__dict__, "max_new_tokens": budget})
     matchers = compiler.matchers(constraint, rows)
-    live, out = [True] * rows, [[] for _ in range(rows)]
-    gen = torch.Generator().manual_seed(0)
-    cache = model.new_cache(rows)
-    prompt = torch.full((rows, 1), compiler.end_ids[0])
-    logits, _ = model(prompt, cache=cache, last_only=True)
-    for pos in range(1, budget + 1):
-        masked = constrain.mask_logits(
-            logits[:, -1], [m if a else None for m, a in zip(matchers, live, strict=True)]
-        )
-        token = generate.next_token(masked, params, gen)
-        for row, t in enumerate(token.view(-1).tolist()):
-            if not live[row]:
-                continue
-            if t in compiler.end_ids:  # allowed only where the output is complete
-                assert matchers[row].is_accepting()
-                live[row] = False
-                continue
-            matchers[row].advance(t)
-            out[row].append(t)
-            live[row] = not matchers[row].is_done()
-        if not any(live):
-            break
-        logits, _ = model(token, cache=cache, pos=pos)
-    return [tokenizer.decode(tok, ids) for ids in out], sum(live)
+    request = Request(
+        [compiler.end_ids[0]], params, 0, rows, frozenset(compiler.end_ids), matchers=matchers
+    )
+    engine = Engine(model, tok, rows)
+    try:
+        evs = list(engine.submit(request))
+    finally:
+        engine.close()
+    ids = [[] for _ in range(rows)]
+    for e in evs:
+        if isinstance(e, Piece):
+            ids[e.row] += e.ids
+    assert max(i for row in ids for i in row) < tok.get_vocab_size()  # never a padding id
+    reasons = {e.row: e.reason for e in evs if isinstance(e, Finish)}
+    assert set(reasons.values()) <= {"stop", "length"}  # an end token is a "stop" here
+    for row, reason in reasons.items():
+        assert (reason == "stop") == matchers[row].is_accepting(), (row, reason)
+    return [tokenizer.decode(tok, row) for row in ids], sum(r == "length" for r in reasons.values())
 
 
 def test_schema_samples_all_parse_and_validate(model, compiler, tok):
@@ -184,8 +159,13 @@ def test_batched_masks_match_each_rows_own(compiler, tok, monkeypatch, pool):
     assert not torch.equal(both[0], both[2])
     logits = torch.randn(3, compiler.vocab_size)
     assert constrain.mask_logits(logits, [None, None, None]) is logits
+    masked = constrain.mask_logits(logits, rows)
+    for row in (0, 2):  # one row's own mask (what the engine applies) is the batch's row
+        assert torch.equal(rows[row].apply(logits[row]), masked[row])
     with pytest.raises(ValueError, match="another vocabulary size"):
         constrain.mask_logits(logits[:, :-1], rows)
+    with pytest.raises(ValueError, match="logits for a vocabulary of"):
+        rows[0].apply(logits[0, :-1])
 
 
 @pytest.mark.parametrize(
@@ -274,19 +254,11 @@ def test_bad_request_fields_are_named(body, needle):
         constrain.from_request(body)
 
 
-def test_without_the_extra_a_constraint_exits_2_with_the_install_line(tmp_path):
-    """Unconstrained sampling never needs llguidance (the module imports without it); asking
-    for a constraint exits 2 naming the extra. The sample command stands in for whichever
-    command takes a constraint flag."""
-    code = (
-        "import sys\n"
-        "sys.modules['llguidance'] = None\n"
-        "from gptcli import cli, constrain, generate\n"
-        "generate.run = lambda *a, **k: constrain.from_cli(regex_pattern='[a-z]+')\n"
-        "sys.argv = ['gptcli', 'sample', '--prompt', 'x']\n"
-        "cli.main()\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=run_env()
-    )
-    assert_one_line_error(proc, "pip install 'gptcli[structured]'")
+def test_without_the_extra_a_constraint_exits_2_with_the_install_line(trained):
+    """Without llguidance, sampling and chatting still work; asking for a constraint exits 2
+    naming the extra, before the model loads."""
+    args = ("-c", "runs/mini", "--max-new-tokens", "2", "--prompt", "x")
+    proc = gptcli_without("llguidance", "sample", *args, "--regex", "[a-z]+", cwd=trained)
+    assert_one_line_error(proc, "needs llguidance", "pip install 'gptcli[structured]'")
+    proc = gptcli_without("llguidance", "sample", *args, cwd=trained)
+    assert proc.returncode == 0, proc.stderr

@@ -260,4 +260,73 @@ def test_a_request_needs_its_rows_to_fit():
     engine = Engine(make(), TOK, 2)
     with pytest.raises(ValueError, match="slots"):
         engine.submit(Request([1], SampleConfig(), n=3))
+    with pytest.raises(ValueError, match="1 matchers for n=2"):
+        engine.submit(Request([1], SampleConfig(), n=2, matchers=[Only({5})]))
     engine.close()
+
+
+# --------------------------------------------------------------------------- structured output
+
+
+class Only:
+    """A stand-in for constrain.Matcher: allows the tokens in `allowed`, only the end token
+    once `end_at` are taken, is done after `done_after`, and fails at its `fail_at`th mask."""
+
+    def __init__(self, allowed, end=None, end_at=10**9, done_after=10**9, fail_at=None):
+        self.allowed, self.end, self.end_at = set(allowed), end, end_at
+        self.done_after, self.fail_at = done_after, fail_at
+        self.taken: list[int] = []
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.fail_at is not None and len(self.taken) == self.fail_at:
+            raise RuntimeError("constraint matcher failed: too complex")
+        ok = {self.end} if len(self.taken) >= self.end_at else self.allowed
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep[list(ok)] = True
+        return logits.masked_fill(~keep, float("-inf"))
+
+    def advance(self, token: int) -> None:
+        assert token in self.allowed, token  # the engine never advances by the end token
+        self.taken.append(token)
+
+    def is_done(self) -> bool:
+        return len(self.taken) >= self.done_after
+
+
+def test_a_constraint_acts_before_the_controls_and_ends_its_rows():
+    """Every token of a constrained row is allowed (top-k and the penalty act within the set);
+    the row stops when its matcher is done, or on an end token it allowed ("stop" either way,
+    never "eos"), and a row cut by max_new_tokens first is "length"."""
+    model = make()
+    params = SampleConfig(max_new_tokens=12, temperature=1.0, top_k=2, repetition_penalty=1.5)
+    done = [Only({5, 6, 7}, done_after=4) for _ in range(3)]
+    ended = Only({8, 9}, end=3, end_at=2)
+    cut = Only({10, 11}, done_after=50)
+    (a, b, c) = events(
+        model,
+        Request([1], params, 0, 3, frozenset({3}), matchers=done),
+        Request([2], params, 1, 1, frozenset({3}), matchers=[ended]),
+        Request([2], params, 2, 1, frozenset({3}), matchers=[cut]),
+    )
+    for row, taken in enumerate(rows_of(a, 3)):
+        assert len(taken) == 4 and set(taken) <= {5, 6, 7} and taken == done[row].taken
+    assert [e.reason for e in a if isinstance(e, Finish)] == ["stop"] * 3
+    assert set(rows_of(b)[0]) <= {8, 9} and b[-1].reason == "stop" and b[-1].tokens == 2
+    assert set(rows_of(c)[0]) <= {10, 11} and c[-1].reason == "length" and c[-1].tokens == 12
+
+
+def test_a_failing_constraint_ends_only_its_own_request():
+    model = make()
+    params = SampleConfig(max_new_tokens=10, temperature=0)
+    plain = Request([1, 2], params)
+    (alone,) = events(model, plain)
+    engine = Engine(model, TOK, 3)
+    try:
+        failing = engine.submit(Request([1], params, n=2, matchers=[Only({5}, fail_at=3)] * 2))
+        beside = engine.submit(plain)
+        with pytest.raises(RuntimeError, match="too complex"):
+            list(failing)
+        assert rows_of(list(beside)) == rows_of(alone)
+        assert engine.stats()["running"] == 0
+    finally:
+        engine.close()

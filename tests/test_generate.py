@@ -1,14 +1,24 @@
 """`gptcli sample`: every control through the real command, on models with known logits and on
 a trained one; text streams of real tokenizers."""
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, TINY_RECIPE, assert_one_line_error, gptcli, write_recipe
+from conftest import (
+    BOUNDED_SCHEMA,
+    SCHEMA_BUDGET,
+    SHARED_DATA,
+    TINY_RECIPE,
+    assert_one_line_error,
+    gptcli,
+    write_recipe,
+)
 
 from gptcli import tokenizer
 from gptcli.checkpoint_tensors import Snapshot, build_model, load, save
@@ -326,3 +336,84 @@ def test_sampling_dtype_auto_follows_the_probe_of_the_models_shape(monkeypatch, 
     # a context of 8 tokens and a vocabulary of 5 still leave the probe a prompt to sample after
     tiny = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=5)
     assert gen.bf16_sampling_speedup(tiny, 1) > 0
+
+
+# --------------------------------------------------------------------------- structured output
+
+structured = pytest.mark.skipif(
+    importlib.util.find_spec("llguidance") is None, reason="needs the structured extra"
+)
+FREE = ["--temperature", "1", "--top-k", "0", "--seed", "0"]  # the model chooses freely
+
+
+@pytest.fixture(scope="module")
+def schema_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("schema") / "person.json"
+    path.write_text(json.dumps(BOUNDED_SCHEMA))
+    return path
+
+
+@structured
+def test_json_schema_samples_all_parse_and_validate(trained, schema_file):
+    """The model is barely trained: the constraint, not the model, makes 16 samples at
+    temperature 1 parse and validate, each ending ("stop") within the token budget (the
+    output is longer than the 32-token context: rows slide past it, their matchers go on)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    args = ["--prompt", "Once", "--json-schema", str(schema_file), "--num-samples", "16"]
+    budget = ["--max-new-tokens", str(SCHEMA_BUDGET)]
+    results = sample_json("runs/mini", *args, *budget, *FREE, cwd=trained)
+    assert len(results) == 16 and {r["finish_reason"] for r in results} == {"stop"}
+    for r in results:
+        jsonschema.validate(json.loads(r["text"]), BOUNDED_SCHEMA)
+        assert r["tokens"] <= SCHEMA_BUDGET
+    assert len({r["text"] for r in results}) > 12  # still the model's choice within the schema
+    assert max(r["tokens"] for r in results) > 32
+
+
+@structured
+def test_regex_and_choice_samples_each_follow_their_own_matcher(trained):
+    args = ["--prompt", "Once", "--regex", "[a-z]{1,8}", "--num-samples", "20"]
+    results = sample_json("runs/mini", *args, "--max-new-tokens", "12", *FREE, cwd=trained)
+    assert all(r["finish_reason"] == "stop" for r in results)
+    assert all(re.fullmatch("[a-z]{1,8}", r["text"]) for r in results), results
+    # every line's rows have their own matchers; the plain output is each choice alone
+    choices = ["--choice", "yes", "--choice", "no way", "--num-samples", "3"]
+    proc = gptcli(
+        *("sample", "-c", "runs/mini", "--each-line", *choices, *FREE),
+        cwd=trained,
+        input="Once\nOne day\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    outputs = [line for line in proc.stdout.splitlines() if line]
+    assert len(outputs) == 6 and set(outputs) <= {"yes", "no way"}, proc.stdout
+
+
+@structured
+def test_a_sample_cut_by_the_budget_is_named_on_stderr(trained, schema_file):
+    args = ["--prompt", "Once", "--json-schema", str(schema_file), "--max-new-tokens", "4"]
+    proc = gptcli("sample", "-c", "runs/mini", *args, cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('{"')  # the output alone, streamed: no prompt before it
+    assert "warning: the output is cut: --max-new-tokens 4 ended it" in proc.stderr
+    assert "raise --max-new-tokens" in proc.stderr
+    results = sample_json("runs/mini", *args, "--num-samples", "2", cwd=trained)
+    assert [r["finish_reason"] for r in results] == ["length", "length"]
+
+
+@structured
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--regex", "a", "--stop", "x"], ["--stop does not go with --regex", "cut"]),
+        (["--regex", "(?=a)b"], ["--regex", "look-around", "Rust regex"]),
+        (["--json-schema", "bad.json"], ["--json-schema bad.json", "keyword 'if' is not"]),
+        (["--json-schema", "none.json"], ["--json-schema", "none.json not found"]),
+        (["--choice", "a", "--json-object"], ["--json-object and --choice do not go"]),
+    ],
+)
+def test_sample_bad_constraints(trained, tmp_path, args, needles, gptcli_inproc):
+    (tmp_path / "bad.json").write_text('{"type": "object", "if": {}}')
+    ckpt = str(trained / "runs" / "mini")
+    proc = gptcli_inproc("sample", "-c", ckpt, "--prompt", "x", *args, cwd=tmp_path)
+    assert_one_line_error(proc, *needles)
+    assert proc.stdout == ""

@@ -94,6 +94,8 @@ CLIENT_ADDRESS = "127.0.0.1:8000"
 CLIENTS_SERVER = "gptcli serve -c runs/sft"
 PLACEHOLDERS = {"RECIPE": "tiny", "NAME": "tiny", "HOST:PORT": "127.0.0.1:29500", "N": "2"}
 PLACEHOLDERS["G"] = "2"
+# a file the README shows and later lines read: "... `NAME.json`:", a blank line, a json block
+README_JSON_FILES = re.compile(r"`([\w.-]+\.json)`:\n\n```json\n(.*?)\n```", re.S)
 
 
 @dataclass
@@ -321,6 +323,8 @@ def _workspace(root: Path) -> Path:
     (work / "p.txt").write_text("Once upon a time")
     (work / "prompts.txt").write_text("Once upon a time\nOne day\n")
     (work / "held-out.txt").write_text(stories[:2000])
+    for name, text in README_JSON_FILES.findall(README.read_text()):
+        (work / name).write_text(text + "\n")
     bin_dir = root / "bin"
     bin_dir.mkdir()
     (bin_dir / "gptcli").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m gptcli "$@"\n')
