@@ -7,7 +7,8 @@ dtype: auto (training autocast, sampling weights)
 - bf16 on a GPU that has it; a GPU without it runs fp32, with a warning.
 - bf16 on a CPU with native bf16 (AVX512-BF16 or AMX) only when a probe of the work at hand
   measures it faster than fp32: a training step (bf16_training_speedup), or sampling rows at a
-  time (the sampler's own probe, passed to autocast_dtype as a callable), of a random model of
+  time (the sampler's own probe, passed to autocast_dtype as a callable; the rule itself is
+  device.autocast_dtype, so sampling need not import this module), of a random model of
   this shape; native bf16 still loses on small models. fp32 on any other CPU or device.
 - Under torchrun on CPUs every rank probes, and bf16 is taken only where every rank measured it
   faster.
@@ -36,17 +37,18 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from gptcli import checkpoint, console, optim, parallel
 from gptcli import device as device_mod
-from gptcli.device import (
+from gptcli.device import (  # autocast_dtype: the dtype rule lives there, sampling imports it too
     CPU_PROBES,
     Dist,
     autocast,
+    autocast_dtype,
     best_times,
     cached_probe,
     dtype_name,
@@ -72,30 +74,6 @@ PAYBACK = 10
 
 
 # --------------------------------------------------------------------------- dtype: auto
-
-
-def autocast_dtype(
-    device: torch.device,
-    dtype: str,
-    doing: str = "training",
-    bf16_speedup: Callable[[], float] | None = None,
-) -> torch.dtype | None:
-    """The dtype rule, for training (autocast) and sampling (weights) alike: None means plain
-    fp32. On a CPU, bf16_speedup (fp32 time over bf16 time of the work at hand, usually a cached
-    probe) decides auto where bf16 is native."""
-    if dtype == "fp32":
-        return None
-    if dtype == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        console.warn(f"this GPU has no bf16; {doing} in fp32 (fp16 without care gives NaNs)")
-        return None
-    if device.type == "cpu" and device_mod.cpu_has_native_bf16():
-        if bf16_speedup is None or bf16_speedup() > 1.0:
-            return torch.bfloat16
-    return None
 
 
 def time_training_steps(

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from gptcli import __version__, lora, tokenizer
+from gptcli import __version__, console, lora, tokenizer
 from gptcli.checkpoint import (
     CONFIG_VERSION,
     STATE_VERSION,
@@ -61,10 +61,23 @@ class Loaded:
     info: dict[str, Any] = dataclasses.field(default_factory=lambda: {"task": {"kind": "lm"}})
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors in the file's order, as load_file reads them, but one by one
+    with SIGINT and SIGTERM held in between (console.held_signals): a signal stops the read at
+    the next tensor instead of surfacing as a corrupt-file error."""
+    with console.held_signals() as check, safe_open(str(path), framework="pt") as f:
+        names = f.offset_keys() if hasattr(f, "offset_keys") else f.keys()
+        tensors = {}
+        for name in names:
+            tensors[name] = f.get_tensor(name)
+            check()
+    return tensors
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; an unreadable file is bad input named by its path."""
     try:
-        return load_file(str(path))
+        return read_safetensors(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable safetensors file ({e})") from None
 
@@ -188,7 +201,7 @@ def load_trainer_tensors(ckpt: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         return {}
     try:
-        return load_file(str(path))
+        return read_safetensors(path)
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: unreadable safetensors file ({e})") from None
 
@@ -328,26 +341,28 @@ class OptimizerState:
         return self.entries[name]["shape"]
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        """Rows [start, stop) of the whole tensor (all of it when start is None)."""
-        try:
-            if not self.entries[name]["sharded"]:
-                with safe_open(str(self.files[0]), framework="pt") as f:
-                    whole = f.get_tensor(name)
-                return whole if start is None else whole[start:stop]
-            rows = self.shape(name)[0]
-            start, stop = (0, rows) if start is None else (start, stop)
-            parts = []
-            for rank, path in enumerate(self.files):
-                lo, hi = shard_rows(rows, self.world, rank)
-                a, b = max(lo, start), min(hi, stop)
-                if a < b:
-                    with safe_open(str(path), framework="pt") as f:
-                        parts.append(f.get_slice(name)[a - lo : b - lo])
-            if not parts:
-                return torch.empty([0, *self.shape(name)[1:]])
-            return torch.cat(parts)
-        except (SafetensorError, OSError) as e:
-            raise UserError(f"{self.ckpt}: unreadable optimizer state ({e})") from None
+        """Rows [start, stop) of the whole tensor (all of it when start is None); a signal
+        stops the reading after it (console.held_signals says why)."""
+        with console.held_signals():
+            try:
+                if not self.entries[name]["sharded"]:
+                    with safe_open(str(self.files[0]), framework="pt") as f:
+                        whole = f.get_tensor(name)
+                    return whole if start is None else whole[start:stop]
+                rows = self.shape(name)[0]
+                start, stop = (0, rows) if start is None else (start, stop)
+                parts = []
+                for rank, path in enumerate(self.files):
+                    lo, hi = shard_rows(rows, self.world, rank)
+                    a, b = max(lo, start), min(hi, stop)
+                    if a < b:
+                        with safe_open(str(path), framework="pt") as f:
+                            parts.append(f.get_slice(name)[a - lo : b - lo])
+                if not parts:
+                    return torch.empty([0, *self.shape(name)[1:]])
+                return torch.cat(parts)
+            except (SafetensorError, OSError) as e:
+                raise UserError(f"{self.ckpt}: unreadable optimizer state ({e})") from None
 
 
 # --------------------------------------------------------------------------- saving

@@ -77,6 +77,14 @@ CheckpointOpt = Annotated[
 DtypeOpt = Annotated[
     str, typer.Option(help="Weights: auto (bf16 where the hardware has it), fp32 or bf16.")
 ]
+MemoryCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--memory-check/--no-memory-check",
+        help="Refuse a model whose estimate (weights and KV cache) exceeds the memory this "
+        "process may use; --no-memory-check loads it anyway.",
+    ),
+]
 # the sampling flags of sample and chat (overrides of the run's `sample:` section)
 MaxNewTokensOpt = Annotated[
     Optional[int], typer.Option(help="Tokens to generate at most, per sample or reply.")
@@ -127,6 +135,13 @@ def main_options(
     ] = False,
 ) -> None:
     pass
+
+
+def _set_memory_check(on: bool) -> None:
+    """--memory-check/--no-memory-check of the commands that load a model to run it."""
+    from gptcli import memory
+
+    memory.set_inference_check(on)
 
 
 def _print_json(obj: object) -> None:
@@ -333,6 +348,7 @@ def sample(
     ] = None,
     dtype: DtypeOpt = "auto",
     parallel: ParallelOpt = None,
+    memory_check: MemoryCheckOpt = True,
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print tokens as they come.")
     ] = True,
@@ -370,6 +386,7 @@ def sample(
     checkpoint prints each input's label distribution (the likeliest first); pairs and
     choices come as JSON lines on stdin, one prediction per line."""
     console.set_quiet(quiet)
+    _set_memory_check(memory_check)
     from gptcli import constrain, generate, tokenizer
 
     constraint = constrain.from_cli(json_schema, json_object, regex, choice)
@@ -593,6 +610,7 @@ def eval_cmd(
     ] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     dtype: DtypeOpt = "auto",
+    memory_check: MemoryCheckOpt = True,
     seed: Annotated[int, typer.Option(help="Seed of few-shot choice and sampling.")] = 0,
     include_path: Annotated[
         Optional[list[str]],
@@ -618,6 +636,7 @@ def eval_cmd(
     """Score a model on lm-evaluation-harness tasks (HellaSwag, ARC, ... or local ones): a table
     of task, metric, value and stderr; a run folder keeps each result in eval/."""
     console.set_quiet(quiet)
+    _set_memory_check(memory_check)
     from gptcli import eval as eval_mod
 
     options = eval_mod.EvalOptions(
@@ -713,6 +732,7 @@ def chat(
     seed: Annotated[Optional[int], typer.Option(help="Sample every reply with this seed.")] = None,
     dtype: DtypeOpt = "auto",
     json_schema: JsonSchemaOpt = None,
+    memory_check: MemoryCheckOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Talk to a model in its chat template, replies streaming; with stdin not a terminal, each
@@ -722,6 +742,7 @@ def chat(
     without a chat template continues the conversation's text. --json-schema makes every reply
     JSON valid against the schema."""
     console.set_quiet(quiet)
+    _set_memory_check(memory_check)
     from gptcli import chat as chat_mod
     from gptcli import constrain
 
@@ -766,12 +787,14 @@ def serve(
     ] = 16,
     dtype: DtypeOpt = "auto",
     parallel: ParallelOpt = None,
+    memory_check: MemoryCheckOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve the model over OpenAI's HTTP API: /v1/models, /v1/completions and
     /v1/chat/completions, streaming or not. SIGTERM or Ctrl-C finishes the requests in flight
     (at most 30 s) and exits 0."""
     console.set_quiet(quiet)
+    _set_memory_check(memory_check)
     from gptcli import engine
     from gptcli import serve as serve_mod
     from gptcli.device import pick_device

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import re
+import signal
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,37 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised wherever the program is as Ctrl-C raises KeyboardInterrupt: exit 143."""
 
     code = 143
+
+
+@contextmanager
+def held_signals() -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM only noted inside the block; the check it yields, called between
+    calls into C code, and the block's end pass a noted one on to the handler held back (which
+    raises KeyboardInterrupt or Terminated). For C code that calls back into Python, as
+    safetensors does to build each tensor: a handler raising there comes out as another error
+    ("could not determine the shape ..."), and the signal is lost. Off the main thread, or
+    where a signal has no Python handler, nothing is held."""
+    noted: list[int] = []
+    held: dict[int, Callable] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                held[sig] = handler
+                signal.signal(sig, lambda signum, frame: noted.append(signum))
+
+    def check() -> None:
+        if noted:
+            signum = noted[0]
+            noted.clear()
+            held[signum](signum, None)
+
+    try:
+        yield check
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        check()  # also when the block failed: the signal is what the user sees
 
 
 # errno values that mean the disk (or the user's quota) is full: exit 1, nothing to fix in input

@@ -1,7 +1,8 @@
 """The hardware: which device to run on, what it does fast (native bf16, torch.compile), its
 peak FLOP/s for MFU, the cache of CPU probes, and DDP ranks.
 
-The rules that choose dtype and compile from these answers (the `auto` settings) are autotune's.
+The rules that choose dtype and compile from these answers (the `auto` settings) are autotune's,
+except the dtype rule itself (autocast_dtype), which is here so that sampling needs no autotune.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from gptcli import console
 from gptcli.console import UserError
 from gptcli.files import cache_dir, write_atomic
 
@@ -118,6 +120,31 @@ def cpu_has_native_bf16() -> bool:
 def dtype_name(dtype: torch.dtype | None) -> str:
     """A precision as recipes, flags and records name it: bf16, else fp32 (None is plain fp32)."""
     return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def autocast_dtype(
+    device: torch.device,
+    dtype: str,
+    doing: str = "training",
+    bf16_speedup: Callable[[], float] | None = None,
+) -> torch.dtype | None:
+    """The dtype rule, for training (autocast) and sampling (weights) alike: None means plain
+    fp32. On a CPU, bf16_speedup (fp32 time over bf16 time of the work at hand, usually a cached
+    probe) decides auto where bf16 is native. It lives here, beside the probe cache, so that
+    sampling takes it without importing training's auto rules (autotune states them all)."""
+    if dtype == "fp32":
+        return None
+    if dtype == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        console.warn(f"this GPU has no bf16; {doing} in fp32 (fp16 without care gives NaNs)")
+        return None
+    if device.type == "cpu" and cpu_has_native_bf16():
+        if bf16_speedup is None or bf16_speedup() > 1.0:
+            return torch.bfloat16
+    return None
 
 
 def cached_probe(file: str, what: str, measure: Callable[[], float]) -> float:

@@ -31,10 +31,16 @@ from typing import Any, Protocol
 import torch
 
 from gptcli import console, load, memory, tokenizer
-from gptcli.autotune import autocast_dtype
 from gptcli.checkpoint_tensors import build_model
 from gptcli.console import UserError
-from gptcli.device import CPU_PROBES, cached_probe, dtype_name, faster_ratio, pick_device
+from gptcli.device import (
+    CPU_PROBES,
+    autocast_dtype,
+    cached_probe,
+    dtype_name,
+    faster_ratio,
+    pick_device,
+)
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.run import recipe_of

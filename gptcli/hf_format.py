@@ -17,12 +17,17 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tokenizers import processors
 
 from gptcli import __version__, tokenizer
 from gptcli.checkpoint import is_hf_config, weights_file
-from gptcli.checkpoint_tensors import Loaded, check_shapes, save_safetensors, untied_weights
+from gptcli.checkpoint_tensors import (
+    Loaded,
+    check_shapes,
+    read_safetensors,
+    save_safetensors,
+    untied_weights,
+)
 from gptcli.console import UserError
 from gptcli.files import naming_file, read_json, typed_fields, write_folder
 from gptcli.model import GPT, mlp_hidden_size
@@ -390,7 +395,7 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            weights.update(load_file(str(f)))
+            weights.update(read_safetensors(f))
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"{f}: unreadable safetensors file ({e})") from None
     return weights

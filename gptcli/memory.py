@@ -261,6 +261,10 @@ def load(run_dir: Path) -> dict[str, Any] | None:
 
 # the recipe key that lets a run start whatever its estimate; the refusal names it
 CHECK_KEY = "train.memory_check"
+# the flag of sample, chat, serve and eval that loads a model whatever its estimate (a flag, not
+# a recipe key: what fits depends on the machine sampling, not on the run)
+INFERENCE_CHECK_FLAG = "--no-memory-check"
+_inference_check = True
 # cgroup v1 writes "no limit" as a number near 2**63
 NO_LIMIT = 1 << 62
 
@@ -438,14 +442,24 @@ def inference_bytes(cfg: ModelConfig, rows: int, dtype: torch.dtype) -> int:
     return params + cache
 
 
+def set_inference_check(on: bool) -> None:
+    """The command's --memory-check/--no-memory-check (on unless a command turns it off), set
+    once as --quiet is, for check_inference wherever the command loads its model."""
+    global _inference_check
+    _inference_check = on
+
+
 def check_inference(
     cfg: ModelConfig, rows: int, dtype: str, device: torch.device, what: str, fewer: str = ""
 ) -> None:
-    """Refuse, before the model is built, inference of rows at a time that cannot fit; dtype is
-    the command's --dtype (auto may pick bf16, so it is counted so)."""
+    """Refuse, before the model is built, inference of rows at a time that cannot fit, unless
+    the command was given --no-memory-check; dtype is the command's --dtype (auto may pick
+    bf16, so it is counted so)."""
+    if not _inference_check:
+        return
     cache_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
     remedies = [f"fewer rows at a time ({fewer})"] if fewer and rows > 1 else []
     if dtype == "fp32":
         remedies.append("--dtype bf16 (half the KV cache)")
-    remedies.append("a machine or GPU with more memory")
+    remedies += ["a machine or GPU with more memory", f"or {INFERENCE_CHECK_FLAG} to try anyway"]
     check_fits(inference_bytes(cfg, rows, cache_dtype), device, what, remedies)

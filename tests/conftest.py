@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptcli import cli, console
+from gptcli import cli, console, memory
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -211,8 +211,8 @@ REGISTER = atexit.register
 class CommandState:
     """What a command run in this process may change and a fresh process would not keep: the
     Ctrl-C and SIGTERM handlers (cli.main installs its own), the exit handlers gptcli
-    registers, torch's thread count and random state, and console's quiet flag. Taken before a
-    command, put back after it."""
+    registers, torch's thread count and random state, console's quiet flag and memory's
+    inference check (--no-memory-check). Taken before a command, put back after it."""
 
     def __init__(self) -> None:
         self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -234,6 +234,7 @@ class CommandState:
         torch.set_num_threads(self.threads)
         torch.set_rng_state(self.rng)
         console.set_quiet(False)
+        memory.set_inference_check(True)
 
 
 @contextmanager
@@ -300,8 +301,8 @@ def run_in_process(
 def gptcli_inproc(monkeypatch) -> Callable[..., subprocess.CompletedProcess]:
     """`gptcli(...)` without a process: for commands that stop on bad input before any real
     work, where starting a child costs more than the command. Each call leaves this process as
-    it found it (folder, environment, streams, signal handlers, threads, quiet flag); signals,
-    real stdio, torchrun and training keep the subprocess `gptcli`."""
+    it found it (folder, environment, streams, signal handlers, threads, quiet flag, memory
+    check); signals, real stdio, torchrun and training keep the subprocess `gptcli`."""
 
     def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
         return run_in_process(monkeypatch, *args, **kwargs)

@@ -2,6 +2,7 @@
 
 import errno
 import re
+import signal
 from io import StringIO
 
 import pytest
@@ -98,3 +99,33 @@ def test_a_failed_allocation_is_one_line_with_the_remedy():
     assert str(console.memory_failure(MemoryError())).startswith("out of memory: lower")
     assert console.memory_failure(RuntimeError("shape mismatch")) is None
     assert console.memory_failure(ValueError("out of memory")) is None
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise console.Terminated()
+
+
+@pytest.fixture
+def sigterm_raises():
+    """SIGTERM raising Terminated, as the CLI sets it up; the test runner's handler after."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_held_signals_pass_a_signal_on_between_calls_not_inside_them(sigterm_raises):
+    with console.held_signals() as check:
+        signal.raise_signal(signal.SIGTERM)  # as if inside a C call: only noted
+        check_reached = True
+        with pytest.raises(console.Terminated):
+            check()
+        signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            check()
+    assert check_reached and signal.getsignal(signal.SIGTERM) is raise_terminated
+    # a signal the C code turned into another error still ends the block as the signal
+    with pytest.raises(console.Terminated), console.held_signals():
+        signal.raise_signal(signal.SIGTERM)
+        raise ValueError("could not determine the shape of object type 'UntypedStorage'")
+    with console.held_signals() as check:  # nothing noted: nothing raised
+        check()

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -206,7 +207,9 @@ def test_sample_imports_only_what_it_needs(trained):
     import subprocess
     import sys
 
-    heavy = ["gptcli.trainer", "gptcli.data", "gptcli.stories", "transformers"]
+    # training's modules (autotune's rules, the optimizers, DDP/FSDP) have no part in sampling
+    heavy = ["gptcli.trainer", "gptcli.autotune", "gptcli.optim", "gptcli.parallel"]
+    heavy += ["gptcli.data", "gptcli.stories", "transformers"]
     own = [m for m in heavy if m.startswith("gptcli.")]
     assert all(importlib.util.find_spec(m) for m in own), "a name here is no gptcli module"
     code = (
@@ -417,3 +420,68 @@ def test_sample_bad_constraints(trained, tmp_path, args, needles, gptcli_inproc)
     proc = gptcli_inproc("sample", "-c", ckpt, "--prompt", "x", *args, cwd=tmp_path)
     assert_one_line_error(proc, *needles)
     assert proc.stdout == ""
+
+
+# `python hook.py MARKER STEP ARGS...` runs `gptcli ARGS` with one step of sample's start repeated
+# until a signal stops it, MARKER written once the step is under way, so that the signal lands in
+# that step's own code: "read" reads model.safetensors, "build" builds the model and copies the
+# weights in, "probe" measures bf16 against fp32 (on a CPU made to look bf16-native). Patched
+# before the command's modules import these functions by name.
+HOLD_IN_START = """\
+import runpy, sys
+from pathlib import Path
+from gptcli import checkpoint_tensors, device
+
+marker, step = Path(sys.argv.pop(1)), sys.argv.pop(1)
+module, name = {
+    "read": (checkpoint_tensors, "read_weights"),
+    "build": (checkpoint_tensors, "build_model"),
+    "probe": (device, "faster_ratio"),
+}[step]
+once = getattr(module, name)
+if step == "probe":
+    device.cpu_has_native_bf16 = lambda: True
+
+
+def again_and_again(*args, **kwargs):
+    marker.write_text(step)
+    while True:
+        once(*args, **kwargs)
+
+
+setattr(module, name, again_and_again)
+runpy.run_module("gptcli", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("step", ["read", "build", "probe"])
+def test_sigterm_while_sample_loads_or_probes_exits_143(trained, tmp_path, step):
+    """SIGTERM while the weights are read, the model is built or the dtype probe runs: exit 143
+    with one line, and no half-written probe cache."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import run_env
+
+    hook, marker, cache = tmp_path / "hook.py", tmp_path / "marker", tmp_path / "cache"
+    hook.write_text(HOLD_IN_START)
+    args = ["sample", "-c", "runs/mini", "--prompt", "Once", "--max-new-tokens", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, str(hook), str(marker), step, *args],
+        cwd=trained,
+        env=run_env(GPTCLI_CACHE=str(cache)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate(timeout=60)[1] if proc.poll() is not None else ""
+    time.sleep(0.2)  # well inside the repeated step
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # generous: the step's next boundary is milliseconds
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted", err
+    assert not cache.exists() or not [p.name for p in cache.iterdir()], list(cache.iterdir())

@@ -248,6 +248,41 @@ def test_sample_refuses_rows_whose_kv_cache_cannot_fit(trained):
     assert len(lines) == 1 and lines[0].startswith("error: sample needs about "), proc.stderr
     assert "(estimate)" in lines[0] and "is available on cpu" in lines[0]
     assert "fewer rows at a time (--num-samples)" in lines[0]
+    assert lines[0].endswith("or --no-memory-check to try anyway")
+
+
+HELLO = '[{"role": "user", "content": "Hi"}]\n'
+# each command that runs a model, with what it does after loading one: (args, stdin, what it
+# says then) -- serve and eval stop there on purpose (a negative queue, no such task)
+AFTER_LOADING = {
+    "sample": (["sample", "-c", "runs/mini", "-p", "Once", "--max-new-tokens", "2"], "", None),
+    "chat": (["chat", "-c", "runs/mini", "--max-new-tokens", "2"], HELLO, None),
+    "serve": (["serve", "-c", "runs/mini", "--max-queue", "-1"], "", "--max-queue must be"),
+    "eval": (["eval", "runs/mini", "--tasks", "no_such_task"], "", "no_such_task"),
+}
+
+
+@pytest.mark.parametrize("command", list(AFTER_LOADING))
+def test_no_memory_check_loads_what_the_estimate_refuses(
+    trained, command, monkeypatch, gptcli_inproc
+):
+    """Over what is available, each command that runs a model refuses it in one line naming
+    --no-memory-check; with that flag it loads the model and goes on."""
+    args, stdin, then = AFTER_LOADING[command]
+    monkeypatch.setattr(memory, "available_bytes", lambda device: memory.Available(1 << 10, "X"))
+    refused = gptcli_inproc(*args, cwd=trained, input=stdin)
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {command} needs about "), line
+    assert line.endswith("or --no-memory-check to try anyway"), line
+    loaded = gptcli_inproc(*args, "--no-memory-check", cwd=trained, input=stdin)
+    if then is None:
+        assert loaded.returncode == 0 and loaded.stdout, loaded.stderr
+    else:
+        assert loaded.returncode == 2 and then in loaded.stderr, loaded.stderr
+        assert "needs about" not in loaded.stderr
+    again = gptcli_inproc(*args, cwd=trained, input=stdin)  # the flag does not outlive its command
+    assert again.returncode == 2 and "--no-memory-check" in again.stderr, again.stderr
 
 
 def test_check_fits_names_the_estimate_the_limit_and_the_remedies(monkeypatch):
@@ -266,6 +301,11 @@ def test_check_fits_names_the_estimate_the_limit_and_the_remedies(monkeypatch):
     memory.check_training(cfg, TrainConfig(batch_size=8, memory_check=False), cpu)
     with pytest.raises(UserError, match=r"sample needs .*fewer rows at a time \(--num-samples\)"):
         memory.check_inference(cfg, 1000, "auto", cpu, "sample", "--num-samples")
+    memory.set_inference_check(False)  # --no-memory-check
+    try:
+        memory.check_inference(cfg, 1000, "auto", cpu, "sample", "--num-samples")
+    finally:
+        memory.set_inference_check(True)
 
 
 def test_the_estimate_before_building_is_the_built_models(tmp_path):
