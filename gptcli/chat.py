@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ from gptcli.checkpoint_tensors import build_model
 from gptcli.console import Terminated, UserError
 from gptcli.device import dtype_name, pick_device
 from gptcli.load import load as load_model
+from gptcli.load import metadata
 from gptcli.load import resolve as resolve_model
 from gptcli.model import GPT
-from gptcli.recipe import SampleConfig
+from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.tasks import sft
 
 try:  # line editing and history at the prompt, where the platform has it
@@ -82,16 +84,30 @@ def model_name(ckpt: Path) -> str:
     return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
 
 
-def load(
+@dataclass
+class Checked:
+    """What a model's files say before its weights load: a server checks all of this, then
+    binds its port, then builds the model."""
+
+    ckpt: Path
+    name: str
+    cfg: ModelConfig
+    tok: Any
+    template: bool
+    defaults: SampleConfig
+    command: str
+
+
+def check(
     checkpoint_path: str | None, overrides: dict[str, object], dtype: str, command: str
-) -> Engine:
-    """Load a language model for replies; a classifier is refused (it has no text to give)."""
+) -> Checked:
+    """A language model's metadata, tokenizer and reply settings, checked without reading its
+    weights; a classifier is refused (it has no text to give)."""
     ckpt = resolve_model(checkpoint_path)
     defaults = generate.load_params(ckpt, overrides)
-    device = pick_device("auto")
-    generate.pick_dtype(dtype, device)  # a bad --dtype fails before anything loads
-    loaded = load_model(ckpt)
-    task = loaded.info["task"]
+    generate.pick_dtype(dtype, pick_device("auto"))  # a bad --dtype fails before anything loads
+    cfg, info = metadata(ckpt)
+    task = info["task"]
     kind = task.get("kind", "lm")
     if kind == "classify":
         raise UserError(
@@ -104,14 +120,36 @@ def load(
             f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
             f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
         )
-    memory.check_inference(loaded.config, 1, dtype, device, command)
-    model = build_model(loaded, device).eval()  # first: it names weights that disagree
-    weights = generate.pick_dtype(dtype, device, loaded.config)
-    model = model.to(weights)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
     if checkpoint_path is None:
         console.info(f"{command}: using {ckpt}")
-    return Engine(ckpt, model_name(ckpt), model, tok, template, defaults, dtype_name(weights))
+    return Checked(ckpt, model_name(ckpt), cfg, tok, template, defaults, command)
+
+
+def build(checked: Checked, dtype: str) -> Engine:
+    """The checked model's weights, read and built in the dtype picked for this device."""
+    device = pick_device("auto")
+    loaded = load_model(checked.ckpt)
+    memory.check_inference(loaded.config, 1, dtype, device, checked.command)
+    model = build_model(loaded, device).eval()  # first: it names weights that disagree
+    weights = generate.pick_dtype(dtype, device, loaded.config)
+    model = model.to(weights)
+    return Engine(
+        checked.ckpt,
+        checked.name,
+        model,
+        checked.tok,
+        checked.template,
+        checked.defaults,
+        dtype_name(weights),
+    )
+
+
+def load(
+    checkpoint_path: str | None, overrides: dict[str, object], dtype: str, command: str
+) -> Engine:
+    """Load a language model for replies (check, then build)."""
+    return build(check(checkpoint_path, overrides, dtype, command), dtype)
 
 
 # --------------------------------------------------------------------------- reply events
@@ -156,11 +194,17 @@ def reply_events(
     chat: bool = True,
     cancelled: Callable[[], bool] = lambda: False,
     top_logprobs: int | None = None,
+    ignore_eos: bool = False,
+    on_token: Callable[[int], None] | None = None,
+    deadline: float | None = None,
 ) -> Iterator[Piece | Finish]:
     """Generate n replies to ids as one batch: text pieces as they become final (never part of
-    a stop string), then one Finish per row. Stops early, without a Finish, once cancelled()."""
+    a stop string), then one Finish per row. Stops early, without a Finish, once cancelled().
+    ignore_eos: the end tokens are text like any other (fixed-length replies, as benchmarks
+    want); on_token(row) hears of each generated token; past deadline (time.monotonic()) every
+    row ends with what it has, as 'length'."""
     ids = ids[-engine.block :]  # the window keeps a long prompt's last tokens
-    enders = engine.enders(chat)
+    enders = set() if ignore_eos else engine.enders(chat)
     streams = [generate.TextStream(engine.tok, ids, params.stop) for _ in range(n)]
     finished, done = [False] * n, [False] * n
     counts = [0] * n
@@ -174,9 +218,8 @@ def reply_events(
             yield Piece(row, tail, pending[row])
         yield Finish(row, "stop" if streams[row].stopped else reason, counts[row])
 
-    steps = generate.generate(
-        engine.model, ids, params, seed, engine.eos(chat), n, finished, scores
-    )
+    eos = None if ignore_eos else engine.eos(chat)
+    steps = generate.generate(engine.model, ids, params, seed, eos, n, finished, scores)
     try:
         for step in steps:
             if cancelled():
@@ -189,6 +232,8 @@ def reply_events(
                     yield from finish(row, "stop")
                     continue
                 counts[row] += 1
+                if on_token is not None:
+                    on_token(row)
                 if step_scores is not None:
                     entry = token_logprob(engine.tok, token, step_scores[row], top_logprobs or 0)
                     pending[row].append(entry)
@@ -198,6 +243,8 @@ def reply_events(
                 elif text:
                     yield Piece(row, text, pending[row])
                     pending[row] = []
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         for row in range(n):
             if not done[row]:
                 yield from finish(row, "length")

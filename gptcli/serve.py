@@ -1,8 +1,12 @@
-"""`gptcli serve`: OpenAI's HTTP API (models, completions, chat completions) over one checkpoint.
+"""`gptcli serve`: OpenAI's HTTP API (models, completions, chat completions) over one checkpoint,
+and what servers offer beside it: /health, /metrics (Prometheus), /tokenize and /detokenize.
 
-Requests wait in a bounded queue and are generated one at a time on a worker thread, so the
-event loop keeps answering (429 when the queue is full, 401, 400) while a reply is generated.
-Every input is checked by hand into OpenAI-style errors: bad input is never a 500.
+The checkpoint's metadata is checked first, then the port is bound and the weights load on a
+thread (/health answers 503 until they have). Requests wait in a bounded queue and are generated
+one at a time on a worker thread, so the event loop keeps answering (429 when the queue is full,
+401, 400) while a reply is generated. Every input is checked by hand into OpenAI-style errors:
+bad input is never a 500. At shutdown the requests in flight get the drain time; any still
+running then is answered with an error object.
 """
 
 from __future__ import annotations
@@ -23,27 +27,32 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from gptcli import console
-from gptcli.chat import Engine, Finish, Piece, reply_events
+from gptcli import console, tokenizer
+from gptcli.chat import Checked, Engine, Finish, Piece, build, reply_events
 from gptcli.console import UserError
 from gptcli.recipe import SampleConfig
 
 try:
+    import prometheus_client
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 except ImportError as e:  # the optional extra
-    raise UserError("gptcli serve needs FastAPI and uvicorn: pip install 'gptcli[serve]'") from e
+    raise UserError(
+        "gptcli serve needs FastAPI, uvicorn and prometheus-client: pip install 'gptcli[serve]'"
+    ) from e
 
 MAX_BODY = 1 << 20  # bytes: far more than any prompt that fits a context
 MAX_N = 16  # choices per request (each one is a row of the batch)
 MAX_STOP = 16
 MAX_PROMPTS = 16
-DRAIN_S = 30  # in-flight requests get this long after SIGTERM/SIGINT, then they are cut off
+DRAIN_S = 30.0  # in-flight requests get this long after SIGTERM/SIGINT, then they are cut off
+CUT_GRACE_S = 5.0  # uvicorn's own limit comes this much later, so the cut-off answers go out
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # the API's names for the sampling settings
 API_NAMES = {"max_new_tokens": "max_tokens"}
+PROMPT_FORMS = "a string, a list of strings, a non-empty list of token ids, or a list of those"
 
 
 class ApiError(Exception):
@@ -53,12 +62,177 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
 
-    def response(self) -> JSONResponse:
+    def body(self) -> dict:
         kind = {401: "authentication_error", 429: "rate_limit_error"}.get(
             self.status, "invalid_request_error" if self.status < 500 else "server_error"
         )
         error = {"message": str(self), "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
+        return {"error": error}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+@dataclass
+class Options:
+    """The server's own settings (its flags)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_queue: int = 16
+    max_tokens: int | None = None  # the most a request may ask for; None: the context size
+    request_timeout: float | None = None  # seconds of generation per request; None: no limit
+    drain_timeout: float = DRAIN_S
+
+    def check(self, block_size: int) -> Options:
+        """These settings checked (one line on what is wrong) and the defaults filled in."""
+        if self.max_queue < 0:
+            raise UserError(f"--max-queue must be >= 0, got {self.max_queue}")
+        if self.api_key is not None and not self.api_key:
+            raise UserError("--api-key must not be empty")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UserError(f"--max-tokens must be a positive integer, got {self.max_tokens}")
+        for flag, value in (
+            ("--request-timeout", self.request_timeout),
+            ("--drain-timeout", self.drain_timeout),
+        ):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} must be a positive number of seconds, got {value:g}")
+        return dataclasses.replace(self, max_tokens=self.max_tokens or block_size)
+
+
+# --------------------------------------------------------------------------- metrics
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The server's Prometheus metrics (GET /metrics), in a registry of its own so that two
+    servers in one process never share counters. Generation reports through a Tracker per
+    request; prometheus_client is thread-safe, so the generating thread may call it."""
+
+    def __init__(self, slots: int) -> None:
+        r = self.registry = prometheus_client.CollectorRegistry()
+        metric = prometheus_client
+        self.running = metric.Gauge(
+            "gptcli_requests_running", "Requests generating now.", registry=r
+        )
+        self.waiting = metric.Gauge(
+            "gptcli_requests_waiting", "Requests admitted and waiting for a slot.", registry=r
+        )
+        self.prompt_tokens = metric.Counter(
+            "gptcli_prompt_tokens", "Prompt tokens read (prefilled).", registry=r
+        )
+        self.generation_tokens = metric.Counter(
+            "gptcli_generation_tokens", "Tokens generated.", registry=r
+        )
+        self.finished = metric.Counter(
+            "gptcli_requests_finished",
+            "Requests ended, by how: stop, length or cancelled (client gone, shutdown, error).",
+            ["reason"],
+            registry=r,
+        )
+        self.ttft = metric.Histogram(
+            "gptcli_time_to_first_token_seconds",
+            "From a request's arrival to its first generated token.",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.per_token = metric.Histogram(
+            "gptcli_time_per_output_token_seconds",
+            "Between two consecutive tokens of one reply.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.slots_used = metric.Gauge("gptcli_slots_used", "Slots generating now.", registry=r)
+        self.slots_total = metric.Gauge("gptcli_slots_total", "Slots the server has.", registry=r)
+        self.slots_total.set(slots)
+
+    def request(self, timeout: float | None = None) -> Tracker:
+        """A tracker for a request just admitted (it waits until Tracker.start)."""
+        return Tracker(self, timeout)
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
+
+
+class Tracker:
+    """One request's progress: reported to the metrics as it happens (start, each token,
+    finish) and summed up as the response's `timings`. Its deadline is start + timeout."""
+
+    def __init__(self, metrics: Metrics, timeout: float | None) -> None:
+        self.metrics, self.timeout = metrics, timeout
+        self.arrived = time.monotonic()
+        self.started: float | None = None
+        self.first: float | None = None
+        self.latest: float | None = None
+        self.last: dict[int, float] = {}  # each row's latest token time
+        self.rows = self.prompt_n = self.predicted_n = 0
+        self.deadline: float | None = None
+        self.done = False
+        metrics.waiting.inc()
+
+    def start(self, prompt_tokens: int, rows: int = 1) -> None:
+        """Generation begins: prompt_tokens are read, rows slots are taken."""
+        self.started = time.monotonic()
+        if self.timeout is not None:
+            self.deadline = self.started + self.timeout
+        self.rows, self.prompt_n = rows, prompt_tokens
+        m = self.metrics
+        m.waiting.dec()
+        m.running.inc()
+        m.slots_used.inc(rows)
+        m.prompt_tokens.inc(prompt_tokens)
+
+    def token(self, row: int = 0) -> None:
+        """One token generated on row (a choice of this request)."""
+        now = time.monotonic()
+        m = self.metrics
+        if self.first is None:
+            self.first = now
+            m.ttft.observe(now - self.arrived)
+        elif row in self.last:
+            m.per_token.observe(now - self.last[row])
+        self.last[row] = self.latest = now
+        self.predicted_n += 1
+        m.generation_tokens.inc()
+
+    def finish(self, reason: str) -> None:
+        """The request ended (stop, length or cancelled); later calls do nothing."""
+        if self.done:
+            return
+        self.done = True
+        m = self.metrics
+        if self.started is None:
+            m.waiting.dec()
+        else:
+            m.running.dec()
+            m.slots_used.dec(self.rows)
+        m.finished.labels(reason).inc()
+
+    def timings(self) -> dict:
+        """llama.cpp's `timings` object: prompt_ms from the start of generation to the first
+        token, predicted_ms from the first token to the last, and their rates."""
+        start = self.started if self.started is not None else time.monotonic()
+        first = self.first if self.first is not None else start
+        prompt_ms = (first - start) * 1000
+        predicted_ms = ((self.latest or first) - first) * 1000
+
+        def rate(n: int, ms: float) -> float | None:
+            return n * 1000 / ms if ms > 0 else None
+
+        return {
+            "queued_ms": (start - self.arrived) * 1000,
+            "prompt_n": self.prompt_n,
+            "prompt_ms": prompt_ms,
+            "prompt_per_second": rate(self.prompt_n, prompt_ms),
+            "predicted_n": self.predicted_n,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / self.predicted_n if self.predicted_n else None,
+            "predicted_per_second": rate(self.predicted_n, predicted_ms),
+        }
 
 
 # --------------------------------------------------------------------------- request checking
@@ -100,14 +274,22 @@ def string_list(body: dict, key: str, limit: int) -> list[str] | None:
 
 
 def sampling(
-    body: dict, defaults: SampleConfig, chat: bool
+    body: dict, defaults: SampleConfig, chat: bool, limit: int
 ) -> tuple[SampleConfig, int, int | None]:
-    """The request's settings on top of the run's `sample:` defaults; n; seed."""
-    max_tokens = field(body, "max_tokens", "int")
-    if chat:
-        max_tokens = field(body, "max_completion_tokens", "int", max_tokens)
+    """The request's settings on top of the run's `sample:` defaults; n; seed. max_tokens
+    (chat: also max_completion_tokens) may not pass the server's limit."""
+    key, max_tokens = "max_tokens", field(body, "max_tokens", "int")
+    if chat and body.get("max_completion_tokens") is not None:
+        key, max_tokens = "max_completion_tokens", field(body, "max_completion_tokens", "int")
+    if max_tokens is not None and max_tokens > limit:
+        raise ApiError(
+            400,
+            f"'{key}' is {max_tokens}, over this server's limit of {limit} tokens "
+            "(gptcli serve --max-tokens)",
+            key,
+        )
     values = {
-        "max_new_tokens": max_tokens,
+        "max_new_tokens": min(defaults.max_new_tokens, limit) if max_tokens is None else max_tokens,
         "temperature": field(body, "temperature", "number"),
         "top_p": field(body, "top_p", "number"),
         "top_k": field(body, "top_k", "int"),
@@ -127,6 +309,68 @@ def sampling(
     if seed is not None and not 0 <= seed < 2**63:
         raise ApiError(400, f"'seed' must be between 0 and 2**63 - 1, got {seed}", "seed")
     return params, n, seed
+
+
+def is_ids(value: object) -> bool:
+    """A non-empty JSON list of integers: token ids, as OpenAI's `prompt` may be."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    )
+
+
+def check_ids(ids: list[int], vocab: int, key: str) -> list[int]:
+    """ids, each inside the model's vocabulary, else 400."""
+    bad = next((i for i in ids if not 0 <= i < vocab), None)
+    if bad is not None:
+        raise ApiError(
+            400, f"'{key}' has the token id {bad}, outside this model's 0..{vocab - 1}", key
+        )
+    return list(ids)
+
+
+def prompt_ids(engine: Engine, body: dict) -> list[list[int]]:
+    """`prompt` as token ids: texts read as `gptcli sample` reads them (a new document after
+    <|endoftext|>), token ids as they are."""
+    value = body.get("prompt")
+    if value is None:
+        raise ApiError(400, "'prompt' is required", "prompt")
+    prompts = [value] if isinstance(value, str) or is_ids(value) else value
+    ok = (
+        isinstance(prompts, list)
+        and bool(prompts)
+        and (all(isinstance(v, str) for v in prompts) or all(is_ids(v) for v in prompts))
+    )
+    if not ok:
+        raise ApiError(400, f"'prompt' must be {PROMPT_FORMS}", "prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise ApiError(
+            400, f"'prompt' takes at most {MAX_PROMPTS} prompts, got {len(prompts)}", "prompt"
+        )
+    if isinstance(prompts[0], str):
+        return [engine.text_ids(text) for text in prompts]
+    return [check_ids(ids, vocab_size(engine), "prompt") for ids in prompts]
+
+
+def vocab_size(engine: Engine) -> int:
+    return engine.model.cfg.vocab_size
+
+
+def check_model(body: dict, name: str, required: bool = True) -> None:
+    """The request's `model` names the one this server serves (optional where not required)."""
+    model = field(body, "model", "string")
+    if model is None:
+        if required:
+            raise ApiError(400, "'model' is required: GET /v1/models lists it", "model")
+        return
+    if model != name:
+        raise ApiError(
+            404,
+            f"the model '{model}' does not exist; this server serves '{name}'",
+            "model",
+            "model_not_found",
+        )
 
 
 def chat_messages(body: dict) -> list[dict]:
@@ -165,52 +409,91 @@ class Job:
     stream: bool
     logprobs: int | None  # top alternatives per token (completions), None = no logprobs
     usage_chunk: bool  # stream_options.include_usage
+    ignore_eos: bool = False  # end tokens are text like any other: fixed-length replies
 
 
-def parse_job(engine: Engine, body: dict, chat: bool) -> Job:
-    model = field(body, "model", "string")
-    if model is None:
-        raise ApiError(400, "'model' is required: GET /v1/models lists it", "model")
-    if model != engine.name:
-        raise ApiError(
-            404,
-            f"the model '{model}' does not exist; this server serves '{engine.name}'",
-            "model",
-            "model_not_found",
-        )
-    params, n, seed = sampling(body, engine.defaults, chat)
+def parse_job(engine: Engine, body: dict, chat: bool, limit: int) -> Job:
+    """A completions (chat: chat completions) request body, checked; limit: --max-tokens."""
+    check_model(body, engine.name)
+    params, n, seed = sampling(body, engine.defaults, chat, limit)
     stream = field(body, "stream", "bool", False)
     options = field(body, "stream_options", "object", {})
     usage_chunk = field(options, "include_usage", "bool", False)
+    ignore_eos = field(body, "ignore_eos", "bool", False)
     logprobs = None
     if chat:
         prompts = [engine.chat_ids(chat_messages(body))]
     else:
-        texts = string_list(body, "prompt", MAX_PROMPTS)
-        if texts is None:
-            raise ApiError(400, "'prompt' is required", "prompt")
-        prompts = [engine.text_ids(t) for t in texts]
+        prompts = prompt_ids(engine, body)
         logprobs = field(body, "logprobs", "int")
         if logprobs is not None and not 0 <= logprobs <= 5:
             raise ApiError(400, f"'logprobs' must be between 0 and 5, got {logprobs}", "logprobs")
         if field(body, "echo", "bool", False):
             raise ApiError(400, "'echo' is not supported", "echo")
-    return Job(prompts, params, n, seed, chat, stream, logprobs, usage_chunk)
+    return Job(prompts, params, n, seed, chat, stream, logprobs, usage_chunk, ignore_eos)
+
+
+def tokenized(engine: Engine, body: dict) -> dict:
+    """POST /tokenize, in vLLM's form: the ids of `prompt` as completions read it (with
+    add_special_tokens false: the text's own ids, no <|endoftext|> first), or of `messages` as
+    chat completions read them."""
+    check_model(body, engine.name, required=False)
+    if body.get("messages") is not None:
+        ids = engine.chat_ids(chat_messages(body))
+    else:
+        prompt = field(body, "prompt", "string")
+        if prompt is None:
+            raise ApiError(400, "'prompt' (a string) or 'messages' is required", "prompt")
+        if field(body, "add_special_tokens", "bool", True):
+            ids = engine.text_ids(prompt)
+        else:
+            ids = tokenizer.encode_batch(engine.tok, [prompt])[0]
+    answer = {"count": len(ids), "max_model_len": engine.block, "tokens": ids}
+    if field(body, "return_token_strs", "bool", False):
+        answer["token_strs"] = [engine.tok.id_to_token(i) for i in ids]
+    return answer
+
+
+def detokenized(engine: Engine, body: dict) -> dict:
+    """POST /detokenize, in vLLM's form: {"tokens": [ids]} -> {"prompt": text}."""
+    check_model(body, engine.name, required=False)
+    ids = body.get("tokens")
+    if not (ids == [] or is_ids(ids)):
+        raise ApiError(400, "'tokens' must be a list of token ids", "tokens")
+    return {"prompt": tokenizer.decode(engine.tok, check_ids(ids, vocab_size(engine), "tokens"))}
 
 
 # --------------------------------------------------------------------------- generation
 
 
 def job_events(
-    engine: Engine, job: Job, cancel: threading.Event
+    engine: Engine, job: Job, cancel: threading.Event, tracker: Tracker
 ) -> Iterator[tuple[int, Piece | Finish]]:
-    """Every prompt's replies in turn, each event tagged with its choice index."""
+    """Every prompt's replies in turn, each event tagged with its choice index; the tracker
+    hears of the start, of each token and of the end."""
+    tracker.start(prompt_tokens(engine, job))
+    reasons = []
     for p, ids in enumerate(job.prompts):
+        first = p * job.n
         events = reply_events(
-            engine, ids, job.params, job.seed, job.n, job.chat, cancel.is_set, job.logprobs
+            engine,
+            ids,
+            job.params,
+            job.seed,
+            job.n,
+            job.chat,
+            cancel.is_set,
+            job.logprobs,
+            ignore_eos=job.ignore_eos,
+            on_token=lambda row, first=first: tracker.token(first + row),
+            deadline=tracker.deadline,
         )
         for event in events:
-            yield p * job.n + event.row, event
+            if isinstance(event, Finish):
+                reasons.append(event.reason)
+            yield first + event.row, event
+    ended = "length" if "length" in reasons else "stop"
+    tracker.finish("cancelled" if cancel.is_set() else ended)
 
 
 def prompt_tokens(engine: Engine, job: Job) -> int:
@@ -240,12 +523,14 @@ def completion_logprobs(entries: list[dict], offset: int) -> dict:
     }
 
 
-def whole_reply(engine: Engine, job: Job, cancel: threading.Event) -> tuple[list[dict], dict]:
+def whole_reply(
+    engine: Engine, job: Job, cancel: threading.Event, tracker: Tracker
+) -> tuple[list[dict], dict]:
     """The worker's side of a non-streaming request: every choice and the usage."""
     size = len(job.prompts) * job.n
     texts, entries = [""] * size, [[] for _ in range(size)]
     reasons, counts = ["length"] * size, [0] * size
-    for index, event in job_events(engine, job, cancel):
+    for index, event in job_events(engine, job, cancel, tracker):
         if isinstance(event, Piece):
             texts[index] += event.text
             entries[index] += event.logprobs
@@ -335,7 +620,7 @@ def chunk(job: Job, head: dict, index: int, text: str, reason, logprobs=None, ro
 
 
 async def stream_reply(
-    engine: Engine, job: Job, head: dict, scheduler: Scheduler
+    engine: Engine, job: Job, head: dict, scheduler: Scheduler, tracker: Tracker
 ) -> AsyncIterator[str]:
     """Server-sent events: the worker pushes reply events, this side turns them into chunks."""
     loop = asyncio.get_running_loop()
@@ -344,7 +629,7 @@ async def stream_reply(
 
     def work(cancel: threading.Event) -> None:
         try:
-            for item in job_events(engine, job, cancel):
+            for item in job_events(engine, job, cancel, tracker):
                 if cancel.is_set():
                     return
                 loop.call_soon_threadsafe(events.put_nowait, item)
@@ -357,7 +642,7 @@ async def stream_reply(
     if job.chat:
         for i in range(size):
             yield sse(chunk(job, head, i, "", None, role=True))
-    offsets, total = [0] * size, 0
+    offsets, total, finished = [0] * size, 0, 0
     task = asyncio.ensure_future(scheduler.run(work))
     try:
         while (item := await events.get()) is not done:
@@ -368,8 +653,13 @@ async def stream_reply(
                 return
             index, event = item
             if isinstance(event, Finish):
-                total += event.tokens
-                yield sse(chunk(job, head, index, "", event.reason))
+                total, finished = total + event.tokens, finished + 1
+                last = chunk(job, head, index, "", event.reason)
+                if finished == size:  # the last chunk carries the request's usage and timings
+                    last["timings"] = tracker.timings()
+                    if not job.usage_chunk:
+                        last["usage"] = usage(engine, job, total)
+                yield sse(last)
                 continue
             logprobs = None
             if job.logprobs is not None:
@@ -377,7 +667,8 @@ async def stream_reply(
             offsets[index] += len(event.text)
             yield sse(chunk(job, head, index, event.text, None, logprobs))
         if job.usage_chunk:
-            yield sse({**head, "choices": [], "usage": usage(engine, job, total)})
+            used = usage(engine, job, total)
+            yield sse({**head, "choices": [], "usage": used, "timings": tracker.timings()})
         yield "data: [DONE]\n\n"
     finally:
         task.cancel()
@@ -407,10 +698,30 @@ async def read_json(request: Request, limit: int) -> dict:
     return value
 
 
-def create_app(engine: Engine, api_key: str | None, scheduler: Scheduler) -> FastAPI:
-    """The FastAPI app: the three OpenAI routes, auth, and errors in OpenAI's shape."""
+class Model:
+    """The model being served: its checked files from the start, its engine once the weights
+    have loaded (before that, /health and the routes that generate answer 503)."""
+
+    def __init__(self, checked: Checked) -> None:
+        self.checked = checked
+        self.engine: Engine | None = None
+        self.failure: BaseException | None = None  # why the weights did not load
+
+    def ready(self) -> Engine:
+        if self.engine is None:
+            raise ApiError(
+                503,
+                "the model is still loading; GET /health answers 200 once it is ready",
+                code="model_loading",
+            )
+        return self.engine
+
+
+def create_app(model: Model, options: Options, scheduler: Scheduler, metrics: Metrics) -> FastAPI:
+    """The FastAPI app: OpenAI's routes, the server routes, auth, errors in OpenAI's shape."""
     app = FastAPI(title="gptcli", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
+    api_key = options.api_key
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -437,27 +748,60 @@ def create_app(engine: Engine, api_key: str | None, scheduler: Scheduler) -> Fas
         console.warn(f"serve: unexpected failure: {type(exc).__name__}: {exc}")
         return ApiError(500, "the server failed to answer this request").response()
 
+    @app.get("/health")
+    async def health():
+        """200 once the model is loaded (no API key needed: load balancers ask)."""
+        model.ready()
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        authorize(request)
+        return Response(metrics.exposition(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
         authorize(request)
-        card = {"id": engine.name, "object": "model", "created": created, "owned_by": "gptcli"}
+        name = model.checked.name
+        card = {"id": name, "object": "model", "created": created, "owned_by": "gptcli"}
         return {"object": "list", "data": [card]}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        authorize(request)
+        return tokenized(model.ready(), await read_json(request, MAX_BODY))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        authorize(request)
+        return detokenized(model.ready(), await read_json(request, MAX_BODY))
 
     async def answer(request: Request, chat: bool):
         authorize(request)
-        job = parse_job(engine, await read_json(request, MAX_BODY), chat)
+        engine = model.ready()
+        job = parse_job(engine, await read_json(request, MAX_BODY), chat, options.max_tokens)
         scheduler.admit()
+        tracker = metrics.request(options.request_timeout)
         prefix, kind = ("chatcmpl", "chat.completion") if chat else ("cmpl", "text_completion")
         head = {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time())}
         head |= {"model": engine.name}
+
+        def release() -> None:
+            scheduler.release()
+            tracker.finish("cancelled")  # nothing when the reply has finished
+
         if job.stream:
             head["object"] = kind + ".chunk" if chat else kind
-            return AdmittedStream(stream_reply(engine, job, head, scheduler), scheduler.release)
+            stream = stream_reply(engine, job, head, scheduler, tracker)
+            return AdmittedStream(stream, release)
         try:
-            choices, used = await scheduler.run(lambda cancel: whole_reply(engine, job, cancel))
+            reply = await scheduler.run(lambda cancel: whole_reply(engine, job, cancel, tracker))
         finally:
-            scheduler.release()
-        return {**head, "object": kind, "choices": choices, "usage": used}
+            release()
+        choices, used = reply
+        return {**head, "object": kind, "choices": choices, "usage": used} | {
+            "timings": tracker.timings()
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -473,9 +817,66 @@ def create_app(engine: Engine, api_key: str | None, scheduler: Scheduler) -> Fas
 # --------------------------------------------------------------------------- the server
 
 
+class Drain:
+    """ASGI middleware that knows the requests in flight, so that at the end of the drain time
+    each one still running is answered with an error object (uvicorn would cancel it
+    mid-response instead: a plain-text 500 and a traceback on the terminal)."""
+
+    def __init__(self, app: FastAPI, seconds: float) -> None:
+        self.app, self.seconds = app, seconds
+        self.tasks: set[asyncio.Task] = set()
+
+    def cut_off(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def __call__(self, scope, receive, send) -> None:
+        task = asyncio.current_task()
+        if scope["type"] != "http" or task is None:
+            await self.app(scope, receive, send)
+            return
+        sent = {"start": False, "end": False}
+
+        async def tracked(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                sent["start"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                sent["end"] = True
+            await send(message)
+
+        self.tasks.add(task)
+        try:
+            await self.app(scope, receive, tracked)
+        except asyncio.CancelledError:  # only shutdown cancels a request's task
+            if hasattr(task, "uncancel"):  # Python 3.11+: the task goes on normally
+                task.uncancel()
+            if not sent["end"]:
+                await self.answer_cut_off(scope, receive, send, sent["start"])
+        finally:
+            self.tasks.discard(task)
+
+    async def answer_cut_off(self, scope, receive, send, started: bool) -> None:
+        """The error object: as the response, or as the last event of a started stream."""
+        error = ApiError(
+            503,
+            f"the server is shutting down: this request was cut off after the {self.seconds:g} s "
+            "drain",
+            code="server_shutting_down",
+        )
+        if not started:
+            await error.response()(scope, receive, send)
+            return
+        body = (sse(error.body()) + "data: [DONE]\n\n").encode()
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 class Server(uvicorn.Server):
     """uvicorn's server, stopping the way gptcli's commands do: the first SIGTERM or SIGINT
     drains the requests in flight and returns normally; a second one exits at once."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -490,10 +891,19 @@ class Server(uvicorn.Server):
             console.info("serve: second signal, stopping at once")
             os._exit(128 + sig)
         console.info(
-            f"serve: stopping; requests in flight get up to {DRAIN_S} s "
+            f"serve: stopping; requests in flight get up to {self.drain.seconds:g} s "
             "(signal again to stop at once)"
         )
         self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, with the requests still running at the end of the drain time
+        cut off (each answered with an error) before uvicorn's own limit would cancel them."""
+        timer = asyncio.get_running_loop().call_later(self.drain.seconds, self.drain.cut_off)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -513,41 +923,62 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(engine: Engine, host: str, port: int, api_key: str | None, max_queue: int) -> None:
-    """`gptcli serve`: listen until SIGTERM/SIGINT, then drain and return (exit 0)."""
-    if max_queue < 0:
-        raise UserError(f"--max-queue must be >= 0, got {max_queue}")
-    if api_key is not None and not api_key:
-        raise UserError("--api-key must not be empty")
-    if host not in LOCAL_HOSTS and api_key is None:
+def load_in_background(model: Model, dtype: str, url: str, server: Server) -> None:
+    """Build the model on a thread while the server answers /health with 503; a failure stops
+    the server and is raised by serve()."""
+
+    def work() -> None:
+        try:
+            engine = build(model.checked, dtype)
+        except BaseException as e:  # noqa: BLE001 - raised again on the main thread
+            model.failure = e
+            server.should_exit = True
+            return
+        model.engine = engine
+        console.info(
+            f"serve: {engine.name} ({engine.dtype}) on {url}/v1 "
+            "(Ctrl-C stops after the requests in flight)"
+        )
+
+    threading.Thread(target=work, name="gptcli-load", daemon=True).start()
+
+
+def serve(checked: Checked, dtype: str, options: Options) -> None:
+    """`gptcli serve`: bind, load the model, listen until SIGTERM/SIGINT, then drain and return
+    (exit 0). Everything the checkpoint's metadata says was checked before (chat.check)."""
+    options = options.check(checked.cfg.block_size)
+    host = options.host
+    if host not in LOCAL_HOSTS and options.api_key is None:
         console.warn(
             f"serving on {host} without --api-key: anyone who can reach this port can use "
             "the model (set --api-key KEY)"
         )
-    sock = bind(host, port)
-    scheduler = Scheduler(max_queue)
-    app = create_app(engine, api_key, scheduler)
+    sock = bind(host, options.port)
+    model = Model(checked)
+    scheduler = Scheduler(options.max_queue)
+    drain = Drain(create_app(model, options, scheduler, Metrics(slots=1)), options.drain_timeout)
     config = uvicorn.Config(
-        app,
+        drain,
         lifespan="off",
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=DRAIN_S,
+        timeout_graceful_shutdown=options.drain_timeout + CUT_GRACE_S,
     )
-    bound = sock.getsockname()[1]
+    server = Server(config, drain)
     shown = f"[{host}]" if ":" in host else host
-    if not engine.template:
+    url = f"http://{shown}:{sock.getsockname()[1]}"
+    if not checked.template:
         console.info(
-            f"serve: {engine.ckpt} has no chat template (not an SFT checkpoint): chat "
+            f"serve: {checked.ckpt} has no chat template (not an SFT checkpoint): chat "
             "completions continue the conversation's text"
         )
-    console.info(
-        f"serve: {engine.name} ({engine.dtype}) on http://{shown}:{bound}/v1 "
-        "(Ctrl-C stops after the requests in flight)"
-    )
+    console.info(f"serve: loading {checked.name}; {url}/health answers 200 once it is ready")
+    load_in_background(model, dtype, url, server)
     try:
-        Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         scheduler.close()
         sock.close()
+    if model.failure is not None:
+        raise model.failure
     console.info("serve: stopped")
