@@ -162,8 +162,8 @@ def prompts(count: int, eot: int, usable: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- the servers
 
 
-def gptcli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO)}
+def gptcli_env(repo: Path = REPO) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(repo)}
 
 
 def free_port() -> int:
@@ -215,22 +215,24 @@ class Server:
                 self.proc.wait()
 
 
-def gptcli_server(run: Path, dtype: str, clients: int, block: int) -> Server:
+def gptcli_server(run: Path, dtype: str, clients: int, block: int, repo: Path = REPO) -> Server:
+    """gptcli serve from the checkout repo (this one, or a baseline's)."""
     port = free_port()
     command = [sys.executable, "-m", "gptcli", "serve", "-c", str(run), "--port", str(port)]
     command += ["--dtype", dtype, "--max-queue", "256", "--max-tokens", str(block)]
-    if has_parallel():
+    if has_parallel(repo):
         command += ["--parallel", str(clients)]
-    return Server(f"gptcli {dtype}", command, port, gptcli_env())
+    name = f"gptcli {dtype}" if repo == REPO else f"baseline {dtype}"
+    return Server(name, command, port, gptcli_env(repo))
 
 
-def has_parallel() -> bool:
-    """Whether this gptcli's serve batches requests in --parallel slots."""
+def has_parallel(repo: Path) -> bool:
+    """Whether that gptcli's serve batches requests in --parallel slots."""
     help_text = subprocess.run(
         [sys.executable, "-m", "gptcli", "serve", "--help"],
         capture_output=True,
         text=True,
-        env={**gptcli_env(), "COLUMNS": "200"},
+        env={**gptcli_env(repo), "COLUMNS": "200"},
     ).stdout
     return "--parallel" in help_text
 
@@ -350,6 +352,8 @@ def measure(shape: Shape, args: argparse.Namespace, binary: Path, rows: list[dic
             asks = prompts(clients * per_client, eot, usable)
             servers = [llama_cpp_server(binary, gguf, clients, block)]
             servers += [gptcli_server(run, dtype, clients, block) for dtype in ("fp32", "auto")]
+            if args.baseline:
+                servers.append(gptcli_server(run, "fp32", clients, block, Path(args.baseline)))
             for server in servers:
                 try:
                     server.start(folder)
@@ -382,6 +386,11 @@ def main() -> None:
     ap.add_argument("--per-client", type=int, default=4, help="requests each client sends")
     ap.add_argument("--block", type=int, help="serve at this context size instead")
     ap.add_argument("--llama-server", help="a llama-server binary to use instead of building")
+    ap.add_argument(
+        "--baseline",
+        help="also serve with the gptcli of this checkout (fp32), e.g. a worktree of the "
+        "one-at-a-time server: it needs /health, token-id prompts and ignore_eos",
+    )
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
     shapes = ["tiny"] if args.quick else args.shapes.split(",")
