@@ -358,6 +358,11 @@ def measure(shape: Shape, args: argparse.Namespace, binary: Path, rows: list[dic
                 try:
                     server.start(folder)
                     level = asyncio.run(drive(server.url, server.name, clients, asks, new))
+                except Exception:
+                    server.stop()
+                    tail = server.log.read_text()[-2000:] if server.log else ""
+                    print(f"{server.name} failed; the end of its log:\n{tail}", flush=True)
+                    raise
                 finally:
                     server.stop()
                 row = {"shape": shape.name, **level.row()}
