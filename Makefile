@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # the test extras: pytest, ruff, hypothesis, transformers and lm-eval[hf] (parity tests), openai
-# and pexpect (serve and chat tests), gguf, matplotlib, fastapi and uvicorn (serve), the trackers
+# and pexpect (serve and chat tests), gguf, matplotlib, fastapi, uvicorn and prometheus-client (serve), the trackers
 # (tensorboard, wandb, mlflow-skinny with its sqlite store), lm-eval (gptcli eval), pyarrow
 # (Parquet and Arrow sources), datasets (hf: sources), llguidance (structured output; jsonschema
 # in dev checks its samples), rensa (data.dedup: near)

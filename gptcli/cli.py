@@ -763,12 +763,13 @@ def chat(
 @app.command(
     epilog="Examples:\n\n"
     "  gptcli serve -c runs/sft\n\n"
-    "  gptcli serve -c runs/tiny --port 8080 --max-queue 32\n\n"
+    "  gptcli serve -c runs/tiny --port 8080 --max-queue 32 --max-tokens 256\n\n"
     "  gptcli serve -c runs/sft --host 0.0.0.0 --api-key $(openssl rand -hex 16)\n\n"
     "Then: curl http://127.0.0.1:8000/v1/models, or any OpenAI client with "
     "base_url=http://127.0.0.1:8000/v1. Sampling settings default to the run's `sample:` "
     "section; requests set max_tokens, temperature, top_p, stop, n, seed, logprobs and "
-    "gptcli's top_k, min_p, repetition_penalty.",
+    "gptcli's top_k, min_p, repetition_penalty, ignore_eos. Also: GET /health (503 while the "
+    "model loads), GET /metrics (Prometheus), POST /tokenize and /detokenize.",
 )
 def serve(
     checkpoint_path: CheckpointOpt = None,
@@ -785,14 +786,38 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Requests that may wait for the model; more get 429.")
     ] = 16,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            help="The most tokens a request may ask for (max_tokens); more get 400. "
+            "Default: the model's context size."
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            metavar="SECONDS",
+            help="End each request's generation after this long, with what it has "
+            "(finish_reason length). Default: no limit.",
+        ),
+    ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="At SIGTERM or Ctrl-C, requests in flight get this long; then each still "
+            "running is answered with an error.",
+        ),
+    ] = 30.0,
     dtype: DtypeOpt = "auto",
     parallel: ParallelOpt = None,
     memory_check: MemoryCheckOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve the model over OpenAI's HTTP API: /v1/models, /v1/completions and
-    /v1/chat/completions, streaming or not. SIGTERM or Ctrl-C finishes the requests in flight
-    (at most 30 s) and exits 0."""
+    /v1/chat/completions, streaming or not. The port is bound before the weights load
+    (GET /health: 503 until they have). SIGTERM or Ctrl-C finishes the requests in flight
+    (--drain-timeout) and exits 0."""
     console.set_quiet(quiet)
     _set_memory_check(memory_check)
     from gptcli import engine
@@ -800,8 +825,13 @@ def serve(
     from gptcli.device import pick_device
 
     rows = parallel or engine.default_slots(pick_device("auto"))
-    lm = engine.load_model(checkpoint_path, "serve", dtype=dtype, rows=rows, rows_flag="--parallel")
-    serve_mod.serve(lm, host, port, api_key, max_queue, rows)
+    checked = engine.check_model(
+        checkpoint_path, "serve", dtype=dtype, rows=rows, rows_flag="--parallel"
+    )
+    options = serve_mod.Options(
+        host, port, api_key, max_queue, max_tokens, request_timeout, drain_timeout, rows
+    )
+    serve_mod.serve(checked, options)
 
 
 # --------------------------------------------------------------------------- entry point

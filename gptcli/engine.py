@@ -115,7 +115,33 @@ def load_params(ckpt: Path, overrides: dict[str, object]) -> SampleConfig:
     return params
 
 
-def load_model(
+@dataclass
+class Checked:
+    """What a model's files say, checked before its weights are read: a server checks all of
+    this, then binds its port, then builds the model."""
+
+    path: str | None  # as the user named it (None: the newest under ./runs)
+    ckpt: Path
+    command: str
+    kind: str
+    cfg: ModelConfig
+    tok: Any
+    defaults: SampleConfig
+    device: torch.device
+    dtype: str  # the --dtype asked for
+    rows: int
+    doing: str
+
+    @property
+    def name(self) -> str:
+        return model_name(self.ckpt)
+
+    @property
+    def template(self) -> bool:
+        return self.kind == "sft"
+
+
+def check_model(
     path: str | None,
     command: str,
     overrides: dict[str, object] | None = None,
@@ -125,17 +151,16 @@ def load_model(
     device: str = "auto",
     classifier: bool = False,
     doing: str = "sampling",
-) -> LoadedModel:
-    """Resolve, validate and load any model gptcli reads, check that rows at a time fit in
-    memory, build it in the dtype `dtype` decides for this shape, and load its tokenizer.
-
-    A classifier is refused unless the command takes one (it predicts labels, not text)."""
+) -> Checked:
+    """Resolve and validate any model gptcli reads (its metadata, settings and tokenizer) and
+    check that rows at a time fit in memory, without reading its weights. A classifier is
+    refused unless the command takes one (it predicts labels, not text)."""
     ckpt = load.resolve(path)
     defaults = load_params(ckpt, overrides or {})
     where = pick_device(device)
     pick_dtype(dtype, where)  # a bad --dtype fails before anything loads
-    loaded = load.load(ckpt)
-    task = loaded.info["task"]
+    cfg, info = load.metadata(ckpt)
+    task = info["task"]
     kind = task.get("kind", "lm")
     if kind == "classify" and not classifier:
         raise UserError(
@@ -147,15 +172,43 @@ def load_model(
             f"{command}: {ckpt} uses the chat template {task['template']!r}; this gptcli "
             f"knows {sft.CHAT_TEMPLATE} (upgrade gptcli)"
         )
-    memory.check_inference(loaded.config, rows, dtype, where, command, rows_flag)
-    model = build_model(loaded, where).eval()  # first: it names weights that disagree
-    model = model.to(pick_dtype(dtype, where, loaded.config, rows, doing))
+    memory.check_inference(cfg, rows, dtype, where, command, rows_flag)
     tok = tokenizer.load(ckpt / tokenizer.TOKENIZER_FILE)
-    if path is None:
+    return Checked(path, ckpt, command, kind, cfg, tok, defaults, where, dtype, rows, doing)
+
+
+def build(checked: Checked) -> LoadedModel:
+    """The checked model's weights, read and built in the dtype picked for its shape."""
+    loaded = load.load(checked.ckpt)
+    model = build_model(loaded, checked.device).eval()  # first: it names weights that disagree
+    dtype = pick_dtype(checked.dtype, checked.device, loaded.config, checked.rows, checked.doing)
+    model = model.to(dtype)
+    if checked.path is None:
         console.info(
-            f"{command}: using {ckpt}, the newest checkpoint under ./runs (-c picks another)"
+            f"{checked.command}: using {checked.ckpt}, the newest checkpoint under ./runs "
+            "(-c picks another)"
         )
-    return LoadedModel(ckpt, model_name(ckpt), kind, model, tok, defaults, loaded)
+    return LoadedModel(
+        checked.ckpt, checked.name, checked.kind, model, checked.tok, checked.defaults, loaded
+    )
+
+
+def load_model(
+    path: str | None,
+    command: str,
+    overrides: dict[str, object] | None = None,
+    dtype: str = "auto",
+    rows: int = 1,
+    rows_flag: str = "",
+    device: str = "auto",
+    classifier: bool = False,
+    doing: str = "sampling",
+) -> LoadedModel:
+    """Check, then build: any model gptcli reads, ready for inference (see check_model)."""
+    checked = check_model(
+        path, command, overrides, dtype, rows, rows_flag, device, classifier, doing
+    )
+    return build(checked)
 
 
 def pick_dtype(
@@ -283,6 +336,15 @@ class Finish:
     elapsed_s: float  # from submission to the end
 
 
+@dataclass
+class Started:
+    """A request has its rows and begins (its prompt is being read): a server's metrics count
+    it as running from here. Only a sink sees it; iterating a handle skips it."""
+
+    rows: int
+    prompt_tokens: int
+
+
 Event = Piece | Finish
 
 
@@ -297,7 +359,7 @@ class Handle:
         self.cancelled = threading.Event()
         self.submitted = time.perf_counter()
         self.admitted: float | None = None
-        self.deadline = None if request.timeout_s is None else self.submitted + request.timeout_s
+        self.deadline: float | None = None  # the time limit counts from admission
         self.open_rows = request.n
 
     def cancel(self) -> None:
@@ -313,6 +375,8 @@ class Handle:
                     continue
                 if isinstance(event, Exception):
                     raise event
+                if isinstance(event, Started):
+                    continue
                 finished += isinstance(event, Finish)
                 yield event
         finally:
@@ -461,7 +525,10 @@ class Engine:
     def start(self, handle: Handle, slots: list[int]) -> None:
         request = handle.request
         handle.admitted = time.perf_counter()
+        if request.timeout_s is not None:
+            handle.deadline = handle.admitted + request.timeout_s
         ids = request.ids[-self.block :]
+        handle.sink(Started(request.n, len(ids)))
         vocab = self.model.cfg.vocab_size
         rows = []
         for index, slot in enumerate(slots):

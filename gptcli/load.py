@@ -15,6 +15,7 @@ from gptcli import checkpoint, checkpoint_tensors, hf_format
 from gptcli.checkpoint import newest_under
 from gptcli.checkpoint_tensors import Loaded
 from gptcli.console import UserError
+from gptcli.recipe import ModelConfig
 
 
 def resolve(path: str | Path | None) -> Path:
@@ -41,3 +42,11 @@ def load(path: str | Path | None) -> Loaded:
     if hf_format.is_hf_folder(found):
         return hf_format.load_hf(found)
     return checkpoint_tensors.load_full(found, read_base=load)
+
+
+def metadata(found: Path) -> tuple[ModelConfig, dict]:
+    """A resolved model's config and task ({"task": {...}}, "lora" for adapters), checked,
+    without reading its weights: a server refuses a bad config.json before it binds a port."""
+    if hf_format.is_hf_folder(found):
+        return hf_format.model_config_from_hf(found), {"task": {"kind": "lm"}}
+    return checkpoint.read_config(found / "config.json")

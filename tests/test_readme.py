@@ -348,15 +348,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _answers(url: str, proc: subprocess.Popen, timeout: float = 120) -> bool:
-    """Whether the server answers url (any HTTP status) before it exits or the timeout."""
+def _answers(url: str, proc: subprocess.Popen, timeout: float = 120, ready: bool = False) -> bool:
+    """Whether the server answers url (any HTTP status; ready: 200) before it exits or the
+    timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             urllib.request.urlopen(url, timeout=5).close()
             return True
         except urllib.error.HTTPError:
-            return True
+            if not ready:
+                return True
+            time.sleep(0.3)
         except OSError:
             time.sleep(0.3)
     return False
@@ -381,8 +384,9 @@ class Server:
             text=True,
             start_new_session=True,
         )
-        path = "/v1/models" if line.startswith("gptcli serve") else "/"
-        self.answered = _answers(f"http://127.0.0.1:{self.port}{path}", self.proc)
+        ours = line.startswith("gptcli serve")  # it answers before its model has loaded
+        path = "/health" if ours else "/"
+        self.answered = _answers(f"http://127.0.0.1:{self.port}{path}", self.proc, ready=ours)
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM; the exit status and the server's output."""

@@ -2,7 +2,9 @@
 
 import http.client
 import json
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,6 +14,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 from conftest import assert_one_line_error, gptcli, gptcli_without, run_env
+from prometheus_client.parser import text_string_to_metric_families
 
 PROMPT = "Once upon a time"
 
@@ -63,9 +66,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def base(trained):
-    served = Served(
-        trained, "-c", "runs/mini", "--dtype", "fp32", "--parallel", "2", "--max-queue", "2"
-    )
+    args = ("--dtype", "fp32", "--parallel", "2", "--max-queue", "2", "--max-tokens", str(10**6))
+    served = Served(trained, "-c", "runs/mini", *args)
     yield served
     served.stop()
 
@@ -198,7 +200,9 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(base, client):
     assert status == 404 and answer["error"]["code"] == "model_not_found"
     status, answer = base.request("POST", "/v1/completions", b"{" + b" " * (2 << 20) + b"}")
     assert status == 413 and "error" in answer
-    assert base.request("GET", "/v1/nowhere")[0] == 404
+    for method, path in (("GET", "/v1/nowhere"), ("GET", "/v1/completions")):
+        status, answer = base.request(method, path)
+        assert status in (404, 405) and answer["error"]["type"] == "invalid_request_error"
     # extreme but valid settings still give a distribution to sample from
     for extreme in (
         {"temperature": 1e-300},
@@ -213,6 +217,73 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(base, client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
     assert base.request("GET", "/v1/models")[0] == 200 and base.proc.poll() is None
+
+
+def metric(base, name: str) -> float:
+    """One sample's value from GET /metrics, read as Prometheus reads it."""
+    conn = http.client.HTTPConnection(base.host, base.port, timeout=60)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    return next(s.value for s in samples if s.name == name)
+
+
+def test_health_tokenize_token_prompts_metrics_and_timings(base, client):
+    assert base.request("GET", "/health") == (200, {"status": "ok"})
+    status, tokens = base.request("POST", "/tokenize", {"model": "mini", "prompt": PROMPT})
+    ids = tokens["tokens"]
+    assert status == 200 and tokens["count"] == len(ids) and tokens["max_model_len"] == 32
+    bare = base.request("POST", "/tokenize", {"prompt": PROMPT, "add_special_tokens": False})[1]
+    assert bare["tokens"] == ids[1:]  # a text prompt is read as a new document
+    assert base.request("POST", "/detokenize", {"tokens": bare["tokens"]}) == (
+        200,
+        {"prompt": PROMPT},
+    )
+    # token ids as the prompt: the same reply as the text, one choice per list of ids
+    greedy = {"model": "mini", "max_tokens": 6, "temperature": 0}
+    text = client.completions.create(prompt=PROMPT, **greedy).choices[0].text
+    by_ids = client.completions.create(prompt=ids, **greedy)
+    assert by_ids.choices[0].text == text and by_ids.usage.prompt_tokens == len(ids)
+    two = client.completions.create(prompt=[ids, ids[:2]], **greedy)
+    assert len(two.choices) == 2 and two.choices[0].text == text
+    for bad in ([ids + [400]], [[]], [ids, PROMPT]):
+        status, answer = base.request("POST", "/v1/completions", {**greedy, "prompt": bad})
+        assert status == 400 and answer["error"]["param"] == "prompt", answer
+    status, answer = base.request("POST", "/detokenize", {"tokens": [-1]})
+    assert status == 400 and "outside this model's 0..399" in answer["error"]["message"]
+
+    # ignore_eos gives fixed lengths; the counters move by what the reply says it used
+    before = {
+        n: metric(base, n) for n in ("gptcli_generation_tokens_total", "gptcli_prompt_tokens_total")
+    }
+    fixed = {"model": "mini", "prompt": ids, "max_tokens": 20, "ignore_eos": True}
+    status, reply = base.request("POST", "/v1/completions", fixed)
+    assert status == 200 and reply["usage"]["completion_tokens"] == 20
+    timings = reply["timings"]
+    assert timings["predicted_n"] == 20 and timings["prompt_n"] == len(ids)
+    assert timings["predicted_per_second"] > 0 and timings["prompt_ms"] > 0
+    assert (
+        metric(base, "gptcli_generation_tokens_total")
+        == before["gptcli_generation_tokens_total"] + 20
+    )
+    assert metric(base, "gptcli_prompt_tokens_total") == before["gptcli_prompt_tokens_total"] + len(
+        ids
+    )
+    assert metric(base, "gptcli_time_to_first_token_seconds_count") >= 1
+    assert metric(base, "gptcli_requests_running") == 0
+    # a stream's last chunk carries the usage and timings too
+    stream = client.completions.create(
+        model="mini", prompt=ids, max_tokens=20, stream=True, extra_body={"ignore_eos": True}
+    )
+    chunks = list(stream)
+    last = chunks[-1].model_dump()
+    assert last["usage"]["completion_tokens"] == 20 and last["timings"]["predicted_n"] == 20
+
+    # the server's --max-tokens bounds a request
+    status, answer = base.request("POST", "/v1/completions", {**fixed, "max_tokens": 10**6 + 1})
+    assert status == 400 and answer["error"]["param"] == "max_tokens"
+    assert "limit of 1000000 tokens" in answer["error"]["message"]
 
 
 def test_sigterm_drains_the_request_in_flight_then_exits_0(base):
@@ -273,8 +344,84 @@ def test_serve_refuses_a_classifier_and_needs_its_extra(trained, tmp_path, gptcl
 
     proc = gptcli_inproc("serve", "-c", str(fake_classifier(trained, tmp_path)), cwd=trained)
     assert_one_line_error(proc, "classifier")
-    proc = gptcli_without("fastapi", "serve", "-c", "runs/mini", cwd=trained)
-    assert_one_line_error(proc, "pip install 'gptcli[serve]'")
+    for module in ("fastapi", "prometheus_client"):
+        proc = gptcli_without(module, "serve", "-c", "runs/mini", cwd=trained)
+        assert_one_line_error(proc, "pip install 'gptcli[serve]'")
+
+
+def test_a_bad_checkpoint_exits_2_before_binding_and_bad_weights_after(trained, tmp_path):
+    source = trained / "runs" / "mini" / "checkpoints" / "step-0000012"
+    bad = tmp_path / "bad"
+    shutil.copytree(source, bad)
+    shutil.copy(trained / "runs" / "mini" / "tokenizer.json", bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "n_layer": "two"}))
+    with socket.socket() as held:  # a port taken: binding first would fail on it instead
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        proc = gptcli("serve", "-c", str(bad), "--port", port, cwd=trained)
+    assert_one_line_error(proc, "config.json", "n_layer")
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes(b"\0" * 64)  # found once the port is bound
+    proc = gptcli("serve", "-c", str(bad), "--port", "0", cwd=trained)
+    assert proc.returncode == 2 and "model.safetensors" in proc.stderr.splitlines()[-1]
+    assert "/health" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_health_is_503_until_the_model_has_loaded(trained, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from gptcli import engine, serve
+
+    monkeypatch.chdir(trained)
+    checked = engine.check_model("runs/mini", "serve", dtype="fp32")
+    model = serve.Model(checked)
+    options = serve.Options(parallel=1).check(checked.cfg.block_size)
+    app = serve.create_app(model, options, serve.Metrics(slots=1))
+    with TestClient(app) as http_client:
+        answer = http_client.get("/health")
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_loading"
+        body = {"model": "mini", "prompt": PROMPT}
+        answer = http_client.post("/v1/completions", json=body)
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_loading"
+        assert http_client.get("/v1/models").json()["data"][0]["id"] == "mini"
+        lm = engine.build(checked)
+        model.batcher = serve.Batcher(lm, engine.Engine(lm.model, lm.tok, 1), 0, None)
+        assert http_client.get("/health").status_code == 200
+        model.batcher.engine.close()
+
+
+def test_request_timeout_and_requests_cut_off_at_shutdown(trained):
+    args = ("--max-tokens", str(10**6), "--request-timeout", "4", "--drain-timeout", "1")
+    args += ("--parallel", "1")
+    served = Served(trained, "-c", "runs/mini", "--dtype", "fp32", *args)
+    try:
+        endless = {"model": "mini", "prompt": PROMPT, "max_tokens": 10**6, "ignore_eos": True}
+        status, reply = served.request("POST", "/v1/completions", endless)
+        assert status == 200 and reply["choices"][0]["finish_reason"] == "length"
+        assert 0 < reply["usage"]["completion_tokens"] < 10**6
+        # one request generating, one waiting: SIGTERM, then both are cut off after 1 s
+        conn, response = served.open_stream(endless)
+        assert response.readline().startswith(b"data: ")
+        waiting = http.client.HTTPConnection(served.host, served.port, timeout=60)
+        waiting.request("POST", "/v1/completions", json.dumps(endless))
+        deadline = time.monotonic() + 60
+        while metric(served, "gptcli_requests_waiting") != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        served.proc.send_signal(signal.SIGTERM)
+        answer = waiting.getresponse()
+        error = json.loads(answer.read())["error"]
+        assert answer.status == 503 and error["code"] == "server_shutting_down"
+        events = [ln for ln in response.read().decode().splitlines() if ln.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][6:])["error"]["code"] == "server_shutting_down"
+        assert served.proc.wait(timeout=60) == 0
+        log = "".join(served.log)
+        assert "Traceback" not in log and "ERROR" not in log, log
+    finally:
+        served.stop()
 
 
 # --------------------------------------------------------------------------- continuous batching
