@@ -1,6 +1,7 @@
 """`gptcli serve` against the official `openai` client and raw HTTP, on a free local port."""
 
 import http.client
+import importlib.util
 import json
 import shutil
 import signal
@@ -465,3 +466,49 @@ def test_sixteen_concurrent_requests_get_the_texts_they_get_alone(wide):
         k = next(k for k, (a, b) in enumerate(pairs) if a != b)
         top = sorted(lp.top_logprobs[k].values(), reverse=True)
         assert i % 2 == 0 and top[0] - top[1] < 1e-4, (i, solo.text, got.text)
+
+
+def test_an_abandoned_request_frees_its_rows_for_the_next(base):
+    """Two endless non-streaming requests whose clients give up (the server's 2 rows): both are
+    cancelled as their clients go, and the next request gets the rows."""
+    endless = {"model": "mini", "prompt": PROMPT, "max_tokens": 10**6, "ignore_eos": True}
+    for _ in range(2):
+        conn = http.client.HTTPConnection(base.host, base.port, timeout=1)
+        conn.request("POST", "/v1/completions", json.dumps(endless))
+        with pytest.raises(TimeoutError):
+            conn.getresponse()
+        conn.close()
+    deadline = time.monotonic() + 60
+    while metric(base, "gptcli_slots_used") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    status, reply = base.request("POST", "/v1/completions", {**endless, "max_tokens": 3})
+    assert status == 200 and reply["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llguidance") is None, reason="needs the structured extra"
+)
+def test_response_format_json_schema_streaming_and_not(client):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    ask = {"model": "mini", "max_tokens": 60, "temperature": 1.0, "seed": 3}
+    messages = [{"role": "user", "content": PROMPT}]
+    reply = client.chat.completions.create(**ask, messages=messages, response_format=fmt)
+    assert reply.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    chunks = client.completions.create(
+        **ask, prompt=PROMPT, stream=True, extra_body={"structured_outputs": {"choice": ["a", "b"]}}
+    )
+    assert "".join(c.choices[0].text for c in chunks) in ("a", "b")
+    with pytest.raises(openai.BadRequestError, match="stop"):
+        client.chat.completions.create(**ask, messages=messages, response_format=fmt, stop="x")
+    with pytest.raises(openai.BadRequestError, match="look-around"):
+        client.completions.create(
+            **ask, prompt=PROMPT, extra_body={"structured_outputs": {"regex": "(?=a)b"}}
+        )
