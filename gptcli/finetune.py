@@ -99,9 +99,10 @@ def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     """The examples of data.source (each of its sources in turn) and of data.dev (None when
     unset), read through the data layer like a pretraining corpus."""
     cfg = recipe.data
-    train = [r for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
+    seed = recipe.seed
+    train = [r for src in cfg.sources() for r in corpus.records(src, cfg, run_dir, seed)]
     dev_src = cfg.dev_source()
-    dev = corpus.records(dev_src, cfg, run_dir) if dev_src else None
+    dev = corpus.records(dev_src, cfg, run_dir, seed) if dev_src else None
     return train, dev
 
 
