@@ -19,6 +19,7 @@ meeting every constraint, >= 85 % question accuracy.
 
     python benchmarks/quality_chat.py --train            # pretrain + finetune (timed), then score
     python benchmarks/quality_chat.py --work DIR         # score DIR/runs/chat and chat-base
+    python benchmarks/quality_chat.py --work DIR --chat runs/chat-2 --n 40 --no-base
     python benchmarks/quality_chat.py --smoke            # tiny runs and 8 prompts: the plumbing
 """
 
@@ -132,9 +133,16 @@ def evaluate(run: str, probes: list[Probe], work: Path, smoke: bool) -> dict:
         these = [i for i, p in enumerate(probes) if p.held_out_name == held]
         part = score([probes[i] for i in these], [answers[i] for i in these]) if these else {}
         out["held_out_names" if held else "seen_names"] = part
-    out["examples"] = [
-        {"prompt": p.messages[-1]["content"][-300:], "reply": a, "reference": p.reference[:300]}
-        for p, a in list(zip(probes, answers, strict=True))[:6]
+    out["replies"] = [
+        {
+            "kind": p.kind,
+            "held_out_name": p.held_out_name,
+            "prompt": p.messages[-1]["content"],
+            "reply": a,
+            "reference": p.reference,
+            "met": {c.what: holds(c, a) for c in p.checks},
+        }
+        for p, a in zip(probes, answers, strict=True)
     ]
     return out
 
@@ -167,6 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="folder holding runs/ (default: a new temporary folder)")
     parser.add_argument("--train", action="store_true", help="train both recipes first, timed")
+    parser.add_argument("--chat", default="runs/chat", help="the finetuned run (under --work)")
+    parser.add_argument("--base", default="runs/chat-base", help="the baseline run")
     parser.add_argument("--n", type=int, default=200, help="held-out prompts (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="which held-out prompts")
     parser.add_argument("--no-base", action="store_true", help="skip the pretrained baseline")
@@ -177,7 +187,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     n = 8 if args.smoke else args.n
     results: dict = {"prompts": n, "work": str(work)}
-    runs = {"base": "runs/chat-base", "chat": "runs/chat"}
+    runs = {"base": args.base, "chat": args.chat}
     if args.train or args.smoke:
         results["training"] = trained = train(work, args.smoke)
         runs = {"base": trained["base"], "chat": trained["chat"]}

@@ -145,8 +145,8 @@ STAND_IN_TEXT = "Once upon a time.\n<|endoftext|>\nThe end came soon.\n"
 # Re-pinned once since, when recipe.yaml gained `train.memory_check: true` (nothing else changed;
 # recipe.yaml records provenance, and a run's up-to-date check reads the fingerprint and manifest).
 RECORDED = {
-    "chat": "eb111a6892b92ef9fdaeffdf4a40f1b70f11ec3c271713ccb835b6e2b5352c77",
-    "chat-base": "511f5805e1d1f2ea8e6b234b8200d28e1479d95f030298dac0a07a79e9da7df2",
+    "chat": "9c9da696359140c9f6c5da04a47451f6608da3e5f4969ef93392c0eebadbe794",
+    "chat-base": "b420f3f7f5fc1567a482a60f20c0abcd9cabc0a67e5d1c45bc7e03ef4db3f761",
     "finetune-lm": "c1f759aee97a1de1e28dcabe46cc786e2f0f9e95f11951205e4da869eece68bf",
     "fineweb-edu": "e2bcf136568c660232fb4e3a0c6a58856d5f7218e33c0a3c7d875bbedf08bd3f",
     "gpt2-124m": "76d853f19e741f73663f884b4f7f4ba873554571343a71a642edc5285bfec8e8",

