@@ -8,7 +8,7 @@ not tell). The replies come from `gptcli chat -c RUN` in its scripted mode (one 
 list per stdin line, one reply object per line), greedy; each is checked mechanically:
 
 - story replies: the fraction meeting each constraint asked (the hero's name; girl or boy, by
-  the hero's pronouns; the pet's name and kind; the friend; the place; the lost thing with a
+  the reply's first he or she; the pet's name and kind; the friend; the place; the lost thing with a
   word of losing or finding; the required words) and meeting every constraint asked;
 - questions: the expected word in the reply (and no "the story does not say"), and for the
   questions the story cannot answer, a reply that says so;

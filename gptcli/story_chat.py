@@ -440,7 +440,8 @@ KIND_WEIGHTS = (0.25, 0.5, 0.1, 0.05, 0.1)
 class Check:
     """One thing a reply must do, checked mechanically.
 
-    what: name, gender, pet, friend, place, lost, word (constraints on a written story),
+    what: name, gender (the first "he"/"she" of the reply is the hero's), pet, friend, place,
+    lost, word (constraints on a written story),
     answer (one of words in the reply, and no "the story does not say") or unknown (the reply
     says the story does not tell)."""
 
@@ -464,8 +465,9 @@ def holds(check: Check, reply: str) -> bool:
         return says_unknown(reply)
     if check.what == "answer":
         return any(has_word(reply, w) for w in check.words) and not says_unknown(reply)
-    if check.what == "gender":
-        return any(has_word(reply, w) for w in check.words)
+    if check.what == "gender":  # the first "he" or "she" is the hero's (who comes first)
+        first = re.search(r"\b(he|she)\b", reply, re.IGNORECASE)
+        return first is not None and first.group(1).lower() == check.words[0]
     found = all(has_word(reply, w) for w in check.words)
     if check.what == "lost":
         return found and any(has_word(reply, w) for w in LOSS_WORDS)
@@ -579,8 +581,7 @@ def write_constraints(told: Told, f: Facts, rng: random.Random) -> list[tuple[st
 
 
 def hero_checks(told: Told) -> list[Check]:
-    pronouns = ("she", "her") if told.gender == "f" else ("he", "him", "his")
-    checks = [Check("name", (told.values["name"],)), Check("gender", pronouns)]
+    checks = [Check("name", (told.values["name"],)), Check("gender", (told.values["he"],))]
     return [c for c in checks if holds(c, told.text)]
 
 
