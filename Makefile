@@ -1,12 +1,13 @@
-# Two entry points: `make demo` (train the tiny model and sample a story) and `make test`.
-# Both create .venv when it is missing; torch is installed first as the pinned CPU build.
+# Two entry points: `make demo` (train the tiny model and sample a story) and `make test`;
+# `make chat` trains the chat model (about ten minutes on a 2-core CPU) and opens a chat with it.
+# All create .venv when it is missing; torch is installed first as the pinned CPU build.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo chat test lint venv bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +30,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gptcli pretrain recipes/tiny.yaml
 	$(BIN)/gptcli sample --prompt "Once upon a time" --seed 1
+
+# pretrain recipes/chat-base.yaml, finetune recipes/chat.yaml on it, then talk to the result
+chat: $(STAMP)
+	$(BIN)/gptcli pretrain chat-base
+	$(BIN)/gptcli finetune chat
+	$(BIN)/gptcli chat -c runs/chat
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

@@ -100,9 +100,12 @@ def task_records(recipe: Recipe, run_dir: Path) -> tuple[list, list | None]:
     unset), read through the data layer like a pretraining corpus; with data.dedup: exact or
     data.decontaminate, less the training examples those remove (never a dev example)."""
     cfg = recipe.data
-    labelled = [(src.path, r) for src in cfg.sources() for r in corpus.records(src, cfg, run_dir)]
+    seed = recipe.seed
+    labelled = [
+        (src.path, r) for src in cfg.sources() for r in corpus.records(src, cfg, run_dir, seed)
+    ]
     dev_src = cfg.dev_source()
-    dev = corpus.records(dev_src, cfg, run_dir) if dev_src else None
+    dev = corpus.records(dev_src, cfg, run_dir, seed) if dev_src else None
     data_dir = run_dir / "data"
     if not cfg.curated():
         (data_dir / curate.REMOVED_FILE).unlink(missing_ok=True)  # of an earlier, curated run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from gptcli.files import write_atomic
@@ -278,6 +279,9 @@ class _Story(dict):
         self.genders: set[str] = set()
         self.met: set[str] = set()
         self.lessons: tuple[str, ...] = ()
+        # what the plot decided beyond the story's values (a race's outcome, the wish made):
+        # recorded for the facts, never read by a template, so the text does not depend on it
+        self.events: dict[str, str] = {}
 
     def __missing__(self, key: str) -> str:
         if key[0].isupper():
@@ -294,7 +298,7 @@ class _Story(dict):
 
     def pick(self, templates: tuple[str, ...]) -> str:
         """One sentence (or a few) from a random template, capitalised."""
-        return _cap(self.rng.choice(templates).format_map(self))
+        return _cap(self.fill(self.rng.choice(templates)))
 
     def maybe(self, p: float, templates: tuple[str, ...]) -> list[str]:
         return [self.pick(templates)] if self.rng.random() < p else []
@@ -308,7 +312,7 @@ class _Story(dict):
     ) -> str:
         """A line of dialogue by ``who`` in one of several quote layouts."""
         rng = self.rng
-        line = _cap(rng.choice(lines).format_map(self))
+        line = _cap(self.fill(rng.choice(lines)))
         end = line[-1]
         if end == "?":
             verb = rng.choice(ASK_VERBS)
@@ -353,6 +357,37 @@ class _Story(dict):
         return [self.pick(FRIEND_INTRO)]
 
 
+class _RecordedStory(_Story):
+    """A story that records what its text is made of: the keys whose values a template put
+    into the text, and every pool value drawn (in order). Kept apart from _Story so that
+    builtin:stories pays nothing for it; the same rng calls give the same text."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__(rng)
+        self.used: set[str] = set()
+        self.drawn: list[tuple[str, str]] = []
+        self.telling = 0  # > 0 while a template is being filled: reads then go into the text
+
+    def __getitem__(self, key: str) -> str:
+        value = super().__getitem__(key)
+        if self.telling:
+            self.used.add(key)
+        return value
+
+    def __missing__(self, key: str) -> str:
+        value = super().__missing__(key)
+        if key in POOLS:
+            self.drawn.append((key, value))
+        return value
+
+    def fill(self, template: str) -> str:
+        self.telling += 1
+        try:
+            return super().fill(template)
+        finally:
+            self.telling -= 1
+
+
 def _set_pronouns(c: _Story, prefix: str, gender: str) -> None:
     he, him, his, himself, kid = PRONOUNS[gender]
     c[prefix + "he"] = he
@@ -362,9 +397,9 @@ def _set_pronouns(c: _Story, prefix: str, gender: str) -> None:
     c[prefix + "kid"] = kid
 
 
-def _cast(rng: random.Random) -> _Story:
+def _cast(c: _Story) -> None:
     """Pick the characters, object and place that the whole story keeps referring to."""
-    c = _Story(rng)
+    rng = c.rng
     gender = "m" if rng.random() < 0.5 else "f"
     c["name"] = rng.choice(BOY_NAMES if gender == "m" else GIRL_NAMES)
     _set_pronouns(c, "", gender)
@@ -398,7 +433,6 @@ def _cast(rng: random.Random) -> _Story:
     )
     c["place"], c["at_place"] = rng.choice(PLACES)
     c["parent"] = rng.choice(PARENTS)
-    return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1213,6 +1247,7 @@ WISH_PET = (
 )
 WISH_WHEN = ("One day, ", "One evening, ", "Then one day, ", "One summer evening, ", "")
 WISHES = (WISH_FLY, WISH_SNOW, WISH_FRIEND, WISH_BIG, WISH_PET)
+WISH_NAMES = ("fly", "snow", "friend", "big", "pet")  # each of WISHES in a word, for the facts
 WISH_LESSONS = (
     "wishes can come true if you believe",
     "you are just right the way you are",
@@ -1224,6 +1259,7 @@ WISH_LESSONS = (
 def _wish(c: _Story) -> list[str]:
     rng = c.rng
     want, lines, happens, ending = wish = rng.choice(WISHES)
+    c.events["wish"] = WISH_NAMES[WISHES.index(wish)]
     c.setdefault("when", rng.choice(WISH_WHEN))
     if wish is WISH_FRIEND or wish is WISH_SNOW:
         c.genders.add(c["fgender"])
@@ -1326,7 +1362,8 @@ LESSON_END = (
 
 def _lesson(c: _Story) -> list[str]:
     rng = c.rng
-    setting, warning, did, happened, after, lessons = rng.choice(LESSONS)
+    setting, warning, did, happened, after, lessons = told = rng.choice(LESSONS)
+    c.events["lesson"] = str(LESSONS.index(told))
     out = [_cap(c.fill(setting))]
     if rng.random() < 0.5:
         out.append(c.pick(LESSON_WARN_PREFIX) + '"' + _cap(c.fill(warning)) + '"')
@@ -1455,12 +1492,15 @@ def _race(c: _Story) -> list[str]:
         out += [c.pick(RACE_FALL), c.pick(RACE_HELP), c.hero_says(RACE_OK)]
         out.append(c.pick(RACE_TOGETHER))
         c.lessons = RACE_LESSONS[:1]
+        c.events["race"] = "together"
     elif roll < 0.67:
         out += [c.pick(RACE_WIN), c.friend_says(RACE_GOOD), c.hero_says(RACE_KIND, True)]
         c.lessons = RACE_LESSONS[1:2]
+        c.events["race"] = "won"
     else:
         out += [c.pick(RACE_LOSE), c.pick(RACE_LOSE_FEEL), c.hero_says(RACE_LOSE_SAY)]
         c.lessons = RACE_LESSONS[2:]
+        c.events["race"] = "lost"
     out += c.maybe(0.6, RACE_END)
     return out
 
@@ -1648,6 +1688,7 @@ WEATHERS = (
      ("They laughed all the way home.", "At home, they made a picture with the leaves.")),
 )  # fmt: skip
 WEATHER_WHEN = ("One day, ", "One morning, ", "One Saturday, ", "One Sunday, ", "")
+WEATHER_NAMES = ("snow", "rain", "wind", "sun", "autumn")  # each of WEATHERS in a word
 DAY_OUT = (
     "{name} and {mate} went outside together.",
     "{name} ran outside with {mate}.",
@@ -1673,7 +1714,8 @@ DAY_LESSONS = (
 
 def _weather(c: _Story) -> list[str]:
     rng = c.rng
-    looks, wow, advice, fun, twist, ending = rng.choice(WEATHERS)
+    looks, wow, advice, fun, twist, ending = day = rng.choice(WEATHERS)
+    c.events["weather"] = WEATHER_NAMES[WEATHERS.index(day)]
     c.setdefault("when", rng.choice(WEATHER_WHEN))
     if rng.random() < 0.5:
         out = c.meet("friend")
@@ -1997,9 +2039,10 @@ PLOTS: tuple[tuple[Callable[[_Story], list[str]], tuple[str, ...]], ...] = (
 )
 
 
-def _compose(rng: random.Random) -> tuple[str, frozenset[str]]:
-    """One story, and the genders ("m"/"f") of the characters it may refer to by pronoun."""
-    c = _cast(rng)
+def _write(c: _Story) -> tuple[str, str]:
+    """Draw the cast, a plot and its sentences into c; returns the text and the plot's name."""
+    rng = c.rng
+    _cast(c)
     out = _opening(c)
     plot, lessons = rng.choice(PLOTS)
     out += plot(c)
@@ -2014,7 +2057,54 @@ def _compose(rng: random.Random) -> tuple[str, frozenset[str]]:
         else:
             paragraphs[-1].append(sentence)
     text = "\n".join(" ".join(p) for p in paragraphs if p)
+    return text, plot.__name__.lstrip("_")
+
+
+def _compose(rng: random.Random) -> tuple[str, frozenset[str]]:
+    """One story, and the genders ("m"/"f") of the characters it may refer to by pronoun."""
+    c = _Story(rng)
+    text, _ = _write(c)
     return text, frozenset(c.genders)
+
+
+@dataclass(frozen=True)
+class Told:
+    """One story and the facts it was made from, as the generator drew them.
+
+    values holds every fixed value of the story (the cast: name, gender pronouns, friend, pet,
+    pkind, thing, place, parent...; the plot's: helper, goal, fear, dest, make, bday...), drawn
+    whether or not the text uses them; used names the keys whose values a template put into the
+    text (so "pet" in used means the text names the pet); drawn lists every pool value drawn
+    for the text, in order; events what the plot decided (race: won/lost/together, wish,
+    weather, lesson: an index into LESSONS)."""
+
+    text: str
+    plot: str  # the plot's name: lost_and_found, sharing, fear, helping, trip, wish, ...
+    values: dict[str, str]
+    used: frozenset[str]
+    drawn: tuple[tuple[str, str], ...]
+    events: dict[str, str]
+    genders: frozenset[str]
+
+    @property
+    def gender(self) -> str:
+        """The hero's: "f" or "m"."""
+        return "f" if self.values["he"] == "she" else "m"
+
+
+def tell(rng: random.Random) -> Told:
+    """One story with its facts; the same rng state gives the same text as _compose."""
+    c = _RecordedStory(rng)
+    text, plot = _write(c)
+    return Told(
+        text=text,
+        plot=plot,
+        values=dict(c),
+        used=frozenset(c.used),
+        drawn=tuple(c.drawn),
+        events=dict(c.events),
+        genders=frozenset(c.genders),
+    )
 
 
 def iter_stories(seed: int) -> Iterator[str]:
@@ -2025,6 +2115,13 @@ def iter_stories(seed: int) -> Iterator[str]:
     rng = random.Random(seed)
     while True:
         yield _compose(rng)[0]
+
+
+def iter_told(seed: int | str) -> Iterator[Told]:
+    """The stories of iter_stories(seed) with their facts (an int seed gives the same texts)."""
+    rng = random.Random(seed)
+    while True:
+        yield tell(rng)
 
 
 def generate(n_bytes: int, seed: int) -> str:

@@ -79,6 +79,28 @@ def test_builtin_stream_matches_generate():
     assert _docs(cfg, seed=7) == expected
 
 
+def test_builtin_story_chat_is_task_records_and_stories_is_text():
+    """builtin:story-chat gives a task its conversations (seeded, data.builtin_mb of them);
+    each builtin corpus exits 2 where the other kind of data is needed."""
+    from gptcli import story_chat
+
+    cfg = recipe.DataConfig(source="builtin:story-chat", builtin_mb=0.02)
+    src = cfg.sources()[0]
+    got = corpus.records(src, cfg, None, 7)
+    assert [r for _, r in got] == list(story_chat.records(0.02, 7))
+    assert got[0][0] == "builtin:story-chat #1" and got[0][1]["messages"][0]["role"] == "user"
+    assert corpus.records(src, cfg, None, 8) != got
+    entry = corpus.fingerprint(cfg, 7)["sources"][0]
+    assert entry["chat"] == story_chat.VERSION and entry["mb"] == 0.02
+    with pytest.raises(UserError, match="holds conversations for the sft task"):
+        _docs(cfg)
+    text = recipe.DataConfig(source="builtin:stories", builtin_mb=0.02)
+    with pytest.raises(UserError, match="is text, not task examples.*builtin:story-chat"):
+        corpus.records(text.sources()[0], text, None, 7)
+    with pytest.raises(UserError, match="available: builtin:stories, builtin:story-chat"):
+        _docs(recipe.DataConfig(source="builtin:poems"))
+
+
 def test_documents_straddling_read_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(streams, "READ_CHUNK", 7)
     docs = [f"document {i} with some words" for i in range(30)]

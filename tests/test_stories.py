@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 
@@ -164,6 +165,38 @@ def test_stories_keep_referring_to_their_cast(megabyte_stories: list[str]) -> No
             if word in names:
                 counts[word] = counts.get(word, 0) + 1
         assert max(counts.values()) >= 3, story
+
+
+def test_told_stories_are_the_same_text_with_their_facts() -> None:
+    """iter_told records the facts without drawing anything more: the same texts, in order."""
+    told = list(itertools.islice(stories.iter_told(3), 400))
+    assert [t.text for t in told] == list(itertools.islice(iter_stories(3), 400))
+    assert {t.plot for t in told} == {plot.__name__.lstrip("_") for plot, _ in stories.PLOTS}
+    for t in told:
+        assert t.values["name"] in t.text and t.gender in t.genders
+        assert t.values["he"] == ("she" if t.gender == "f" else "he")
+        assert all(v in t.text for k, v in t.drawn if k in ("critter", "snack", "found_spot"))
+        if t.plot == "race":
+            assert t.events["race"] in ("won", "lost", "together")
+        if t.plot == "lost_and_found":
+            assert t.values["helper"] in (t.values["pet"], t.values["friend"])
+
+
+def test_told_says_which_values_the_text_uses() -> None:
+    """A value the text uses is in the text; the pet and the friend are named exactly when
+    the text uses them (what "the story does not say" answers rest on)."""
+    used_keys = ("name", "friend", "pet", "pkind", "thing", "cthing", "place", "at_place",
+                 "age", "tcol", "helper", "goal", "dest", "fear", "bday", "hwho")  # fmt: skip
+    counts = {"pet": 0, "friend": 0}
+    for t in itertools.islice(stories.iter_told(11), 1500):
+        for key in used_keys:
+            if key in t.used:
+                assert t.values[key].lower() in t.text.lower(), (key, t.text)
+        for key in counts:
+            named = re.search(rf"\b{t.values[key]}\b", t.text) is not None
+            assert named == (key in t.used), (key, t.text)
+            counts[key] += named
+    assert 200 < counts["pet"] < 1300 and 400 < counts["friend"] < 1300
 
 
 def test_write_is_atomic_and_exact(tmp_path) -> None:

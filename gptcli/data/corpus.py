@@ -95,21 +95,22 @@ def iter_documents(
 
 
 def records(
-    src: SourceConfig, cfg: DataConfig, run_dir: Path | None = None
+    src: SourceConfig, cfg: DataConfig, run_dir: Path | None = None, seed: int = 0
 ) -> list[tuple[str, dict]]:
-    """(where, record) for each example of a task's source (data.source or data.dev)."""
+    """(where, record) for each example of a task's source (data.source or data.dev); seed
+    decides a generated source's examples (builtin:story-chat), as it does its text."""
     if not src.path:
         raise UserError(
             "data.source is empty: name the task's training file (.jsonl, .csv, .tsv, .parquet)"
         )
     if not kind(src).examples:
         raise UserError(
-            f"data.source {src.path!r}: a task reads its examples from files or URLs "
-            "(.jsonl, .csv, .tsv, .parquet, .arrow)"
+            f"data.source {src.path!r}: a task reads its examples from files, URLs "
+            "(.jsonl, .csv, .tsv, .parquet, .arrow) or builtin:story-chat"
         )
     files = files_of(src, cfg, run_dir)
     if files is None:
-        return list(_module(src).examples(src))
+        return list(_module(src).examples(src, cfg, seed))
     out: list[tuple[str, dict]] = []
     for f in files:
         out.extend(registry.reader(registry.records_format(f)).records(f))

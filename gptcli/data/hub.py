@@ -336,7 +336,7 @@ def read(src: SourceConfig, cfg: DataConfig, seed: int, reading: Reading) -> Ite
     return documents(dataset_of(src), reading)
 
 
-def examples(src: SourceConfig) -> Iterator[tuple[str, dict]]:
+def examples(src: SourceConfig, cfg: DataConfig, seed: int) -> Iterator[tuple[str, dict]]:
     return records(dataset_of(src))
 
 

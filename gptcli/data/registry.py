@@ -42,8 +42,9 @@ class Kind:
 
     A kind that names files has a module with files(src, cfg, run_dir), and its files are read
     by their format. Any other kind yields its own documents: its module has read(src, cfg,
-    seed, reading), examples(src) (where it gives task examples), stated_bytes(src, cfg) (None
-    when unknown) and fingerprint(src, cfg, known_sources) (what identifies them unread).
+    seed, reading), examples(src, cfg, seed) (where it gives task examples), stated_bytes(src,
+    cfg) (None when unknown) and fingerprint(src, cfg, known_sources) (what identifies them
+    unread).
     The strings are str.format templates over the source's fields (and formats, the names of
     its files' formats): label names it in the manifest, tally says how it was read, listing
     says what `inspect --recipes` shows.
@@ -65,7 +66,6 @@ KINDS = (
         lambda s: s.startswith("builtin:"),
         "builtin",
         names_files=False,
-        examples=False,
         tally="builtin",
         listing="{path} (generated)",
     ),
