@@ -376,6 +376,18 @@ def model_config_from_hf(path: Path) -> ModelConfig:
 
 def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """model.safetensors, or the shards an index names; pickled .bin weights are refused."""
+    weights: dict[str, torch.Tensor] = {}
+    for f in safetensors_files(path):
+        try:
+            weights.update(read_safetensors(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{f}: unreadable safetensors file ({e})") from None
+    return weights
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The files an HF folder's weights are in: model.safetensors, or the shards its index
+    names; a folder with pickled .bin weights only is refused (gptcli never unpickles)."""
     files = [path / "model.safetensors"]
     index = path / "model.safetensors.index.json"
     if not files[0].is_file() and index.is_file():
@@ -392,13 +404,7 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: no model.safetensors{hint}; re-save it with "
             "save_pretrained(DIR, safe_serialization=True)"
         )
-    weights: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            weights.update(read_safetensors(f))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{f}: unreadable safetensors file ({e})") from None
-    return weights
+    return files
 
 
 def from_hf_weights(cfg: ModelConfig, hf: dict[str, torch.Tensor], path: Path) -> dict:

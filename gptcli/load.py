@@ -48,5 +48,6 @@ def metadata(found: Path) -> tuple[ModelConfig, dict]:
     """A resolved model's config and task ({"task": {...}}, "lora" for adapters), checked,
     without reading its weights: a server refuses a bad config.json before it binds a port."""
     if hf_format.is_hf_folder(found):
+        hf_format.safetensors_files(found)  # pickled weights are refused before anything else
         return hf_format.model_config_from_hf(found), {"task": {"kind": "lm"}}
     return checkpoint.read_config(found / "config.json")

@@ -430,7 +430,8 @@ def test_request_timeout_and_requests_cut_off_at_shutdown(trained):
 
 @pytest.fixture(scope="module")
 def wide(trained):
-    served = Served(trained, "-c", "runs/mini", "--dtype", "fp32", "--parallel", "16")
+    args = ("--dtype", "fp32", "--parallel", "16", "--max-tokens", str(10**6))
+    served = Served(trained, "-c", "runs/mini", *args)
     yield served
     served.stop()
 
@@ -468,9 +469,10 @@ def test_sixteen_concurrent_requests_get_the_texts_they_get_alone(wide):
         assert i % 2 == 0 and top[0] - top[1] < 1e-4, (i, solo.text, got.text)
 
 
-def test_an_abandoned_request_frees_its_rows_for_the_next(base):
-    """Two endless non-streaming requests whose clients give up (the server's 2 rows): both are
-    cancelled as their clients go, and the next request gets the rows."""
+def test_an_abandoned_request_frees_its_rows_for_the_next(wide):
+    """Two endless non-streaming requests whose clients give up: both are cancelled as their
+    clients go (every row is free again), and the next request is answered."""
+    base = wide
     endless = {"model": "mini", "prompt": PROMPT, "max_tokens": 10**6, "ignore_eos": True}
     for _ in range(2):
         conn = http.client.HTTPConnection(base.host, base.port, timeout=1)
@@ -489,8 +491,9 @@ def test_an_abandoned_request_frees_its_rows_for_the_next(base):
 @pytest.mark.skipif(
     importlib.util.find_spec("llguidance") is None, reason="needs the structured extra"
 )
-def test_response_format_json_schema_streaming_and_not(client):
+def test_response_format_json_schema_streaming_and_not(wide):
     jsonschema = pytest.importorskip("jsonschema")
+    client = openai.OpenAI(base_url=wide.url, api_key="unused", max_retries=0)
     schema = {
         "type": "object",
         "properties": {"name": {"type": "string", "maxLength": 8}, "age": {"type": "integer"}},
