@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from gptcli import console, constrain
 from gptcli.console import Terminated, UserError
 from gptcli.constrain import Constraint
-from gptcli.engine import Engine, Event, Finish, LoadedModel, Piece, Request, load_model
+from gptcli.engine import Engine, Event, Finish, LoadedModel, Piece, Request, build, check_model
 from gptcli.recipe import SampleConfig
 from gptcli.tasks import sft
 
@@ -66,7 +66,7 @@ def load(
 ) -> Talk:
     """A language model ready for replies, one at a time (a classifier is refused)."""
     constrain.check_stop(constraint, overrides.get("stop"), "--stop")
-    lm = load_model(checkpoint_path, command, overrides, dtype)
+    lm = build(check_model(checkpoint_path, command, overrides, dtype))
     lm.defaults = constrain.without_stops(lm.defaults, constraint)
     return Talk(lm, Engine(lm.model, lm.tok, slots=1), constraint)
 

@@ -193,24 +193,6 @@ def build(checked: Checked) -> LoadedModel:
     )
 
 
-def load_model(
-    path: str | None,
-    command: str,
-    overrides: dict[str, object] | None = None,
-    dtype: str = "auto",
-    rows: int = 1,
-    rows_flag: str = "",
-    device: str = "auto",
-    classifier: bool = False,
-    doing: str = "sampling",
-) -> LoadedModel:
-    """Check, then build: any model gptcli reads, ready for inference (see check_model)."""
-    checked = check_model(
-        path, command, overrides, dtype, rows, rows_flag, device, classifier, doing
-    )
-    return build(checked)
-
-
 def pick_dtype(
     name: str,
     device: torch.device,

@@ -25,8 +25,7 @@ from gptcli import __version__, console, hf_format, tokenizer
 from gptcli.console import UserError
 from gptcli.data import hub
 from gptcli.device import dtype_name
-from gptcli.engine import Engine, LoadedModel, Piece, Request
-from gptcli.engine import load_model as engine_load
+from gptcli.engine import Engine, LoadedModel, Piece, Request, build, check_model
 from gptcli.files import write_atomic
 from gptcli.model import GPT
 from gptcli.recipe import EOT, SampleConfig
@@ -520,7 +519,7 @@ def load_model(
     """The model (LoRA merged on load), in its dtype on its device, and its tokenizer. dtype auto
     is sampling's: bf16 where native unless forward passes of batch_size rows of this model's
     shape measure it slower (the same cached probe)."""
-    lm = engine_load(
+    checked = check_model(
         path,
         "eval",
         dtype=dtype,
@@ -529,6 +528,7 @@ def load_model(
         device=device_name,
         doing="evaluation",
     )
+    lm = build(checked)
     if chat and lm.kind != "sft":
         raise UserError(
             f"--apply-chat-template: {lm.ckpt} has no chat template (it is not an SFT checkpoint)"
@@ -655,7 +655,7 @@ def score(checkpoint_path: str, text_file: str, batch: int = 8) -> dict[str, Any
         ) from None
     if not text.strip():
         raise UserError(f"--score: {path} is empty")
-    lm = engine_load(checkpoint_path, "inspect --score", dtype="fp32", rows=batch)
+    lm = build(check_model(checkpoint_path, "inspect --score", dtype="fp32", rows=batch))
     model, tok = lm.model, lm.tok
     ids = torch.tensor(tokenizer.document_ids(tok, text))
     T = model.cfg.block_size

@@ -24,8 +24,9 @@ from gptcli.engine import (
     LoadedModel,
     Piece,
     Request,
+    build,
+    check_model,
     default_slots,
-    load_model,
     pick_dtype,
 )
 from gptcli.recipe import SampleConfig
@@ -179,7 +180,8 @@ def run(
     one_prompt = isinstance(prompts, list) and len(prompts) <= 1
     slots = parallel or (num_samples if one_prompt else max(num_samples, default_slots(device)))
     flag = "--parallel" if parallel else "--num-samples"
-    lm = load_model(checkpoint_path, "sample", overrides, dtype, slots, flag, classifier=True)
+    checked = check_model(checkpoint_path, "sample", overrides, dtype, slots, flag, classifier=True)
+    lm = build(checked)
     if lm.kind == "classify":
         return classify.classify_run(lm.source, lm.tok, lm.model, prompts, on_result)
     chat = lm.kind == "sft" if chat is None else chat
