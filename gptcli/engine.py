@@ -615,7 +615,8 @@ class Engine:
             row_logits = logits[i : i + 1]
             seen = None
             if row.seen is not None:
-                row.seen[list(request.enders)] = False  # a penalised row can still end
+                if row.matcher is not None or not request.ignore_eos:
+                    row.seen[list(request.enders)] = False  # a penalised row can still end
                 seen = row.seen[None]
             try:
                 if row.matcher is not None:  # the constraint first: every control acts within it

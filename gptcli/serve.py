@@ -510,11 +510,8 @@ class Batcher:
         matchers = None
         if job.constraint is not None:
             matchers = self.compilers.matchers(job.constraint, job.n, chat)
-        enders = frozenset() if job.ignore_eos else self.lm.enders(job.chat)
-        if matchers is not None:  # a constrained reply still ends where it is complete
-            enders = self.lm.enders(job.chat)
         return EngineRequest(
-            ids, job.params, job.seed, job.n, enders, job.logprobs, self.timeout,
+            ids, job.params, job.seed, job.n, self.lm.enders(job.chat), job.logprobs, self.timeout,
             ignore_eos=job.ignore_eos, matchers=matchers,
         )  # fmt: skip
 
@@ -569,7 +566,7 @@ class Batcher:
                 handle.cancel()
 
 
-def usage(job: Job, prompt_tokens: list[int], completion: int) -> dict:
+def usage(prompt_tokens: list[int], completion: int) -> dict:
     used = sum(prompt_tokens)
     return {
         "prompt_tokens": used,
@@ -623,7 +620,7 @@ async def whole_reply(
             )
         choice["finish_reason"] = reasons[i]
         choices.append(choice)
-    return choices, usage(job, prompt_tokens, sum(counts))
+    return choices, usage(prompt_tokens, sum(counts))
 
 
 class AdmittedStream(StreamingResponse):
@@ -678,7 +675,7 @@ async def stream_reply(
                 if finished == size:  # the last chunk carries the request's usage and timings
                     last["timings"] = tracker.timings()
                     if not job.usage_chunk:
-                        last["usage"] = usage(job, prompt_tokens, total)
+                        last["usage"] = usage(prompt_tokens, total)
                 yield sse(last)
                 continue
             logprobs = None
@@ -691,7 +688,7 @@ async def stream_reply(
         yield sse({"error": {"message": "generation failed", "type": "server_error"}})
         return
     if job.usage_chunk:
-        used = usage(job, prompt_tokens, total)
+        used = usage(prompt_tokens, total)
         yield sse({**head, "choices": [], "usage": used, "timings": tracker.timings()})
     yield "data: [DONE]\n\n"
 
