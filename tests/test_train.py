@@ -24,7 +24,7 @@ from conftest import (
     write_recipe,
 )
 
-from gptcli import checkpoint, checkpoint_tensors
+from gptcli import checkpoint, checkpoint_tensors, device
 from gptcli.optim import BatchedMuon, lr_at
 from gptcli.recipe import TrainConfig
 
@@ -457,3 +457,19 @@ def test_slowdown_watch_warns_once_when_tokens_per_s_collapses():
     assert "OMP_WAIT_POLICY=PASSIVE" in warnings[8] and "16,000" in warnings[8]
     steady = SlowdownWatch()
     assert not any(steady.check(r) for r in [100.0] + [16000, 9000, 12000] * 5)
+
+
+def test_a_cpu_peak_cached_while_the_machine_was_busy_is_measured_again(tmp_path, monkeypatch):
+    """A peak probed under load reads low and MFU over 100 %: the run that beats it re-probes."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GPTCLI_CACHE", str(cache))
+    device.write_probe("cpu_peak_flops.json", f"probe2|{torch.float32}", 1e6)  # 1 MFLOP/s
+    recipe = write_recipe(tmp_path)
+    sets = ["--set", "train.max_steps=3", "--set", "train.log_every=1", "--set", "train.dtype=fp32"]
+    proc = gptcli("pretrain", str(recipe), *sets, cwd=tmp_path, env={"GPTCLI_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert "cached as this CPU's peak (measured while it was busy): measured again" in proc.stderr
+    assert device.read_probe("cpu_peak_flops.json", f"probe2|{torch.float32}") > 1e8
+    run = tmp_path / "runs" / "mini"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["mfu"] < 1 for r in records), records
