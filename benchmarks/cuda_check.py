@@ -234,19 +234,28 @@ def main() -> None:
     run_checks(checks, args.only, results, out / "cuda_check.jsonl")
 
 
-def run_checks(checks: dict, only: list[str] | None, results: dict, report: Path) -> None:
-    """Run each check, print its JSON line and append it to report, whatever one of them does."""
+class Skipped(Exception):
+    """A check that did not run, and why (no checkout, no time left): reported, not failed."""
+
+
+def run_checks(
+    checks: dict, only: list[str] | None, results: dict, report: Path, common: dict | None = None
+) -> None:
+    """Run each check, print its JSON line (with common's keys, such as the card) and append
+    it to report, whatever one of them does."""
     for name, check in checks.items():
         if only and name not in only:
             continue
         start = time.perf_counter()
         try:
             result = {"ok": True, **check()}
+        except Skipped as exc:
+            result = {"ok": False, "skipped": str(exc)}
         except Exception as exc:  # report every check, whatever one of them does
             result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[-3000:]}
         result["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = result
-        line = json.dumps({"check": name, **result}, default=str)
+        line = json.dumps({"check": name, **(common or {}), **result}, default=str)
         print(line, flush=True)
         with open(report, "a") as f:
             f.write(line + "\n")
