@@ -215,14 +215,19 @@ class Server:
                 self.proc.wait()
 
 
-def gptcli_server(run: Path, dtype: str, clients: int, block: int, repo: Path = REPO) -> Server:
-    """gptcli serve from the checkout repo (this one, or a baseline's)."""
+def gptcli_server(
+    run: Path, dtype: str, clients: int, block: int, repo: Path = REPO, slots: int | None = None
+) -> Server:
+    """gptcli serve from the checkout repo (this one, or a baseline's), with one slot per
+    client unless slots says otherwise (1: one request at a time, the rest queued)."""
     port = free_port()
     command = [sys.executable, "-m", "gptcli", "serve", "-c", str(run), "--port", str(port)]
     command += ["--dtype", dtype, "--max-queue", "256", "--max-tokens", str(block)]
     if has_parallel(repo):
-        command += ["--parallel", str(clients)]
+        command += ["--parallel", str(slots or clients)]
     name = f"gptcli {dtype}" if repo == REPO else f"baseline {dtype}"
+    if slots == 1:
+        name += " one at a time"
     return Server(name, command, port, gptcli_env(repo))
 
 
@@ -315,7 +320,9 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> Result
 
 async def drive(url: str, name: str, clients: int, asks: list[list[int]], new: int) -> Level:
     """clients concurrent clients, each sending its share of the prompts one after another."""
-    limits = httpx.Limits(max_connections=clients + 1)
+    # a fresh connection per request: llama-server closes idle kept-alive connections, and a
+    # request sent on one just closed fails ("Server disconnected without sending a response")
+    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
         model = (await client.get(f"{url}/v1/models")).json()["data"][0]["id"]
         warm = {"model": model, "prompt": asks[0], "max_tokens": 4, "seed": 0, "stream": True}
@@ -350,8 +357,14 @@ def measure(shape: Shape, args: argparse.Namespace, binary: Path, rows: list[dic
         eot = tokenizer.eot_id(tokenizer.load(folder / "tokenizer.json"))
         for clients in levels:
             asks = prompts(clients * per_client, eot, usable)
-            servers = [llama_cpp_server(binary, gguf, clients, block)]
-            servers += [gptcli_server(run, dtype, clients, block) for dtype in ("fp32", "auto")]
+            wanted = args.servers.split(",")
+            servers = [llama_cpp_server(binary, gguf, clients, block)]  # the ratios' peer
+            servers += [
+                gptcli_server(run, dtype, clients, block) for dtype in ("fp32", "auto")
+                if dtype in wanted
+            ]  # fmt: skip
+            if "serial" in wanted and clients > 1:
+                servers.append(gptcli_server(run, "fp32", clients, block, slots=1))
             if args.baseline:
                 servers.append(gptcli_server(run, "fp32", clients, block, Path(args.baseline)))
             for server in servers:
@@ -395,6 +408,12 @@ def main() -> None:
         "--baseline",
         help="also serve with the gptcli of this checkout (fp32), e.g. a worktree of the "
         "one-at-a-time server: it needs /health, token-id prompts and ignore_eos",
+    )
+    ap.add_argument(
+        "--servers",
+        default="fp32,auto,serial",
+        help="gptcli servers beside llama.cpp: fp32, auto (--dtype auto), serial (fp32 with "
+        "--parallel 1: one request at a time, the others queued; at 2+ clients)",
     )
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
