@@ -400,7 +400,11 @@ def test_sigterm_and_sigint_under_torchrun_stop_fsdp_ranks_at_one_step_and_resum
         torchrun_code, ranks, err = stop_at(
             folder, hook, tmp_path / f"s{step}", step, sig, settings
         )
-        assert (torchrun_code, ranks) == (1, [code, code]), err[-3000:]
+        assert ranks == [code, code], err[-3000:]
+        # torchrun's own agent, torch's code, exits 1; now and then it aborts while shutting
+        # down after a SIGTERM ("terminate called without an active exception"): the ranks'
+        # codes and checkpoints are gptcli's part
+        assert torchrun_code in (1, -signal.SIGABRT), err[-3000:]
         saved = f"interrupted at step {step}; saved runs/mini/checkpoints/step-{step:07d}"
         assert saved in err.replace("\n", ""), err[-3000:]
         assert f"interrupted at step {step}; rank 1: saved its shards" in err, err[-3000:]
