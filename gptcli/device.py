@@ -263,22 +263,26 @@ def peak_flops(device: torch.device, amp: torch.dtype | None) -> tuple[float | N
         return None, f"{name}: peak unknown"
     if device.type != "cpu":
         return None, f"{device.type}: peak unknown"
-    dtype = amp or torch.float32
-    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
-        # emulated bf16 is slower than fp32, so the fp32 matmul is the CPU's peak (timing a
-        # 2048-wide bf16 one there took minutes on an AVX2-only CPU)
-        dtype = torch.float32
+    dtype = peak_dtype(amp)
     peak = cached_probe("cpu_peak_flops.json", f"probe2|{dtype}", lambda: _probe_matmul(dtype))
     return peak, f"measured {str(dtype).removeprefix('torch.')} matmul on this CPU"
+
+
+def peak_dtype(amp: torch.dtype | None) -> torch.dtype:
+    """The dtype whose matmul is a CPU's peak for training in amp: emulated bf16 is slower
+    than fp32, so there the fp32 matmul is the peak (timing a 2048-wide bf16 one took minutes
+    on an AVX2-only CPU)."""
+    dtype = amp or torch.float32
+    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        return torch.float32
+    return dtype
 
 
 def remeasure_peak(device: torch.device, amp: torch.dtype | None, reached: float) -> float:
     """A CPU peak measured again after a run went faster than the cached one (a probe taken
     while another process was busy reads low, and would otherwise stay low): the higher of a
     new probe and the FLOP/s the run reached, cached in place of the old one."""
-    dtype = amp or torch.float32
-    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
-        dtype = torch.float32  # as peak_flops
+    dtype = peak_dtype(amp)
     peak = max(_probe_matmul(dtype), reached)
     write_probe("cpu_peak_flops.json", f"probe2|{dtype}", peak)
     return peak
