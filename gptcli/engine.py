@@ -586,14 +586,6 @@ class Engine:
         ever read (their next prefilled or decoded position)."""
         started = time.perf_counter()
         hi = max(row.slot for row in rows) + 1
-        if len(rows) == hi and len({row.pos for row in rows}) == 1:
-            # every slot up to hi decodes at one position (--num-samples, a lone request):
-            # one position for all skips the per-row mask and scatter, a quarter of the step
-            x = torch.tensor([[row.token] for row in sorted(rows, key=lambda r: r.slot)])
-            view = self.cache.rows(0, hi)
-            logits, _ = self.model(x.to(self.device), cache=view, pos=rows[0].pos, last_only=True)
-            self.decoded(rows, logits, started)
-            return
         tokens, positions = [0] * hi, [0] * hi
         for slot in range(hi):
             row = self.rows[slot]
@@ -601,12 +593,14 @@ class Engine:
                 positions[slot] = min(row.pos, self.block - 1)
                 tokens[slot] = row.token if row.token is not None else 0
         x = torch.tensor(tokens, device=self.device)[:, None]
-        pos = torch.tensor(positions, device=self.device)
-        view = self.cache.rows(0, hi, max(positions) + 1)
+        if len(rows) == hi and len(set(positions)) == 1:
+            # every slot up to hi decodes at one position (--num-samples, a lone request):
+            # one position for all skips the per-row mask and scatter, a quarter of the step
+            pos, view = positions[0], self.cache.rows(0, hi)
+        else:
+            pos = torch.tensor(positions, device=self.device)
+            view = self.cache.rows(0, hi, max(positions) + 1)
         logits, _ = self.model(x, cache=view, pos=pos, last_only=True)
-        self.decoded(rows, logits, started)
-
-    def decoded(self, rows: list[Row], logits: torch.Tensor, started: float) -> None:
         for row in rows:
             row.logits, row.token = logits[row.slot, -1], None
             row.pos += 1
