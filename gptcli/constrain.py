@@ -8,7 +8,7 @@ tokenizer.json, the model's vocabulary size, its end tokens), built once per mod
 
 The engine's step, per row with a matcher:
     logits -> mask_logits (-inf outside the allowed set) -> repetition penalty, temperature,
-    top-k/p, min-p (sampling.next_token) -> token -> matcher.advance(token)
+    top-k/p, min-p (sampling.next_tokens) -> token -> matcher.advance(token)
 The mask comes first, on the raw logits, so every sampling control acts within the allowed
 set and can never empty it. A row ends when its matcher `is_done()` (the constraint is
 complete and nothing may follow: finish reason "stop"); while the output so far is complete

@@ -10,8 +10,12 @@ row frees its slot at once. Each row has its own random generator and settings, 
 request gets do not depend on what else runs beside it (up to float rounding: one row and many
 rows take different matmul paths).
 
-One worker thread runs the model; callers submit requests from any thread and read each
-request's events (text pieces, then one Finish per row) in order.
+Callers submit requests from any thread and read each request's events (text pieces, then one
+Finish per row) in order. A server's engine runs the model on a worker thread of its own, for
+its many readers; a command with one reader (sample, chat, eval) runs it on that reader's thread,
+one step whenever the events it waits for are not there yet: handing every token from one
+thread to another costs a wake-up and a turn of the interpreter lock each, which at a small
+model's few milliseconds a step made generating up to twice as slow.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from gptcli.device import (
 from gptcli.model import GPT
 from gptcli.recipe import ModelConfig, SampleConfig
 from gptcli.run import recipe_of
-from gptcli.sampling import TextStream, next_token, token_logprob
+from gptcli.sampling import TextStream, next_tokens, token_logprob
 from gptcli.tasks import sft
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -334,8 +338,14 @@ class Handle:
     """A submitted request: iterate its events in order (or give the engine a sink); closing
     the iteration early, or cancel(), frees its rows at the next step."""
 
-    def __init__(self, request: Request, sink: Callable[[Event | Exception], None] | None):
+    def __init__(
+        self,
+        request: Request,
+        sink: Callable[[Event | Exception], None] | None,
+        pump: Callable[[], bool] | None = None,
+    ):
         self.request = request
+        self.pump = pump  # runs one engine step on the reader's thread (no worker thread)
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.sink = sink or self.events.put
         self.cancelled = threading.Event()
@@ -351,9 +361,8 @@ class Handle:
         finished = 0
         try:
             while finished < self.request.n:
-                try:  # a timeout keeps signals (Ctrl-C, SIGTERM) deliverable while waiting
-                    event = self.events.get(timeout=0.25)
-                except queue.Empty:
+                event = self.next_event()
+                if event is None:
                     continue
                 if isinstance(event, Exception):
                     raise event
@@ -364,6 +373,18 @@ class Handle:
         finally:
             if finished < self.request.n:
                 self.cancel()
+
+    def next_event(self) -> Event | Started | Exception | None:
+        """The next event, running engine steps until there is one when the reader drives the
+        engine; None after a quarter second without one, which keeps signals (Ctrl-C, SIGTERM)
+        deliverable while waiting."""
+        if self.pump is not None:
+            while self.events.empty() and self.pump():
+                pass
+        try:
+            return self.events.get(timeout=0.25)
+        except queue.Empty:
+            return None
 
 
 @dataclass(eq=False)
@@ -409,7 +430,7 @@ def row_seed(seed: int | None, index: int) -> int:
 class Engine:
     """The model, its KV cache of `slots` rows, and the rows running in it."""
 
-    def __init__(self, model: GPT, tok, slots: int) -> None:
+    def __init__(self, model: GPT, tok, slots: int, worker: bool = False) -> None:
         if slots < 1:
             raise UserError(f"--parallel must be >= 1, got {slots}")
         with torch.inference_mode():
@@ -422,7 +443,9 @@ class Engine:
         self.rows: list[Row | None] = [None] * slots
         self.waiting: deque[Handle] = deque()
         self.wake = threading.Condition()
+        self.worker = worker  # a thread of its own runs the model; else the readers do (pump)
         self.thread: threading.Thread | None = None
+        self.stepping = threading.Lock()  # one reader steps at a time
         self.closed = False
         self.decode_s: float | None = None  # recent decode step time
         self.prefill_token_s: float | None = None  # recent prefill time per token
@@ -437,12 +460,14 @@ class Engine:
             raise ValueError(f"n={request.n} needs more rows than the {self.slots} slots")
         if request.matchers is not None and len(request.matchers) != request.n:
             raise ValueError(f"{len(request.matchers)} matchers for n={request.n} rows")
-        handle = Handle(request, sink)
+        if sink is not None and not self.worker:
+            raise ValueError("a sink is fed by the engine's worker: make it with worker=True")
+        handle = Handle(request, sink, None if self.worker else self.pump)
         with self.wake:
             if self.closed:
                 raise RuntimeError("the engine is closed")
             self.waiting.append(handle)
-            if self.thread is None:
+            if self.worker and self.thread is None:
                 self.thread = threading.Thread(target=self.work, name="gptcli-engine", daemon=True)
                 self.thread.start()
             self.wake.notify()
@@ -465,6 +490,22 @@ class Engine:
             self.wake.notify()
         if self.thread is not None:
             self.thread.join(timeout=10)
+        elif not self.worker:
+            self.fail_all(RuntimeError("the engine was closed"))
+
+    def pump(self) -> bool:
+        """One step on the reader's thread (an engine without a worker); False when no row is
+        running or waiting, so there is nothing to step. Readers on several threads take turns."""
+        with self.stepping:
+            with self.wake:
+                if self.closed:
+                    raise RuntimeError("the engine is closed")
+                self.admit()
+                if not any(self.rows):
+                    return False
+            with torch.inference_mode():
+                self.step_or_fail()
+        return True
 
     # ----------------------------------------------------------------- the worker
 
@@ -477,11 +518,14 @@ class Engine:
                     if self.closed:
                         break
                     self.admit()
-                try:
-                    self.step()
-                except Exception as e:  # noqa: BLE001 - each caller is told; the engine goes on
-                    self.fail_all(e)
+                self.step_or_fail()
         self.fail_all(RuntimeError("the engine was closed"))
+
+    def step_or_fail(self) -> None:
+        try:
+            self.step()
+        except Exception as e:  # noqa: BLE001 - each caller is told; the engine goes on
+            self.fail_all(e)
 
     def fail_all(self, error: Exception) -> None:
         for handle in {row.handle for row in self.active()}:
@@ -593,10 +637,12 @@ class Engine:
                 positions[slot] = min(row.pos, self.block - 1)
                 tokens[slot] = row.token if row.token is not None else 0
         x = torch.tensor(tokens, device=self.device)[:, None]
-        if len(rows) == hi and len(set(positions)) == 1:
-            # every slot up to hi decodes at one position (--num-samples, a lone request):
-            # one position for all skips the per-row mask and scatter, a quarter of the step
-            pos, view = positions[0], self.cache.rows(0, hi)
+        at = positions[rows[0].slot]
+        if all(positions[row.slot] == at for row in rows) and max(positions) == at:
+            # every decoding row is at one position (--num-samples, a lone request) and no
+            # other slot has written past it (the dummy is rewritten before it is read): one
+            # position for all skips the per-row mask and scatter, a quarter of the step
+            pos, view = at, self.cache.rows(0, hi)
         else:
             pos = torch.tensor(positions, device=self.device)
             view = self.cache.rows(0, hi, max(positions) + 1)
@@ -607,31 +653,42 @@ class Engine:
         self.decode_s = ema(self.decode_s, self.timed(started))
 
     def sample(self, rows: list[Row]) -> None:
-        """Each row's next token with its own settings and generator."""
+        """Each row's next token with its own settings and generator; the rows of a request
+        share its settings, so their controls run as one batch."""
         logits = torch.stack([row.logits for row in rows]).float()
         scores = None
         if any(row.request.logprobs is not None for row in rows):
             scores = torch.log_softmax(logits, dim=-1)
+        groups: dict[int, list[int]] = {}  # rows by their request's settings
         for i, row in enumerate(rows):
             row.logits = None
             if self.rows[row.slot] is not row:  # its request failed on an earlier row
                 continue
             request = row.request
-            row_logits = logits[i : i + 1]
-            seen = None
-            if row.seen is not None:
-                if row.matcher is not None or not request.ignore_eos:
-                    row.seen[list(request.enders)] = False  # a penalised row can still end
-                seen = row.seen[None]
-            try:
-                if row.matcher is not None:  # the constraint first: every control acts within it
-                    row_logits = row.matcher.apply(row_logits[0])[None]
-                token = next_token(row_logits, request.params, row.gen, seen).item()
-                self.take(row, token, None if scores is None else scores[i])
-            except Exception as e:
-                if row.matcher is None:
-                    raise
-                self.fail(row.handle, e)  # a failed constraint ends its own request only
+            if row.seen is not None and (row.matcher is not None or not request.ignore_eos):
+                row.seen[list(request.enders)] = False  # a penalised row can still end
+            if row.matcher is not None:  # the constraint first: every control acts within it
+                try:
+                    logits[i] = row.matcher.apply(logits[i])
+                except Exception as e:  # noqa: BLE001 - a failed constraint ends its request
+                    self.fail(row.handle, e)
+                    continue
+            groups.setdefault(id(request.params), []).append(i)
+        for members in groups.values():
+            first = rows[members[0]]
+            seen = None if first.seen is None else torch.stack([rows[i].seen for i in members])
+            gens = [rows[i].gen for i in members]
+            tokens = next_tokens(logits[members], first.request.params, gens, seen)
+            for i, token in zip(members, tokens, strict=True):
+                row = rows[i]
+                if self.rows[row.slot] is not row:  # its request failed on an earlier row
+                    continue
+                try:
+                    self.take(row, token, None if scores is None else scores[i])
+                except Exception as e:
+                    if row.matcher is None:
+                        raise
+                    self.fail(row.handle, e)  # a failed constraint ends its own request only
 
     def take(self, row: Row, token: int, scores: torch.Tensor | None) -> None:
         """Hand a sampled token to the row's caller and decide what the row does next."""

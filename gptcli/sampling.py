@@ -53,23 +53,32 @@ def filter_logits(logits: torch.Tensor, params: SampleConfig) -> torch.Tensor:
     return logits
 
 
-def next_token(
+def next_tokens(
     logits: torch.Tensor,
     params: SampleConfig,
-    gen: torch.Generator,
+    gens: list[torch.Generator],
     seen: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) token ids. Greedy is the argmax after the repetition penalty."""
+) -> list[int]:
+    """(B, V) logits of rows that share params -> one token id per row, each drawn from its
+    own generator (so a row's tokens do not depend on the rows beside it; the controls act
+    on each row alone, so batching them changes no value). Greedy is the argmax after the
+    repetition penalty."""
     logits = penalize(logits.float(), seen, params.repetition_penalty)
     if params.temperature < torch.finfo(torch.float32).tiny:  # 0, or too small to divide by
-        return logits.argmax(dim=-1, keepdim=True)
+        return logits.argmax(dim=-1).tolist()
+    ids = None
     if params.top_k and params.top_k < logits.size(-1):
         # only the k candidates matter: filter and sample among them, not the whole vocabulary
-        values, ids = torch.topk(logits, params.top_k, dim=-1)
-        probs = filter_logits(values, dataclasses.replace(params, top_k=0)).softmax(-1)
-        return ids.gather(-1, torch.multinomial(probs, 1, generator=gen))
+        logits, ids = torch.topk(logits, params.top_k, dim=-1)
+        params = dataclasses.replace(params, top_k=0)
     probs = filter_logits(logits, params).softmax(-1)
-    return torch.multinomial(probs, 1, generator=gen)
+    # torch.multinomial's own draw of one sample, argmax(p / q) with q ~ Exp(1), each row's q
+    # from its generator: the same tokens, without a validity check that syncs on every call
+    q = torch.empty_like(probs)
+    for row, gen in zip(q, gens, strict=True):
+        row.exponential_(1, generator=gen)
+    picks = (probs / q).argmax(-1, keepdim=True)
+    return (picks if ids is None else ids.gather(-1, picks)).view(-1).tolist()
 
 
 class TextStream:

@@ -960,7 +960,7 @@ def load_in_background(model: Model, options: Options, url: str, server: Server)
     def work() -> None:
         try:
             lm = build(model.checked)
-            engine = Engine(lm.model, lm.tok, options.parallel)
+            engine = Engine(lm.model, lm.tok, options.parallel, worker=True)
         except BaseException as e:  # noqa: BLE001 - raised again on the main thread
             model.failure = e
             server.should_exit = True

@@ -199,7 +199,7 @@ def test_sixteen_requests_together_give_the_answers_they_get_alone(slots):
 
 def test_a_request_that_joins_is_answered_before_the_running_ones_finish():
     model = make(block_size=64)
-    engine = Engine(model, TOK, 4)
+    engine = Engine(model, TOK, 4, worker=True)
     order: list[str] = []  # long requests, as they finish
     first_piece = threading.Event()
 
@@ -254,6 +254,34 @@ def test_without_the_slide_a_row_ends_at_the_context():
     params = SampleConfig(max_new_tokens=100, temperature=0)
     (evs,) = events(model, Request([1, 2, 3], params, ignore_eos=True, slide=False))
     assert evs[-1].reason == "length" and evs[-1].tokens == 16 - 3 + 1
+
+
+def test_without_a_worker_the_readers_run_the_model_and_get_the_same_answers():
+    """sample, chat and eval step the engine on the thread that reads the events; readers on
+    two threads take turns, and each gets what a worker thread would have given it."""
+    model = make(block_size=64)
+    params = SampleConfig(max_new_tokens=40, temperature=1.0)
+    requests = [Request([1 + i, 2], params, seed=i, n=2, ignore_eos=True) for i in range(3)]
+    answers = {}
+    for worker in (True, False):
+        engine = Engine(model, TOK, 6, worker=worker)
+        handles = [engine.submit(r) for r in requests]
+        got = [None] * 3
+
+        def read(i, handles=handles, got=got):
+            got[i] = rows_of(list(handles[i]), 2)
+
+        readers = [threading.Thread(target=read, args=(i,)) for i in (1, 2)]
+        for t in readers:
+            t.start()
+        read(0)
+        for t in readers:
+            t.join(30)
+        assert engine.thread is None if not worker else engine.thread.is_alive()
+        engine.close()
+        answers[worker] = got
+    assert answers[False] == answers[True]
+    assert all(len(row) == 40 for rows in answers[False] for row in rows)
 
 
 def test_a_request_needs_its_rows_to_fit():
@@ -322,7 +350,8 @@ def test_a_failing_constraint_ends_only_its_own_request():
     (alone,) = events(model, plain)
     engine = Engine(model, TOK, 3)
     try:
-        failing = engine.submit(Request([1], params, n=2, matchers=[Only({5}, fail_at=3)] * 2))
+        matchers = [Only({5}, fail_at=3) for _ in range(2)]
+        failing = engine.submit(Request([1], params, n=2, matchers=matchers))
         beside = engine.submit(plain)
         with pytest.raises(RuntimeError, match="too complex"):
             list(failing)

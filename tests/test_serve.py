@@ -388,7 +388,7 @@ def test_health_is_503_until_the_model_has_loaded(trained, monkeypatch):
         assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_loading"
         assert http_client.get("/v1/models").json()["data"][0]["id"] == "mini"
         lm = engine.build(checked)
-        model.batcher = serve.Batcher(lm, engine.Engine(lm.model, lm.tok, 1), 0, None)
+        model.batcher = serve.Batcher(lm, engine.Engine(lm.model, lm.tok, 1, worker=True), 0, None)
         assert http_client.get("/health").status_code == 200
         model.batcher.engine.close()
 
