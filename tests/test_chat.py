@@ -99,6 +99,13 @@ def test_chat_on_a_terminal(trained, chat_trained):
     endless.sendintr()
     endless.expect("reply cancelled")
     endless.expect("> ")
+    # the interrupted step ran on this thread: the next reply streams as the first did
+    endless.sendline("The end")
+    endless.expect("The end\r\n")
+    endless.expect(r"\S")
+    endless.sendintr()
+    endless.expect("reply cancelled")
+    endless.expect("> ")
     endless.sendline("/system Be brief.")
     endless.expect("system message set")
     endless.expect("> ")
