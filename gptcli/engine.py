@@ -489,8 +489,8 @@ class Engine:
             self.closed = True
             self.wake.notify()
         if self.thread is not None:
-            self.thread.join(timeout=10)
-        elif not self.worker:
+            self.thread.join(timeout=10)  # the worker tells what was left when it stops
+        else:
             self.fail_all(RuntimeError("the engine was closed"))
 
     def pump(self) -> bool:
