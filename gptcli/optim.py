@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from gptcli.device import cpu_has_native_bf16
 from gptcli.recipe import TrainConfig
 
 Optimizer = torch.optim.Optimizer
@@ -59,13 +60,20 @@ class BatchedMuon(torch.optim.Muon):
     torch iterates matrix by matrix, many small matmuls that dominate a CPU step of a small
     model (benchmarks/README.md); batched by shape (tall matrices turned wide, as torch does)
     they are a few bmm calls. Same state ("momentum_buffer") and the same arithmetic as
-    torch.optim.Muon, so checkpoints and resume work either way.
+    torch.optim.Muon, so checkpoints and resume work either way. The iterations run in
+    ns_dtype: bf16 as torch's, or fp32 where bf16 matmuls are emulated (ns_dtype_for).
     """
 
-    def __init__(self, params, **options) -> None:  # noqa: ANN001 - Optimizer's params
+    def __init__(
+        self,
+        params,  # noqa: ANN001 - Optimizer's params
+        ns_dtype: torch.dtype = torch.bfloat16,
+        **options,
+    ) -> None:
         if options.get("adjust_lr_fn") not in (None, "original"):  # the only scaling step() does
             raise ValueError("BatchedMuon scales lr as torch's default ('original') only")
         super().__init__(params, **options)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - Optimizer.step's signature
@@ -89,7 +97,7 @@ class BatchedMuon(torch.optim.Muon):
                 wide = update.T if update.size(0) > update.size(1) else update
                 by_shape.setdefault(tuple(wide.shape), []).append((p, wide))
             for items in by_shape.values():
-                x = torch.stack([wide for _, wide in items]).bfloat16()
+                x = torch.stack([wide for _, wide in items]).to(self.ns_dtype)
                 x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=group["eps"])
                 for _ in range(group["ns_steps"]):
                     gram = x @ x.mT
@@ -102,6 +110,15 @@ class BatchedMuon(torch.optim.Muon):
                     # torch's default lr scaling ("original"): sqrt(max(1, rows / cols))
                     p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
         return loss
+
+
+def ns_dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 for Muon's Newton-Schulz iterations, as torch runs them, except on a CPU without
+    native bf16: there its emulated bf16 matmuls made them ~30x slower than fp32 (a Muon
+    step of the shakespeare recipe took seconds on an AVX2-only CPU)."""
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        return torch.float32
+    return torch.bfloat16
 
 
 def build_optimizers(
@@ -121,7 +138,12 @@ def build_optimizers(
         hidden_ids = {id(p) for p in hidden}
         rest = [p for _, p in trained if id(p) not in hidden_ids]
         optimizers = [
-            BatchedMuon(hidden, lr=t.muon_lr, weight_decay=t.weight_decay),
+            BatchedMuon(
+                hidden,
+                ns_dtype=ns_dtype_for(device),
+                lr=t.muon_lr,
+                weight_decay=t.weight_decay,
+            ),
             torch.optim.AdamW(
                 param_groups(rest, t.weight_decay), lr=t.lr, betas=(t.beta1, t.beta2), fused=fused
             ),

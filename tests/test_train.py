@@ -24,9 +24,10 @@ from conftest import (
     write_recipe,
 )
 
-from gptcli import checkpoint, checkpoint_tensors, device
+from gptcli import checkpoint, checkpoint_tensors, device, optim
+from gptcli.model import GPT
 from gptcli.optim import BatchedMuon, lr_at
-from gptcli.recipe import TrainConfig
+from gptcli.recipe import ModelConfig, TrainConfig
 
 
 def losses(run):
@@ -383,14 +384,16 @@ def test_a_signal_during_the_compile_stops_it_at_once(tmp_path, sig, code):
     assert not list(run.glob("checkpoints/.tmp-*"))  # nothing half-written either
 
 
-def test_batched_muon_steps_like_torch_muon():
-    # tall (24, 8) matrices are batched with wide (8, 24) ones, transposed, as torch does alone
+@pytest.mark.parametrize("ns_dtype", [torch.bfloat16, torch.float32])
+def test_batched_muon_steps_like_torch_muon(ns_dtype):
+    # tall (24, 8) matrices are batched with wide (8, 24) ones, transposed, as torch does alone;
+    # fp32 iterations (CPUs without native bf16) land where torch's bf16 ones do
     torch.manual_seed(0)
     shapes = [(24, 8), (8, 8), (8, 24), (24, 8), (8, 8)]
     reference = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
     ours = [torch.nn.Parameter(p.detach().clone()) for p in reference]
     torch_muon = torch.optim.Muon(reference, lr=0.02, weight_decay=0.1)
-    batched = BatchedMuon(ours, lr=0.02, weight_decay=0.1)
+    batched = BatchedMuon(ours, ns_dtype=ns_dtype, lr=0.02, weight_decay=0.1)
     for _ in range(3):
         for p, q in zip(reference, ours, strict=True):
             p.grad = torch.randn(p.shape)
@@ -399,7 +402,21 @@ def test_batched_muon_steps_like_torch_muon():
         batched.step()
     for p, q in zip(reference, ours, strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=2e-3)  # three steps move ~0.02
+    same = all(torch.equal(p, q) for p, q in zip(reference, ours, strict=True))
+    assert same == (ns_dtype == torch.bfloat16)  # fp32 iterations did run in fp32
     assert batched.state_dict()["state"].keys() == torch_muon.state_dict()["state"].keys()
+
+
+def test_muon_iterates_in_fp32_where_bf16_is_emulated(monkeypatch):
+    """On a CPU without native bf16, emulated bf16 matmuls made Muon's iterations ~30x
+    slower than fp32; bf16 stays where it is native (and on GPUs), as torch's Muon runs it."""
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32)
+    t = TrainConfig(optimizer="muon")
+    for native, expected in ((False, torch.float32), (True, torch.bfloat16)):
+        monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda native=native: native)
+        muon = optim.build_optimizers(GPT(cfg), t, torch.device("cpu"))[0]
+        assert isinstance(muon, BatchedMuon) and muon.ns_dtype == expected
+    assert optim.ns_dtype_for(torch.device("cuda")) == torch.bfloat16
 
 
 def test_final_checkpoint_carries_the_final_evaluation(trained_copy):
