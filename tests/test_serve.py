@@ -1,5 +1,6 @@
 """`gptcli serve` against the official `openai` client and raw HTTP, on a free local port."""
 
+import asyncio
 import http.client
 import importlib.util
 import json
@@ -16,6 +17,8 @@ import openai
 import pytest
 from conftest import assert_one_line_error, gptcli, gptcli_without, run_env
 from prometheus_client.parser import text_string_to_metric_families
+
+from gptcli import serve
 
 PROMPT = "Once upon a time"
 
@@ -423,6 +426,19 @@ def test_request_timeout_and_requests_cut_off_at_shutdown(trained):
         assert "Traceback" not in log and "ERROR" not in log, log
     finally:
         served.stop()
+
+
+def test_an_event_after_shutdown_goes_nowhere_instead_of_raising_on_the_engine_thread():
+    """At shutdown the engine drops the rows of cut-off requests after the server's loop has
+    closed; handing those events over must not raise (a traceback in the server's log)."""
+    loop = asyncio.new_event_loop()
+    queue = asyncio.Queue()
+    serve.hand_over(loop, queue, (0, "piece"))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert queue.get_nowait() == (0, "piece")
+    loop.close()
+    serve.hand_over(loop, queue, (0, "after"))  # nothing raised
+    assert queue.empty()
 
 
 # --------------------------------------------------------------------------- continuous batching
