@@ -41,8 +41,10 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# two workers, a test file each at a time (tests/conftest.py starts the slowest files first),
+# one torch thread each: most of the suite's time is single-threaded start-up of subprocesses
 test: lint
-	$(BIN)/pytest
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # the speed benchmarks (each prints ratios against a peer measured in the same run); the
 # quality ones (quality_shakespeare.py, sweep_arch.py) take minutes and run separately

@@ -102,6 +102,27 @@ LOAD_TIME_VARIABLES = (
 SET_BY_TORCH = {"TORCHINDUCTOR_CACHE_DIR", "KMP_DUPLICATE_LIB_OK", "TORCH_WARM_POOL"}
 
 
+# `make test` runs the suite on two workers, a test file each at a time, in this order: the
+# files that take longest first, so that none is left to run alone at the end.
+SLOW_FILES_FIRST = (
+    "test_readme.py",
+    "test_parallel.py",
+    "test_train.py",
+    "test_finetune.py",
+    "test_loggers.py",
+    "test_data_cli.py",
+    "test_wheel.py",
+    "test_memory.py",
+    "test_autotune.py",
+    "test_serve.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: files stay whole
+
+
 class Server:
     """tests/gptcli_server.py, started on first use: it forks each `python -m gptcli` from an
     interpreter that has torch loaded, which saves seconds of imports per command. Still one
