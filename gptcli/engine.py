@@ -587,8 +587,7 @@ class Engine:
         decoding = [row for row in self.active() if row.token is not None]
         prefilling = [row for row in self.active() if row.pending]
         if prefilling:
-            row = min(prefilling, key=lambda r: r.handle.admitted)
-            self.prefill(row, len(row.pending) if not decoding else self.chunk_size())
+            self.prefill(prefilling, self.chunk_size() if decoding else self.block)
         if decoding:
             self.decode(decoding)
 
@@ -606,18 +605,42 @@ class Engine:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
 
-    def prefill(self, row: Row, budget: int) -> None:
-        chunk, row.pending = row.pending[:budget], row.pending[budget:]
+    def prefill(self, prefilling: list[Row], budget: int) -> None:
+        """One chunk of the oldest request's prompt, with chunks of later requests at the same
+        position in the same forward (right-padded to the longest) while the padded batch stays
+        within budget tokens (a decode step's time; a context's worth when no row decodes). A
+        padded position is rewritten before its row ever reads it."""
+        queue = sorted(prefilling, key=lambda r: r.handle.admitted)
+        first = queue[0]
+        rows, width = [first], min(len(first.pending), budget)
+        for row in queue[1:]:
+            wider = max(width, min(len(row.pending), budget))
+            if row.pos == first.pos and (len(rows) + 1) * wider <= budget:
+                rows.append(row)
+                width = wider
+        rows.sort(key=lambda r: r.slot)
+        chunks = [row.pending[:width] for row in rows]
         started = time.perf_counter()
-        x = torch.tensor([chunk], device=self.device)
-        view = self.cache.rows(row.slot, row.slot + 1)
-        logits, _ = self.model(x, cache=view, pos=row.pos, last_only=True)
-        row.pos += len(chunk)
-        if len(chunk) >= 8:
-            self.prefill_token_s = ema(self.prefill_token_s, self.timed(started) / len(chunk))
-        if row.pending:
-            return
-        row.logits = logits[0, -1]
+        width = max(len(c) for c in chunks)
+        x = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=self.device)
+        slots = [row.slot for row in rows]
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            view = self.cache.rows(slots[0], slots[-1] + 1)
+        else:
+            view = self.cache.pick(slots)
+        hidden = self.model.hidden(x, cache=view, pos=first.pos)
+        last = torch.tensor([len(c) - 1 for c in chunks], device=self.device)
+        logits = self.model.lm_head(hidden[torch.arange(len(rows), device=self.device), last])
+        if width >= 8:
+            self.prefill_token_s = ema(self.prefill_token_s, self.timed(started) / x.numel())
+        for row, chunk, row_logits in zip(rows, chunks, logits, strict=True):
+            row.pending = row.pending[len(chunk) :]
+            row.pos += len(chunk)
+            if not row.pending:
+                self.prefilled(row, row_logits)
+
+    def prefilled(self, row: Row, logits: torch.Tensor) -> None:
+        row.logits = logits
         for other in row.followers:  # the request's other rows start from the same prompt
             self.cache.k[:, other.slot, :, : row.pos] = self.cache.k[:, row.slot, :, : row.pos]
             self.cache.v[:, other.slot, :, : row.pos] = self.cache.v[:, row.slot, :, : row.pos]

@@ -96,6 +96,7 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = length
+        self.picked: torch.Tensor | None = None  # rows of a `pick` view, in its batch order
 
     def rows(self, start: int, stop: int, length: int | None = None) -> KVCache:
         """Rows start..stop-1 and their first `length` positions, sharing this cache's memory."""
@@ -105,6 +106,13 @@ class KVCache:
         view.v = self.v[:, start:stop, :, : view.length]
         return view
 
+    def pick(self, rows: list[int]) -> KVCache:
+        """Any rows, in this order, as one batch at one position: writes land in them, reads
+        copy their prefixes out (several requests' prompts prefilled in one forward)."""
+        view = copy.copy(self)
+        view.picked = torch.tensor(rows, device=self.k.device)
+        return view
+
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos: int | torch.Tensor):
         """Write the keys and values (B, H, T, D) of positions pos.. and return every key and
         value these rows' queries read, with the mask of what each query may see (None: all).
@@ -112,6 +120,17 @@ class KVCache:
         pos is one position for every row, or (B,) positions, one per row, for one token each:
         rows of a batch then sit at different points of their sequences (continuous batching)."""
         B, _, T, _ = k.shape
+        if self.picked is not None:  # one position for every picked row
+            assert isinstance(pos, int)
+            self.k[layer, self.picked, :, pos : pos + T] = k
+            self.v[layer, self.picked, :, pos : pos + T] = v
+            if pos == 0:  # a prompt's first chunk reads nothing older
+                keys, values = k, v
+            else:
+                keys = self.k[layer, self.picked, :, : pos + T]
+                values = self.v[layer, self.picked, :, : pos + T]
+            mask = torch.ones(T, pos + T, dtype=torch.bool, device=k.device).tril(pos)
+            return keys, values, mask if T > 1 else None
         if isinstance(pos, int):
             self.k[layer, :B, :, pos : pos + T] = k
             self.v[layer, :B, :, pos : pos + T] = v

@@ -224,6 +224,42 @@ def test_a_request_that_joins_is_answered_before_the_running_ones_finish():
         engine.close()
 
 
+def test_prompts_that_arrive_together_are_prefilled_in_one_forward(monkeypatch):
+    """Requests waiting at once read their prompts in one forward (right-padded), also into
+    slots that are not side by side while others decode, and answer as they do alone."""
+    model = make(block_size=64)
+    prefills: list[int] = []  # rows of each forward that reads more than one token per row
+    hidden = model.hidden
+
+    def counted(idx, *args, **kwargs):
+        if idx.size(1) > 1:
+            prefills.append(idx.size(0))
+        return hidden(idx, *args, **kwargs)
+
+    greedy = SampleConfig(max_new_tokens=12, temperature=0)
+    sampled = SampleConfig(max_new_tokens=12, temperature=1.0, top_k=0)
+    first = [Request([1, 2, 3], greedy, logprobs=2), Request([4, 5, 6, 7, 8], sampled, seed=3)]
+    later = [Request([9, 10, 11, 12], greedy, logprobs=2), Request([13, 14], sampled, seed=4)]
+    alone = [events(model, r, slots=1)[0] for r in first + later]
+    monkeypatch.setattr(model, "hidden", counted)
+    engine = Engine(model, TOK, 4)
+    try:
+        handles = [engine.submit(first[0]), engine.submit(Request([20], SampleConfig(1, 0)))]
+        handles.append(engine.submit(first[1]))
+        while engine.rows[1] is not None or engine.rows[0] is None or not engine.rows[0].count:
+            engine.pump()  # slot 1's one-token request is done; slots 0 and 2 decode
+        assert prefills == [3]  # the prompts of 3, 1 and 5 tokens, in one forward
+        handles += [engine.submit(r) for r in later]  # into slots 1 and 3
+        together = [list(h) for h in handles]
+    finally:
+        engine.close()
+    assert prefills == [3, 2]
+    for request, one, batched in zip(
+        first + later, alone, together[:1] + together[2:], strict=True
+    ):
+        agree(one, batched, request.params.temperature == 0)
+
+
 def test_a_cancelled_request_frees_its_slot_for_the_next():
     """One slot: an endless request is abandoned; the next request is answered at once."""
     model = make(block_size=32)

@@ -63,6 +63,27 @@ def test_kv_cache_matches_full_forward(kw):
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
+@pytest.mark.parametrize("kw", VARIANTS[:3])
+def test_picked_cache_rows_in_any_order_match_the_full_forward(kw):
+    """Rows 2 and 0 of a three-row cache as one batch (prompts that join together), a chunk
+    and then a chunk after it; the row between them keeps what it held."""
+    model = make(**kw).eval()
+    idx = torch.randint(0, 50, (2, 10))
+    full, _ = model(idx)
+    cache = model.new_cache(3)
+    cache.k[:, 1].fill_(7.0)
+    view = cache.pick([2, 0])
+    first, _ = model(idx[:, :6], cache=view)
+    second, _ = model(idx[:, 6:], cache=view, pos=6)
+    assert torch.allclose(torch.cat([first, second], dim=1), full, atol=1e-5)
+    reference = model.new_cache(2)
+    model(idx, cache=reference)  # rows 0 and 1, side by side
+    for picked, row in ((2, 0), (0, 1)):
+        torch.testing.assert_close(cache.k[:, picked, :, :10], reference.k[:, row, :, :10])
+        torch.testing.assert_close(cache.v[:, picked, :, :10], reference.v[:, row, :, :10])
+    assert bool((cache.k[:, 1] == 7.0).all())
+
+
 def test_tied_embeddings_share_storage_and_count_once():
     tied, untied = make(), make(tie_embeddings=False)
     assert tied.lm_head.weight is tied.wte.weight
