@@ -621,8 +621,8 @@ class Engine:
         rows.sort(key=lambda r: r.slot)
         chunks = [row.pending[:width] for row in rows]
         started = time.perf_counter()
-        width = max(len(c) for c in chunks)
-        x = torch.tensor([c + [0] * (width - len(c)) for c in chunks], device=self.device)
+        padded = max(len(c) for c in chunks)
+        x = torch.tensor([c + [0] * (padded - len(c)) for c in chunks], device=self.device)
         slots = [row.slot for row in rows]
         if slots == list(range(slots[0], slots[0] + len(slots))):
             view = self.cache.rows(slots[0], slots[-1] + 1)
@@ -631,7 +631,7 @@ class Engine:
         hidden = self.model.hidden(x, cache=view, pos=first.pos)
         last = torch.tensor([len(c) - 1 for c in chunks], device=self.device)
         logits = self.model.lm_head(hidden[torch.arange(len(rows), device=self.device), last])
-        if width >= 8:
+        if padded >= 8:
             self.prefill_token_s = ema(self.prefill_token_s, self.timed(started) / x.numel())
         for row, chunk, row_logits in zip(rows, chunks, logits, strict=True):
             row.pending = row.pending[len(chunk) :]

@@ -120,24 +120,15 @@ class KVCache:
         pos is one position for every row, or (B,) positions, one per row, for one token each:
         rows of a batch then sit at different points of their sequences (continuous batching)."""
         B, _, T, _ = k.shape
-        if self.picked is not None:  # one position for every picked row
-            assert isinstance(pos, int)
-            self.k[layer, self.picked, :, pos : pos + T] = k
-            self.v[layer, self.picked, :, pos : pos + T] = v
-            if pos == 0:  # a prompt's first chunk reads nothing older
-                keys, values = k, v
-            else:
-                keys = self.k[layer, self.picked, :, : pos + T]
-                values = self.v[layer, self.picked, :, : pos + T]
-            mask = torch.ones(T, pos + T, dtype=torch.bool, device=k.device).tril(pos)
-            return keys, values, mask if T > 1 else None
         if isinstance(pos, int):
-            self.k[layer, :B, :, pos : pos + T] = k
-            self.v[layer, :B, :, pos : pos + T] = v
+            rows = slice(None, B) if self.picked is None else self.picked
+            self.k[layer, rows, :, pos : pos + T] = k
+            self.v[layer, rows, :, pos : pos + T] = v
             mask = None  # one new token sees everything before it
             if T > 1:  # a chunk after a prefix: query i sees keys up to pos + i
                 mask = torch.ones(T, pos + T, dtype=torch.bool, device=k.device).tril(pos)
-            return self.k[layer, :B, :, : pos + T], self.v[layer, :B, :, : pos + T], mask
+            return self.k[layer, rows, :, : pos + T], self.v[layer, rows, :, : pos + T], mask
+        assert self.picked is None, "picked rows share one position"
         rows = torch.arange(B, device=k.device)
         self.k[layer][rows, :, pos] = k[:, :, 0]
         self.v[layer][rows, :, pos] = v[:, :, 0]
