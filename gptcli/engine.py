@@ -625,6 +625,8 @@ class Engine:
         x = torch.tensor([c + [0] * (padded - len(c)) for c in chunks], device=self.device)
         slots = [row.slot for row in rows]
         if slots == list(range(slots[0], slots[0] + len(slots))):
+            # side by side (always so for one row): a view, where `pick` would copy the rows'
+            # prefixes out at every layer of a long prompt's later chunks
             view = self.cache.rows(slots[0], slots[-1] + 1)
         else:
             view = self.cache.pick(slots)
